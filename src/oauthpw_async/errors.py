@@ -1,0 +1,216 @@
+"""One exception hierarchy; each message says what to check or do next.
+
+Messages never contain a password, client secret or token: bodies quoted in them
+are shortened and scrubbed first (see :func:`oauthpw_async.grant.excerpt`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+
+class OAuthPWError(Exception):
+    """Base class of every error this package raises."""
+
+
+# --- configuration ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class FieldProblem:
+    """One thing wrong with one configuration field."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ConfigError(OAuthPWError, ValueError):
+    """The connection configuration is invalid; :attr:`problems` lists every bad field."""
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid connection configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+
+# --- token endpoint ---------------------------------------------------------------------
+
+
+class TokenError(OAuthPWError):
+    """A token could not be obtained.
+
+    Attributes:
+        status: HTTP status of the token endpoint's answer, if there was one.
+        error_code: the OAuth ``error`` code the server sent, if any.
+        grant: ``"password"`` or ``"refresh_token"``: which request failed.
+    """
+
+    #: Whether the same request may succeed if sent again later.
+    transient: bool = False
+    #: Short advice for the admin; subclasses override it.
+    hint: str = "check the connection settings"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_code: str | None = None,
+        grant: str = "password",
+        retry_after: float | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.status = status
+        self.error_code = error_code
+        self.grant = grant
+        self.retry_after = retry_after
+        if hint is not None:
+            self.hint = hint
+        self.detail = message
+        super().__init__(self._render())
+
+    def __reduce__(self) -> tuple[object, ...]:
+        kwargs = {
+            "status": self.status,
+            "error_code": self.error_code,
+            "grant": self.grant,
+            "retry_after": self.retry_after,
+            "hint": self.hint,
+        }
+        return (_rebuild, (type(self), self.detail, kwargs))
+
+    def _render(self) -> str:
+        parts = [self.detail]
+        if self.status is not None:
+            parts.append(f"(HTTP {self.status}")
+            parts[-1] += f", error={self.error_code})" if self.error_code else ")"
+        elif self.error_code:
+            parts.append(f"(error={self.error_code})")
+        return " ".join(parts) + f": {self.hint}"
+
+
+def _rebuild(cls: type[TokenError], detail: str, kwargs: dict[str, object]) -> TokenError:
+    return cls(detail, **kwargs)  # type: ignore[arg-type]
+
+
+class DefinitiveTokenError(TokenError):
+    """The server gave a definitive answer; sending the same request again cannot help."""
+
+
+class InvalidCredentials(DefinitiveTokenError):
+    """The username or password was rejected (or the account is locked).
+
+    Never retried automatically: enterprise servers lock accounts after a few
+    failed logins. The provider refuses further logins until it is reset.
+    """
+
+    hint = (
+        "check Username and Password (and that the account is not locked or expired); "
+        "no further login is attempted until the provider is reset, to avoid an account lockout"
+    )
+
+
+class InvalidClient(DefinitiveTokenError):
+    """The client id, client secret or client authentication method was rejected."""
+
+    hint = (
+        "check Client Id and Client Secret, and the client authentication method "
+        "(client_auth: body, basic or none)"
+    )
+
+
+class UnsupportedGrantType(DefinitiveTokenError):
+    """The server does not accept the grant type that was sent."""
+
+    hint = "the server does not accept this grant_type: set Grant Type to the value it expects"
+
+
+class InvalidScope(DefinitiveTokenError):
+    """The requested scope is unknown or not allowed."""
+
+    hint = "check the scope (or a scope in Body Parameters)"
+
+
+class InvalidRequest(DefinitiveTokenError):
+    """The server found the token request malformed (some servers also say this for a bad password)."""
+
+    hint = (
+        "check Body Parameters, Headers, Grant Type and the body encoding (form or json); "
+        "some servers also answer a wrong password this way"
+    )
+
+
+class TokenRequestRejected(DefinitiveTokenError):
+    """Another definitive 4xx answer from the token endpoint."""
+
+    hint = "check the Access Token URL and the request fields the server expects"
+
+
+class RefreshTokenRejected(DefinitiveTokenError):
+    """The refresh token was rejected (expired, revoked or already used).
+
+    The provider answers this by logging in again with the password, once.
+    """
+
+    hint = "the refresh token is no longer valid; a new password login is needed"
+
+
+class TokenResponseError(TokenError):
+    """The token endpoint answered with something that is not a usable token response."""
+
+    hint = (
+        "check that the Access Token URL points at the token endpoint itself and, for a "
+        "non-standard response, set token_path or token_response"
+    )
+
+
+class TokenRedirectError(DefinitiveTokenError):
+    """The token endpoint answered with a redirect; credentials are never sent on to it."""
+
+    hint = "set the Access Token URL to the final address (credentials are not sent to a redirect)"
+
+
+class TransientTokenError(TokenError):
+    """A failure that may pass: 5xx, 429, 408, a timeout or a connection error."""
+
+    transient = True
+    hint = "the server is unavailable or throttling; the request is retried with backoff"
+
+
+class TokenTransportError(TransientTokenError):
+    """The token endpoint could not be reached (connection error or timeout)."""
+
+    hint = "check the Access Token URL, the network and TLS settings"
+
+
+class CredentialsLockedOut(InvalidCredentials):
+    """Raised at once, without a request, after an earlier login was definitively rejected."""
+
+
+# --- API requests (crawler) -------------------------------------------------------------
+
+
+class CrawlError(OAuthPWError):
+    """A crawl could not go on."""
+
+
+class HTTPStatusError(CrawlError):
+    """An API request answered with a status that is not retried (or retries ran out)."""
+
+    def __init__(self, message: str, *, status: int, url: str, excerpt: str = "") -> None:
+        self.status = status
+        self.url = url
+        self.excerpt = excerpt
+        text = f"{message}: HTTP {status} for {url}"
+        if excerpt:
+            text += f" (body: {excerpt!r})"
+        super().__init__(text)
+
+
+class UnauthorizedError(HTTPStatusError):
+    """An API request was refused with 401 twice, with a freshly renewed token the second time."""
