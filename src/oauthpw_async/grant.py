@@ -62,6 +62,8 @@ class TokenRequest:
     headers: tuple[tuple[str, str], ...] = attrs.field(repr=False)
     body: bytes = attrs.field(repr=False)
     method: str = "POST"
+    #: Secret values this request carries (scrubbed from any error message about its answer).
+    secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -150,7 +152,9 @@ def basic_credentials(client_id: str, client_secret: str) -> str:
     return "Basic " + base64.b64encode(raw).decode("ascii")
 
 
-def _request(config: PasswordGrantConfig, grant: Grant, url: str, fields: list[tuple[str, str]]) -> TokenRequest:
+def _request(
+    config: PasswordGrantConfig, grant: Grant, url: str, fields: list[tuple[str, str]], secret: str | None = None
+) -> TokenRequest:
     fields = [*fields, *_client_fields(config), *config.body_parameters.items()]
     body, content_type = _encode_body(config, fields)
     headers: dict[str, str] = {"Accept": "application/json", "Content-Type": content_type}
@@ -158,7 +162,8 @@ def _request(config: PasswordGrantConfig, grant: Grant, url: str, fields: list[t
         secret = config.client_secret.reveal() if config.client_secret else ""
         headers["Authorization"] = basic_credentials(config.client_id, secret)
     headers.update(config.headers)
-    return TokenRequest(grant=grant, url=url, headers=tuple(headers.items()), body=body)
+    secrets = tuple(_secrets_of(config, secret))
+    return TokenRequest(grant=grant, url=url, headers=tuple(headers.items()), body=body, secrets=secrets)
 
 
 def build_password_request(config: PasswordGrantConfig) -> TokenRequest:
@@ -176,7 +181,7 @@ def build_password_request(config: PasswordGrantConfig) -> TokenRequest:
 def build_refresh_request(config: PasswordGrantConfig, refresh_token: Secret) -> TokenRequest:
     """The refresh request, sent to the Refresh Token URL (scope omitted: it stays as granted)."""
     fields = [("grant_type", "refresh_token"), ("refresh_token", refresh_token.reveal())]
-    return _request(config, "refresh_token", config.effective_refresh_url, fields)
+    return _request(config, "refresh_token", config.effective_refresh_url, fields, refresh_token.reveal())
 
 
 # --- parsing answers ----------------------------------------------------------------------
@@ -354,8 +359,7 @@ def parse_token_response(
     refresh token is kept when the answer carries none.
     """
     grant = request.grant
-    old_refresh = previous.refresh_token.reveal() if previous and previous.refresh_token else None
-    scrub = _secrets_of(config, old_refresh)
+    scrub = list(request.secrets) or _secrets_of(config, None)
     retry_after = parse_retry_after(response.headers.get("retry-after"), sent.wall)
     data, structured = _decode(response)
     status = response.status
