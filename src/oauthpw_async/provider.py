@@ -72,7 +72,7 @@ class RefreshPolicy:
     #: Backoff between failed renewals: ``min(backoff_max, backoff_base * 2**n)``, jittered.
     backoff_base: float = 0.5
     backoff_max: float = 60.0
-    #: Consecutive transient refresh failures after which a password login is tried instead.
+    #: Consecutive HTTP 500 answers to a refresh after which a password login is tried instead.
     refresh_failures_before_login: int = 2
 
     def margin(self, lifetime: float, rng: random.Random) -> float:
@@ -396,8 +396,11 @@ class TokenProvider:
             except RefreshTokenRejected as exc:
                 self.stats.refresh_rejected += 1
                 log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
-            except TransientTokenError:
-                self._refresh_failures += 1
+            except TransientTokenError as exc:
+                # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session)
+                # is given up for a login; outages (503, 429, no connection) are not.
+                if exc.status == 500:
+                    self._refresh_failures += 1
                 raise
         self.stats.logins += 1
         self._last_grant = "password"
