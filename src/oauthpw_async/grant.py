@@ -288,8 +288,10 @@ def _lifetime(data: Mapping[str, Any], sent: Instant, default: float) -> tuple[f
                 return remaining, field
     issued_at = _number(data.get("issued_at"))
     if issued_at is not None:
-        remaining = _epoch_seconds(issued_at) + default - sent.wall
-        if 0 < remaining <= default:
+        # The session lives `default` seconds from issue; a server clock slightly ahead of
+        # ours must not lengthen it past what counting from our send time gives.
+        remaining = min(_epoch_seconds(issued_at) + default - sent.wall, default)
+        if remaining > 0:
             return remaining, "issued_at"
     return default, "default"
 
