@@ -116,6 +116,8 @@ class AuthServerState:
         self.quirks = quirks or Quirks()
         self.latency = latency
         self.clock = clock
+        #: ``instance_url`` sent with the Salesforce quirk (LocalServer sets its own URL).
+        self.instance_url: str | None = None
         self.faults: collections.deque[Fault] = collections.deque()
         #: Token requests by ``"<grant>:<outcome>"``, e.g. ``"password:ok"``, ``"refresh_token:invalid_grant"``.
         self.counts: collections.Counter[str] = collections.Counter()
@@ -317,7 +319,7 @@ class AuthServerState:
             data["token_type"] = q.token_type
         if q.salesforce:
             data["issued_at"] = str(int(time.time() * 1000))
-            data["instance_url"] = "https://example.my.salesforce.com"
+            data["instance_url"] = self.instance_url or "https://example.my.salesforce.com"
         elif q.expires_in == "number":
             data["expires_in"] = self.token_lifetime
         elif q.expires_in == "string":

@@ -105,6 +105,8 @@ class LocalServer:
         server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.auth.instance_url is None:
+            self.auth.instance_url = self.base_url
         return self
 
     async def __aexit__(

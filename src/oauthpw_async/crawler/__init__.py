@@ -1,0 +1,45 @@
+"""Crawling paginated APIs with a shared token: subclass :class:`Crawler`."""
+
+from __future__ import annotations
+
+from .base import Crawler, Partition
+from .checkpoint import Checkpoints
+from .engine import CrawlEngine, CrawlStats, HttpPolicy, PartitionStats, rate_limit_delay
+from .pagination import (
+    Cursor,
+    LinkHeader,
+    NextUrl,
+    ODataNextLink,
+    Offset,
+    Page,
+    PageNumber,
+    PageRequest,
+    Paginator,
+    parse_link_header,
+)
+from .sinks import CallableSink, JsonLinesSink, ListSink, Sink
+
+__all__ = [
+    "CallableSink",
+    "Checkpoints",
+    "CrawlEngine",
+    "CrawlStats",
+    "Crawler",
+    "Cursor",
+    "HttpPolicy",
+    "JsonLinesSink",
+    "LinkHeader",
+    "ListSink",
+    "NextUrl",
+    "ODataNextLink",
+    "Offset",
+    "Page",
+    "PageNumber",
+    "PageRequest",
+    "Paginator",
+    "Partition",
+    "PartitionStats",
+    "Sink",
+    "parse_link_header",
+    "rate_limit_delay",
+]

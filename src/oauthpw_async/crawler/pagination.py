@@ -1,0 +1,242 @@
+"""Pagination strategies: how to find the next page from the one just read.
+
+Each strategy is a small class with ``start`` (the first request) and ``next`` (the
+following request, or ``None`` when the partition is finished). Name one on a crawler
+class by instance or by its short name (``"next_url"``, ``"cursor"``, ``"offset"``,
+``"page_number"``, ``"link_header"``, ``"odata"``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+from urllib.parse import urljoin
+
+import attrs
+
+Path = str | Sequence[str]
+
+
+def dig(data: Any, path: Path | None) -> Any:
+    """``data`` at a dotted path (``"meta.next"``) or a key sequence (``("@odata.nextLink",)``)."""
+    if path is None:
+        return data
+    parts = path.split(".") if isinstance(path, str) else path
+    for part in parts:
+        if isinstance(data, Mapping):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+@attrs.frozen
+class PageRequest:
+    """One page to fetch: a URL (absolute, or relative to the crawler's base) and query params."""
+
+    url: str
+    params: tuple[tuple[str, str], ...] = ()
+
+    def with_params(self, **params: object) -> PageRequest:
+        """A copy with these query parameters set (replacing same-named ones)."""
+        kept = [(k, v) for k, v in self.params if k not in params]
+        return PageRequest(self.url, (*kept, *((k, str(v)) for k, v in params.items())))
+
+    def key(self) -> str:
+        """Identity for cycle detection: URL plus sorted params."""
+        return self.url + "?" + "&".join(f"{k}={v}" for k, v in sorted(self.params))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form for checkpoints."""
+        return {"url": self.url, "params": [list(p) for p in self.params]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PageRequest:
+        """Inverse of :meth:`to_json`."""
+        return cls(str(data["url"]), tuple((str(k), str(v)) for k, v in data.get("params", [])))
+
+
+@attrs.frozen
+class Page:
+    """A fetched page: the request, the final URL, status, headers and parsed JSON body."""
+
+    request: PageRequest
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    data: Any
+    index: int
+
+
+class Paginator(Protocol):
+    """Finds the first and the next page of a partition."""
+
+    def start(self, request: PageRequest) -> PageRequest:
+        """The first request (e.g. with ``offset=0&limit=100`` added)."""
+        ...
+
+    def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
+        """The request after ``page``, or ``None`` when there is no more."""
+        ...
+
+
+class _NoStart:
+    def start(self, request: PageRequest) -> PageRequest:
+        return request
+
+
+@attrs.frozen
+class NextUrl(_NoStart):
+    """The body holds the next page's URL, absolute or relative (joined to ``base_path`` or the page URL).
+
+    ``NextUrl("nextRecordsUrl")`` (Salesforce), ``NextUrl("links.next")``,
+    ``NextUrl("_links.next", base_path="_links.base")`` (Confluence).
+    """
+
+    path: Path = "next"
+    base_path: Path | None = None
+
+    def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
+        """Follow the URL in the body; none (or empty) ends the partition."""
+        nxt = dig(page.data, self.path)
+        if not isinstance(nxt, str) or not nxt:
+            return None
+        base = dig(page.data, self.base_path) if self.base_path else None
+        if isinstance(base, str) and base and not re.match(r"https?://", nxt):
+            return PageRequest(base.rstrip("/") + "/" + nxt.lstrip("/"))
+        return PageRequest(urljoin(page.url, nxt))
+
+
+def ODataNextLink() -> NextUrl:  # noqa: N802 - reads as a strategy name
+    """OData's ``@odata.nextLink`` (SharePoint, Graph, Dynamics)."""
+    return NextUrl(("@odata.nextLink",))
+
+
+@attrs.frozen
+class Cursor(_NoStart):
+    """A cursor token in the body, sent back as a query parameter.
+
+    Ends when the cursor is missing/null or ``has_more_path`` says false.
+    """
+
+    cursor_path: Path = "next_cursor"
+    param: str = "cursor"
+    has_more_path: Path | None = None
+
+    def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
+        """The same request with the new cursor."""
+        if self.has_more_path is not None and not dig(page.data, self.has_more_path):
+            return None
+        cursor = dig(page.data, self.cursor_path)
+        if cursor is None or cursor == "":
+            return None
+        return page.request.with_params(**{self.param: cursor})
+
+
+@attrs.frozen
+class Offset:
+    """``offset``/``limit`` paging. With ``total_path`` it stops at the total (and steps over
+    empty pages mid-stream); without, it stops at the first empty page. The offset moves by
+    the records actually returned, so a server that caps the page size loses nothing.
+    """
+
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    page_size: int = 100
+    total_path: Path | None = None
+    start_at: int = 0
+
+    def start(self, request: PageRequest) -> PageRequest:
+        """Add ``offset=start_at&limit=page_size``."""
+        return request.with_params(**{self.offset_param: self.start_at, self.limit_param: self.page_size})
+
+    def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
+        """Advance by the records returned (a whole page when empty but the total says more)."""
+        offset = int(dict(page.request.params).get(self.offset_param, self.start_at))
+        total = dig(page.data, self.total_path) if self.total_path is not None else None
+        if isinstance(total, (int, float)) and not isinstance(total, bool):
+            nxt = offset + (len(records) or self.page_size)
+            return page.request.with_params(**{self.offset_param: nxt}) if nxt < total else None
+        if not records:
+            return None
+        return page.request.with_params(**{self.offset_param: offset + len(records)})
+
+
+@attrs.frozen
+class PageNumber:
+    """``page=1,2,3...``; stops at ``total_pages_path`` when given, else at the first empty page."""
+
+    page_param: str = "page"
+    size_param: str | None = "per_page"
+    page_size: int = 100
+    first_page: int = 1
+    total_pages_path: Path | None = None
+
+    def start(self, request: PageRequest) -> PageRequest:
+        """Add the first page number (and size)."""
+        params: dict[str, object] = {self.page_param: self.first_page}
+        if self.size_param:
+            params[self.size_param] = self.page_size
+        return request.with_params(**params)
+
+    def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
+        """The next page number, unless the last page was reached."""
+        number = int(dict(page.request.params).get(self.page_param, self.first_page))
+        pages = dig(page.data, self.total_pages_path) if self.total_pages_path is not None else None
+        if isinstance(pages, int) and not isinstance(pages, bool):
+            if number - self.first_page + 1 >= pages:
+                return None
+        elif not records:
+            return None
+        return page.request.with_params(**{self.page_param: number + 1})
+
+
+_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+
+
+def parse_link_header(value: str) -> dict[str, str]:
+    """RFC 8288 ``Link`` header to ``{rel: url}``."""
+    out: dict[str, str] = {}
+    for match in _LINK.finditer(value):
+        url, params = match.group(1), match.group(2)
+        rel = re.search(r'rel\s*=\s*"?([^";]+)"?', params)
+        if rel:
+            for name in rel.group(1).split():
+                out.setdefault(name.lower(), url)
+    return out
+
+
+@attrs.frozen
+class LinkHeader(_NoStart):
+    """Follow ``Link: <...>; rel="next"`` (ServiceNow, GitHub, Freshservice)."""
+
+    def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
+        """The ``next`` link, joined to the page URL when relative."""
+        link = page.headers.get("Link") or page.headers.get("link")
+        if not link:
+            return None
+        nxt = parse_link_header(link).get("next")
+        return PageRequest(urljoin(page.url, nxt)) if nxt else None
+
+
+NAMED: Mapping[str, Paginator] = {
+    "next_url": NextUrl(),
+    "cursor": Cursor(),
+    "offset": Offset(),
+    "page_number": PageNumber(),
+    "link_header": LinkHeader(),
+    "odata": ODataNextLink(),
+}
+
+
+def resolve(pagination: Paginator | str) -> Paginator:
+    """A strategy from an instance or a short name."""
+    if isinstance(pagination, str):
+        try:
+            return NAMED[pagination]
+        except KeyError:
+            raise ValueError(f"unknown pagination {pagination!r}; choose one of {', '.join(NAMED)}") from None
+    return pagination
