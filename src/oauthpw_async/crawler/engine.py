@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -27,6 +28,25 @@ from .sinks import Sink
 
 if TYPE_CHECKING:
     from .base import Crawler, Partition
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error in a task group's exception group (cancellations are echoes)."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    real = [e for e in leaves if not isinstance(e, anyio.get_cancelled_exc_class())]
+    return (real or leaves)[0]
 
 log = logging.getLogger("oauthpw_async.crawler")
 
@@ -205,10 +225,14 @@ class CrawlEngine:
                 if self._checkpoints.is_done(p.name):
                     ps.done = True
                     self.stats.partitions_done += 1
-            async with anyio.create_task_group() as tg:
-                for p in partitions:
-                    if not self._checkpoints.is_done(p.name):
-                        tg.start_soon(self._walk, session, p, sink)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for p in partitions:
+                        if not self._checkpoints.is_done(p.name):
+                            tg.start_soon(self._walk, session, p, sink)
+            except BaseExceptionGroup as group:
+                # One partition failed and the others were cancelled: raise the failure itself.
+                raise _first_error(group) from None
             await sink.flush()
         finally:
             if own:
@@ -290,10 +314,13 @@ class CrawlEngine:
             _, _, data, _ = await self._request(session, url, ())
             out[i] = self.crawler.merge_detail(records[i], data)
 
-        async with anyio.create_task_group() as tg:
-            for i, target in enumerate(targets):
-                if target:
-                    tg.start_soon(fetch, i, target)
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, target in enumerate(targets):
+                    if target:
+                        tg.start_soon(fetch, i, target)
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         return out
 
     # --- one request -------------------------------------------------------------------------------
