@@ -7,6 +7,7 @@ import nox
 nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole test suite with a coverage report."""

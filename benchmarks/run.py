@@ -12,7 +12,6 @@ import asyncio
 import gc
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
@@ -57,8 +56,13 @@ async def fast_path_ratio(tokens: TokenProvider, n: int = 200_000) -> tuple[floa
 async def contention(tasks: int, duration: float, lifetime: float = 1.0, latency: float = 0.05) -> dict[str, Any]:
     """Scenario 1: in-process endpoint, many tasks calling get() continuously."""
     state = AuthServerState(token_lifetime=lifetime, latency=latency)
-    config = PasswordGrantConfig(access_token_url="http://127.0.0.1/token", client_id=state.client_id,
-                                 client_secret=state.client_secret, username=state.username, password=state.password)
+    config = PasswordGrantConfig(
+        access_token_url="http://127.0.0.1/token",
+        client_id=state.client_id,
+        client_secret=state.client_secret,
+        username=state.username,
+        password=state.password,
+    )
     policy = RefreshPolicy()
     calls = expired = 0
     async with TokenProvider(config, endpoint=InMemoryEndpoint(state), refresh=policy) as tokens:
@@ -84,9 +88,15 @@ async def contention(tasks: int, duration: float, lifetime: float = 1.0, latency
         waits = tokens.stats.waits
     ideal = ideal_requests(elapsed, lifetime, policy) - 1  # the login happened before the window
     return {
-        "scenario": "1 contention (in-process)", "tasks": tasks, "seconds": round(elapsed, 2),
-        "token_requests": state.token_requests, "ideal": round(ideal, 1), "calls": calls,
-        "waited": waits, "expired_served": expired, "fast_path_ns": round(ns, 1),
+        "scenario": "1 contention (in-process)",
+        "tasks": tasks,
+        "seconds": round(elapsed, 2),
+        "token_requests": state.token_requests,
+        "ideal": round(ideal, 1),
+        "calls": calls,
+        "waited": waits,
+        "expired_served": expired,
+        "fast_path_ns": round(ns, 1),
         "fast_path_ratio": round(ratio, 2),
         "ok": state.token_requests <= ideal + 1 and expired == 0 and ratio < 4,
     }
@@ -102,7 +112,10 @@ async def over_http(tasks: int, duration: float, lifetime: float = 2.0) -> dict[
     async with LocalServer(state, api=api) as server:
         limit = 100
         connector = aiohttp.TCPConnector(limit=limit)
-        async with aiohttp.ClientSession(connector=connector) as session, TokenProvider(server.config(), refresh=policy) as tokens:
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            TokenProvider(server.config(), refresh=policy) as tokens,
+        ):
             slots = asyncio.Semaphore(limit)
             url = f"{server.base_url}/api/ping"
             start = time.monotonic()
@@ -129,9 +142,15 @@ async def over_http(tasks: int, duration: float, lifetime: float = 2.0) -> dict[
     latencies.sort()
     invalid = state.count(outcome="invalid_grant") + state.count(outcome="reuse")
     return {
-        "scenario": "2 HTTP, rotating refresh", "tasks": tasks, "seconds": round(elapsed, 2),
-        "token_requests": state.token_requests, "ideal": round(ideal, 1), "invalid_grant": invalid,
-        "http_401": unauthorized, "requests_ok": ok, "requests_per_s": round(ok / elapsed),
+        "scenario": "2 HTTP, rotating refresh",
+        "tasks": tasks,
+        "seconds": round(elapsed, 2),
+        "token_requests": state.token_requests,
+        "ideal": round(ideal, 1),
+        "invalid_grant": invalid,
+        "http_401": unauthorized,
+        "requests_ok": ok,
+        "requests_per_s": round(ok / elapsed),
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 1) if latencies else None,
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 1) if latencies else None,
         "ok": state.token_requests <= ideal + 1 and invalid == 0 and unauthorized == 0,
@@ -174,8 +193,13 @@ async def storm(tasks: int) -> dict[str, Any]:
             await asyncio.gather(*workers)
             refreshes = state.token_requests - before
     return {
-        "scenario": "3 401 storm", "tasks": tasks, "token_requests": refreshes, "ideal": 1,
-        "http_401": api.counts["ping:401"], "requests_ok": retried_ok, "failed": failed,
+        "scenario": "3 401 storm",
+        "tasks": tasks,
+        "token_requests": refreshes,
+        "ideal": 1,
+        "http_401": api.counts["ping:401"],
+        "requests_ok": retried_ok,
+        "failed": failed,
         "ok": refreshes == 1 and failed == 0,
     }
 
@@ -220,7 +244,9 @@ def main() -> int:
     print_table(rows)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / ("bench-smoke.json" if args.smoke else "bench.json")
-    out.write_text(json.dumps({"smoke": args.smoke, "seconds": round(time.monotonic() - t0, 1), "rows": rows}, indent=2))
+    out.write_text(
+        json.dumps({"smoke": args.smoke, "seconds": round(time.monotonic() - t0, 1), "rows": rows}, indent=2)
+    )
     failed = [r["scenario"] for r in rows if not r["ok"]]
     print(f"\n{len(rows) - len(failed)} passed, {len(failed)} failed  (saved {out.name}; {time.monotonic() - t0:.0f}s)")
     for name in failed:

@@ -35,21 +35,36 @@ def test_admin_labels_load() -> None:
 
 
 def test_snake_case_and_objects_load() -> None:
-    cfg = load_config({"access_token_url": "https://a.example.com/t", "username": "u", "password": "p",
-                       "body_parameters": {"scope_hint": "x"}, "use_raw_token": True, "client_auth": "basic",
-                       "client_id": "c"})
+    cfg = load_config(
+        {
+            "access_token_url": "https://a.example.com/t",
+            "username": "u",
+            "password": "p",
+            "body_parameters": {"scope_hint": "x"},
+            "use_raw_token": True,
+            "client_auth": "basic",
+            "client_id": "c",
+        }
+    )
     assert cfg.use_raw_token and cfg.client_auth == "basic" and cfg.body_parameters == {"scope_hint": "x"}
     assert cfg.effective_refresh_url == "https://a.example.com/t"
 
 
 def test_secrets_from_environment() -> None:
-    cfg = load_config({"Access Token URL": "https://a.example.com/t", "Username": "u",
-                       "Password": {"env": "MY_PW"}, "Client Secret": {"env": "MY_CS"}},
-                      env={"MY_PW": "from-env", "MY_CS": "cs-env"})
+    cfg = load_config(
+        {
+            "Access Token URL": "https://a.example.com/t",
+            "Username": "u",
+            "Password": {"env": "MY_PW"},
+            "Client Secret": {"env": "MY_CS"},
+        },
+        env={"MY_PW": "from-env", "MY_CS": "cs-env"},
+    )
     assert cfg.password == Secret("from-env") and cfg.client_secret == Secret("cs-env")
     with pytest.raises(ConfigError, match="environment variable NOPE is not set"):
-        load_config({"Access Token URL": "https://a.example.com/t", "Username": "u", "Password": {"env": "NOPE"}},
-                    env={})
+        load_config(
+            {"Access Token URL": "https://a.example.com/t", "Username": "u", "Password": {"env": "NOPE"}}, env={}
+        )
 
 
 def test_json_and_toml_files(tmp_path) -> None:
@@ -124,22 +139,23 @@ def test_bad_urls_refused(url: str, msg: str) -> None:
 def test_plain_http_allowed_for_loopback_or_explicitly() -> None:
     for host in ("127.0.0.1:8080", "localhost", "[::1]"):
         PasswordGrantConfig(access_token_url=f"http://{host}/t", username="u", password="p")
-    PasswordGrantConfig(access_token_url="http://auth.internal/t", username="u", password="p",
-                        allow_insecure_http=True)
+    PasswordGrantConfig(access_token_url="http://auth.internal/t", username="u", password="p", allow_insecure_http=True)
 
 
 def test_client_auth_rules() -> None:
     with pytest.raises(ConfigError, match="public clients must not send a secret"):
-        PasswordGrantConfig(access_token_url="https://a.example.com", username="u", password="p",
-                            client_auth="none", client_secret="x")
+        PasswordGrantConfig(
+            access_token_url="https://a.example.com", username="u", password="p", client_auth="none", client_secret="x"
+        )
     with pytest.raises(ConfigError, match="client_id: is required when client_auth is basic"):
         PasswordGrantConfig(access_token_url="https://a.example.com", username="u", password="p", client_auth="basic")
 
 
 def test_header_injection_refused() -> None:
     with pytest.raises(ConfigError, match="without line breaks"):
-        PasswordGrantConfig(access_token_url="https://a.example.com", username="u", password="p",
-                            headers={"X-A": "v\r\nEvil: 1"})
+        PasswordGrantConfig(
+            access_token_url="https://a.example.com", username="u", password="p", headers={"X-A": "v\r\nEvil: 1"}
+        )
 
 
 def test_non_password_grant_may_omit_credentials() -> None:
@@ -168,8 +184,9 @@ def test_credential_key_is_stable_and_secret_free() -> None:
 
 def test_ca_bundle_must_exist(tmp_path) -> None:
     with pytest.raises(ConfigError, match="ca_bundle: file not found"):
-        PasswordGrantConfig(access_token_url="https://a.example.com", username="u", password="p",
-                            ca_bundle=str(tmp_path / "nope.pem"))
+        PasswordGrantConfig(
+            access_token_url="https://a.example.com", username="u", password="p", ca_bundle=str(tmp_path / "nope.pem")
+        )
 
 
 def test_file_store_permissions(tmp_path) -> None:
@@ -178,8 +195,17 @@ def test_file_store_permissions(tmp_path) -> None:
     from oauthpw_async.grant import Instant, Token
 
     store = FileTokenStore(tmp_path / "t.json")
-    store.save("k", Token(access_token=Secret("a"), authorization="Bearer a", token_type="Bearer",
-                          issued=Instant(1.0, 2.0), lifetime=10, lifetime_source="expires_in"))
+    store.save(
+        "k",
+        Token(
+            access_token=Secret("a"),
+            authorization="Bearer a",
+            token_type="Bearer",
+            issued=Instant(1.0, 2.0),
+            lifetime=10,
+            lifetime_source="expires_in",
+        ),
+    )
     assert stat.S_IMODE(os.stat(tmp_path / "t.json").st_mode) == 0o600
     loaded = store.load("k")
     assert loaded is not None and loaded.access_token == Secret("a")

@@ -92,11 +92,10 @@ def bind(cls: type[Crawler], server: LocalServer) -> Crawler:
 
 
 async def crawl(cls: type[Crawler], api: DemoAPI, state: AuthServerState | None = None, **kw: Any):
-    async with LocalServer(state or AuthServerState(), api=api) as server:
-        async with TokenProvider(server.config()) as tokens:
-            sink = ListSink()
-            stats = await bind(cls, server).crawl(tokens, sink, **kw)
-            return sink.records, stats, tokens.stats, server
+    async with LocalServer(state or AuthServerState(), api=api) as server, TokenProvider(server.config()) as tokens:
+        sink = ListSink()
+        stats = await bind(cls, server).crawl(tokens, sink, **kw)
+        return sink.records, stats, tokens.stats, server
 
 
 @pytest.mark.parametrize("cls", STYLES, ids=lambda c: c.__name__)
@@ -110,7 +109,7 @@ async def test_every_pagination_style_reads_the_whole_dataset(cls: type[Crawler]
 
 async def test_follow_up_detail_fetch_per_record() -> None:
     api = DemoAPI(per_project=120)
-    records, stats, _, _ = await crawl(WithDetails, api, concurrency=32)
+    records, _stats, _, _ = await crawl(WithDetails, api, concurrency=32)
     assert len(records) == 360 and all(r["detail"]["id"] == r["id"] for r in records)
     assert api.counts["detail:200"] == 360
 
@@ -182,7 +181,7 @@ async def test_a_second_401_is_an_error_naming_the_request() -> None:
 
     api = DemoAPI(per_project=10)
     api.inject(ApiFault("revoke"), ApiFault("revoke"))
-    with pytest.raises(UnauthorizedError, match="refused twice.*HTTP 401 for http://127.0.0.1"):
+    with pytest.raises(UnauthorizedError, match=r"refused twice.*HTTP 401 for http://127\.0\.0\.1"):
         await crawl(One, api)
 
 
@@ -202,7 +201,7 @@ async def test_4xx_is_not_retried_and_reports_url_and_body() -> None:
 async def test_empty_page_mid_stream_does_not_end_the_stream(caplog) -> None:
     for cls in (OffsetItems, CursorItems, NextUrlItems):
         api = DemoAPI(per_project=300, max_page_size=50, empty_page_at=frozenset({1}))
-        records, stats, _, _ = await crawl(cls, api)
+        records, _stats, _, _ = await crawl(cls, api)
         # page 1 of each project is empty on the server; everything after it is still read
         assert len(records) == 3 * 250, cls.__name__
         assert max(r["id"] for r in records) == api.total - 1
@@ -224,7 +223,7 @@ async def test_page_budget(caplog) -> None:
         max_pages = 2
 
     api = DemoAPI(per_project=500, max_page_size=50)
-    records, stats, _, _ = await crawl(Budget, api)
+    records, _stats, _, _ = await crawl(Budget, api)
     assert len(records) == 3 * 2 * 50 and "page budget" in caplog.text
 
 
@@ -315,8 +314,14 @@ def test_rate_limit_headers() -> None:
 
 
 def test_confluence_style_relative_next_joined_to_base() -> None:
-    page = Page(PageRequest("/rest/api/content"), "https://wiki.example.com/rest/api/content", 200, {},
-                {"_links": {"base": "https://wiki.example.com/confluence", "next": "/rest/api/content?start=25"}}, 0)
+    page = Page(
+        PageRequest("/rest/api/content"),
+        "https://wiki.example.com/rest/api/content",
+        200,
+        {},
+        {"_links": {"base": "https://wiki.example.com/confluence", "next": "/rest/api/content?start=25"}},
+        0,
+    )
     nxt = NextUrl("_links.next", base_path="_links.base").next(page, [1])
     assert nxt is not None and nxt.url == "https://wiki.example.com/confluence/rest/api/content?start=25"
 

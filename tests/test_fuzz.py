@@ -12,14 +12,22 @@ from oauthpw_async.grant import Instant, TokenResponse, build_refresh_request
 from .conftest import CLIENT_SECRET, PASSWORD
 
 CONFIG = PasswordGrantConfig(
-    access_token_url="https://auth.example.com/token", client_id="c", client_secret=CLIENT_SECRET,
-    username="u", password=PASSWORD,
+    access_token_url="https://auth.example.com/token",
+    client_id="c",
+    client_secret=CLIENT_SECRET,
+    username="u",
+    password=PASSWORD,
 )
 REFRESH = "refresh-token-value-xyz"
 SECRETS = [PASSWORD, CLIENT_SECRET, REFRESH]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**62), 2**62) | st.floats() | st.text(max_size=20) | st.sampled_from(SECRETS),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**62), 2**62)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(SECRETS),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=10,
 )
@@ -28,8 +36,10 @@ bodies = st.one_of(
     json_values.map(orjson.dumps),
     st.fixed_dictionaries(
         {"error": st.text(max_size=20) | st.sampled_from(["invalid_grant", "invalid_client", "server_error"])},
-        optional={"error_description": st.sampled_from(SECRETS).map(lambda s: f"bad {s}!") | st.text(max_size=40),
-                  "description": st.text(max_size=40)},
+        optional={
+            "error_description": st.sampled_from(SECRETS).map(lambda s: f"bad {s}!") | st.text(max_size=40),
+            "description": st.text(max_size=40),
+        },
     ).map(orjson.dumps),
     st.sampled_from(SECRETS).map(lambda s: f"<html>{s}</html>".encode()),
 )
@@ -42,10 +52,7 @@ headers = st.dictionaries(
 @settings(max_examples=400, deadline=None)
 @given(status=st.integers(100, 599), hdrs=headers, body=bodies, refresh=st.booleans())
 def test_arbitrary_answers_give_token_or_typed_error_without_secrets(status, hdrs, body, refresh) -> None:
-    if refresh:
-        request = build_refresh_request(CONFIG, Secret(REFRESH))
-    else:
-        request = build_password_request(CONFIG)
+    request = build_refresh_request(CONFIG, Secret(REFRESH)) if refresh else build_password_request(CONFIG)
     try:
         token = parse_token_response(CONFIG, request, TokenResponse(status, hdrs, body), Instant(5.0, 1.7e9))
     except TokenError as exc:

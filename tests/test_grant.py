@@ -32,8 +32,15 @@ from .conftest import CLIENT_SECRET, PASSWORD
 SENT = Instant(monotonic=100.0, wall=1_700_000_000.0)
 
 
-def parse(config: PasswordGrantConfig, status: int, body: bytes | dict, *, headers=None, grant="password",
-          previous: Token | None = None) -> Token:
+def parse(
+    config: PasswordGrantConfig,
+    status: int,
+    body: bytes | dict,
+    *,
+    headers=None,
+    grant="password",
+    previous: Token | None = None,
+) -> Token:
     if isinstance(body, dict):
         body = orjson.dumps(body)
     if grant == "password":
@@ -90,8 +97,9 @@ def test_json_body_encoding_and_custom_grant_and_headers(config: PasswordGrantCo
 
 
 def test_refresh_request_goes_to_refresh_url_without_password(config: PasswordGrantConfig) -> None:
-    cfg = attrs.evolve(config, refresh_token_url="https://auth.example.com/oauth/refresh",
-                       body_parameters={"resource": "r"})
+    cfg = attrs.evolve(
+        config, refresh_token_url="https://auth.example.com/oauth/refresh", body_parameters={"resource": "r"}
+    )
     req = build_refresh_request(cfg, Secret("rt-1"))
     form = dict(parse_qsl(req.body.decode()))
     assert req.url.endswith("/oauth/refresh") and req.grant == "refresh_token"
@@ -112,8 +120,11 @@ def test_request_repr_hides_body_and_headers(config: PasswordGrantConfig) -> Non
 
 
 def test_standard_response(config: PasswordGrantConfig) -> None:
-    tok = parse(config, 200, {"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600,
-                              "refresh_token": "rt-1", "scope": "read"})
+    tok = parse(
+        config,
+        200,
+        {"access_token": "at-1", "token_type": "Bearer", "expires_in": 3600, "refresh_token": "rt-1", "scope": "read"},
+    )
     assert tok.access_token.reveal() == "at-1" and tok.refresh_token == Secret("rt-1")
     assert tok.lifetime == 3600 and tok.lifetime_source == "expires_in"
     assert tok.expires_at == SENT.monotonic + 3600  # counted from when the request was sent
@@ -144,8 +155,14 @@ def test_expires_on_epoch_seconds_and_millis(config: PasswordGrantConfig) -> Non
 
 
 def test_salesforce_issued_at_millis_no_expiry_no_refresh(config: PasswordGrantConfig) -> None:
-    body = {"access_token": "00D!x", "instance_url": "https://na1.salesforce.com", "id": "https://login/id/1",
-            "token_type": "Bearer", "issued_at": str(int((SENT.wall - 600) * 1000)), "signature": "sig=="}
+    body = {
+        "access_token": "00D!x",
+        "instance_url": "https://na1.salesforce.com",
+        "id": "https://login/id/1",
+        "token_type": "Bearer",
+        "issued_at": str(int((SENT.wall - 600) * 1000)),
+        "signature": "sig==",
+    }
     tok = parse(attrs.evolve(config, default_expires_in=7200), 200, body)
     assert tok.lifetime == pytest.approx(6600) and tok.lifetime_source == "issued_at"
     assert tok.refresh_token is None
@@ -168,8 +185,17 @@ def test_raw_token_and_custom_scheme(config: PasswordGrantConfig) -> None:
 
 
 def test_extra_fields_kept(config: PasswordGrantConfig) -> None:
-    tok = parse(config, 200, {"access_token": "a", "not-before-policy": 0, "refresh_expires_in": 1800,
-                              "refresh_token": "r", "session_state": "s"})
+    tok = parse(
+        config,
+        200,
+        {
+            "access_token": "a",
+            "not-before-policy": 0,
+            "refresh_expires_in": 1800,
+            "refresh_token": "r",
+            "session_state": "s",
+        },
+    )
     assert tok.extra["not-before-policy"] == 0 and tok.extra["session_state"] == "s"
     assert tok.refresh_expires_at == SENT.monotonic + 1800
 
@@ -181,8 +207,12 @@ def test_json_with_content_type_parameters_or_wrong_type(config: PasswordGrantCo
 
 
 def test_form_encoded_response(config: PasswordGrantConfig) -> None:
-    tok = parse(config, 200, b"access_token=abc123&expires_in=120&token_type=bearer",
-                headers={"content-type": "application/x-www-form-urlencoded"})
+    tok = parse(
+        config,
+        200,
+        b"access_token=abc123&expires_in=120&token_type=bearer",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert tok.access_token.reveal() == "abc123" and tok.lifetime == 120
 
 

@@ -73,7 +73,7 @@ async def test_login_against_each_server_flavour(name: str) -> None:
         assert server.auth.count("password", "ok") == 1
         expected = {"expires_in_missing": 900, "plain_text_token": 900, "json_string_token": 900}.get(name, 1800)
         if name == "salesforce":
-            assert token.extra["instance_url"].startswith("https://") and token.refresh_token is None
+            assert token.extra["instance_url"] == server.base_url and token.refresh_token is None
             assert token.lifetime_source == "issued_at" and token.lifetime == pytest.approx(900, abs=2)
         else:
             assert token.lifetime == pytest.approx(expected)
@@ -127,7 +127,9 @@ async def test_transient_failures_are_retried(fault: Fault, retry_after_used: bo
     async with LocalServer(state) as server:
         token = await login(server)
         assert server.auth.check_authorization(token.authorization)
-        assert state.count("password", "ok") == 1 and sum(v for k, v in state.counts.items() if k.startswith("fault")) == 2
+        assert (
+            state.count("password", "ok") == 1 and sum(v for k, v in state.counts.items() if k.startswith("fault")) == 2
+        )
 
 
 async def test_retries_are_bounded() -> None:
@@ -181,8 +183,12 @@ async def test_unreachable_server_is_a_transport_error() -> None:
     endpoint = AiohttpTokenEndpoint(config)
     request = build_password_request(config)
     with pytest.raises(TokenTransportError) as info:
-        await exchange(endpoint, request, lambda r, s: parse_token_response(config, request, r, s),
-                       policy=RetryPolicy(max_attempts=2, base_delay=0.01))
+        await exchange(
+            endpoint,
+            request,
+            lambda r, s: parse_token_response(config, request, r, s),
+            policy=RetryPolicy(max_attempts=2, base_delay=0.01),
+        )
     await endpoint.aclose()
     assert config.password.reveal() not in str(info.value)
 
@@ -211,6 +217,7 @@ async def test_reuse_detection_family_revocation_is_never_triggered() -> None:
     state = AuthServerState(token_lifetime=0.6, quirks=Quirks(rotate_refresh_tokens=True, reuse_detection=True))
     async with LocalServer(state) as server:
         async with TokenProvider(server.config(), retry=FAST) as tokens:
+
             async def worker() -> None:
                 with anyio.move_on_after(2.0):
                     while True:

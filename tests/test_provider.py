@@ -35,18 +35,35 @@ TASKS = 5000
 class Harness:
     """A fake clock, an in-memory authorization server on that clock, and a provider."""
 
-    def __init__(self, lifetime: float = 60.0, latency: float = 0.05, quirks: Quirks | None = None,
-                 refresh: RefreshPolicy | None = None, retry: RetryPolicy | None = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        lifetime: float = 60.0,
+        latency: float = 0.05,
+        quirks: Quirks | None = None,
+        refresh: RefreshPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        **kw: Any,
+    ) -> None:
         self.clock = FakeClock()
-        self.state = AuthServerState(token_lifetime=lifetime, latency=latency, quirks=quirks, clock=self.clock.monotonic)
+        self.state = AuthServerState(
+            token_lifetime=lifetime, latency=latency, quirks=quirks, clock=self.clock.monotonic
+        )
         self.endpoint = InMemoryEndpoint(self.state, self.clock)
         self.config = PasswordGrantConfig(
-            access_token_url=URL, client_id=self.state.client_id, client_secret=self.state.client_secret,
-            username=self.state.username, password=self.state.password,
+            access_token_url=URL,
+            client_id=self.state.client_id,
+            client_secret=self.state.client_secret,
+            username=self.state.username,
+            password=self.state.password,
         )
         self.provider = TokenProvider(
-            self.config, endpoint=self.endpoint, clock=self.clock, rng=random.Random(7),
-            refresh=refresh, retry=retry or RetryPolicy(base_delay=0.1), **kw,
+            self.config,
+            endpoint=self.endpoint,
+            clock=self.clock,
+            rng=random.Random(7),
+            refresh=refresh,
+            retry=retry or RetryPolicy(base_delay=0.1),
+            **kw,
         )
 
     async def advance(self, seconds: float, step: float | None = None) -> None:
@@ -64,7 +81,6 @@ class Harness:
             self.clock.advance(max(0.0, nxt - self.clock.now))
         self.clock.advance(max(0.0, target - self.clock.now))
         await anyio.wait_all_tasks_blocked()
-
 
     async def get(self, advance: float = 0.05) -> Token:
         """One ``get()`` while time moves on by ``advance``; its error is raised as itself."""
@@ -281,6 +297,7 @@ async def test_thousand_401s_for_one_token_cause_one_refresh(h: Harness) -> None
     assert took.count(True) == 1
     results = []
     async with anyio.create_task_group() as tg:
+
         async def retry() -> None:
             results.append(await h.provider.get())
 
@@ -446,6 +463,7 @@ async def test_closing_the_provider_wakes_waiters_and_cancels_background_work() 
     h = Harness()
     errors = []
     async with anyio.create_task_group() as outer:
+
         async def caller() -> None:
             try:
                 await h.provider.get()
@@ -520,10 +538,9 @@ async def test_file_store_lets_a_restart_skip_the_login(tmp_path) -> None:
 
     h.clock.advance(700)  # access token expired; the stored refresh token still works
     third = TokenProvider(h.config, endpoint=h.endpoint, clock=h.clock, store=FileTokenStore(path))
-    async with third:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(third.get)
-            await h.advance(0.05)
+    async with third, anyio.create_task_group() as tg:
+        tg.start_soon(third.get)
+        await h.advance(0.05)
     assert h.state.count("refresh_token", "ok") == 1 and h.state.count("password") == 1
 
 
@@ -553,11 +570,13 @@ async def test_logs_never_contain_secrets(caplog) -> None:
     async with h.provider:
         for _ in range(4):
             async with anyio.create_task_group() as tg:
+
                 async def get() -> None:
                     try:
                         await h.provider.get()
                     except Exception:
                         pass
+
                 tg.start_soon(get)
                 await h.advance(1.0)
             h.provider.invalidate()

@@ -68,19 +68,23 @@ async def _check(config: PasswordGrantConfig, out: TextIO) -> int:
     try:
         request = build_password_request(config)
         print(f"logging in to {config.access_token_url} as {config.username or '(no username)'} ...", file=out)
-        token = await exchange(endpoint, request, lambda r, s: parse_token_response(config, request, r, s),
-                               policy=policy)
+        token = await exchange(
+            endpoint, request, lambda r, s: parse_token_response(config, request, r, s), policy=policy
+        )
         print("login OK", file=out)
         _print_token(token.describe(), out)
         if token.refresh_token is not None and config.refresh_token_url:
             refresh = build_refresh_request(config, token.refresh_token)
             new = await exchange(
-                endpoint, refresh,
-                lambda r, s: parse_token_response(config, refresh, r, s, previous=token), policy=policy,
+                endpoint,
+                refresh,
+                lambda r, s: parse_token_response(config, refresh, r, s, previous=token),
+                policy=policy,
             )
             rotated = new.refresh_token is not None and new.refresh_token != token.refresh_token
-            print(f"refresh OK at {config.refresh_token_url} (refresh token {'rotated' if rotated else 'kept'})",
-                  file=out)
+            print(
+                f"refresh OK at {config.refresh_token_url} (refresh token {'rotated' if rotated else 'kept'})", file=out
+            )
             _print_token(new.describe(), out)
         elif token.refresh_token is None:
             print("no refresh token was issued: renewals will be password logins", file=out)
@@ -153,6 +157,7 @@ class Progress:
         }
 
     def __call__(self, stats: CrawlStats) -> None:
+        """Show ``stats`` (rate-limited, so it can be called on every page)."""
         now = time.monotonic()
         if self._live is not None:
             if now - self._last >= 0.1:
@@ -233,15 +238,18 @@ async def _run_crawl(
             if on_tokens is not None:
                 on_tokens(tokens)
             with progress:
-                stats = await crawler.crawl(tokens, sink, concurrency=concurrency, rate=rate, state=state,
-                                            on_progress=progress)
+                stats = await crawler.crawl(
+                    tokens, sink, concurrency=concurrency, rate=rate, state=state, on_progress=progress
+                )
                 progress.final(stats)
         return EXIT_OK, stats, tokens
     except asyncio.CancelledError:
         if not got:
             raise
-        print(f"\ninterrupted: positions are checkpointed{' in ' + state if state else ''}; run again to resume",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted: positions are checkpointed{' in ' + state if state else ''}; run again to resume",
+            file=sys.stderr,
+        )
         return (EXIT_SIGTERM if got[0] == signal.SIGTERM else EXIT_SIGINT), stats, tokens
     except TokenError as exc:
         _err(str(exc))
@@ -279,6 +287,19 @@ def _summary(stats: CrawlStats, tokens: TokenProvider, elapsed: float, out: Text
 # --- demo and serve --------------------------------------------------------------------------------
 
 
+def _demo_files(out_dir: Path, *, resume: bool) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jsonl, state_file = out_dir / "demo-records.jsonl", out_dir / "demo-state.json"
+    if not resume:
+        for f in (jsonl, state_file):
+            f.unlink(missing_ok=True)
+    return jsonl, state_file
+
+
+def _distinct_ids(jsonl: Path) -> set[Any]:
+    return {orjson.loads(line)["id"] for line in jsonl.read_bytes().splitlines()}
+
+
 async def _demo(args: argparse.Namespace, out: TextIO) -> int:
     from .demo import DemoItems
     from .testing import AuthServerState, LocalServer, Quirks
@@ -287,12 +308,15 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
     per_project = max(1, args.records // 3)
     api = DemoAPI(per_project=per_project, max_page_size=100, latency=0.015)
     total_requests = per_project * 3 * 1.01
-    plan = [(int(total_requests * f), fault) for f, fault in [
-        (0.15, ApiFault("status", status=429, retry_after="1")),
-        (0.35, ApiFault("status", status=500)),
-        (0.55, ApiFault("status", status=503, retry_after="0.5")),
-        (0.75, ApiFault("status", status=502)),
-    ]]
+    plan = [
+        (int(total_requests * f), fault)
+        for f, fault in [
+            (0.15, ApiFault("status", status=429, retry_after="1")),
+            (0.35, ApiFault("status", status=500)),
+            (0.55, ApiFault("status", status=503, retry_after="0.5")),
+            (0.75, ApiFault("status", status=502)),
+        ]
+    ]
 
     def inject(n: int) -> None:
         if plan and n >= plan[0][0]:
@@ -300,39 +324,44 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
 
     api.on_request = inject
     state = AuthServerState(token_lifetime=args.token_lifetime, quirks=Quirks(rotate_refresh_tokens=True))
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl = out_dir / "demo-records.jsonl"
-    state_file = out_dir / "demo-state.json"
-    for f in (jsonl, state_file):
-        if f.exists() and not args.resume:
-            f.unlink()
+    jsonl, state_file = _demo_files(Path(args.out), resume=args.resume)
     async with LocalServer(state, api=api) as server:
         config = server.config()
         crawler = DemoItems()
         crawler.base_url = server.base_url  # type: ignore[misc]
         print(f"demo: local authorization server and API on {server.base_url}", file=out)
-        print(f"demo: crawling {api.total:,} records with one detail fetch each; tokens live "
-              f"{args.token_lifetime:g}s; a few 429s and 5xx are injected", file=out)
+        print(
+            f"demo: crawling {api.total:,} records with one detail fetch each; tokens live "
+            f"{args.token_lifetime:g}s; a few 429s and 5xx are injected",
+            file=out,
+        )
         started = time.monotonic()
         code, stats, tokens = await _run_crawl(
-            config, crawler, out=str(jsonl), state=str(state_file), concurrency=args.concurrency, rate=None,
-            live=sys.stderr.isatty(), stdout=out,
+            config,
+            crawler,
+            out=str(jsonl),
+            state=str(state_file),
+            concurrency=args.concurrency,
+            rate=None,
+            live=sys.stderr.isatty(),
+            stdout=out,
         )
         elapsed = time.monotonic() - started
         if stats is not None and tokens is not None:
             _summary(stats, tokens, elapsed, out)
         if code != EXIT_OK:
             return code
-    ids = set()
-    with open(jsonl, "rb") as f:
-        for line in f:
-            ids.add(orjson.loads(line)["id"])
+    ids = _distinct_ids(jsonl)
     complete = ids == api.expected_ids()
-    print(f"  {'server saw':<18} {state.count('password')} login, {state.count('refresh_token', 'ok')} refresh, "
-          f"{state.count(outcome='invalid_grant')} invalid_grant", file=out)
-    print(f"  {'output':<18} {jsonl} ({len(ids):,} distinct records: "
-          f"{'complete' if complete else 'INCOMPLETE'})", file=out)
+    print(
+        f"  {'server saw':<18} {state.count('password')} login, {state.count('refresh_token', 'ok')} refresh, "
+        f"{state.count(outcome='invalid_grant')} invalid_grant",
+        file=out,
+    )
+    print(
+        f"  {'output':<18} {jsonl} ({len(ids):,} distinct records: {'complete' if complete else 'INCOMPLETE'})",
+        file=out,
+    )
     return EXIT_OK if complete else EXIT_CRAWL
 
 
@@ -344,8 +373,11 @@ async def _serve(args: argparse.Namespace, out: TextIO) -> int:
     server = LocalServer(state, api=DemoAPI(per_project=args.records // 3), port=args.port)
     async with server:
         conf = {
-            "Access Token URL": server.token_url, "Client Id": state.client_id,
-            "Client Secret": state.client_secret, "Username": state.username, "Password": state.password,
+            "Access Token URL": server.token_url,
+            "Client Id": state.client_id,
+            "Client Secret": state.client_secret,
+            "Username": state.username,
+            "Password": state.password,
         }
         print(f"serving on {server.base_url} (token endpoint {server.token_url}; API under /api/)", file=out)
         print("test credentials (local test server only) as a config file:", file=out)
@@ -364,8 +396,9 @@ async def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also documents every option)."""
-    parser = argparse.ArgumentParser(prog="oauthpw-async", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="oauthpw-async", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each token request and retry")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -399,7 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not args.verbose:
@@ -419,8 +453,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             async def go() -> int:
                 code, stats, tokens = await _run_crawl(
-                    config, crawler, out=args.out, state=args.state, concurrency=args.concurrency,
-                    rate=args.rate, live=sys.stderr.isatty(), stdout=out,
+                    config,
+                    crawler,
+                    out=args.out,
+                    state=args.state,
+                    concurrency=args.concurrency,
+                    rate=args.rate,
+                    live=sys.stderr.isatty(),
+                    stdout=out,
                 )
                 if stats is not None and tokens is not None:
                     _summary(stats, tokens, time.monotonic() - started, out)

@@ -233,8 +233,12 @@ def _validate(c: PasswordGrantConfig) -> list[FieldProblem]:
 # --- loading ------------------------------------------------------------------------------
 
 _FIELDS = {f.name: f for f in attrs.fields(PasswordGrantConfig)}
-_ALIASES = {"client_authentication": "client_auth", "refresh_url": "refresh_token_url",
-            "token_url": "access_token_url", "body_params": "body_parameters"}
+_ALIASES = {
+    "client_authentication": "client_auth",
+    "refresh_url": "refresh_token_url",
+    "token_url": "access_token_url",
+    "body_params": "body_parameters",
+}
 
 
 def _normalise_key(key: str) -> str:
@@ -262,7 +266,9 @@ def _json_object(field: str, value: object, problems: list[FieldProblem]) -> dic
             problems.append(FieldProblem(field, f'is not valid JSON ({exc.msg}); expected {{"key": "value"}}'))
             return None
     if not isinstance(value, Mapping):
-        problems.append(FieldProblem(field, f'must be a JSON object like {{"key": "value"}}, got {type(value).__name__}'))
+        problems.append(
+            FieldProblem(field, f'must be a JSON object like {{"key": "value"}}, got {type(value).__name__}')
+        )
         return None
     out: dict[str, str] = {}
     for k, v in value.items():
@@ -271,7 +277,9 @@ def _json_object(field: str, value: object, problems: list[FieldProblem]) -> dic
         elif isinstance(v, (str, int, float)):
             out[str(k)] = str(v)
         else:
-            problems.append(FieldProblem(field, f"the value of {k!r} must be a string or number, got {type(v).__name__}"))
+            problems.append(
+                FieldProblem(field, f"the value of {k!r} must be a string or number, got {type(v).__name__}")
+            )
     return out
 
 
@@ -329,7 +337,7 @@ def load_config(
                 continue
         elif value is not None and not isinstance(value, str):
             if key in _SECRET_FIELDS:
-                problems.append(FieldProblem(key, "must be a string or {\"env\": \"NAME\"}"))
+                problems.append(FieldProblem(key, 'must be a string or {"env": "NAME"}'))
                 continue
             value = str(value)
         elif isinstance(value, str) and value == "" and key not in _SECRET_FIELDS:
@@ -358,7 +366,7 @@ def _read_file(path: Path) -> Mapping[str, Any]:
             import tomllib
         else:  # pragma: no cover
             try:
-                import tomli as tomllib
+                import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
             except ImportError:
                 raise ConfigError([FieldProblem(str(path), "TOML needs Python 3.11+ or the tomli package")]) from None
 

@@ -118,10 +118,7 @@ class InvalidCredentials(DefinitiveTokenError):
 class InvalidClient(DefinitiveTokenError):
     """The client id, client secret or client authentication method was rejected."""
 
-    hint = (
-        "check Client Id and Client Secret, and the client authentication method "
-        "(client_auth: body, basic or none)"
-    )
+    hint = "check Client Id and Client Secret, and the client authentication method (client_auth: body, basic or none)"
 
 
 class UnsupportedGrantType(DefinitiveTokenError):

@@ -318,7 +318,11 @@ def _rejected(grant: Grant) -> type[TokenError]:
 
 
 def _classify(
-    response: TokenResponse, grant: Grant, code: str | None, description: str | None, retry_after: float | None,
+    response: TokenResponse,
+    grant: Grant,
+    code: str | None,
+    description: str | None,
+    retry_after: float | None,
     scrub: list[str],
 ) -> TokenError:
     status = response.status
@@ -331,7 +335,7 @@ def _classify(
     kw: dict[str, Any] = {"status": status, "error_code": code, "grant": grant, "retry_after": retry_after}
     if code == "invalid_grant":
         return _rejected(grant)(msg, **kw)
-    if code in _ERRORS:
+    if code is not None and code in _ERRORS:
         return _ERRORS[code](msg, **kw)
     if code == "temporarily_unavailable" or status in (408, 429) or status >= 500:
         if status in (401, 403):  # e.g. ServiceNow: 401 with error=server_error for a bad password

@@ -432,7 +432,10 @@ class TokenProvider:
         self._retry_not_before = _NEVER
         log.info(
             "new token from %s: expires in %.3fs (%s), refresh in %.3fs",
-            source, expires_at - self._now(), token.lifetime_source, refresh_at - self._now(),
+            source,
+            expires_at - self._now(),
+            token.lifetime_source,
+            refresh_at - self._now(),
         )
         if self._on_token is not None:
             try:

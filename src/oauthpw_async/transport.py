@@ -99,7 +99,8 @@ class AiohttpTokenEndpoint:
                 if declared is not None and declared > cfg.max_response_bytes:
                     raise TokenResponseError(
                         f"token response of {declared} bytes exceeds max_response_bytes",
-                        status=resp.status, grant=request.grant,
+                        status=resp.status,
+                        grant=request.grant,
                     )
                 chunks: list[bytes] = []
                 size = 0
@@ -108,15 +109,14 @@ class AiohttpTokenEndpoint:
                     if size > cfg.max_response_bytes:
                         raise TokenResponseError(
                             "token response exceeds max_response_bytes; refused",
-                            status=resp.status, grant=request.grant,
+                            status=resp.status,
+                            grant=request.grant,
                         )
                     chunks.append(chunk)
                 return TokenResponse(status=resp.status, headers=headers, body=b"".join(chunks))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             kind = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({type(exc).__name__})"
-            raise TokenTransportError(
-                f"token request to {safe_url(request.url)} {kind}", grant=request.grant
-            ) from None
+            raise TokenTransportError(f"token request to {safe_url(request.url)} {kind}", grant=request.grant) from None
 
     async def aclose(self) -> None:
         """Close the session if this endpoint made it."""

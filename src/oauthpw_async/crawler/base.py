@@ -25,7 +25,9 @@ class Partition:
 
 
 class Crawler:
-    """Subclass this for a new data source; class attributes usually say it all::
+    """Subclass this for a new data source; class attributes usually say it all.
+
+    For example::
 
         class Incidents(Crawler):
             base_url = "https://acme.service-now.com"
@@ -96,8 +98,16 @@ class Crawler:
         on_progress: Callable[[CrawlStats], None] | None = None,
     ) -> CrawlStats:
         """Crawl into ``sink``; with ``state``, resume from and checkpoint to that file."""
-        engine = CrawlEngine(self, tokens, session=session, concurrency=concurrency, rate=rate, state=state,
-                             policy=policy, on_progress=on_progress)
+        engine = CrawlEngine(
+            self,
+            tokens,
+            session=session,
+            concurrency=concurrency,
+            rate=rate,
+            state=state,
+            policy=policy,
+            on_progress=on_progress,
+        )
         return await engine.run(sink)
 
     async def records(self, tokens: TokenProvider, **options: Any) -> AsyncIterator[Any]:

@@ -23,14 +23,14 @@ from ..grant import excerpt
 from ..provider import TokenProvider
 from ..transport import safe_url
 from .checkpoint import Checkpoints
-from .pagination import Page, PageRequest, Paginator, dig, resolve
+from .pagination import Page, Paginator, dig, resolve
 from .sinks import Sink
 
 if TYPE_CHECKING:
     from .base import Crawler, Partition
 
 if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -47,6 +47,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     walk(group)
     real = [e for e in leaves if not isinstance(e, anyio.get_cancelled_exc_class())]
     return (real or leaves)[0]
+
 
 log = logging.getLogger("oauthpw_async.crawler")
 
@@ -137,8 +138,11 @@ class _HostGovernor:
 
 
 def rate_limit_delay(status: int, headers: Mapping[str, str], now_wall: float) -> float | None:
-    """Seconds to wait from ``Retry-After``, ``X-RateLimit-Reset``/``X-Rate-Limit-Reset`` (epoch
-    seconds or ISO 8601) or ``RateLimit-Reset`` (delta seconds), if any is present and usable."""
+    """Seconds to wait, from an answer's rate-limit headers (``None`` when none is usable).
+
+    Reads ``Retry-After`` (seconds or HTTP-date), ``X-RateLimit-Reset`` / ``X-Rate-Limit-Reset``
+    (epoch seconds or ISO 8601) and ``RateLimit-Reset`` (delta seconds).
+    """
     ra = headers.get("Retry-After")
     if ra:
         ra = ra.strip()
@@ -271,8 +275,11 @@ class CrawlEngine:
             key = request.key()
             if key in seen:
                 self.stats.cycles_stopped += 1
-                log.warning("partition %s: page %s was already read; stopping to avoid a loop",
-                            partition.name, safe_url(request.url))
+                log.warning(
+                    "partition %s: page %s was already read; stopping to avoid a loop",
+                    partition.name,
+                    safe_url(request.url),
+                )
                 break
             seen.add(key)
             if index >= max_pages:
@@ -351,7 +358,10 @@ class CrawlEngine:
                 self.stats.requests += 1
                 try:
                     async with session.get(
-                        url, params=list(params), timeout=timeout, allow_redirects=True,
+                        url,
+                        params=list(params),
+                        timeout=timeout,
+                        allow_redirects=True,
                         headers={"Authorization": token.authorization, "Accept": "application/json"},
                     ) as resp:
                         status = resp.status
@@ -364,8 +374,12 @@ class CrawlEngine:
             if status == 401:
                 self.stats.unauthorized += 1
                 if renewed:
-                    raise UnauthorizedError("refused twice, the second time with a renewed token",
-                                            status=401, url=safe_url(url), excerpt=excerpt(body))
+                    raise UnauthorizedError(
+                        "refused twice, the second time with a renewed token",
+                        status=401,
+                        url=safe_url(url),
+                        excerpt=excerpt(body),
+                    )
                 renewed = True
                 self.tokens.invalidate(token)
                 continue
@@ -373,15 +387,23 @@ class CrawlEngine:
                 try:
                     return status, headers, orjson.loads(body) if body.strip() else None, final_url
                 except orjson.JSONDecodeError:
-                    raise HTTPStatusError("the API answered with something that is not JSON", status=status,
-                                          url=safe_url(url), excerpt=excerpt(body)) from None
+                    raise HTTPStatusError(
+                        "the API answered with something that is not JSON",
+                        status=status,
+                        url=safe_url(url),
+                        excerpt=excerpt(body),
+                    ) from None
             if status in (429, 503) or (status == 403 and headers.get("X-RateLimit-Remaining") == "0"):
                 delay = rate_limit_delay(status, headers, time.time())
                 if delay is None:
                     delay = self._backoff(attempt)
                 if delay > policy.max_pause:
-                    raise HTTPStatusError(f"rate limited for {delay:.0f}s, longer than max_pause",
-                                          status=status, url=safe_url(url), excerpt=excerpt(body))
+                    raise HTTPStatusError(
+                        f"rate limited for {delay:.0f}s, longer than max_pause",
+                        status=status,
+                        url=safe_url(url),
+                        excerpt=excerpt(body),
+                    )
                 gov.pause(delay)
                 self.stats.rate_limit_pauses += 1
                 problem = f"HTTP {status}, pausing {delay:.2f}s"
@@ -394,8 +416,12 @@ class CrawlEngine:
                 raise HTTPStatusError("request failed", status=status, url=safe_url(url), excerpt=excerpt(body))
             attempt += 1
             if attempt >= policy.max_attempts or time.monotonic() - started + delay > policy.deadline:
-                raise HTTPStatusError(f"gave up after {attempt} attempts ({problem})", status=status,
-                                      url=safe_url(url), excerpt=excerpt(body))
+                raise HTTPStatusError(
+                    f"gave up after {attempt} attempts ({problem})",
+                    status=status,
+                    url=safe_url(url),
+                    excerpt=excerpt(body),
+                )
             self.stats.retries += 1
             log.info("retrying %s in %.2fs: %s", safe_url(url), delay, problem)
             if delay:

@@ -110,7 +110,7 @@ class NextUrl(_NoStart):
         return PageRequest(urljoin(page.url, nxt))
 
 
-def ODataNextLink() -> NextUrl:  # noqa: N802 - reads as a strategy name
+def ODataNextLink() -> NextUrl:
     """OData's ``@odata.nextLink`` (SharePoint, Graph, Dynamics)."""
     return NextUrl(("@odata.nextLink",))
 
@@ -138,8 +138,10 @@ class Cursor(_NoStart):
 
 @attrs.frozen
 class Offset:
-    """``offset``/``limit`` paging. With ``total_path`` it stops at the total (and steps over
-    empty pages mid-stream); without, it stops at the first empty page. The offset moves by
+    """``offset``/``limit`` paging.
+
+    With ``total_path`` it stops at the total (and steps over empty pages mid-stream);
+    without, it stops at the first empty page. The offset moves by
     the records actually returned, so a server that caps the page size loses nothing.
     """
 
@@ -194,7 +196,7 @@ class PageNumber:
         return page.request.with_params(**{self.page_param: number + 1})
 
 
-_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 
 
 def parse_link_header(value: str) -> dict[str, str]:

@@ -106,6 +106,7 @@ class DemoAPI:
         return set(range(self.total))
 
     def __call__(self, app: web.Application, auth: AuthServerState) -> None:
+        """Install the routes on ``app``, checking tokens against ``auth``."""
         self._auth = auth
         app.router.add_get("/api/ping", self._ping)
         app.router.add_get("/api/items/{id}", self._detail)
@@ -137,8 +138,9 @@ class DemoAPI:
         assert self._auth is not None
         if not self._auth.check_authorization(request.headers.get("Authorization")):
             self.counts[f"{kind}:401"] += 1
-            return web.json_response({"error": "invalid_token"}, status=401,
-                                     headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return web.json_response(
+                {"error": "invalid_token"}, status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            )
         self.counts[f"{kind}:200"] += 1
         return None
 
@@ -187,8 +189,9 @@ class DemoAPI:
         pidx, project = found
         q = request.query
         try:
-            size = min(int(q.get("limit") or q.get("per_page") or q.get("$top") or self.max_page_size),
-                       self.max_page_size)
+            size = min(
+                int(q.get("limit") or q.get("per_page") or q.get("$top") or self.max_page_size), self.max_page_size
+            )
             if style == "offset":
                 start = int(q.get("offset", 0))
             elif style == "cursor":
@@ -212,13 +215,18 @@ class DemoAPI:
         base = f"/api/{style}/items"
         if style == "offset":
             link = f'<{request.url.origin()}{base}?project={project}&offset={nxt}&limit={size}>; rel="next"'
-            return self._json({"items": items, "total": self.per_project, "offset": start},
-                              headers={"Link": link} if more else None)
+            return self._json(
+                {"items": items, "total": self.per_project, "offset": start}, headers={"Link": link} if more else None
+            )
         if style == "cursor":
-            return self._json({"data": items, "meta": {"has_more": more, "next_cursor": format(nxt, "x") if more else None}})
+            return self._json(
+                {"data": items, "meta": {"has_more": more, "next_cursor": format(nxt, "x") if more else None}}
+            )
         if style == "page":
             pages = -(-self.per_project // size)
-            return self._json({"results": items, "page": page_index + 1, "total_pages": pages, "count": self.per_project})
+            return self._json(
+                {"results": items, "page": page_index + 1, "total_pages": pages, "count": self.per_project}
+            )
         if style == "nexturl":
             body: dict[str, Any] = {"records": items, "totalSize": self.per_project, "done": not more}
             if more:

@@ -261,7 +261,11 @@ class AuthServerState:
         if not self._client_ok(headers, form):
             return self._error(401, "invalid_client", "client authentication failed"), kind, "invalid_client"
         if q.required_header and headers.get(q.required_header[0].lower()) != q.required_header[1]:
-            return self._error(400, "invalid_request", f"missing header {q.required_header[0]}"), kind, "invalid_request"
+            return (
+                self._error(400, "invalid_request", f"missing header {q.required_header[0]}"),
+                kind,
+                "invalid_request",
+            )
         if q.required_body_param and form.get(q.required_body_param[0]) != q.required_body_param[1]:
             return self._error(400, "invalid_request", "missing parameter"), kind, "invalid_request"
         if kind == "password":
@@ -277,7 +281,11 @@ class AuthServerState:
                 self.locked = True
             return self._bad_password("invalid username or password"), "password", "invalid_grant"
         self.failed_logins = 0
-        return self._issue(_Family(), with_refresh=self.quirks.issue_refresh_token and not self.quirks.salesforce), "password", "ok"
+        return (
+            self._issue(_Family(), with_refresh=self.quirks.issue_refresh_token and not self.quirks.salesforce),
+            "password",
+            "ok",
+        )
 
     def _bad_password(self, text: str) -> Reply:
         if self.quirks.bad_password_style == "servicenow":

@@ -16,7 +16,9 @@ RouteInstaller = Callable[[web.Application, AuthServerState], None]
 
 
 class LocalServer:
-    """An aiohttp.web server on an ephemeral 127.0.0.1 port::
+    """An aiohttp.web server on an ephemeral 127.0.0.1 port.
+
+    Use it as::
 
         async with LocalServer() as server:
             config = server.config()          # a client config that logs in to it
@@ -102,9 +104,7 @@ class LocalServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
         await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self._runner.addresses[0][1])
         if self.auth.instance_url is None:
             self.auth.instance_url = self.base_url
         return self

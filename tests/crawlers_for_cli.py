@@ -1,0 +1,14 @@
+"""Crawlers the CLI tests load with --crawler tests.crawlers_for_cli:Name."""
+
+from __future__ import annotations
+
+from oauthpw_async.crawler import Crawler, Cursor, Partition
+
+
+class SlowCursorItems(Crawler):
+    path = "/api/cursor/items"
+    records_path = "data"
+    pagination = Cursor("meta.next_cursor", has_more_path="meta.has_more")
+
+    def partitions(self):
+        return [Partition(p, {"project": p, "limit": "20"}) for p in ("alpha", "beta", "gamma")]
