@@ -204,7 +204,9 @@ class CrawlEngine:
         self._checkpoints = Checkpoints(state)
         self._policy = policy or HttpPolicy()
         self._on_progress = on_progress
-        self._slots = anyio.Semaphore(concurrency)
+        # aiohttp ties the engine to asyncio, so asyncio's own primitives are used on the hot path.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._timeout = aiohttp.ClientTimeout(total=self._policy.timeout)
         self._hosts: dict[str, _HostGovernor] = {}
         self._paginator: Paginator = resolve(crawler.pagination)
         self._rng = random.Random()
@@ -321,19 +323,19 @@ class CrawlEngine:
             _, _, data, _ = await self._request(session, url, ())
             out[i] = self.crawler.merge_detail(records[i], data)
 
+        tasks = [asyncio.ensure_future(fetch(i, t)) for i, t in enumerate(targets) if t]
         try:
-            async with anyio.create_task_group() as tg:
-                for i, target in enumerate(targets):
-                    if target:
-                        tg.start_soon(fetch, i, target)
-        except BaseExceptionGroup as group:
-            raise _first_error(group) from None
+            await asyncio.gather(*tasks)
+        finally:  # on a failure (or cancellation) the other fetches of the page stop too
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return out
 
     # --- one request -------------------------------------------------------------------------------
 
     def _governor(self, url: str) -> _HostGovernor:
-        host = urlsplit(url).netloc
+        host = url.split("/", 3)[2] if "://" in url else urlsplit(url).netloc
         gov = self._hosts.get(host)
         if gov is None:
             gov = self._hosts[host] = _HostGovernor(self._rate)
@@ -347,7 +349,8 @@ class CrawlEngine:
         started = time.monotonic()
         attempt = 0
         renewed = False
-        timeout = aiohttp.ClientTimeout(total=policy.timeout)
+        timeout = self._timeout
+        query = list(params) or None
         while True:
             await gov.wait()
             problem: str
@@ -359,7 +362,7 @@ class CrawlEngine:
                 try:
                     async with session.get(
                         url,
-                        params=list(params),
+                        params=query,
                         timeout=timeout,
                         allow_redirects=True,
                         headers={"Authorization": token.authorization, "Accept": "application/json"},
