@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import random
 import sys
@@ -124,7 +125,7 @@ class _HostGovernor:
         self.next_slot = 0.0
 
     async def wait(self) -> None:
-        while (delay := self.paused_until - time.monotonic()) > 0:
+        while self.paused_until and (delay := self.paused_until - time.monotonic()) > 0:
             await anyio.sleep(delay)
         if self.interval:
             now = time.monotonic()
@@ -171,6 +172,21 @@ def rate_limit_delay(status: int, headers: Mapping[str, str], now_wall: float) -
         except ValueError:
             pass
     return None
+
+
+@functools.lru_cache(maxsize=64)
+def _origin(base: str) -> str:
+    parts = urlsplit(base)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _resolve(base: str, target: str) -> str:
+    """``target`` as an absolute URL: as is, on ``base``'s origin (``/path``), or joined to ``base``."""
+    if target.startswith(("https://", "http://")):
+        return target
+    if target.startswith("/"):
+        return _origin(base) + target
+    return urljoin(base.rstrip("/") + "/", target)
 
 
 class CrawlEngine:
@@ -287,9 +303,9 @@ class CrawlEngine:
             if index >= max_pages:
                 log.warning("partition %s: page budget of %d reached; stopping", partition.name, max_pages)
                 break
-            url = urljoin(base.rstrip("/") + "/", request.url) if not request.url.startswith("http") else request.url
+            url = _resolve(base, request.url)
             status, headers, data, final_url = await self._request(session, url, request.params)
-            page = Page(request=request, url=final_url, status=status, headers=headers, data=data, index=index)
+            page = Page(request=request, url=str(final_url), status=status, headers=headers, data=data, index=index)
             records = list(self.crawler.parse(page))
             if ps.total is None and self.crawler.total_path is not None:
                 total = dig(data, self.crawler.total_path)
@@ -319,17 +335,17 @@ class CrawlEngine:
         out = list(records)
 
         async def fetch(i: int, target: str) -> None:
-            url = target if target.startswith("http") else urljoin(base.rstrip("/") + "/", target)
-            _, _, data, _ = await self._request(session, url, ())
+            _, _, data, _ = await self._request(session, _resolve(base, target), ())
             out[i] = self.crawler.merge_detail(records[i], data)
 
         tasks = [asyncio.ensure_future(fetch(i, t)) for i, t in enumerate(targets) if t]
         try:
             await asyncio.gather(*tasks)
-        finally:  # on a failure (or cancellation) the other fetches of the page stop too
+        except BaseException:  # on a failure (or cancellation) the page's other fetches stop too
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return out
 
     # --- one request -------------------------------------------------------------------------------
@@ -343,10 +359,10 @@ class CrawlEngine:
 
     async def _request(
         self, session: aiohttp.ClientSession, url: str, params: Sequence[tuple[str, str]]
-    ) -> tuple[int, Mapping[str, str], Any, str]:
+    ) -> tuple[int, Mapping[str, str], Any, object]:
         policy = self._policy
         gov = self._governor(url)
-        started = time.monotonic()
+        started = 0.0  # set at the first failure: the happy path reads no extra clock
         attempt = 0
         renewed = False
         timeout = self._timeout
@@ -370,7 +386,7 @@ class CrawlEngine:
                         status = resp.status
                         headers = resp.headers
                         body = await resp.read()
-                        final_url = str(resp.url)
+                        final_url = resp.url
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     status, headers, body, final_url = 0, {}, b"", url  # type: ignore[assignment]
                     problem = type(exc).__name__
@@ -418,6 +434,8 @@ class CrawlEngine:
             else:
                 raise HTTPStatusError("request failed", status=status, url=safe_url(url), excerpt=excerpt(body))
             attempt += 1
+            if attempt == 1:
+                started = time.monotonic()
             if attempt >= policy.max_attempts or time.monotonic() - started + delay > policy.deadline:
                 raise HTTPStatusError(
                     f"gave up after {attempt} attempts ({problem})",
