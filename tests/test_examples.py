@@ -14,8 +14,8 @@ from oauthpw_async.testing.api import DemoAPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-from salesforce_like import Accounts  # noqa: E402
-from servicenow_like import Incidents  # noqa: E402
+from salesforce_like import Accounts
+from servicenow_like import Incidents
 
 pytestmark = pytest.mark.anyio
 
