@@ -23,7 +23,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Ruff lint and format check."""
-    session.install("ruff>=0.6")
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -31,18 +31,29 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Mypy strict over the package."""
-    session.install("-e", ".[test]", "mypy>=1.10")
+    session.install("-e", ".[test]", "mypy==2.4.1")
     session.run("mypy")
+
+
+#: The clients compared with in benchmarks/peers.py, pinned; never runtime dependencies.
+PEERS = [
+    "authlib==1.9.10",
+    "httpx==0.28.1",
+    "httpx-auth==0.23.1",
+    "aiohttp-oauth2-client==2.0.1",
+    "matplotlib==3.11.2",
+]
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Refresh-contention and crawl benchmarks; exits non-zero when a bound is missed.
+    """Refresh-contention, crawl and peer-comparison benchmarks; non-zero exit when a bound is missed.
 
     ``nox -s bench -- --smoke`` runs the seconds-long version that CI uses.
     """
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", *PEERS)
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/peers.py", *session.posargs)
 
 
 @nox.session

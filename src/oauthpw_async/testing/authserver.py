@@ -140,6 +140,12 @@ class AuthServerState:
         self._access.clear()
         return n
 
+    def issue_static_token(self) -> str:
+        """An access token that never expires (a ceiling for benchmarks); returns its value."""
+        token = secrets.token_urlsafe(24)
+        self._access[token] = _Issued(float("inf"), _Family())
+        return token
+
     def unlock(self) -> None:
         """Clear the lockout and the failed-login count."""
         self.locked = False
@@ -314,7 +320,7 @@ class AuthServerState:
         q = self.quirks
         now = self.clock()
         if len(self._access) > self._prune_at:
-            self._access = {k: v for k, v in self._access.items() if v.expires_at > now}
+            self._access = {k: v for k, v in self._access.items() if v.expires_at > now}  # keeps static tokens
             self._prune_at = max(1024, 2 * len(self._access))
         access = secrets.token_urlsafe(24)
         self._access[access] = _Issued(now + self.token_lifetime, family)

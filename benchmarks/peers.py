@@ -1,0 +1,448 @@
+"""The same refresh-contention run with oauthpw_async and the clients users would pick instead.
+
+Every library runs in its own process against a fresh local server in another process (over
+real HTTP on 127.0.0.1), with the same task count, duration, token lifetime, token-endpoint
+latency and, where the library lets one set it, refresh margin. Scenarios:
+
+  a) 1-second tokens, strictly rotating refresh tokens (reuse of an old one is refused)
+  b) 1-second tokens, non-rotating refresh tokens
+  c) 3-second tokens, rotating
+  d) 1-second tokens, rotating, each library with its own default refresh margin
+
+Figures come from the server (token requests, invalid_grant answers, 401s) and from the
+driver (successful requests, latency). The run fails only on oauthpw_async's own bounds in
+scenario a: token requests above ideal + 1, any invalid_grant or unretried 401, or fewer
+successful requests than 0.8 of the static-token ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+TOKEN_LATENCY = 0.05
+LIBRARIES = ["oauthpw_async", "authlib", "httpx-auth", "aiohttp-oauth2-client", "static token"]
+SCENARIOS = {
+    "a": {"lifetime": 1.0, "rotate": True, "own_margin": False},
+    "b": {"lifetime": 1.0, "rotate": False, "own_margin": False},
+    "c": {"lifetime": 3.0, "rotate": True, "own_margin": False},
+    "d": {"lifetime": 1.0, "rotate": True, "own_margin": True},
+}
+#: Refresh margin used where a library lets one set it (a fraction of the lifetime).
+MARGIN_FRACTION = 0.25
+#: Each library's own default margin, in seconds (None: it has no margin at all).
+DEFAULT_MARGINS = {
+    "oauthpw_async": "25% of lifetime",
+    "authlib": 60,
+    "httpx-auth": 30,
+    "aiohttp-oauth2-client": 30,
+    "static token": None,
+}
+
+
+# --- the server process ------------------------------------------------------------------------------
+
+
+async def serve(lifetime: float, rotate: bool) -> None:
+    from aiohttp import web
+
+    from oauthpw_async.testing import AuthServerState, LocalServer, Quirks
+    from oauthpw_async.testing.api import DemoAPI
+
+    api = DemoAPI()
+    state = AuthServerState(token_lifetime=lifetime, latency=TOKEN_LATENCY, quirks=Quirks(rotate_refresh_tokens=rotate))
+
+    def routes(app: web.Application, auth: AuthServerState) -> None:
+        api(app, auth)
+
+        async def stats(request: web.Request) -> web.Response:
+            return web.json_response({"auth": dict(auth.counts), "api": dict(api.counts)})
+
+        app.router.add_get("/__stats", stats)
+
+    async with LocalServer(state, api=routes) as server:
+        static = state.issue_static_token()
+        print(
+            json.dumps(
+                {
+                    "base_url": server.base_url,
+                    "static_token": static,
+                    "client_id": state.client_id,
+                    "client_secret": state.client_secret,
+                    "username": state.username,
+                    "password": state.password,
+                }
+            ),
+            flush=True,
+        )
+        await asyncio.Event().wait()
+
+
+# --- the driver processes ----------------------------------------------------------------------------
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.ok = 0
+        self.unauthorized = 0
+        self.errors = 0
+        self.latencies: list[float] = []
+        self.error_kinds: dict[str, int] = {}
+
+    def error(self, exc: BaseException) -> None:
+        self.errors += 1
+        name = type(exc).__name__
+        self.error_kinds[name] = self.error_kinds.get(name, 0) + 1
+
+
+async def run_tasks(tasks: int, duration: float, one_request: Any, tally: Tally) -> float:
+    end = time.monotonic() + duration
+
+    async def worker() -> None:
+        while time.monotonic() < end:
+            t0 = time.perf_counter()
+            try:
+                status = await one_request()
+            except Exception as exc:
+                tally.error(exc)
+                await asyncio.sleep(0.01)  # a failing library must not starve the loop
+                continue
+            tally.latencies.append(time.perf_counter() - t0)
+            if status == 200:
+                tally.ok += 1
+            elif status == 401:
+                tally.unauthorized += 1
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return time.monotonic() - start
+
+
+async def drive(lib: str, info: dict[str, Any], tasks: int, duration: float, margin: float | None) -> dict[str, Any]:
+    url = f"{info['base_url']}/api/ping"
+    token_url = f"{info['base_url']}/oauth/token"
+    tally = Tally()
+    limit = 100
+    notes = ""
+    if lib == "oauthpw_async":
+        import aiohttp
+
+        from oauthpw_async import PasswordGrantConfig, RefreshPolicy, TokenProvider
+
+        config = PasswordGrantConfig(
+            access_token_url=token_url,
+            client_id=info["client_id"],
+            client_secret=info["client_secret"],
+            username=info["username"],
+            password=info["password"],
+        )
+        policy = RefreshPolicy() if margin is None else RefreshPolicy(max_margin=margin, margin_fraction=1.0)
+        slots = asyncio.Semaphore(limit)
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session,
+            TokenProvider(config, refresh=policy) as tokens,
+        ):
+
+            async def one() -> int:
+                async with slots:
+                    for _ in range(2):  # one retry after a 401, with the renewed token
+                        token = await tokens.get()
+                        async with session.get(url, headers={"Authorization": token.authorization}) as r:
+                            await r.read()
+                        if r.status != 401:
+                            return r.status
+                        tokens.invalidate(token)
+                    return 401
+
+            elapsed = await run_tasks(tasks, duration, one, tally)
+    elif lib == "static token":
+        import aiohttp
+
+        headers = {"Authorization": f"Bearer {info['static_token']}"}
+        slots = asyncio.Semaphore(limit)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit)) as session:
+
+            async def one() -> int:
+                async with slots, session.get(url, headers=headers) as r:
+                    await r.read()
+                    return r.status
+
+            elapsed = await run_tasks(tasks, duration, one, tally)
+    elif lib == "authlib":
+        import httpx
+        from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+        kwargs: dict[str, Any] = {} if margin is None else {"leeway": margin}
+        async with AsyncOAuth2Client(
+            info["client_id"],
+            info["client_secret"],
+            token_endpoint=token_url,
+            token_endpoint_auth_method="client_secret_post",
+            limits=httpx.Limits(max_connections=limit),
+            timeout=30,
+            **kwargs,
+        ) as client:
+            await client.fetch_token(token_url, username=info["username"], password=info["password"])
+
+            async def one() -> int:
+                r = await client.get(url)
+                return r.status_code
+
+            elapsed = await run_tasks(tasks, duration, one, tally)
+    elif lib == "httpx-auth":
+        import httpx
+        import httpx_auth
+
+        kwargs = {} if margin is None else {"early_expiry": margin}
+        # Its client_auth=(id, secret) sends HTTP Basic without the RFC 6749 2.3.1 form-encoding,
+        # which the server's secret ("+/:%") does not survive; extra keywords go in the form body.
+        auth = httpx_auth.OAuth2ResourceOwnerPasswordCredentials(
+            token_url,
+            info["username"],
+            info["password"],
+            client_id=info["client_id"],
+            client_secret=info["client_secret"],
+            **kwargs,
+        )
+        async with httpx.AsyncClient(auth=auth, limits=httpx.Limits(max_connections=limit), timeout=30) as client:
+
+            async def one() -> int:
+                r = await client.get(url)
+                return r.status_code
+
+            elapsed = await run_tasks(tasks, duration, one, tally)
+        notes = "token requests are synchronous (block the event loop); client credentials sent in the body"
+    elif lib == "aiohttp-oauth2-client":
+        import aiohttp
+        from aiohttp_oauth2_client.grant.resource_owner_password_credentials import (
+            ResourceOwnerPasswordCredentialsGrant,
+        )
+        from aiohttp_oauth2_client.middleware import OAuth2Middleware
+
+        notes = "margin fixed at 30 s (not settable)"
+        async with (
+            ResourceOwnerPasswordCredentialsGrant(
+                token_url=token_url,
+                username=info["username"],
+                password=info["password"],
+                client_id=info["client_id"],
+                client_secret=info["client_secret"],
+            ) as grant,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit), middlewares=(OAuth2Middleware(grant),)
+            ) as session,
+        ):
+
+            async def one() -> int:
+                async with session.get(url) as r:
+                    await r.read()
+                    return r.status
+
+            elapsed = await run_tasks(tasks, duration, one, tally)
+    else:
+        raise SystemExit(f"unknown library {lib}")
+    lat = sorted(tally.latencies)
+    return {
+        "ok": tally.ok,
+        "client_401": tally.unauthorized,
+        "errors": tally.errors,
+        "error_kinds": tally.error_kinds,
+        "seconds": round(elapsed, 2),
+        "rps": round(tally.ok / elapsed) if elapsed else 0,
+        "p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 1) if lat else None,
+        "notes": notes,
+    }
+
+
+# --- orchestration ----------------------------------------------------------------------------------
+
+
+def one_run(lib: str, scenario: str, tasks: int, duration: float) -> dict[str, Any]:
+    sc = SCENARIOS[scenario]
+    lifetime = float(sc["lifetime"])  # type: ignore[arg-type]
+    margin = None if sc["own_margin"] else MARGIN_FRACTION * lifetime
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(lifetime), str(int(bool(sc["rotate"])))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        info = json.loads(server.stdout.readline())
+        args = [
+            sys.executable,
+            __file__,
+            "--drive",
+            lib,
+            json.dumps(info),
+            str(tasks),
+            str(duration),
+            "" if margin is None else str(margin),
+        ]
+        res = subprocess.run(args, capture_output=True, text=True, timeout=duration * 6 + 120)
+        if res.returncode != 0:
+            driven: dict[str, Any] = {"ok": 0, "errors": -1, "notes": f"driver failed: {res.stderr.strip()[-300:]}"}
+        else:
+            driven = json.loads(res.stdout.strip().splitlines()[-1])
+        import urllib.request
+
+        with urllib.request.urlopen(f"{info['base_url']}/__stats", timeout=10) as r:
+            stats = json.loads(r.read())
+    finally:
+        server.terminate()
+        server.wait(10)
+    auth = stats["auth"]
+    token_requests = sum(v for k, v in auth.items() if not k.startswith("fault"))
+    invalid = sum(v for k, v in auth.items() if k.endswith(":invalid_grant") or k.endswith(":reuse"))
+    # The fresh interval: lifetime - margin (oauthpw_async also takes a 5% skew allowance off).
+    eff_margin = margin if margin is not None else _default_margin(lib, lifetime)
+    skew = 0.05 * lifetime if lib == "oauthpw_async" else 0.0
+    interval = lifetime - eff_margin - skew
+    ideal = round(1 + duration / interval, 1) if interval > 0 else None
+    return {
+        "library": lib,
+        "scenario": scenario,
+        "lifetime_s": lifetime,
+        "margin_s": "n/a"
+        if lib == "static token"
+        else (round(margin, 3) if margin is not None else DEFAULT_MARGINS[lib]),
+        "token_requests": 0 if lib == "static token" else token_requests,
+        "ideal": "n/a" if lib == "static token" else (ideal if ideal is not None else "every request"),
+        "invalid_grant": invalid,
+        "server_401": stats["api"].get("ping:401", 0),
+        **driven,
+    }
+
+
+def _default_margin(lib: str, lifetime: float) -> float:
+    value = DEFAULT_MARGINS[lib]
+    if isinstance(value, (int, float)):
+        return float(value)
+    if lib == "oauthpw_async":
+        return 0.25 * lifetime * 1.1
+    return 0.0
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    cols = [
+        "scenario",
+        "library",
+        "margin_s",
+        "token_requests",
+        "ideal",
+        "invalid_grant",
+        "server_401",
+        "ok",
+        "rps",
+        "p50_ms",
+        "p99_ms",
+        "errors",
+    ]
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
+    for r in rows:
+        if r.get("notes"):
+            print(f"note ({r['scenario']}, {r['library']}): {r['notes']}")
+
+
+def draw(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scenarios = sorted({r["scenario"] for r in rows})
+    libs = [lib for lib in LIBRARIES if any(r["library"] == lib for r in rows)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / len(libs)
+    for ax, key, title in (
+        (axes[0], "token_requests", "token requests (log scale; fewer is better)"),
+        (axes[1], "ok", "successful API requests (more is better)"),
+    ):
+        for i, lib in enumerate(libs):
+            values = [
+                next((r.get(key, 0) or 0 for r in rows if r["library"] == lib and r["scenario"] == s), 0)
+                for s in scenarios
+            ]
+            xs = [j + i * width for j in range(len(scenarios))]
+            ax.bar(xs, [max(v, 0.9) if key == "token_requests" else v for v in values], width, label=lib)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(scenarios))])
+        ax.set_xticklabels([f"{s}) {_describe(s)}" for s in scenarios], fontsize=8)
+        ax.set_title(title, fontsize=10)
+        if key == "token_requests":
+            ax.set_yscale("log")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _describe(s: str) -> str:
+    sc = SCENARIOS[s]
+    text = f"{sc['lifetime']:g}s tokens, {'rotating' if sc['rotate'] else 'non-rotating'}"
+    return text + (", own margins" if sc["own_margin"] else "")
+
+
+def compare(tasks: int, duration: float, scenarios: list[str], libs: list[str]) -> tuple[list[dict[str, Any]], bool]:
+    rows = []
+    for s in scenarios:
+        for lib in libs:
+            row = one_run(lib, s, tasks, duration)
+            rows.append(row)
+            print(f"  ran {s}) {lib}: {row.get('token_requests')} token requests, {row.get('ok')} ok", flush=True)
+    ok = True
+    ours = next((r for r in rows if r["library"] == "oauthpw_async" and r["scenario"] == "a"), None)
+    static = next((r for r in rows if r["library"] == "static token" and r["scenario"] == "a"), None)
+    if ours is not None:
+        ideal = ours["ideal"] if isinstance(ours["ideal"], (int, float)) else 0
+        checks = {
+            "token requests <= ideal + 1": ours["token_requests"] <= ideal + 1,
+            "no invalid_grant": ours["invalid_grant"] == 0,
+            "no unretried 401": ours.get("client_401", 1) == 0,
+            ">= 0.8 of the static-token ceiling": static is None or ours["ok"] >= 0.8 * static["ok"],
+        }
+        for name, passed in checks.items():
+            print(f"oauthpw_async, scenario a: {name}: {'ok' if passed else 'MISSED'}")
+        ok = all(checks.values())
+    return rows, ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="scenario a only, 100 tasks, 2 s")
+    parser.add_argument("--serve", nargs=2, metavar=("LIFETIME", "ROTATE"), help=argparse.SUPPRESS)
+    parser.add_argument("--drive", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        asyncio.run(serve(float(args.serve[0]), args.serve[1] == "1"))
+        return 0
+    if args.drive:
+        lib, info, tasks, duration, margin = args.drive
+        res = asyncio.run(drive(lib, json.loads(info), int(tasks), float(duration), float(margin) if margin else None))
+        print(json.dumps(res))
+        return 0
+    if args.smoke:
+        rows, ok = compare(100, 2.0, ["a"], LIBRARIES)
+    else:
+        rows, ok = compare(1000, 5.0, list(SCENARIOS), LIBRARIES)
+    print_table(rows)
+    RESULTS.mkdir(exist_ok=True)
+    name = "peers-smoke" if args.smoke else "peers"
+    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
+    draw(rows, RESULTS / f"{name}.png")
+    print(f"saved {RESULTS / (name + '.json')} and {name}.png")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
