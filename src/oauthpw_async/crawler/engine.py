@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import logging
 import random
@@ -20,7 +19,7 @@ import attrs
 import orjson
 
 from ..errors import CrawlError, HTTPStatusError, UnauthorizedError
-from ..grant import excerpt
+from ..grant import excerpt, parse_retry_after
 from ..provider import TokenProvider
 from ..transport import safe_url
 from .checkpoint import Checkpoints
@@ -144,16 +143,9 @@ def rate_limit_delay(status: int, headers: Mapping[str, str], now_wall: float) -
     Reads ``Retry-After`` (seconds or HTTP-date), ``X-RateLimit-Reset`` / ``X-Rate-Limit-Reset``
     (epoch seconds or ISO 8601) and ``RateLimit-Reset`` (delta seconds).
     """
-    ra = headers.get("Retry-After")
-    if ra:
-        ra = ra.strip()
-        try:
-            return max(0.0, float(ra))
-        except ValueError:
-            try:
-                return max(0.0, email.utils.parsedate_to_datetime(ra).timestamp() - now_wall)
-            except (TypeError, ValueError, IndexError):
-                pass
+    retry_after = parse_retry_after(headers.get("Retry-After"), now_wall)
+    if retry_after is not None:
+        return retry_after
     for name in ("X-RateLimit-Reset", "X-Rate-Limit-Reset"):
         value = headers.get(name)
         if value:
