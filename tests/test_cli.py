@@ -204,3 +204,35 @@ async def test_bad_crawler_spec_is_a_usage_error(tmp_path) -> None:
         cfg = write_config(tmp_path / "c.json", server)
     code, _, err = await run_cli("crawl", "--config", str(cfg), "--crawler", "nope")
     assert code == 2 and "module:Class" in err
+
+
+async def test_serve_prints_a_usable_config_and_stops_on_sigterm(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "oauthpw_async",
+        "serve",
+        "--port",
+        str(port),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert f"serving on http://127.0.0.1:{port}" in first.decode()
+    text = b""
+    while not text.rstrip().endswith(b"}"):
+        text += await asyncio.wait_for(proc.stdout.readline(), 10)
+    conf = orjson.loads(text[text.index(b"{") :])
+    cfg = tmp_path / "c.json"
+    cfg.write_bytes(orjson.dumps(conf))
+    code, out, err = await run_cli("check", "--config", str(cfg))
+    assert code == 0 and "login OK" in out, err
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 30) == 0

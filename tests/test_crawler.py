@@ -331,3 +331,16 @@ def test_json_lines_sink_repairs_a_torn_tail(tmp_path) -> None:
     path.write_bytes(b'{"id":1}\n{"id":2}\n{"id":')
     JsonLinesSink(path).close()
     assert path.read_bytes() == b'{"id":1}\n{"id":2}\n'
+
+
+async def test_rate_limit_spaces_requests_per_host() -> None:
+    class One(CursorItems):
+        def partitions(self):
+            return [Partition("alpha", {"project": "alpha"})]
+
+    api = DemoAPI(projects=("alpha",), per_project=200, max_page_size=20)
+    started = anyio.current_time()
+    records, stats, _, _ = await crawl(One, api, rate=40.0)
+    elapsed = anyio.current_time() - started
+    # 10 pages at 40 requests/s cannot take less than 9 intervals of 25 ms (a lower bound only).
+    assert len(records) == 200 and stats.requests == 10 and elapsed >= 9 / 40

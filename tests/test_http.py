@@ -243,3 +243,17 @@ async def test_provider_over_http_with_a_shared_session() -> None:
             header = await tokens.authorization()
             assert server.auth.check_authorization(header)
         assert not session.closed  # a caller's session is the caller's to close
+
+
+async def test_server_locks_the_account_after_n_failed_logins() -> None:
+    """The lockout the provider protects against is real in the test server."""
+    state = AuthServerState(lockout_after=3)
+    async with LocalServer(state) as server:
+        for _ in range(3):
+            with pytest.raises(InvalidCredentials):
+                await login(server, password="wrong")
+        assert state.locked
+        with pytest.raises(InvalidCredentials, match="locked"):
+            await login(server)  # even the right password is refused now
+        state.unlock()
+        assert server.auth.check_authorization((await login(server)).authorization)
