@@ -344,3 +344,47 @@ async def test_rate_limit_spaces_requests_per_host() -> None:
     elapsed = anyio.current_time() - started
     # 10 pages at 40 requests/s cannot take less than 9 intervals of 25 ms (a lower bound only).
     assert len(records) == 200 and stats.requests == 10 and elapsed >= 9 / 40
+
+
+@pytest.mark.parametrize("cls", [OffsetItems, PageItems], ids=lambda c: c.__name__)
+async def test_known_totals_fetch_pages_in_parallel_but_emit_in_order(cls: type[Crawler]) -> None:
+    class One(cls):  # type: ignore[valid-type, misc]
+        parallel_pages = 4
+
+        def partitions(self):
+            return [Partition("alpha", {"project": "alpha"})]
+
+    api = DemoAPI(projects=("alpha",), per_project=1000, max_page_size=50, latency=0.02)
+    records, stats, _, _ = await crawl(One, api)
+    ids = [r["id"] for r in records]
+    assert ids == list(range(1000))  # every record, in page order
+    assert api.max_inflight >= 3 and stats.pages == 20
+
+    class Sequential(One):
+        parallel_pages = 1
+
+    api = DemoAPI(projects=("alpha",), per_project=1000, max_page_size=50, latency=0.02)
+    records, _, _, _ = await crawl(Sequential, api)
+    assert [r["id"] for r in records] == list(range(1000)) and api.max_inflight == 1
+
+
+async def test_parallel_pages_resume_in_order_after_cancel(tmp_path) -> None:
+    class One(OffsetItems):
+        parallel_pages = 6
+
+        def partitions(self):
+            return [Partition("alpha", {"project": "alpha"})]
+
+    api = DemoAPI(projects=("alpha",), per_project=2000, max_page_size=50, latency=0.03)
+    state_file = str(tmp_path / "state.json")
+    async with LocalServer(AuthServerState(), api=api) as server, TokenProvider(server.config()) as tokens:
+        first = ListSink()
+        with anyio.move_on_after(0.25):
+            await bind(One, server).crawl(tokens, first, state=state_file)
+        committed = orjson.loads((tmp_path / "state.json").read_bytes())["partitions"]["alpha"]
+        # The checkpoint never runs ahead of what reached the sink.
+        assert committed["pages"] * 50 <= len(first.records)
+        second = ListSink()
+        await bind(One, server).crawl(tokens, second, state=state_file)
+    ids = [r["id"] for r in first.records] + [r["id"] for r in second.records]
+    assert set(ids) == set(range(2000)) and 0 < len(first.records) < 2000

@@ -56,6 +56,9 @@ class Crawler:
     pagination: ClassVar[Paginator | str] = "next_url"
     #: Page budget per partition (a safety net against endless pagination).
     max_pages: ClassVar[int] = 1_000_000
+    #: Pages of one partition fetched at once when the strategy knows them all up front
+    #: (offset or page number with a total); they are still emitted and checkpointed in order.
+    parallel_pages: ClassVar[int] = 4
 
     def partitions(self) -> Iterable[Partition]:
         """The independent streams to crawl; one by default."""

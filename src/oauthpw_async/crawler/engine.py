@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import random
@@ -23,7 +24,7 @@ from ..grant import excerpt, parse_retry_after
 from ..provider import TokenProvider
 from ..transport import safe_url
 from .checkpoint import Checkpoints
-from .pagination import Page, Paginator, dig, resolve
+from .pagination import Page, PageRequest, Paginator, dig, resolve
 from .sinks import Sink
 
 if TYPE_CHECKING:
@@ -281,44 +282,74 @@ class CrawlEngine:
         seen: set[str] = set()
         index = ps.pages
         max_pages = self.crawler.max_pages
-        while request is not None:
-            key = request.key()
-            if key in seen:
-                self.stats.cycles_stopped += 1
-                log.warning(
-                    "partition %s: page %s was already read; stopping to avoid a loop",
-                    partition.name,
-                    safe_url(request.url),
-                )
-                break
-            seen.add(key)
-            if index >= max_pages:
-                log.warning("partition %s: page budget of %d reached; stopping", partition.name, max_pages)
-                break
-            url = _resolve(base, request.url)
-            status, headers, data, final_url = await self._request(session, url, request.params)
-            page = Page(request=request, url=str(final_url), status=status, headers=headers, data=data, index=index)
-            records = list(self.crawler.parse(page))
-            if ps.total is None and self.crawler.total_path is not None:
-                total = dig(data, self.crawler.total_path)
-                if isinstance(total, int) and not isinstance(total, bool):
-                    ps.total = total
-            records = await self._follow_ups(session, base, records)
-            await sink.write(records, partition.name)
-            nxt = self._paginator.next(page, records)
-            index += 1
-            await sink.flush()  # records are durable before the position moves past them
-            await self._checkpoints.save(partition.name, nxt, index)
-            ps.pages, ps.records = index, ps.records + len(records)
-            self.stats.pages += 1
-            self.stats.records += len(records)
-            self._progress()
-            request = nxt
+        plan = getattr(self._paginator, "plan", None) if self.crawler.parallel_pages > 1 else None
+        planned: collections.deque[PageRequest] | None = None  # known pages not started yet
+        inflight: collections.deque[tuple[PageRequest, asyncio.Future[tuple[Page, list[Any]]]]] = collections.deque()
+        try:
+            while request is not None:
+                key = request.key()
+                if key in seen:
+                    self.stats.cycles_stopped += 1
+                    log.warning(
+                        "partition %s: page %s was already read; stopping to avoid a loop",
+                        partition.name,
+                        safe_url(request.url),
+                    )
+                    break
+                seen.add(key)
+                if index >= max_pages:
+                    log.warning("partition %s: page budget of %d reached; stopping", partition.name, max_pages)
+                    break
+                if inflight and inflight[0][0] is request:
+                    page, records = await inflight.popleft()[1]
+                else:
+                    page, records = await self._read_page(session, base, request, index, ps)
+                await sink.write(records, partition.name)
+                if planned is None and plan is not None:
+                    known = plan(page, records)
+                    planned = collections.deque(known) if known is not None else None
+                if planned is not None:
+                    # Totals are known: keep up to parallel_pages pages in flight, emit them in order.
+                    while planned and len(inflight) < self.crawler.parallel_pages - 1:
+                        ahead = planned.popleft()
+                        future = asyncio.ensure_future(
+                            self._read_page(session, base, ahead, index + 1 + len(inflight), ps)
+                        )
+                        inflight.append((ahead, future))
+                    nxt = inflight[0][0] if inflight else (planned[0] if planned else None)
+                else:
+                    nxt = self._paginator.next(page, records)
+                index += 1
+                await sink.flush()  # records are durable before the position moves past them
+                await self._checkpoints.save(partition.name, nxt, index)
+                ps.pages, ps.records = index, ps.records + len(records)
+                self.stats.pages += 1
+                self.stats.records += len(records)
+                self._progress()
+                request = nxt
+        finally:
+            for _, unread in inflight:
+                unread.cancel()
+            if inflight:
+                await asyncio.gather(*(f for _, f in inflight), return_exceptions=True)
         if request is not None:  # stopped early (a loop or the page budget): nothing more to resume
             await self._checkpoints.save(partition.name, None, index)
         ps.done = True
         self.stats.partitions_done += 1
         self._progress()
+
+    async def _read_page(
+        self, session: aiohttp.ClientSession, base: str, request: PageRequest, index: int, ps: PartitionStats
+    ) -> tuple[Page, list[Any]]:
+        """Fetch one page, parse its records and run their follow-ups."""
+        status, headers, data, final_url = await self._request(session, _resolve(base, request.url), request.params)
+        page = Page(request=request, url=str(final_url), status=status, headers=headers, data=data, index=index)
+        records = list(self.crawler.parse(page))
+        if ps.total is None and self.crawler.total_path is not None:
+            total = dig(data, self.crawler.total_path)
+            if isinstance(total, int) and not isinstance(total, bool):
+                ps.total = total
+        return page, await self._follow_ups(session, base, records)
 
     async def _follow_ups(self, session: aiohttp.ClientSession, base: str, records: list[Any]) -> list[Any]:
         targets = [self.crawler.detail(r) for r in records]

@@ -155,6 +155,19 @@ class Offset:
         """Add ``offset=start_at&limit=page_size``."""
         return request.with_params(**{self.offset_param: self.start_at, self.limit_param: self.page_size})
 
+    def plan(self, page: Page, records: Sequence[Any]) -> list[PageRequest] | None:
+        """Every page after ``page`` when a total is known (for parallel fetching), else ``None``.
+
+        The step is the number of records the server actually returned on this page (it may cap
+        the page size below ``page_size``), so capped servers lose nothing.
+        """
+        total = dig(page.data, self.total_path) if self.total_path is not None else None
+        if not isinstance(total, int) or isinstance(total, bool) or not records:
+            return None
+        step = len(records)
+        offset = int(dict(page.request.params).get(self.offset_param, self.start_at)) + step
+        return [page.request.with_params(**{self.offset_param: o}) for o in range(offset, total, step)]
+
     def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
         """Advance by the records returned (a whole page when empty but the total says more)."""
         offset = int(dict(page.request.params).get(self.offset_param, self.start_at))
@@ -183,6 +196,15 @@ class PageNumber:
         if self.size_param:
             params[self.size_param] = self.page_size
         return request.with_params(**params)
+
+    def plan(self, page: Page, records: Sequence[Any]) -> list[PageRequest] | None:
+        """Every page after ``page`` when the page count is known, else ``None``."""
+        pages = dig(page.data, self.total_pages_path) if self.total_pages_path is not None else None
+        if not isinstance(pages, int) or isinstance(pages, bool):
+            return None
+        number = int(dict(page.request.params).get(self.page_param, self.first_page))
+        last = self.first_page + pages - 1
+        return [page.request.with_params(**{self.page_param: n}) for n in range(number + 1, last + 1)]
 
     def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
         """The next page number, unless the last page was reached."""

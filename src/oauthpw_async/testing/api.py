@@ -90,6 +90,9 @@ class DemoAPI:
         self.counts: collections.Counter[str] = collections.Counter()
         #: Optional hook called with the number of API requests served so far.
         self.on_request: Callable[[int], None] | None = None
+        #: List requests being answered now, and the most seen at once.
+        self.inflight = 0
+        self.max_inflight = 0
         self._auth: AuthServerState | None = None
 
     @property
@@ -177,6 +180,14 @@ class DemoAPI:
         return self._json(make_detail(rid))
 
     async def _list(self, request: web.Request) -> web.Response:
+        self.inflight += 1
+        self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            return await self._list_page(request)
+        finally:
+            self.inflight -= 1
+
+    async def _list_page(self, request: web.Request) -> web.Response:
         denied = await self._gate(request, "list")
         if denied is not None:
             return denied
