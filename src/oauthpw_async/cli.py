@@ -211,7 +211,6 @@ async def _run_crawl(
     concurrency: int,
     rate: float | None,
     live: bool,
-    stdout: TextIO,
     on_tokens: Callable[[TokenProvider], None] | None = None,
 ) -> tuple[int, CrawlStats | None, TokenProvider | None]:
     """Run one crawl with signal handling; returns (exit code, stats, provider)."""
@@ -344,7 +343,6 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
             concurrency=args.concurrency,
             rate=None,
             live=sys.stderr.isatty(),
-            stdout=out,
         )
         elapsed = time.monotonic() - started
         if stats is not None and tokens is not None:
@@ -460,7 +458,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     concurrency=args.concurrency,
                     rate=args.rate,
                     live=sys.stderr.isatty(),
-                    stdout=out,
                 )
                 if stats is not None and tokens is not None:
                     _summary(stats, tokens, time.monotonic() - started, out)

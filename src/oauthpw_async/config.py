@@ -50,7 +50,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _check_url(name: str, url: str, allow_insecure_http: bool) -> str | None:
+def _check_url(url: str, allow_insecure_http: bool) -> str | None:
     try:
         parts = urlsplit(url)
         _ = parts.port  # raises on a bad port
@@ -169,11 +169,11 @@ def _validate(c: PasswordGrantConfig) -> list[FieldProblem]:
     if not c.access_token_url:
         p.append(FieldProblem("access_token_url", "is required (the Access Token URL)"))
     else:
-        err = _check_url("access_token_url", c.access_token_url, c.allow_insecure_http)
+        err = _check_url(c.access_token_url, c.allow_insecure_http)
         if err:
             p.append(FieldProblem("access_token_url", err))
     if c.refresh_token_url:
-        err = _check_url("refresh_token_url", c.refresh_token_url, c.allow_insecure_http)
+        err = _check_url(c.refresh_token_url, c.allow_insecure_http)
         if err:
             p.append(FieldProblem("refresh_token_url", err))
     if not c.grant_type or not re.fullmatch(r"[\x21-\x7e]+", c.grant_type):

@@ -346,7 +346,7 @@ class TokenProvider:
             delay = self._retry_not_before - self._now()
             if delay > 0:
                 await self._clock.sleep(delay)
-            token = await self._renew()
+            token, source = await self._renew()
             if token.expires_at - self._policy.skew(token.lifetime) <= self._now():
                 raise TransientTokenError(
                     f"the token expired before it arrived (lifetime {token.lifetime:.3f}s)",
@@ -360,9 +360,6 @@ class TokenProvider:
             self.stats.failures += 1
             flight.error = exc
         else:
-            source: Literal["password", "refresh_token"] = (
-                "refresh_token" if self._last_grant == "refresh_token" else "password"
-            )
             self._install(token, source)
             flight.token = token
             flight.error = None
@@ -373,9 +370,7 @@ class TokenProvider:
         if flight.token is not None:
             await self._persist(flight.token)
 
-    _last_grant = "password"
-
-    async def _renew(self) -> Token:
+    async def _renew(self) -> tuple[Token, Literal["password", "refresh_token"]]:
         # Read the refresh token now, inside the single flight, never before it: with
         # rotating refresh tokens a value read earlier may already have been used.
         current = self._token
@@ -390,9 +385,8 @@ class TokenProvider:
         if usable:
             assert rt is not None
             self.stats.refreshes += 1
-            self._last_grant = "refresh_token"
             try:
-                return await self._exchange(build_refresh_request(self._config, rt), current)
+                return await self._exchange(build_refresh_request(self._config, rt), current), "refresh_token"
             except RefreshTokenRejected as exc:
                 self.stats.refresh_rejected += 1
                 log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
@@ -403,8 +397,7 @@ class TokenProvider:
                     self._refresh_failures += 1
                 raise
         self.stats.logins += 1
-        self._last_grant = "password"
-        return await self._exchange(build_password_request(self._config), None)
+        return await self._exchange(build_password_request(self._config), None), "password"
 
     async def _exchange(self, request: TokenRequest, previous: Token | None) -> Token:
         config = self._config
