@@ -116,6 +116,7 @@ class Progress:
         self.every = every
         self.stream = stream
         self._last = 0.0
+        self._printed = ""
         self._live: Any = None
         self._started = time.monotonic()
         if live:
@@ -166,7 +167,12 @@ class Progress:
             return
         if now - self._last >= self.every:
             self._last = now
-            print("progress: " + ", ".join(f"{k} {v}" for k, v in self.figures(stats).items()), file=self.stream)
+            figures = self.figures(stats)
+            figures.pop("elapsed")
+            line = ", ".join(f"{k} {v}" for k, v in figures.items())
+            if line != self._printed:  # the final call repeats nothing already shown
+                self._printed = line
+                print(f"progress: {line}, elapsed {time.monotonic() - self._started:,.1f}s", file=self.stream)
 
     def final(self, stats: CrawlStats) -> None:
         """Show the last state."""
