@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Final
 
 _MASK: Final = "********"
@@ -41,8 +43,6 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        import hmac
-
         return hmac.compare_digest(self._value.encode(), other._value.encode())
 
     def __hash__(self) -> int:
@@ -54,11 +54,4 @@ class Secret:
 
     def fingerprint(self) -> str:
         """A short, non-reversible tag for telling two secrets apart in logs."""
-        import hashlib
-
         return hashlib.sha256(self._value.encode()).hexdigest()[:8]
-
-
-def mask(value: str | None) -> str:
-    """Show that a value exists without showing it."""
-    return "<none>" if not value else _MASK

@@ -8,6 +8,7 @@ Field names follow the admin form ("Client Id", "Access Token URL", "Use Raw Tok
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import os
 import re
@@ -150,8 +151,6 @@ class PasswordGrantConfig:
     @property
     def credential_key(self) -> str:
         """A stable, secret-free identifier of this credential (URL, client, user)."""
-        import hashlib
-
         raw = f"{self.access_token_url}\0{self.client_id or ''}\0{self.username or ''}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

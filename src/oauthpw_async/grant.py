@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, quote_plus, urlencode
 import attrs
 import orjson
 
+from ._paths import dig
 from ._secret import Secret
 from .config import PasswordGrantConfig
 from .errors import (
@@ -296,14 +297,6 @@ def _lifetime(data: Mapping[str, Any], sent: Instant, default: float) -> tuple[f
     return default, "default"
 
 
-def _dig(data: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(data, Mapping):
-            return None
-        data = data.get(part)
-    return data
-
-
 _ERRORS: Mapping[str, type[TokenError]] = {
     "invalid_client": InvalidClient,
     "unauthorized_client": InvalidClient,
@@ -386,7 +379,7 @@ def parse_token_response(
     if config.token_response != "text":
         if isinstance(data, Mapping):
             fields = data
-            access = _dig(data, config.token_path)
+            access = dig(data, config.token_path)
         elif isinstance(data, str) and structured:
             access = data  # a JSON string literal holding just the token
     if access is None and not structured and config.token_response in ("auto", "text"):

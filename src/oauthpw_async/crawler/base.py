@@ -9,9 +9,10 @@ from typing import Any, ClassVar
 import aiohttp
 import attrs
 
+from .._paths import Path, dig
 from ..provider import TokenProvider
 from .engine import CrawlEngine, CrawlStats, HttpPolicy
-from .pagination import Page, PageRequest, Paginator, Path, dig
+from .pagination import Page, PageRequest, Paginator
 from .sinks import Sink
 
 

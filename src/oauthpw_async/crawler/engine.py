@@ -19,12 +19,13 @@ import anyio
 import attrs
 import orjson
 
+from .._paths import dig
 from ..errors import CrawlError, HTTPStatusError, UnauthorizedError
 from ..grant import excerpt, parse_retry_after
 from ..provider import TokenProvider
 from ..transport import safe_url
 from .checkpoint import Checkpoints
-from .pagination import Page, PageRequest, Paginator, dig, resolve
+from .pagination import Page, PageRequest, Paginator, resolve
 from .sinks import Sink
 
 if TYPE_CHECKING:

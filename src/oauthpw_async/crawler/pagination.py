@@ -15,22 +15,7 @@ from urllib.parse import urljoin
 
 import attrs
 
-Path = str | Sequence[str]
-
-
-def dig(data: Any, path: Path | None) -> Any:
-    """``data`` at a dotted path (``"meta.next"``) or a key sequence (``("@odata.nextLink",)``)."""
-    if path is None:
-        return data
-    parts = path.split(".") if isinstance(path, str) else path
-    for part in parts:
-        if isinstance(data, Mapping):
-            data = data.get(part)
-        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
-            data = data[int(part)]
-        else:
-            return None
-    return data
+from .._paths import Path, dig
 
 
 @attrs.frozen

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -118,11 +118,3 @@ class LocalServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-async def serve_forever(server: LocalServer, ready: Callable[[LocalServer], Awaitable[None]] | None = None) -> None:
-    """Run ``server`` until cancelled."""
-    async with server:
-        if ready is not None:
-            await ready(server)
-        await asyncio.Event().wait()
