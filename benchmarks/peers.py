@@ -127,7 +127,7 @@ async def run_tasks(tasks: int, duration: float, one_request: Any, tally: Tally)
     try:
         # Requests still queued GRACE seconds after the window are cancelled, not waited for.
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(tasks))), duration + GRACE)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         tally.cut = True
     return time.monotonic() - start
 

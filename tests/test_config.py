@@ -182,11 +182,14 @@ def test_credential_key_is_stable_and_secret_free() -> None:
     assert a.credential_key == b.credential_key and PASSWORD not in a.credential_key
 
 
-def test_ca_bundle_must_exist(tmp_path) -> None:
-    with pytest.raises(ConfigError, match="ca_bundle: file not found"):
-        PasswordGrantConfig(
-            access_token_url="https://a.example.com", username="u", password="p", ca_bundle=str(tmp_path / "nope.pem")
-        )
+def test_ca_bundle_is_checked_when_used_not_when_built(tmp_path) -> None:
+    from oauthpw_async.transport import ssl_context
+
+    config = PasswordGrantConfig(
+        access_token_url="https://a.example.com", username="u", password="p", ca_bundle=str(tmp_path / "nope.pem")
+    )
+    with pytest.raises(ConfigError, match="ca_bundle: cannot be used"):
+        ssl_context(config)
 
 
 def test_file_store_permissions(tmp_path) -> None:

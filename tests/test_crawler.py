@@ -10,7 +10,7 @@ import anyio
 import orjson
 import pytest
 
-from oauthpw_async import HTTPStatusError, TokenProvider, UnauthorizedError
+from oauthpw_async import HTTPStatusError, RetryPolicy, TokenProvider, UnauthorizedError, rate_limit_delay
 from oauthpw_async.crawler import (
     Crawler,
     Cursor,
@@ -23,9 +23,8 @@ from oauthpw_async.crawler import (
     PageRequest,
     Partition,
     parse_link_header,
-    rate_limit_delay,
 )
-from oauthpw_async.testing import AuthServerState, LocalServer, Quirks
+from oauthpw_async.testing import AuthServerState, FakeClock, LocalServer, Quirks
 from oauthpw_async.testing.api import ApiFault, DemoAPI
 
 pytestmark = pytest.mark.anyio
@@ -91,8 +90,13 @@ def bind(cls: type[Crawler], server: LocalServer) -> Crawler:
     return crawler
 
 
-async def crawl(cls: type[Crawler], api: DemoAPI, state: AuthServerState | None = None, **kw: Any):
-    async with LocalServer(state or AuthServerState(), api=api) as server, TokenProvider(server.config()) as tokens:
+async def crawl(
+    cls: type[Crawler], api: DemoAPI, state: AuthServerState | None = None, clock: FakeClock | None = None, **kw: Any
+):
+    async with (
+        LocalServer(state or AuthServerState(), api=api) as server,
+        TokenProvider(server.config(), **({"clock": clock} if clock else {})) as tokens,
+    ):
         sink = ListSink()
         stats = await bind(cls, server).crawl(tokens, sink, **kw)
         return sink.records, stats, tokens.stats, server
@@ -125,17 +129,20 @@ async def test_server_page_size_cap_loses_nothing() -> None:
 
 async def test_429_pauses_all_tasks_and_honours_retry_after() -> None:
     api = DemoAPI(per_project=100)
-    api.inject(ApiFault("status", status=429, retry_after="0.2"), ApiFault("status", status=503, retry_after="0"))
-    records, stats, _, _ = await crawl(OffsetItems, api)
+    api.inject(ApiFault("status", status=429, retry_after="30"), ApiFault("status", status=503, retry_after="0"))
+    clock = FakeClock()
+    async with clock.autojump():
+        started = clock.now
+        records, stats, _, _ = await crawl(OffsetItems, api, clock=clock)
     assert len(records) == 300 and stats.rate_limit_pauses == 2 and stats.retries == 2
+    # Retry-After: 30 was honoured on the crawl's clock (plus at most the jitter of half a second).
+    assert 30 <= clock.now - started <= 31
 
 
 async def test_5xx_and_dropped_connections_are_retried() -> None:
     api = DemoAPI(per_project=100)
     api.inject(ApiFault("status", status=500), ApiFault("status", status=502), ApiFault("drop"))
-    from oauthpw_async.crawler import HttpPolicy
-
-    records, stats, _, _ = await crawl(OffsetItems, api, policy=HttpPolicy(base_delay=0.01))
+    records, stats, _, _ = await crawl(OffsetItems, api, retry=RetryPolicy(base_delay=0.01))
     # aiohttp itself resends a GET once when a kept-alive connection is dropped, so the drop
     # may not reach the engine's retry count.
     assert len(records) == 300 and stats.retries >= 2 and api.counts["fault:drop"] == 1
@@ -144,10 +151,8 @@ async def test_5xx_and_dropped_connections_are_retried() -> None:
 async def test_retries_are_bounded_and_name_the_request() -> None:
     api = DemoAPI(per_project=10)
     api.inject(*[ApiFault("status", status=500)] * 20)
-    from oauthpw_async.crawler import HttpPolicy
-
     with pytest.raises(HTTPStatusError, match=r"gave up after 3 attempts.*HTTP 500 for http://127.0.0.1:\d+/api/"):
-        await crawl(CursorItems, api, policy=HttpPolicy(max_attempts=3, base_delay=0.01), concurrency=1)
+        await crawl(CursorItems, api, retry=RetryPolicy(max_attempts=3, base_delay=0.01), concurrency=1)
 
 
 async def test_slow_page_completes() -> None:
@@ -173,16 +178,33 @@ async def test_tokens_revoked_mid_crawl_cost_one_refresh() -> None:
     assert state.count("refresh_token", "ok") == 1 and state.count("password") == 1
 
 
-async def test_a_second_401_is_an_error_naming_the_request() -> None:
-    class One(Crawler):
-        path = "/api/cursor/items"
-        records_path = "data"
-        pagination = Cursor("meta.next_cursor")
+class OneCursor(Crawler):
+    path = "/api/cursor/items"
+    records_path = "data"
+    pagination = Cursor("meta.next_cursor")
 
+
+async def test_each_rejected_token_gets_its_own_renewal_within_one_request() -> None:
+    # 429, then 401 (token revoked), then 500, then 401 again with the renewed token revoked too:
+    # two separate rejections, two renewals, and the crawl completes.
     api = DemoAPI(per_project=10)
-    api.inject(ApiFault("revoke"), ApiFault("revoke"))
-    with pytest.raises(UnauthorizedError, match=r"refused twice.*HTTP 401 for http://127\.0\.0\.1"):
-        await crawl(One, api)
+    api.inject(
+        ApiFault("status", status=429, retry_after="0"),
+        ApiFault("revoke"),
+        ApiFault("status", status=500),
+        ApiFault("revoke"),
+    )
+    records, stats, tstats, _ = await crawl(OneCursor, api, retry=RetryPolicy(base_delay=0.01))
+    assert len(records) == 10 and stats.unauthorized == 2 and tstats.invalidations == 2
+
+
+async def test_an_account_that_lost_access_stops_the_crawl_after_a_few_renewals() -> None:
+    api = DemoAPI(per_project=10)
+    api.deny_all = True
+    with pytest.raises(UnauthorizedError, match=r"lost access.*HTTP 401 for http://127\.0\.0\.1") as info:
+        await crawl(OneCursor, api, concurrency=50)
+    assert "?" not in info.value.url
+    assert api.counts["list:401"] <= 4
 
 
 async def test_4xx_is_not_retried_and_reports_url_and_body() -> None:
@@ -304,13 +326,13 @@ def test_link_header_parsing() -> None:
 
 def test_rate_limit_headers() -> None:
     now = 1_700_000_000.0
-    assert rate_limit_delay(429, {"Retry-After": "12"}, now) == 12
-    assert rate_limit_delay(429, {"Retry-After": "Tue, 14 Nov 2023 22:13:30 GMT"}, now) == pytest.approx(10, abs=1)
-    assert rate_limit_delay(429, {"X-RateLimit-Reset": str(int(now) + 30)}, now) == pytest.approx(30)
-    assert rate_limit_delay(429, {"X-Rate-Limit-Reset": str(int(now) + 5)}, now) == pytest.approx(5)
-    assert rate_limit_delay(429, {"X-RateLimit-Reset": "2023-11-14T22:13:40Z"}, now) == pytest.approx(20, abs=1)
-    assert rate_limit_delay(429, {"RateLimit-Reset": "7"}, now) == 7
-    assert rate_limit_delay(429, {}, now) is None
+    assert rate_limit_delay({"Retry-After": "12"}, now) == 12
+    assert rate_limit_delay({"Retry-After": "Tue, 14 Nov 2023 22:13:30 GMT"}, now) == pytest.approx(10, abs=1)
+    assert rate_limit_delay({"X-RateLimit-Reset": str(int(now) + 30)}, now) == pytest.approx(30)
+    assert rate_limit_delay({"X-Rate-Limit-Reset": str(int(now) + 5)}, now) == pytest.approx(5)
+    assert rate_limit_delay({"X-RateLimit-Reset": "2023-11-14T22:13:40Z"}, now) == pytest.approx(20, abs=1)
+    assert rate_limit_delay({"RateLimit-Reset": "7"}, now) == 7
+    assert rate_limit_delay({}, now) is None
 
 
 def test_confluence_style_relative_next_joined_to_base() -> None:
@@ -339,11 +361,13 @@ async def test_rate_limit_spaces_requests_per_host() -> None:
             return [Partition("alpha", {"project": "alpha"})]
 
     api = DemoAPI(projects=("alpha",), per_project=200, max_page_size=20)
-    started = anyio.current_time()
-    records, stats, _, _ = await crawl(One, api, rate=40.0)
-    elapsed = anyio.current_time() - started
-    # 10 pages at 40 requests/s cannot take less than 9 intervals of 25 ms (a lower bound only).
-    assert len(records) == 200 and stats.requests == 10 and elapsed >= 9 / 40
+    clock = FakeClock()
+    async with clock.autojump():
+        started = clock.now
+        records, stats, _, _ = await crawl(One, api, clock=clock, rate=4.0)
+    # 10 pages at 4 requests/s: exactly 9 intervals of 250 ms on the crawl's clock.
+    assert len(records) == 200 and stats.requests == 10
+    assert clock.now - started == pytest.approx(9 / 4)
 
 
 @pytest.mark.parametrize("cls", [OffsetItems, PageItems], ids=lambda c: c.__name__)

@@ -25,7 +25,8 @@ from oauthpw_async import (
     build_refresh_request,
     parse_token_response,
 )
-from oauthpw_async.grant import Instant, Token, TokenResponse, excerpt, parse_retry_after
+from oauthpw_async._httputil import excerpt, parse_retry_after
+from oauthpw_async.grant import Instant, Token, TokenResponse
 
 from .conftest import CLIENT_SECRET, PASSWORD
 

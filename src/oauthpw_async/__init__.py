@@ -1,10 +1,17 @@
 """oauthpw_async: OAuth 2.0 password-grant tokens shared by thousands of async fetch tasks.
 
-The public API is re-exported here; see the README for a tour.
+The public API is re-exported here; see the README for a tour. Importing the package (or
+its sans-IO modules :mod:`oauthpw_async.config` and :mod:`oauthpw_async.grant`) does not
+import aiohttp: the names that need it (the aiohttp token endpoint, the crawler) are loaded
+on first use.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._httputil import rate_limit_delay
 from ._secret import Secret
 from .clock import Clock, SystemClock
 from .config import PasswordGrantConfig, load_config
@@ -20,7 +27,11 @@ from .errors import (
     InvalidRequest,
     InvalidScope,
     OAuthPWError,
+    PageShapeError,
+    ProviderClosed,
     RefreshTokenRejected,
+    SecretExposureError,
+    StateError,
     TokenError,
     TokenRedirectError,
     TokenRequestRejected,
@@ -29,7 +40,9 @@ from .errors import (
     TransientTokenError,
     UnauthorizedError,
     UnsupportedGrantType,
+    UsageError,
 )
+from .exchange import exchange
 from .grant import (
     Instant,
     Token,
@@ -39,16 +52,80 @@ from .grant import (
     build_refresh_request,
     parse_token_response,
 )
-from .provider import ProviderClosed, RefreshPolicy, TokenEvent, TokenProvider, TokenStats
+from .provider import RefreshPolicy, TokenEvent, TokenProvider, TokenStats
+from .retry import Retrying, RetryPolicy
 from .store import FileTokenStore, MemoryTokenStore, TokenStore
-from .transport import AiohttpTokenEndpoint, RetryPolicy, TokenEndpoint, exchange
+
+if TYPE_CHECKING:
+    from .crawler import (
+        CallableSink,
+        Crawler,
+        CrawlStats,
+        Cursor,
+        JsonLinesSink,
+        LinkHeader,
+        ListSink,
+        NextUrl,
+        ODataNextLink,
+        Offset,
+        Page,
+        PageNumber,
+        PageRequest,
+        Paginator,
+        Partition,
+        PartitionStats,
+        Sink,
+    )
+    from .transport import AiohttpTokenEndpoint, TokenEndpoint
+
+# Names whose modules import aiohttp, loaded on first attribute access (PEP 562).
+_LAZY = {
+    "AiohttpTokenEndpoint": "transport",
+    "TokenEndpoint": "transport",
+    **dict.fromkeys(
+        [
+            "CallableSink",
+            "CrawlStats",
+            "Crawler",
+            "Cursor",
+            "JsonLinesSink",
+            "LinkHeader",
+            "ListSink",
+            "NextUrl",
+            "ODataNextLink",
+            "Offset",
+            "Page",
+            "PageNumber",
+            "PageRequest",
+            "Paginator",
+            "Partition",
+            "PartitionStats",
+            "Sink",
+        ],
+        "crawler",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oauthpw_async' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AiohttpTokenEndpoint",
+    "CallableSink",
     "Clock",
     "ConfigError",
     "CrawlError",
+    "CrawlStats",
+    "Crawler",
     "CredentialsLockedOut",
+    "Cursor",
     "DefinitiveTokenError",
     "FieldProblem",
     "FileTokenStore",
@@ -58,14 +135,31 @@ __all__ = [
     "InvalidCredentials",
     "InvalidRequest",
     "InvalidScope",
+    "JsonLinesSink",
+    "LinkHeader",
+    "ListSink",
     "MemoryTokenStore",
+    "NextUrl",
     "OAuthPWError",
+    "ODataNextLink",
+    "Offset",
+    "Page",
+    "PageNumber",
+    "PageRequest",
+    "PageShapeError",
+    "Paginator",
+    "Partition",
+    "PartitionStats",
     "PasswordGrantConfig",
     "ProviderClosed",
     "RefreshPolicy",
     "RefreshTokenRejected",
     "RetryPolicy",
+    "Retrying",
     "Secret",
+    "SecretExposureError",
+    "Sink",
+    "StateError",
     "SystemClock",
     "Token",
     "TokenEndpoint",
@@ -83,9 +177,11 @@ __all__ = [
     "TransientTokenError",
     "UnauthorizedError",
     "UnsupportedGrantType",
+    "UsageError",
     "build_password_request",
     "build_refresh_request",
     "exchange",
     "load_config",
     "parse_token_response",
+    "rate_limit_delay",
 ]

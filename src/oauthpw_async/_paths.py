@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+__all__ = ["Path", "dig"]
+
 #: A dotted path (``"meta.next"``) or a key sequence (``("@odata.nextLink",)``) for keys with dots.
 Path = str | Sequence[str]
 

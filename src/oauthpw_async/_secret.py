@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Final
 
-_MASK: Final = "********"
+from ._httputil import MASK as _MASK
+from .errors import SecretExposureError, UsageError
+
+__all__ = ["Secret"]
 
 
 class Secret:
@@ -21,7 +23,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         if not isinstance(value, str):
-            raise TypeError("Secret wraps a str")
+            raise UsageError("Secret wraps a str")
         self._value = value
 
     def reveal(self) -> str:
@@ -50,7 +52,7 @@ class Secret:
 
     def __reduce__(self) -> tuple[object, ...]:
         # Pickling would copy the value out of process; refuse rather than leak.
-        raise TypeError("Secret values cannot be pickled")
+        raise SecretExposureError("Secret values cannot be pickled")
 
     def fingerprint(self) -> str:
         """A short, non-reversible tag for telling two secrets apart in logs."""

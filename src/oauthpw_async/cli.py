@@ -32,10 +32,15 @@ from .errors import (
     TokenError,
     TokenResponseError,
     TransientTokenError,
+    UsageError,
 )
+from .exchange import exchange
 from .grant import build_password_request, build_refresh_request, parse_token_response
 from .provider import TokenProvider
-from .transport import AiohttpTokenEndpoint, RetryPolicy, exchange
+from .retry import RetryPolicy
+from .transport import AiohttpTokenEndpoint
+
+__all__ = ["build_parser", "main"]
 
 EXIT_OK, EXIT_CONFIG, EXIT_CREDENTIALS, EXIT_CLIENT, EXIT_SERVER, EXIT_REJECTED, EXIT_CRAWL = 0, 2, 3, 4, 5, 6, 7
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -197,14 +202,14 @@ class Progress:
 def _load_crawler(spec: str) -> type[Crawler]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise ValueError(f"--crawler must be module:Class, got {spec!r}")
+        raise UsageError(f"--crawler must be module:Class, got {spec!r}")
     sys.path.insert(0, os.getcwd())
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load crawler {spec!r}: {exc}") from None
+        raise UsageError(f"cannot load crawler {spec!r}: {exc}") from None
     if not (isinstance(obj, type) and issubclass(obj, Crawler)):
-        raise ValueError(f"{spec} is not a Crawler subclass")
+        raise UsageError(f"{spec} is not a Crawler subclass")
     return obj
 
 
@@ -332,8 +337,7 @@ async def _demo(args: argparse.Namespace, out: TextIO) -> int:
     jsonl, state_file = _demo_files(Path(args.out), resume=args.resume)
     async with LocalServer(state, api=api) as server:
         config = server.config()
-        crawler = DemoItems()
-        crawler.base_url = server.base_url  # type: ignore[misc]
+        crawler = DemoItems(base_url=server.base_url)
         print(f"demo: local authorization server and API on {server.base_url}", file=out)
         print(
             f"demo: crawling {api.total:,} records with one detail fetch each; tokens live "
@@ -450,9 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "crawl":
             config = load_config(args.config)
             cls = _load_crawler(args.crawler)
-            crawler = cls()
-            if args.base_url:
-                crawler.base_url = args.base_url  # type: ignore[misc]
+            crawler = cls(base_url=args.base_url)
             started = time.monotonic()
 
             async def go() -> int:
@@ -476,7 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _err(str(exc))
         return EXIT_CONFIG
-    except ValueError as exc:
+    except UsageError as exc:
         _err(str(exc))
         return EXIT_CONFIG
     except KeyboardInterrupt:

@@ -11,6 +11,8 @@ from typing import Protocol
 
 import anyio
 
+__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
+
 
 class Clock(Protocol):
     """The three things about time the library needs."""

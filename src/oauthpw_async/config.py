@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 import os
 import re
-import sys
+import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +23,15 @@ import orjson
 
 from ._secret import Secret
 from .errors import ConfigError, FieldProblem
+
+__all__ = [
+    "RESERVED_BODY_PARAMETERS",
+    "BodyEncoding",
+    "ClientAuth",
+    "PasswordGrantConfig",
+    "TokenResponseFormat",
+    "load_config",
+]
 
 ClientAuth = Literal["body", "basic", "none"]
 BodyEncoding = Literal["form", "json"]
@@ -222,8 +231,6 @@ def _validate(c: PasswordGrantConfig) -> list[FieldProblem]:
         p.append(FieldProblem("default_expires_in", "must be between 1 second and a year"))
     if not c.token_path or any(not part for part in c.token_path.split(".")):
         p.append(FieldProblem("token_path", "must be a field name or a dotted path like data.token"))
-    if c.ca_bundle is not None and not Path(c.ca_bundle).is_file():
-        p.append(FieldProblem("ca_bundle", "file not found"))
     if c.max_response_bytes < 1024:
         p.append(FieldProblem("max_response_bytes", "must be at least 1024"))
     return p
@@ -361,13 +368,6 @@ def _read_file(path: Path) -> Mapping[str, Any]:
         raise ConfigError([FieldProblem(str(path), f"cannot read the file ({exc.strerror})")]) from None
     loader: Callable[[bytes], Any]
     if path.suffix.lower() == ".toml":
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover
-            try:
-                import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
-            except ImportError:
-                raise ConfigError([FieldProblem(str(path), "TOML needs Python 3.11+ or the tomli package")]) from None
 
         def loader(b: bytes) -> Any:
             return tomllib.loads(b.decode("utf-8"))

@@ -7,6 +7,8 @@ from typing import Any
 
 from .crawler import Crawler, Offset, Partition
 
+__all__ = ["DemoItems"]
+
 
 class DemoItems(Crawler):
     """Three projects, paged by offset with a total, one detail fetch per record."""

@@ -10,9 +10,50 @@ from collections.abc import Sequence
 
 import attrs
 
+__all__ = [
+    "ConfigError",
+    "CrawlError",
+    "CredentialsLockedOut",
+    "DefinitiveTokenError",
+    "FieldProblem",
+    "ForeignOriginError",
+    "HTTPStatusError",
+    "InvalidClient",
+    "InvalidCredentials",
+    "InvalidRequest",
+    "InvalidScope",
+    "OAuthPWError",
+    "PageShapeError",
+    "ProviderClosed",
+    "RefreshTokenRejected",
+    "SecretExposureError",
+    "StateError",
+    "TokenError",
+    "TokenRedirectError",
+    "TokenRequestRejected",
+    "TokenResponseError",
+    "TokenTransportError",
+    "TransientTokenError",
+    "UnauthorizedError",
+    "UnsupportedGrantType",
+    "UsageError",
+]
+
 
 class OAuthPWError(Exception):
     """Base class of every error this package raises."""
+
+
+class UsageError(OAuthPWError, ValueError):
+    """A function, class or command was called with an argument it cannot accept."""
+
+
+class SecretExposureError(OAuthPWError, TypeError):
+    """An operation would copy a secret out of its wrapper (pickling a :class:`Secret`)."""
+
+
+class ProviderClosed(OAuthPWError, RuntimeError):
+    """The token provider was used outside ``async with`` or after it closed."""
 
 
 # --- configuration ----------------------------------------------------------------------
@@ -196,6 +237,14 @@ class CrawlError(OAuthPWError):
     """A crawl could not go on."""
 
 
+class StateError(CrawlError, ValueError):
+    """A crawl state file cannot be used (damaged, or written by another crawl); it says what to do."""
+
+
+class PageShapeError(CrawlError, TypeError):
+    """A page's body does not have the shape the crawler declared (e.g. ``records_path`` is not a list)."""
+
+
 class HTTPStatusError(CrawlError):
     """An API request answered with a status that is not retried (or retries ran out)."""
 
@@ -210,4 +259,16 @@ class HTTPStatusError(CrawlError):
 
 
 class UnauthorizedError(HTTPStatusError):
-    """An API request was refused with 401 twice, with a freshly renewed token the second time."""
+    """API requests are refused with 401 even with renewed tokens: the account lost access to the API."""
+
+
+class ForeignOriginError(CrawlError):
+    """A link or redirect leads to an origin the token must not be sent to.
+
+    The message names the origin (never the token). List it in ``allowed_origins`` if it is
+    yours, or let the crawler follow such links without credentials.
+    """
+
+    def __init__(self, message: str, *, origin: str) -> None:
+        self.origin = origin
+        super().__init__(message)

@@ -7,16 +7,16 @@ Every server quirk the SDK knows about is handled here, so any transport can reu
 from __future__ import annotations
 
 import base64
-import email.utils
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote_plus, urlencode
 
 import attrs
 import orjson
 
+from ._httputil import MASK, excerpt, rate_limit_delay
 from ._paths import dig
 from ._secret import Secret
 from .config import PasswordGrantConfig
@@ -32,6 +32,18 @@ from .errors import (
     TransientTokenError,
     UnsupportedGrantType,
 )
+
+__all__ = [
+    "Grant",
+    "Instant",
+    "Token",
+    "TokenRequest",
+    "TokenResponse",
+    "basic_credentials",
+    "build_password_request",
+    "build_refresh_request",
+    "parse_token_response",
+]
 
 Grant = Literal["password", "refresh_token"]
 
@@ -120,8 +132,8 @@ class Token:
             "lifetime_source": self.lifetime_source,
             "refresh_token": "issued" if self.refresh_token else "none",
             "scope": self.scope,
-            "extra": {k: ("********" if _SECRETISH_KEY.search(k) else v) for k, v in self.extra.items()},
-            "access_token": f"******** (sha256:{self.access_token.fingerprint()})",
+            "extra": {k: (MASK if _SECRETISH_KEY.search(k) else v) for k, v in self.extra.items()},
+            "access_token": f"{MASK} (sha256:{self.access_token.fingerprint()})",
         }
 
 
@@ -186,49 +198,6 @@ def build_refresh_request(config: PasswordGrantConfig, refresh_token: Secret) ->
 
 
 # --- parsing answers ----------------------------------------------------------------------
-
-
-def parse_retry_after(value: str | None, now_wall: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when is None:  # pragma: no cover - older Pythons
-            return None
-        seconds = when.timestamp() - now_wall
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 160) -> str:
-    """A short, printable, scrubbed excerpt of a response body for an error message.
-
-    Known secret values (in plain, URL-encoded and JSON-escaped forms) and the values of
-    token-like JSON or form fields are replaced by ``***``.
-    """
-    text = body[: limit * 8].decode("utf-8", "replace")
-    for secret in secrets:
-        if len(secret) < 3:
-            continue
-        for form in {secret, quote_plus(secret), orjson.dumps(secret).decode()[1:-1]}:
-            text = text.replace(form, "***")
-    text = re.sub(
-        r'((?:"|\b)[\w\-]*(?:token|secret|password|assertion)[\w\-]*"?\s*[:=]\s*"?)([^"&,\s}]+)',
-        r"\1***",
-        text,
-        flags=re.IGNORECASE,
-    )
-    text = re.sub(r"\s+", " ", text).strip()
-    text = re.sub(r"[^\x20-\x7e]", "?", text)
-    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def _secrets_of(config: PasswordGrantConfig, request_secret: str | None) -> list[str]:
@@ -359,7 +328,7 @@ def parse_token_response(
     """
     grant = request.grant
     scrub = list(request.secrets) or _secrets_of(config, None)
-    retry_after = parse_retry_after(response.headers.get("retry-after"), sent.wall)
+    retry_after = rate_limit_delay(response.headers, sent.wall)
     data, structured = _decode(response)
     status = response.status
 

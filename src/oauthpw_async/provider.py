@@ -18,22 +18,24 @@ import math
 import random
 from collections.abc import Callable
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import attrs
 
+from ._httputil import safe_url
 from .clock import SYSTEM_CLOCK, Clock
 from .config import PasswordGrantConfig
 from .errors import (
     CredentialsLockedOut,
     DefinitiveTokenError,
     InvalidCredentials,
-    OAuthPWError,
+    ProviderClosed,
     RefreshTokenRejected,
     TokenError,
     TransientTokenError,
 )
+from .exchange import TOKEN_RETRY, exchange
 from .grant import (
     Instant,
     Token,
@@ -43,16 +45,21 @@ from .grant import (
     build_refresh_request,
     parse_token_response,
 )
+from .retry import RetryPolicy
 from .store import MemoryTokenStore, TokenStore
-from .transport import RetryPolicy, TokenEndpoint, exchange, safe_url
+
+if TYPE_CHECKING:
+    from .transport import TokenEndpoint
+
+__all__ = ["RefreshPolicy", "TokenEvent", "TokenProvider", "TokenStats"]
 
 log = logging.getLogger("oauthpw_async.provider")
 
+#: Waits between failed renewals: no attempt limit (the provider keeps trying while callers
+#: need a token), half the ceiling random so that retries never bunch up at zero.
+RENEWAL_BACKOFF = RetryPolicy(max_attempts=1_000_000, base_delay=0.5, max_delay=60.0, jitter=0.5, max_wait=86400.0)
+
 _NEVER = -math.inf
-
-
-class ProviderClosed(OAuthPWError):
-    """The provider was used outside ``async with`` or after it closed."""
 
 
 @attrs.frozen
@@ -69,9 +76,8 @@ class RefreshPolicy:
     jitter: float = 0.2
     max_skew: float = 10.0
     skew_fraction: float = 0.05
-    #: Backoff between failed renewals: ``min(backoff_max, backoff_base * 2**n)``, jittered.
-    backoff_base: float = 0.5
-    backoff_max: float = 60.0
+    #: Waits between failed renewals (the one retry primitive; its ``max_attempts`` is not used).
+    backoff: RetryPolicy = RENEWAL_BACKOFF
     #: Consecutive HTTP 500 answers to a refresh after which a password login is tried instead.
     refresh_failures_before_login: int = 2
 
@@ -172,7 +178,7 @@ class TokenProvider:
         self._endpoint = endpoint
         self._owns_endpoint = endpoint is None
         self._policy = refresh or RefreshPolicy()
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or TOKEN_RETRY
         self._store: TokenStore = store or MemoryTokenStore()
         self._on_token = on_token
         self._clock = clock
@@ -195,6 +201,11 @@ class TokenProvider:
     def config(self) -> PasswordGrantConfig:
         """The connection this provider logs in to."""
         return self._config
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this provider (and a crawler using it) measures time with."""
+        return self._clock
 
     @property
     def token(self) -> Token | None:
@@ -262,7 +273,7 @@ class TokenProvider:
         if self._tg is not None:
             raise RuntimeError("this TokenProvider is already open")
         if self._endpoint is None:
-            from .transport import AiohttpTokenEndpoint
+            from .transport import AiohttpTokenEndpoint  # aiohttp only when it is used
 
             self._endpoint = AiohttpTokenEndpoint(self._config)
         tg = anyio.create_task_group()
@@ -444,8 +455,7 @@ class TokenProvider:
             log.error("token request rejected, no automatic retry: %s", exc)
             return
         self._failures += 1
-        p = self._policy
-        delay = self._rng.uniform(0.5, 1.0) * min(p.backoff_max, p.backoff_base * 2 ** (self._failures - 1))
+        delay = self._policy.backoff.backoff(self._failures - 1, self._rng)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         if self._token is not None and now < self._expires_at:

@@ -18,6 +18,8 @@ import orjson
 from ._secret import Secret
 from .grant import Instant, Token
 
+__all__ = ["FileTokenStore", "MemoryTokenStore", "TokenStore"]
+
 
 class TokenStore(Protocol):
     """Keeps the newest token per credential key.

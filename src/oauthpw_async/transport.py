@@ -1,28 +1,24 @@
-"""Sending token requests: the endpoint protocol, its aiohttp implementation, and retries.
+"""Sending one token request: the endpoint protocol and its aiohttp implementation.
 
-The retry loop is anyio-only and talks to any :class:`TokenEndpoint`, so the provider
-runs on asyncio and trio; :class:`AiohttpTokenEndpoint` is the default on asyncio.
+No retries and no parsing here (see :mod:`oauthpw_async.exchange` and :mod:`oauthpw_async.grant`):
+an endpoint sends bytes and returns what came back. :class:`AiohttpTokenEndpoint` is the
+default on asyncio; :class:`oauthpw_async.testing.InMemoryEndpoint` serves tests on any backend.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 import ssl
-from collections.abc import Callable
 from typing import Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import attrs
 
-from .clock import SYSTEM_CLOCK, Clock
+from ._httputil import safe_url
 from .config import PasswordGrantConfig
-from .errors import TokenRedirectError, TokenResponseError, TokenTransportError, TransientTokenError
-from .grant import Instant, Token, TokenRequest, TokenResponse
+from .errors import ConfigError, FieldProblem, TokenRedirectError, TokenResponseError, TokenTransportError
+from .grant import TokenRequest, TokenResponse
 
-log = logging.getLogger("oauthpw_async.transport")
+__all__ = ["AiohttpTokenEndpoint", "TokenEndpoint", "ssl_context"]
 
 
 class TokenEndpoint(Protocol):
@@ -33,24 +29,24 @@ class TokenEndpoint(Protocol):
         ...
 
 
-def safe_url(url: str) -> str:
-    """The URL without user info, query or fragment: safe to print."""
-    try:
-        p = urlsplit(url)
-        host = p.hostname or ""
-        if p.port:
-            host = f"{host}:{p.port}"
-        return urlunsplit((p.scheme, host, p.path, "", ""))
-    except ValueError:
-        return "<unparsable URL>"
-
-
 def ssl_context(config: PasswordGrantConfig) -> ssl.SSLContext | bool:
-    """TLS settings from the config: default verification, a CA bundle, or none."""
+    """TLS settings from the config: default verification, a CA bundle, or none.
+
+    The CA bundle is read here, when it is first used, not when the config is built.
+
+    Raises:
+        ConfigError: the CA bundle cannot be read or holds no usable certificate.
+    """
     if not config.verify_tls:
         return False
     if config.ca_bundle:
-        return ssl.create_default_context(cafile=config.ca_bundle)
+        try:
+            return ssl.create_default_context(cafile=config.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise ConfigError(
+                [FieldProblem("ca_bundle", f"cannot be used ({reason}): give a PEM file of CA certificates")]
+            ) from None
     return True
 
 
@@ -114,7 +110,7 @@ class AiohttpTokenEndpoint:
                         )
                     chunks.append(chunk)
                 return TokenResponse(status=resp.status, headers=headers, body=b"".join(chunks))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             kind = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({type(exc).__name__})"
             raise TokenTransportError(f"token request to {safe_url(request.url)} {kind}", grant=request.grant) from None
 
@@ -122,62 +118,3 @@ class AiohttpTokenEndpoint:
         """Close the session if this endpoint made it."""
         if self._owns_session and self._session is not None:
             await self._session.close()
-
-
-@attrs.frozen
-class RetryPolicy:
-    """Bounded retries with full-jitter exponential backoff, for transient failures only.
-
-    A definitive answer (rejected password, rejected client, unsupported grant...) is
-    never retried: it costs exactly one request.
-    """
-
-    #: Total sends for one token request, the first included.
-    max_attempts: int = 4
-    #: First backoff ceiling, doubled each attempt (full jitter: uniform in [0, ceiling]).
-    base_delay: float = 0.5
-    #: Largest backoff ceiling.
-    max_delay: float = 15.0
-    #: A ``Retry-After`` longer than this is not waited for; the error is raised instead.
-    max_retry_after: float = 120.0
-    #: Total time budget across attempts, in seconds.
-    deadline: float = 180.0
-
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """The delay before retry number ``attempt`` (0-based)."""
-        return rng.uniform(0, min(self.max_delay, self.base_delay * (2**attempt)))
-
-
-async def exchange(
-    endpoint: TokenEndpoint,
-    request: TokenRequest,
-    parse: Callable[[TokenResponse, Instant], Token],
-    *,
-    policy: RetryPolicy = RetryPolicy(),
-    clock: Clock = SYSTEM_CLOCK,
-    rng: random.Random | None = None,
-    on_send: Callable[[TokenRequest, int], None] | None = None,
-) -> Token:
-    """Send ``request`` and parse the answer, retrying transient failures per ``policy``."""
-    rng = rng or random.Random()
-    start = clock.monotonic()
-    attempt = 0
-    while True:
-        sent = Instant(clock.monotonic(), clock.wall())
-        if on_send is not None:
-            on_send(request, attempt)
-        try:
-            return parse(await endpoint.send(request), sent)
-        except TransientTokenError as exc:
-            attempt += 1
-            if attempt >= policy.max_attempts:
-                raise
-            delay = policy.backoff(attempt - 1, rng)
-            if exc.retry_after is not None:
-                if exc.retry_after > policy.max_retry_after:
-                    raise
-                delay = exc.retry_after + rng.uniform(0, policy.base_delay)
-            if clock.monotonic() - start + delay > policy.deadline:
-                raise
-            log.warning("token request (%s) failed, retry %d in %.2fs: %s", request.grant, attempt, delay, exc)
-            await clock.sleep(delay)

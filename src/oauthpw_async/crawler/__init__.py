@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import Crawler, Partition
 from .checkpoint import Checkpoints
-from .engine import CrawlEngine, CrawlStats, HttpPolicy, PartitionStats, rate_limit_delay
+from .engine import API_RETRY, CrawlEngine, CrawlStats, PartitionStats
 from .pagination import (
     Cursor,
     LinkHeader,
@@ -20,13 +20,13 @@ from .pagination import (
 from .sinks import CallableSink, JsonLinesSink, ListSink, Sink
 
 __all__ = [
+    "API_RETRY",
     "CallableSink",
     "Checkpoints",
     "CrawlEngine",
     "CrawlStats",
     "Crawler",
     "Cursor",
-    "HttpPolicy",
     "JsonLinesSink",
     "LinkHeader",
     "ListSink",
@@ -41,5 +41,4 @@ __all__ = [
     "PartitionStats",
     "Sink",
     "parse_link_header",
-    "rate_limit_delay",
 ]

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import attrs
 
 from .._paths import Path, dig
+from ..clock import Clock
+from ..errors import PageShapeError
 from ..provider import TokenProvider
-from .engine import CrawlEngine, CrawlStats, HttpPolicy
+from ..retry import RetryPolicy
+from .engine import CrawlEngine, CrawlStats
 from .pagination import Page, PageRequest, Paginator
 from .sinks import Sink
+
+__all__ = ["Crawler", "Partition"]
 
 
 @attrs.frozen
@@ -23,6 +28,8 @@ class Partition:
     name: str
     params: Mapping[str, str] = attrs.field(factory=dict)
     path: str | None = None
+    #: Request headers for this partition only (added to the crawler's :attr:`Crawler.headers`).
+    headers: Mapping[str, str] = attrs.field(factory=dict)
 
 
 class Crawler:
@@ -41,8 +48,8 @@ class Crawler:
     per record, and :meth:`parse` when records need more than a path.
     """
 
-    #: API root; relative page URLs are joined to it.
-    base_url: ClassVar[str | None] = None
+    #: API root; request paths are resolved under it (``/api/x`` keeps the root's own path).
+    base_url: str | None = None
     #: Take the API root from this token response field instead (Salesforce ``instance_url``).
     base_url_from_token: ClassVar[str | None] = None
     #: Path of the first page (per partition unless the partition sets its own).
@@ -60,6 +67,17 @@ class Crawler:
     #: Pages of one partition fetched at once when the strategy knows them all up front
     #: (offset or page number with a total); they are still emitted and checkpointed in order.
     parallel_pages: ClassVar[int] = 4
+    #: Headers sent on every API request (``Accept``, an API version...); never ``Authorization``.
+    headers: ClassVar[Mapping[str, str]] = {}
+    #: Origins besides the base URL's that may receive the token (``https://files.example.com``).
+    allowed_origins: ClassVar[Sequence[str]] = ()
+    #: A link or redirect to any other origin: ``"fail"`` the partition (default) or follow it
+    #: ``"follow_without_token"``. The token never goes there either way.
+    foreign_origins: ClassVar[Literal["fail", "follow_without_token"]] = "fail"
+
+    def __init__(self, *, base_url: str | None = None) -> None:
+        if base_url is not None:
+            self.base_url = base_url
 
     def partitions(self) -> Iterable[Partition]:
         """The independent streams to crawl; one by default."""
@@ -76,7 +94,9 @@ class Crawler:
         if records is None:
             return []
         if not isinstance(records, list):
-            raise TypeError(f"{type(self).__name__}: records_path {self.records_path!r} is not a list on {page.url}")
+            raise PageShapeError(
+                f"{type(self).__name__}: records_path {self.records_path!r} is not a list on {page.url}"
+            )
         return records
 
     def detail(self, record: Any) -> str | None:
@@ -98,10 +118,25 @@ class Crawler:
         concurrency: int = 16,
         rate: float | None = None,
         state: str | None = None,
-        policy: HttpPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        clock: Clock | None = None,
         on_progress: Callable[[CrawlStats], None] | None = None,
     ) -> CrawlStats:
-        """Crawl into ``sink``; with ``state``, resume from and checkpoint to that file."""
+        """Crawl into ``sink``; with ``state``, resume from and checkpoint to that file.
+
+        Args:
+            tokens: the shared token source.
+            sink: where records go.
+            session: an aiohttp session to share (one is made and closed otherwise).
+            concurrency: API requests in flight at once.
+            rate: requests per second per host.
+            state: checkpoint file: resume from it, save positions to it.
+            retry: retries of one API request (default :data:`~oauthpw_async.crawler.engine.API_RETRY`).
+            timeout: seconds one attempt may take.
+            clock: time source; the provider's clock by default.
+            on_progress: called with the counters after every page.
+        """
         engine = CrawlEngine(
             self,
             tokens,
@@ -109,7 +144,9 @@ class Crawler:
             concurrency=concurrency,
             rate=rate,
             state=state,
-            policy=policy,
+            retry=retry,
+            timeout=timeout,
+            clock=clock,
             on_progress=on_progress,
         )
         return await engine.run(sink)
@@ -117,26 +154,27 @@ class Crawler:
     async def records(self, tokens: TokenProvider, **options: Any) -> AsyncIterator[Any]:
         """Yield records as they arrive (back-pressure: the crawl waits for the consumer).
 
-        Accepts the keyword options of :meth:`crawl`. Breaking out of the loop stops the crawl.
+        Accepts the keyword options of :meth:`crawl`. However the consumer leaves the loop
+        (``break``, an exception, cancellation, ``aclose()``), the crawl stops and is awaited;
+        positions are checkpointed only past records the consumer has taken.
         """
-        queue: asyncio.Queue[tuple[Sequence[Any], asyncio.Event] | None] = asyncio.Queue(maxsize=1)
+        # Unbounded, but each write waits until its records are consumed: at most one page
+        # per partition is queued. The end marker can therefore always be put without waiting.
+        queue: asyncio.Queue[tuple[Sequence[Any], asyncio.Event] | None] = asyncio.Queue()
 
         class _QueueSink:
             async def write(self, records: Sequence[Any], partition: str) -> None:
+                if not records:
+                    return
                 done = asyncio.Event()
-                await queue.put((records, done))
+                queue.put_nowait((records, done))
                 await done.wait()  # consumed before the checkpoint moves past them
 
             async def flush(self) -> None:
                 return None
 
-        async def produce() -> None:
-            try:
-                await self.crawl(tokens, _QueueSink(), **options)
-            finally:
-                await queue.put(None)
-
-        task = asyncio.ensure_future(produce())
+        task = asyncio.ensure_future(self.crawl(tokens, _QueueSink(), **options))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (item := await queue.get()) is not None:
                 records, done = item
@@ -147,7 +185,6 @@ class Crawler:
         finally:
             if not task.done():
                 task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+                await asyncio.wait([task])
+            elif not task.cancelled():
+                task.exception()  # retrieved: a failure after the consumer left is not logged as lost

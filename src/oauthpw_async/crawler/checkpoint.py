@@ -11,7 +11,10 @@ from typing import Any
 import anyio
 import orjson
 
+from ..errors import StateError
 from .pagination import PageRequest
+
+__all__ = ["Checkpoints"]
 
 
 class Checkpoints:
@@ -29,9 +32,9 @@ class Checkpoints:
             try:
                 data = orjson.loads(self.path.read_bytes())
             except orjson.JSONDecodeError as exc:
-                raise ValueError(f"state file {self.path} is damaged ({exc.msg}); delete it to start over") from None
+                raise StateError(f"state file {self.path} is damaged ({exc.msg}); delete it to start over") from None
             if not isinstance(data, dict) or not isinstance(data.get("partitions", {}), dict):
-                raise ValueError(f"state file {self.path} is not a crawl state; delete it to start over")
+                raise StateError(f"state file {self.path} is not a crawl state; delete it to start over")
             self._data = data.get("partitions", {})
 
     def is_done(self, partition: str) -> bool:

@@ -1,16 +1,19 @@
-"""The crawl engine: concurrency, rate limits, retries, 401 handling, sinks, checkpoints."""
+"""The crawl engine: concurrency, rate limits, retries, 401 handling, origins, sinks, checkpoints.
+
+What an answer means is decided by :func:`oauthpw_async.responses.classify_api_response`; how
+long to wait by :class:`oauthpw_async.retry.RetryPolicy`; time comes from the provider's clock.
+This module only acts on those decisions.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import random
-import sys
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -19,11 +22,15 @@ import anyio
 import attrs
 import orjson
 
+from .._httputil import excerpt, origin, safe_url
 from .._paths import dig
-from ..errors import CrawlError, HTTPStatusError, UnauthorizedError
-from ..grant import excerpt, parse_retry_after
+from ..clock import Clock
+from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
+from ..grant import Token
 from ..provider import TokenProvider
-from ..transport import safe_url
+from ..responses import classify_api_response
+from ..retry import Retrying, RetryPolicy
+from ..transport import ssl_context
 from .checkpoint import Checkpoints
 from .pagination import Page, PageRequest, Paginator, resolve
 from .sinks import Sink
@@ -31,8 +38,7 @@ from .sinks import Sink
 if TYPE_CHECKING:
     from .base import Crawler, Partition
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found, unused-ignore]
+__all__ = ["API_RETRY", "CrawlEngine", "CrawlStats", "PartitionStats", "resolve_url"]
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -54,24 +60,15 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
 log = logging.getLogger("oauthpw_async.crawler")
 
 
-@attrs.frozen
-class HttpPolicy:
-    """Retries and timeouts for API requests.
+API_RETRY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=30.0, max_wait=300.0, deadline=600.0)
+"""The default retries of one API request: 6 attempts, backoff up to 30 s, server waits up to 5 min."""
 
-    Connection errors, timeouts, 408 and 5xx are retried with full-jitter exponential
-    backoff; 429 and 503 pause every task on that host for ``Retry-After`` (or the
-    rate-limit reset headers). A 401 renews the token and retries once. Other 4xx fail.
-    """
-
-    max_attempts: int = 6
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    #: Longest rate-limit pause honoured before giving up on a request.
-    max_pause: float = 300.0
-    #: Total time one request may take across its attempts.
-    deadline: float = 600.0
-    #: Per-attempt total timeout.
-    timeout: float = 60.0
+#: Redirects followed for one request before giving up.
+MAX_REDIRECTS = 10
+#: Renewals one request may cause, each for a different rejected token.
+MAX_RENEWALS_PER_REQUEST = 3
+#: Distinct tokens refused in a row, with no success between, after which the crawl stops.
+REFUSED_TOKENS_BREAKER = 3
 
 
 @attrs.define
@@ -108,83 +105,73 @@ class CrawlStats:
             return None
         return sum(t for t in totals if t is not None)
 
-    def eta_seconds(self) -> float | None:
-        """Estimated seconds left, when totals are known."""
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        """Estimated seconds left, when totals are known (``now`` on the clock of :attr:`started`)."""
         expected = self.expected_records
-        elapsed = time.monotonic() - self.started
+        elapsed = (time.monotonic() if now is None else now) - self.started
         if not expected or not self.records or elapsed <= 0:
             return None
         return max(0.0, (expected - self.records) / (self.records / elapsed))
 
 
 class _HostGovernor:
-    """Per-host pause (shared by every task) and an optional request rate."""
+    """Per-host pause (shared by every task) and an optional request rate, on the crawl's clock."""
 
-    def __init__(self, rate: float | None) -> None:
+    def __init__(self, rate: float | None, clock: Clock) -> None:
+        self.clock = clock
         self.paused_until = 0.0
         self.interval = 1.0 / rate if rate else 0.0
         self.next_slot = 0.0
 
     async def wait(self) -> None:
-        while self.paused_until and (delay := self.paused_until - time.monotonic()) > 0:
-            await anyio.sleep(delay)
+        clock = self.clock
+        while self.paused_until and (delay := self.paused_until - clock.monotonic()) > 0:
+            await clock.sleep(delay)
         if self.interval:
-            now = time.monotonic()
+            now = clock.monotonic()
             slot = max(now, self.next_slot)
             self.next_slot = slot + self.interval
             if slot > now:
-                await anyio.sleep(slot - now)
+                await clock.sleep(slot - now)
 
     def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self.paused_until = max(self.paused_until, self.clock.monotonic() + seconds)
 
 
-def rate_limit_delay(status: int, headers: Mapping[str, str], now_wall: float) -> float | None:
-    """Seconds to wait, from an answer's rate-limit headers (``None`` when none is usable).
+class _Origins:
+    """The origins the token may be sent to, with a prefix test that avoids parsing most URLs."""
 
-    Reads ``Retry-After`` (seconds or HTTP-date), ``X-RateLimit-Reset`` / ``X-Rate-Limit-Reset``
-    (epoch seconds or ISO 8601) and ``RateLimit-Reset`` (delta seconds).
+    def __init__(self, origins: list[str]) -> None:
+        self.allowed = frozenset(origin(o) for o in origins) - {"null"}
+        prefixes: list[str] = []
+        for o in self.allowed:
+            scheme, _, hostport = o.partition("://")
+            prefixes.append(f"{o}/")
+            host, _, port = hostport.rpartition(":")
+            if {"http": "80", "https": "443"}.get(scheme) == port:
+                prefixes.append(f"{scheme}://{host}/")
+        self._prefixes = tuple(prefixes)
+
+    def allows(self, url: str) -> bool:
+        """Whether the token may go to ``url``."""
+        return url.startswith(self._prefixes) or origin(url) in self.allowed
+
+
+def resolve_url(base: str, target: str) -> str:
+    """``target`` as an absolute URL: as is when absolute, else joined *under* ``base``.
+
+    Like httpx's ``base_url``: ``base="https://h/servicenow"`` with ``"/api/now/table/x"`` or
+    ``"api/now/table/x"`` gives ``https://h/servicenow/api/now/table/x``.
     """
-    retry_after = parse_retry_after(headers.get("Retry-After"), now_wall)
-    if retry_after is not None:
-        return retry_after
-    for name in ("X-RateLimit-Reset", "X-Rate-Limit-Reset"):
-        value = headers.get(name)
-        if value:
-            try:
-                reset = float(value)
-                return max(0.0, (reset / 1000 if reset > 1e11 else reset) - now_wall)
-            except ValueError:
-                try:
-                    return max(0.0, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - now_wall)
-                except ValueError:
-                    pass
-    value = headers.get("RateLimit-Reset")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            pass
-    return None
-
-
-@functools.lru_cache(maxsize=64)
-def _origin(base: str) -> str:
-    parts = urlsplit(base)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def _resolve(base: str, target: str) -> str:
-    """``target`` as an absolute URL: as is, on ``base``'s origin (``/path``), or joined to ``base``."""
     if target.startswith(("https://", "http://")):
         return target
-    if target.startswith("/"):
-        return _origin(base) + target
-    return urljoin(base.rstrip("/") + "/", target)
+    if "://" in target[:16]:
+        return target  # another scheme: refused by the origin check, never joined
+    return base.rstrip("/") + "/" + target.lstrip("/")
 
 
 class CrawlEngine:
-    """Runs one :class:`Crawler` with a shared :class:`TokenProvider` and aiohttp session.
+    """Runs one :class:`Crawler` with a shared token source and aiohttp session.
 
     Embeddable: no event loop of its own, no global state. Several engines may share a
     provider and a session; cancelling the caller stops the crawl cleanly (positions
@@ -200,40 +187,51 @@ class CrawlEngine:
         concurrency: int = 16,
         rate: float | None = None,
         state: str | None = None,
-        policy: HttpPolicy | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        clock: Clock | None = None,
         on_progress: Callable[[CrawlStats], None] | None = None,
     ) -> None:
         if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
+            raise UsageError("concurrency must be at least 1")
         self.crawler = crawler
         self.tokens = tokens
-        self.stats = CrawlStats()
+        self._clock: Clock = clock or tokens.clock
+        self.stats = CrawlStats(started=self._clock.monotonic())
         self._session = session
         self._concurrency = concurrency
         self._rate = rate
         self._checkpoints = Checkpoints(state)
-        self._policy = policy or HttpPolicy()
+        self._retry = retry or API_RETRY
         self._on_progress = on_progress
-        # aiohttp ties the engine to asyncio, so asyncio's own primitives are used on the hot path.
-        self._slots = asyncio.Semaphore(concurrency)
-        self._timeout = aiohttp.ClientTimeout(total=self._policy.timeout)
+        self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._hosts: dict[str, _HostGovernor] = {}
         self._paginator: Paginator = resolve(crawler.pagination)
         self._rng = random.Random()
+        self._origins: _Origins | None = None
+        self._ssl: ssl.SSLContext | bool = True
+        self._refused: set[str] = set()  # tokens refused since the last success (circuit breaker)
+        self._headers = {"Accept": "application/json", **crawler.headers}
 
     # --- running -----------------------------------------------------------------------------------
 
     async def run(self, sink: Sink) -> CrawlStats:
         """Crawl every partition into ``sink``; returns the final counters."""
+        config = getattr(self.tokens, "config", None)
+        if config is not None:
+            self._ssl = ssl_context(config)
         own = self._session is None
         session = self._session or aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
         )
         try:
+            base = await self._base_url()
+            self._origins = _Origins([base, *self.crawler.allowed_origins])
             partitions = list(self.crawler.partitions())
             names = [p.name for p in partitions]
             if len(set(names)) != len(names):
-                raise CrawlError("partition names must be unique: they key the checkpoints")
+                raise UsageError("partition names must be unique: they key the checkpoints")
             self.stats.partitions_total = len(partitions)
             for p in partitions:
                 ps = PartitionStats(pages=self._checkpoints.pages(p.name))
@@ -245,7 +243,7 @@ class CrawlEngine:
                 async with anyio.create_task_group() as tg:
                     for p in partitions:
                         if not self._checkpoints.is_done(p.name):
-                            tg.start_soon(self._walk, session, p, sink)
+                            tg.start_soon(self._walk, session, base, p, sink)
             except BaseExceptionGroup as group:
                 # One partition failed and the others were cancelled: raise the failure itself.
                 raise _first_error(group) from None
@@ -271,15 +269,18 @@ class CrawlEngine:
                 )
             return base
         if not crawler.base_url:
-            raise CrawlError(f"{type(crawler).__name__} sets neither base_url nor base_url_from_token")
+            raise UsageError(
+                f"{type(crawler).__name__} has no base_url: set it on the class, pass base_url=..., "
+                "or set base_url_from_token"
+            )
         return crawler.base_url
 
-    async def _walk(self, session: aiohttp.ClientSession, partition: Partition, sink: Sink) -> None:
+    async def _walk(self, session: aiohttp.ClientSession, base: str, partition: Partition, sink: Sink) -> None:
         ps = self.stats.partitions[partition.name]
-        base = await self._base_url()
         request = self._checkpoints.resume_from(partition.name)
         if request is None:
             request = self._paginator.start(self.crawler.first_request(partition))
+        headers = {**self._headers, **partition.headers} if partition.headers else self._headers
         seen: set[str] = set()
         index = ps.pages
         max_pages = self.crawler.max_pages
@@ -304,7 +305,7 @@ class CrawlEngine:
                 if inflight and inflight[0][0] is request:
                     page, records = await inflight.popleft()[1]
                 else:
-                    page, records = await self._read_page(session, base, request, index, ps)
+                    page, records = await self._read_page(session, base, headers, request, index, ps)
                 await sink.write(records, partition.name)
                 if planned is None and plan is not None:
                     known = plan(page, records)
@@ -314,7 +315,7 @@ class CrawlEngine:
                     while planned and len(inflight) < self.crawler.parallel_pages - 1:
                         ahead = planned.popleft()
                         future = asyncio.ensure_future(
-                            self._read_page(session, base, ahead, index + 1 + len(inflight), ps)
+                            self._read_page(session, base, headers, ahead, index + 1 + len(inflight), ps)
                         )
                         inflight.append((ahead, future))
                     nxt = inflight[0][0] if inflight else (planned[0] if planned else None)
@@ -340,26 +341,36 @@ class CrawlEngine:
         self._progress()
 
     async def _read_page(
-        self, session: aiohttp.ClientSession, base: str, request: PageRequest, index: int, ps: PartitionStats
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        headers: Mapping[str, str],
+        request: PageRequest,
+        index: int,
+        ps: PartitionStats,
     ) -> tuple[Page, list[Any]]:
         """Fetch one page, parse its records and run their follow-ups."""
-        status, headers, data, final_url = await self._request(session, _resolve(base, request.url), request.params)
-        page = Page(request=request, url=str(final_url), status=status, headers=headers, data=data, index=index)
+        status, resp_headers, data, final_url = await self._request(
+            session, resolve_url(base, request.url), request.params, headers
+        )
+        page = Page(request=request, url=final_url, status=status, headers=resp_headers, data=data, index=index)
         records = list(self.crawler.parse(page))
         if ps.total is None and self.crawler.total_path is not None:
             total = dig(data, self.crawler.total_path)
             if isinstance(total, int) and not isinstance(total, bool):
                 ps.total = total
-        return page, await self._follow_ups(session, base, records)
+        return page, await self._follow_ups(session, base, headers, records)
 
-    async def _follow_ups(self, session: aiohttp.ClientSession, base: str, records: list[Any]) -> list[Any]:
+    async def _follow_ups(
+        self, session: aiohttp.ClientSession, base: str, headers: Mapping[str, str], records: list[Any]
+    ) -> list[Any]:
         targets = [self.crawler.detail(r) for r in records]
         if not any(targets):
             return records
         out = list(records)
 
         async def fetch(i: int, target: str) -> None:
-            _, _, data, _ = await self._request(session, _resolve(base, target), ())
+            _, _, data, _ = await self._request(session, resolve_url(base, target), (), headers)
             out[i] = self.crawler.merge_detail(records[i], data)
 
         tasks = [asyncio.ensure_future(fetch(i, t)) for i, t in enumerate(targets) if t]
@@ -378,100 +389,146 @@ class CrawlEngine:
         host = url.split("/", 3)[2] if "://" in url else urlsplit(url).netloc
         gov = self._hosts.get(host)
         if gov is None:
-            gov = self._hosts[host] = _HostGovernor(self._rate)
+            gov = self._hosts[host] = _HostGovernor(self._rate, self._clock)
         return gov
 
+    def _authorize(self, url: str) -> bool:
+        """Whether ``url`` may be sent the token; raises when it may not and must not be followed."""
+        assert self._origins is not None
+        if self._origins.allows(url):
+            return True
+        if self.crawler.foreign_origins == "follow_without_token":
+            return False
+        foreign = origin(url)
+        raise ForeignOriginError(
+            f"{safe_url(url)} is on {foreign}, not an origin the token may be sent to; "
+            f"add {foreign!r} to allowed_origins if it is yours, or set "
+            "foreign_origins = 'follow_without_token' to read it without credentials",
+            origin=foreign,
+        )
+
     async def _request(
-        self, session: aiohttp.ClientSession, url: str, params: Sequence[tuple[str, str]]
-    ) -> tuple[int, Mapping[str, str], Any, object]:
-        policy = self._policy
+        self,
+        session: aiohttp.ClientSession,
+        url: str,
+        params: Sequence[tuple[str, str]],
+        headers: Mapping[str, str],
+    ) -> tuple[int, Mapping[str, str], Any, str]:
+        """One API GET, followed through redirects and retried per the policy; the decoded body."""
+        clock = self._clock
+        retrying: Retrying | None = None  # made at the first failure: the happy path reads no clock
+        renewals = 0
+        redirects = 0
+        query: Sequence[tuple[str, str]] | None = list(params) or None
+        with_token = self._authorize(url)
         gov = self._governor(url)
-        started = 0.0  # set at the first failure: the happy path reads no extra clock
-        attempt = 0
-        renewed = False
-        timeout = self._timeout
-        query = list(params) or None
         while True:
             await gov.wait()
-            problem: str
+            problem = ""
+            token = None
             async with self._slots:
                 # The header is taken only now that the request has its slot, so no request
                 # queues while holding a token that may expire meanwhile.
-                token = await self.tokens.get()
+                if with_token:
+                    token = await self.tokens.get()
+                    send_headers = {**headers, "Authorization": token.authorization}
+                else:
+                    send_headers = dict(headers)
                 self.stats.requests += 1
                 try:
                     async with session.get(
                         url,
                         params=query,
-                        timeout=timeout,
-                        allow_redirects=True,
-                        headers={"Authorization": token.authorization, "Accept": "application/json"},
+                        timeout=self._timeout,
+                        allow_redirects=False,
+                        headers=send_headers,
+                        ssl=self._ssl,
                     ) as resp:
                         status = resp.status
-                        headers = resp.headers
+                        resp_headers: Mapping[str, str] = resp.headers
                         body = await resp.read()
-                        final_url = resp.url
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                    status, headers, body, final_url = 0, {}, b"", url  # type: ignore[assignment]
+                        final_url = str(resp.url)
+                except aiohttp.ClientConnectorCertificateError as exc:
+                    raise CrawlError(
+                        f"TLS certificate of {safe_url(url)} was not accepted "
+                        f"({type(exc.certificate_error).__name__}); check verify_tls and ca_bundle in the connection"
+                    ) from None
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    status, resp_headers, body, final_url = 0, {}, b"", url
                     problem = type(exc).__name__
-            if status == 401:
-                self.stats.unauthorized += 1
-                if renewed:
-                    raise UnauthorizedError(
-                        "refused twice, the second time with a renewed token",
-                        status=401,
-                        url=safe_url(url),
-                        excerpt=excerpt(body),
-                    )
-                renewed = True
-                self.tokens.invalidate(token)
-                continue
-            if 200 <= status < 300:
+            verdict = classify_api_response(status, resp_headers, clock.wall())
+            action = verdict.action
+            if action == "ok":
+                if self._refused:
+                    self._refused.clear()
                 try:
-                    return status, headers, orjson.loads(body) if body.strip() else None, final_url
+                    return status, resp_headers, orjson.loads(body) if body.strip() else None, final_url
                 except orjson.JSONDecodeError:
                     raise HTTPStatusError(
                         "the API answered with something that is not JSON",
                         status=status,
                         url=safe_url(url),
-                        excerpt=excerpt(body),
+                        excerpt=self._excerpt(body, token),
                     ) from None
-            if status in (429, 503) or (status == 403 and headers.get("X-RateLimit-Remaining") == "0"):
-                delay = rate_limit_delay(status, headers, time.time())
+            if action == "renew" and token is not None:
+                self.stats.unauthorized += 1
+                self._on_refused(token, renewals, url, body)
+                renewals += 1
+                self.tokens.invalidate(token)
+                continue
+            if action == "redirect":
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise HTTPStatusError(f"more than {MAX_REDIRECTS} redirects", status=status, url=safe_url(url))
+                url = urljoin(final_url, resp_headers.get("Location") or "")
+                query = None  # the Location carries its own query
+                with_token = self._authorize(url)
+                gov = self._governor(url)
+                continue
+            if action in ("pause", "retry"):
+                if retrying is None:
+                    retrying = self._retry.start(clock.monotonic(), self._rng)
+                delay = retrying.next_delay(clock.monotonic(), verdict.wait)
                 if delay is None:
-                    delay = self._backoff(attempt)
-                if delay > policy.max_pause:
                     raise HTTPStatusError(
-                        f"rate limited for {delay:.0f}s, longer than max_pause",
+                        f"{retrying.stop_reason} ({problem or f'HTTP {status}'})",
                         status=status,
                         url=safe_url(url),
-                        excerpt=excerpt(body),
+                        excerpt=self._excerpt(body, token),
                     )
-                gov.pause(delay)
-                self.stats.rate_limit_pauses += 1
-                problem = f"HTTP {status}, pausing {delay:.2f}s"
-                delay = 0.0
-            elif status == 0 or status == 408 or status >= 500:
-                if status:
-                    problem = f"HTTP {status}"
-                delay = self._backoff(attempt)
-            else:
-                raise HTTPStatusError("request failed", status=status, url=safe_url(url), excerpt=excerpt(body))
-            attempt += 1
-            if attempt == 1:
-                started = time.monotonic()
-            if attempt >= policy.max_attempts or time.monotonic() - started + delay > policy.deadline:
-                raise HTTPStatusError(
-                    f"gave up after {attempt} attempts ({problem})",
-                    status=status,
-                    url=safe_url(url),
-                    excerpt=excerpt(body),
-                )
-            self.stats.retries += 1
-            log.info("retrying %s in %.2fs: %s", safe_url(url), delay, problem)
-            if delay:
-                await anyio.sleep(delay)
+                self.stats.retries += 1
+                if action == "pause":
+                    gov.pause(delay)  # every task on this host waits, not only this one
+                    self.stats.rate_limit_pauses += 1
+                    log.info("rate limited by %s (HTTP %d); pausing the host %.2fs", safe_url(url), status, delay)
+                else:
+                    log.info("retrying %s in %.2fs: %s", safe_url(url), delay, problem or f"HTTP {status}")
+                    await clock.sleep(delay)
+                continue
+            raise HTTPStatusError(
+                "request failed", status=status, url=safe_url(url), excerpt=self._excerpt(body, token)
+            )
 
-    def _backoff(self, attempt: int) -> float:
-        p = self._policy
-        return self._rng.uniform(0, min(p.max_delay, p.base_delay * 2**attempt))
+    def _on_refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
+        """Bound renewals: per request, and crawl-wide when every renewed token is refused."""
+        key = token.access_token.reveal()
+        self._refused.add(key)
+        why = ""
+        if len(self._refused) >= REFUSED_TOKENS_BREAKER:
+            why = f"{len(self._refused)} different tokens were refused in a row with no success between"
+        elif renewals >= MAX_RENEWALS_PER_REQUEST:
+            why = f"refused {renewals + 1} times, with a renewed token each time"
+        if why:
+            raise UnauthorizedError(
+                f"{why}: the account has lost access to this API (permissions, a revoked grant or a "
+                "changed password); fix the account, then resume",
+                status=401,
+                url=safe_url(url),
+                excerpt=self._excerpt(body, token),
+            )
+
+    @staticmethod
+    def _excerpt(body: bytes, token: Token | None) -> str:
+        if token is None:
+            return excerpt(body)
+        return excerpt(body, (token.access_token.reveal(), token.authorization))

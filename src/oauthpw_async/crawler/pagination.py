@@ -16,6 +16,22 @@ from urllib.parse import urljoin
 import attrs
 
 from .._paths import Path, dig
+from ..errors import UsageError
+
+__all__ = [
+    "NAMED",
+    "Cursor",
+    "LinkHeader",
+    "NextUrl",
+    "ODataNextLink",
+    "Offset",
+    "Page",
+    "PageNumber",
+    "PageRequest",
+    "Paginator",
+    "parse_link_header",
+    "resolve",
+]
 
 
 @attrs.frozen
@@ -247,5 +263,5 @@ def resolve(pagination: Paginator | str) -> Paginator:
         try:
             return NAMED[pagination]
         except KeyError:
-            raise ValueError(f"unknown pagination {pagination!r}; choose one of {', '.join(NAMED)}") from None
+            raise UsageError(f"unknown pagination {pagination!r}; choose one of {', '.join(NAMED)}") from None
     return pagination

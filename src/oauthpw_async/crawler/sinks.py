@@ -10,6 +10,8 @@ from typing import Any, Protocol
 import anyio
 import orjson
 
+__all__ = ["CallableSink", "JsonLinesSink", "ListSink", "Sink"]
+
 
 class Sink(Protocol):
     """Receives each page's records in order; :meth:`flush` makes them durable.

@@ -32,8 +32,10 @@ from aiohttp import web
 
 from .authserver import AuthServerState
 
+__all__ = ["STYLES", "ApiFault", "DemoAPI", "make_detail", "make_record"]
+
 STYLES = ("offset", "cursor", "page", "nexturl", "odata", "link")
-ApiFaultKind = Literal["status", "slow", "revoke", "drop"]
+ApiFaultKind = Literal["status", "slow", "revoke", "drop", "deny"]
 
 
 @attrs.define
@@ -93,6 +95,8 @@ class DemoAPI:
         #: List requests being answered now, and the most seen at once.
         self.inflight = 0
         self.max_inflight = 0
+        #: Refuse every token with 401 (the account lost access to the API).
+        self.deny_all = False
         self._auth: AuthServerState | None = None
 
     @property
@@ -131,6 +135,9 @@ class DemoAPI:
             elif fault.kind == "revoke":
                 assert self._auth is not None
                 self._auth.revoke_access_tokens()
+            elif fault.kind == "deny":  # a 401 whatever the token (an account that lost access)
+                self.counts[f"{kind}:401"] += 1
+                return web.json_response({"error": "invalid_token"}, status=401)
             elif fault.kind == "drop":
                 if request.transport is not None:
                     request.transport.abort()
@@ -139,7 +146,7 @@ class DemoAPI:
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
                 return web.json_response({"error": "unavailable"}, status=fault.status, headers=headers)
         assert self._auth is not None
-        if not self._auth.check_authorization(request.headers.get("Authorization")):
+        if self.deny_all or not self._auth.check_authorization(request.headers.get("Authorization")):
             self.counts[f"{kind}:401"] += 1
             return web.json_response(
                 {"error": "invalid_token"}, status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}

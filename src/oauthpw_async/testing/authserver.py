@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, unquote_plus
 import attrs
 import orjson
 
+__all__ = ["AuthServerState", "Fault", "Quirks", "Reply"]
+
 FaultKind = Literal["status", "delay", "drop", "html", "malformed", "empty", "huge"]
 
 

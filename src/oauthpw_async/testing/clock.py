@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
+from collections.abc import AsyncIterator
 
 import anyio
+
+__all__ = ["FakeClock"]
 
 
 class FakeClock:
@@ -51,3 +55,26 @@ class FakeClock:
         self.now += seconds
         while self._sleepers and self._sleepers[0][0] <= self.now:
             heapq.heappop(self._sleepers)[2].set()
+
+    @contextlib.asynccontextmanager
+    async def autojump(self, poll: float = 0.001) -> AsyncIterator[FakeClock]:
+        """While open, jump to the next pending sleep as soon as one is pending.
+
+        For tests that do real I/O (a local server) but must not wait in real time for
+        rate limits and backoffs: every wait on this clock ends at once, in deadline order,
+        and :attr:`now` says how much time the code under test believed passed.
+        """
+        async with anyio.create_task_group() as tg:
+
+            async def jump() -> None:
+                while True:
+                    await anyio.sleep(poll)
+                    due = self.next_deadline()
+                    if due is not None:
+                        self.advance(max(0.0, due - self.now))
+
+            tg.start_soon(jump)
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()

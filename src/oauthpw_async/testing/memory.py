@@ -7,6 +7,8 @@ from ..errors import TokenTransportError
 from ..grant import TokenRequest, TokenResponse
 from .authserver import AuthServerState
 
+__all__ = ["InMemoryEndpoint"]
+
 
 class InMemoryEndpoint:
     """Implements :class:`oauthpw_async.transport.TokenEndpoint` by calling the server state directly.

@@ -12,6 +12,8 @@ from aiohttp import web
 from ..config import PasswordGrantConfig
 from .authserver import AuthServerState
 
+__all__ = ["LocalServer", "RouteInstaller"]
+
 RouteInstaller = Callable[[web.Application, AuthServerState], None]
 
 

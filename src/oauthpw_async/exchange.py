@@ -1,0 +1,65 @@
+"""One token request, sent and parsed, with transient failures retried under a :class:`RetryPolicy`.
+
+anyio-only and talking to any :class:`~oauthpw_async.transport.TokenEndpoint`, so it runs on
+asyncio and trio alike. Definitive answers (a rejected password, client or grant) are never
+retried: each costs exactly one request.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .clock import SYSTEM_CLOCK, Clock
+from .errors import TransientTokenError
+from .grant import Instant, Token, TokenRequest, TokenResponse
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .transport import TokenEndpoint
+
+__all__ = ["TOKEN_RETRY", "exchange"]
+
+log = logging.getLogger("oauthpw_async.exchange")
+
+TOKEN_RETRY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=15.0, max_wait=120.0, deadline=180.0)
+"""The default retries of one token request."""
+
+
+async def exchange(
+    endpoint: TokenEndpoint,
+    request: TokenRequest,
+    parse: Callable[[TokenResponse, Instant], Token],
+    *,
+    policy: RetryPolicy = TOKEN_RETRY,
+    clock: Clock = SYSTEM_CLOCK,
+    rng: random.Random | None = None,
+    on_send: Callable[[TokenRequest, int], None] | None = None,
+) -> Token:
+    """Send ``request`` and parse the answer, retrying transient failures per ``policy``.
+
+    Raises:
+        TokenError: the parsed error of the last answer (definitive at once, transient once
+            the policy gives up: attempts, deadline, or a ``Retry-After`` beyond ``max_wait``).
+    """
+    retrying = None
+    attempt = 0
+    while True:
+        sent = Instant(clock.monotonic(), clock.wall())
+        if on_send is not None:
+            on_send(request, attempt)
+        try:
+            return parse(await endpoint.send(request), sent)
+        except TransientTokenError as exc:
+            now = clock.monotonic()
+            if retrying is None:
+                retrying = policy.start(sent.monotonic, rng)
+            delay = retrying.next_delay(now, exc.retry_after)
+            if delay is None:
+                log.warning("token request (%s) failed, not retried: %s; %s", request.grant, retrying.stop_reason, exc)
+                raise
+            attempt += 1
+            log.warning("token request (%s) failed, retry %d in %.2fs: %s", request.grant, attempt, delay, exc)
+            await clock.sleep(delay)
