@@ -6,15 +6,14 @@ uses it instead of logging in again: logins are what count against lockouts and 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
+from ._atomic import atomic_write
 from ._secret import Secret
 from .grant import Instant, Token
 
@@ -116,16 +115,4 @@ class FileTokenStore:
         """Write ``token`` for ``key`` with temp file + fsync + rename, mode 0600."""
         data = self._read_all()
         data[key] = _to_record(token)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(orjson.dumps(data))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, orjson.dumps(data), mode=0o600)

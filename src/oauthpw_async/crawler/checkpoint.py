@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 
+from .._atomic import atomic_write
 from ..errors import StateError
 from .pagination import PageRequest
 
@@ -62,19 +61,4 @@ class Checkpoints:
             }
             if self.path is not None:
                 blob = orjson.dumps({"version": 1, "partitions": self._data})
-                await anyio.to_thread.run_sync(_atomic_write, self.path, blob)
-
-
-def _atomic_write(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".state-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+                await anyio.to_thread.run_sync(atomic_write, self.path, blob)
