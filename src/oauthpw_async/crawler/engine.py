@@ -73,12 +73,24 @@ REFUSED_TOKENS_BREAKER = 3
 
 @attrs.define
 class PartitionStats:
-    """Progress of one partition."""
+    """Progress of one partition.
+
+    ``done`` means the walk ended; ``complete`` means it also got everything: a partition
+    that stopped on its page budget or a cycle, fell short of an announced total, or never
+    found its records is done but incomplete, and :attr:`problems` says why.
+    """
 
     pages: int = 0
     records: int = 0
     total: int | None = None
     done: bool = False
+    #: Why this partition may be missing records (empty when nothing is known to be missing).
+    problems: list[str] = attrs.field(factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Finished with nothing known to be missing."""
+        return self.done and not self.problems
 
 
 @attrs.define
@@ -96,6 +108,16 @@ class CrawlStats:
     partitions_done: int = 0
     started: float = attrs.field(factory=time.monotonic)
     partitions: dict[str, PartitionStats] = attrs.field(factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every partition finished and none is known to be missing records."""
+        return self.partitions_done == self.partitions_total and all(p.complete for p in self.partitions.values())
+
+    @property
+    def incomplete(self) -> dict[str, list[str]]:
+        """The partitions known to be missing records, with the reasons."""
+        return {name: list(p.problems) for name, p in self.partitions.items() if p.problems}
 
     @property
     def expected_records(self) -> int | None:
