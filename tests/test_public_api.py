@@ -21,6 +21,8 @@ PUBLIC = {
     "TokenResponseError", "TokenStats", "TokenStore", "TokenTransportError", "TransientTokenError",
     "UnauthorizedError", "UnsupportedGrantType", "UsageError", "build_password_request", "build_refresh_request",
     "exchange", "load_config", "parse_token_response", "rate_limit_delay",
+    "APIResponse", "AuthorizedSession", "SessionStats", "StaticToken", "TokenSource", "load_token_source",
+    "StaticTokenConfig", "ForeignOriginError", "StaticTokenRejected",
 }  # fmt: skip
 
 

@@ -82,6 +82,15 @@ if TYPE_CHECKING:
 _LAZY = {
     "AiohttpTokenEndpoint": "transport",
     "TokenEndpoint": "transport",
+    "APIResponse": "session",
+    "AuthorizedSession": "session",
+    "SessionStats": "session",
+    "StaticToken": "sources",
+    "TokenSource": "sources",
+    "load_token_source": "sources",
+    "StaticTokenConfig": "static_config",
+    "ForeignOriginError": "errors",
+    "StaticTokenRejected": "errors",
     **dict.fromkeys(
         [
             "CallableSink",
@@ -117,7 +126,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "APIResponse",
     "AiohttpTokenEndpoint",
+    "AuthorizedSession",
     "CallableSink",
     "Clock",
     "ConfigError",
@@ -129,6 +140,7 @@ __all__ = [
     "DefinitiveTokenError",
     "FieldProblem",
     "FileTokenStore",
+    "ForeignOriginError",
     "HTTPStatusError",
     "Instant",
     "InvalidClient",
@@ -158,8 +170,12 @@ __all__ = [
     "Retrying",
     "Secret",
     "SecretExposureError",
+    "SessionStats",
     "Sink",
     "StateError",
+    "StaticToken",
+    "StaticTokenConfig",
+    "StaticTokenRejected",
     "SystemClock",
     "Token",
     "TokenEndpoint",
@@ -171,6 +187,7 @@ __all__ = [
     "TokenRequestRejected",
     "TokenResponse",
     "TokenResponseError",
+    "TokenSource",
     "TokenStats",
     "TokenStore",
     "TokenTransportError",
@@ -182,6 +199,7 @@ __all__ = [
     "build_refresh_request",
     "exchange",
     "load_config",
+    "load_token_source",
     "parse_token_response",
     "rate_limit_delay",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "RefreshTokenRejected",
     "SecretExposureError",
     "StateError",
+    "StaticTokenRejected",
     "TokenError",
     "TokenRedirectError",
     "TokenRequestRejected",
@@ -228,6 +229,19 @@ class TokenTransportError(TransientTokenError):
 
 class CredentialsLockedOut(InvalidCredentials):
     """Raised at once, without a request, after an earlier login was definitively rejected."""
+
+
+class StaticTokenRejected(InvalidCredentials):
+    """The API refused a static token (a personal access token or API key) with 401.
+
+    A static token cannot be renewed, so nothing is retried: every later request with it
+    fails at once with this error, without being sent, until the token is replaced.
+    """
+
+    hint = (
+        "replace the token (it is expired, revoked, or not valid for this API) and run again; "
+        "requests with it are not sent again until it is replaced"
+    )
 
 
 # --- API requests (crawler) -------------------------------------------------------------

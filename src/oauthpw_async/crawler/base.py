@@ -12,8 +12,8 @@ import attrs
 from .._paths import Path, dig
 from ..clock import Clock
 from ..errors import PageShapeError
-from ..provider import TokenProvider
 from ..retry import RetryPolicy
+from ..sources import TokenSource
 from .engine import CrawlEngine, CrawlStats
 from .pagination import Page, PageRequest, Paginator
 from .sinks import Sink
@@ -111,7 +111,7 @@ class Crawler:
 
     async def crawl(
         self,
-        tokens: TokenProvider,
+        tokens: TokenSource,
         sink: Sink,
         *,
         session: aiohttp.ClientSession | None = None,
@@ -151,7 +151,7 @@ class Crawler:
         )
         return await engine.run(sink)
 
-    async def records(self, tokens: TokenProvider, **options: Any) -> AsyncIterator[Any]:
+    async def records(self, tokens: TokenSource, **options: Any) -> AsyncIterator[Any]:
         """Yield records as they arrive (back-pressure: the crawl waits for the consumer).
 
         Accepts the keyword options of :meth:`crawl`. However the consumer leaves the loop

@@ -27,9 +27,9 @@ from .._paths import dig
 from ..clock import Clock
 from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
 from ..grant import Token
-from ..provider import TokenProvider
 from ..responses import classify_api_response
 from ..retry import Retrying, RetryPolicy
+from ..sources import TokenSource
 from ..transport import ssl_context
 from .checkpoint import Checkpoints
 from .pagination import Page, PageRequest, Paginator, resolve
@@ -203,7 +203,7 @@ class CrawlEngine:
     def __init__(
         self,
         crawler: Crawler,
-        tokens: TokenProvider,
+        tokens: TokenSource,
         *,
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 16,
