@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from typing import Any
 
 import anyio
@@ -51,6 +53,15 @@ async def test_a_static_token_is_a_token_source_with_the_configured_scheme() -> 
 
 def test_the_password_grant_provider_is_a_token_source_too(config: Any) -> None:
     assert isinstance(TokenProvider(config), TokenSource)
+
+
+def test_token_sources_do_not_import_aiohttp() -> None:
+    code = (
+        "import sys, oauthpw_async\n"
+        "oauthpw_async.StaticToken, oauthpw_async.TokenSource, oauthpw_async.load_token_source\n"
+        "assert 'aiohttp' not in sys.modules, 'aiohttp was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 async def test_a_refused_static_token_fails_every_caller_at_once_until_replaced(caplog: Any) -> None:
