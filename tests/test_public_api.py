@@ -11,7 +11,8 @@ import oauthpw_async
 
 PUBLIC = {
     "AiohttpTokenEndpoint", "CallableSink", "Clock", "ConfigError", "CrawlError", "CrawlStats", "Crawler",
-    "CredentialsLockedOut", "Cursor", "DefinitiveTokenError", "FieldProblem", "FileTokenStore", "HTTPStatusError",
+    "CredentialsLockedOut", "Cursor", "DefinitiveTokenError", "FieldProblem", "ForeignOriginError", "FileTokenStore",
+    "HTTPStatusError",
     "Instant", "InvalidClient", "InvalidCredentials", "InvalidRequest", "InvalidScope", "JsonLinesSink",
     "LinkHeader", "ListSink", "MemoryTokenStore", "NextUrl", "OAuthPWError", "ODataNextLink", "Offset", "Page",
     "PageNumber", "PageRequest", "PageShapeError", "Paginator", "Partition", "PartitionStats",

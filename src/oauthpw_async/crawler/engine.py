@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
 import random
 import ssl
@@ -86,6 +87,12 @@ class PartitionStats:
     done: bool = False
     #: Why this partition may be missing records (empty when nothing is known to be missing).
     problems: list[str] = attrs.field(factory=list)
+    #: Times the partition was read again from its start because its saved position expired.
+    restarts: int = 0
+    #: Records the partition had written before such a restart (they are read again).
+    reemitted_from: int = 0
+    #: Records not written because their primary key was already written.
+    duplicates: int = 0
 
     @property
     def complete(self) -> bool:
@@ -248,6 +255,25 @@ class _Completeness:
         return out
 
 
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class _PositionExpired(Exception):
+    """A resumed position was refused as expired (internal: the partition restarts)."""
+
+    def __init__(self, error: HTTPStatusError) -> None:
+        self.error = error
+
+
+def _key_digest(value: Any) -> bytes:
+    """A fixed-size, type-aware digest of a primary key (16 bytes however long the key)."""
+    return hashlib.blake2b(orjson.dumps(value), digest_size=16).digest()
+
+
 class _Origins:
     """The origins the token may be sent to, with a prefix test that avoids parsing most URLs."""
 
@@ -323,6 +349,9 @@ class CrawlEngine:
         self._ssl: ssl.SSLContext | bool = True
         self._refused: set[str] = set()  # tokens refused since the last success (circuit breaker)
         self._headers = {"Accept": "application/json", **crawler.headers}
+        # Primary keys written in this run (digests), when the crawler declares a primary key.
+        self._keys: set[bytes] | None = set() if crawler.primary_key is not None else None
+        self._keys_loaded = False
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -388,15 +417,47 @@ class CrawlEngine:
 
     async def _walk(self, session: aiohttp.ClientSession, base: str, partition: Partition, sink: Sink) -> None:
         ps = self.stats.partitions[partition.name]
-        crawler, paginator = self.crawler, self._paginator
-        request = self._checkpoints.resume_from(partition.name)
-        if request is None:
-            request = paginator.start(crawler.first_request(partition))
         headers = {**self._headers, **partition.headers} if partition.headers else self._headers
+        start = self._paginator.start(self.crawler.first_request(partition))
+        request = self._checkpoints.resume_from(partition.name) or start
         committed = self._checkpoints.records(partition.name)  # records in the sink, all runs
+        try:
+            await self._pages(session, base, headers, partition, sink, request, committed)
+        except _PositionExpired as expired:
+            # The saved position (a query locator, a scroll id) expired while the crawl was
+            # stopped: read the partition again from its start, as the crawler allows.
+            log.warning(
+                "partition %s: the saved position was refused as expired (%s); restarting it from its start",
+                partition.name,
+                expired.error,
+            )
+            ps.restarts += 1
+            ps.reemitted_from = committed
+            if self._keys is not None and not self._keys_loaded:
+                await self._load_sink_keys(sink)
+            try:
+                await self._pages(session, base, headers, partition, sink, start, 0, restarted=True)
+            except _PositionExpired as again:  # expired again within one run: nothing more to try
+                raise again.error from None
+
+    async def _pages(
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        headers: Mapping[str, str],
+        partition: Partition,
+        sink: Sink,
+        request: PageRequest | None,
+        committed: int,
+        *,
+        restarted: bool = False,
+    ) -> None:
+        """Walk a partition's pages from ``request``: emit, flush, then checkpoint each in order."""
+        ps = self.stats.partitions[partition.name]
+        crawler, paginator = self.crawler, self._paginator
         watch = _Completeness(crawler, paginator)
         seen: set[str] = set()
-        index = ps.pages
+        index = 0 if restarted else ps.pages
         max_pages = crawler.max_pages
         plan = getattr(paginator, "plan", None) if crawler.parallel_pages > 1 else None
         planned: collections.deque[PageRequest] | None = None  # known pages not started yet
@@ -418,7 +479,8 @@ class CrawlEngine:
                     page, records = await self._read_page(session, base, headers, request, index, ps)
                 watch.saw(page)
                 ps.total = watch.total
-                await sink.write(records, partition.name)
+                fresh = self._unseen(records, ps) if self._keys is not None else records
+                await sink.write(fresh, partition.name)
                 if planned is None and plan is not None:
                     known = plan(page, records)
                     planned = collections.deque(known) if known is not None else None
@@ -439,12 +501,12 @@ class CrawlEngine:
                     # during the crawl (a grown total) are still read.
                     nxt = paginator.next(page, records)
                 index += 1
-                committed += len(records)
+                committed += len(records)  # read: duplicates dropped by primary key are in the sink already
                 await sink.flush()  # records are durable before the position moves past them
                 await self._checkpoints.save(partition.name, nxt, index, records=committed)
-                ps.pages, ps.records = index, ps.records + len(records)
+                ps.pages, ps.records = index, ps.records + len(fresh)
                 self.stats.pages += 1
-                self.stats.records += len(records)
+                self.stats.records += len(fresh)
                 self._progress()
                 request = nxt
         finally:
@@ -453,6 +515,13 @@ class CrawlEngine:
             if inflight:
                 await asyncio.gather(*(f for _, f in inflight), return_exceptions=True)
         problems = watch.problems(committed)
+        if restarted:
+            log.warning(
+                "partition %s was read again from its start: %d records re-emitted, %d dropped as already written",
+                partition.name,
+                min(ps.records, ps.reemitted_from),
+                ps.duplicates,
+            )
         if request is not None or problems:
             await self._checkpoints.save(partition.name, None, index, records=committed, problems=problems)
         if problems:
@@ -461,6 +530,33 @@ class CrawlEngine:
         ps.done = True
         self.stats.partitions_done += 1
         self._progress()
+
+    def _unseen(self, records: list[Any], ps: PartitionStats) -> list[Any]:
+        """``records`` less those whose primary key was already written (by this run or the sink)."""
+        assert self._keys is not None
+        key_path = self.crawler.primary_key
+        keys = self._keys
+        out = []
+        for record in records:
+            key = _key_digest(dig(record, key_path))
+            if key in keys:
+                ps.duplicates += 1
+                continue
+            keys.add(key)
+            out.append(record)
+        return out
+
+    async def _load_sink_keys(self, sink: Sink) -> None:
+        """Learn the primary keys already in the sink (before re-reading a partition from its start)."""
+        self._keys_loaded = True
+        existing = getattr(sink, "existing_keys", None)
+        if existing is None or self._keys is None:
+            log.warning("the sink cannot list what it holds: records re-read from the start may be written twice")
+            return
+        path = self.crawler.primary_key
+        assert path is not None
+        keys = await existing(path)
+        self._keys.update(_key_digest(k) for k in keys)
 
     async def _read_page(
         self,
@@ -472,9 +568,14 @@ class CrawlEngine:
         ps: PartitionStats,
     ) -> tuple[Page, list[Any]]:
         """Fetch one page, parse its records and run their follow-ups."""
-        status, resp_headers, data, final_url = await self._request(
-            session, resolve_url(base, request.url), request.params, headers
-        )
+        try:
+            status, resp_headers, data, final_url = await self._request(
+                session, resolve_url(base, request.url), request.params, headers
+            )
+        except HTTPStatusError as exc:
+            if index and self.crawler.position_expired(exc.status, exc.data):
+                raise _PositionExpired(exc) from None
+            raise
         page = Page(request=request, url=final_url, status=status, headers=resp_headers, data=data, index=index)
         records = list(self.crawler.parse(page))
         return page, await self._follow_ups(session, base, headers, records)
@@ -624,7 +725,7 @@ class CrawlEngine:
                     await clock.sleep(delay)
                 continue
             raise HTTPStatusError(
-                "request failed", status=status, url=safe_url(url), excerpt=self._excerpt(body, token)
+                "request failed", status=status, url=safe_url(url), excerpt=self._excerpt(body, token), data=_json(body)
             )
 
     def _on_refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
