@@ -1,9 +1,9 @@
 """oauthpw_async: OAuth 2.0 password-grant tokens shared by thousands of async fetch tasks.
 
-The public API is re-exported here; see the README for a tour. Importing the package (or
-its sans-IO modules :mod:`oauthpw_async.config` and :mod:`oauthpw_async.grant`) does not
-import aiohttp: the names that need it (the aiohttp token endpoint, the crawler) are loaded
-on first use.
+The public API is re-exported here, and the crawler's in :mod:`oauthpw_async.crawler`; see the
+README for a tour. Importing the package (or its sans-IO modules :mod:`oauthpw_async.config` and
+:mod:`oauthpw_async.grant`) does not import aiohttp: the aiohttp token endpoint is loaded on first
+use.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .errors import (
     CredentialsLockedOut,
     DefinitiveTokenError,
     FieldProblem,
+    ForeignOriginError,
     HTTPStatusError,
     InvalidClient,
     InvalidCredentials,
@@ -57,28 +58,10 @@ from .retry import Retrying, RetryPolicy
 from .store import FileTokenStore, MemoryTokenStore, TokenStore
 
 if TYPE_CHECKING:
-    from .crawler import (
-        CallableSink,
-        Crawler,
-        CrawlStats,
-        Cursor,
-        JsonLinesSink,
-        LinkHeader,
-        ListSink,
-        NextUrl,
-        ODataNextLink,
-        Offset,
-        Page,
-        PageNumber,
-        PageRequest,
-        Paginator,
-        Partition,
-        PartitionStats,
-        Sink,
-    )
     from .transport import AiohttpTokenEndpoint, TokenEndpoint
 
-# Names whose modules import aiohttp, loaded on first attribute access (PEP 562).
+# Names whose module imports aiohttp, loaded on first attribute access (PEP 562). The crawler's
+# names live in :mod:`oauthpw_async.crawler`.
 _LAZY = {
     "AiohttpTokenEndpoint": "transport",
     "TokenEndpoint": "transport",
@@ -89,30 +72,7 @@ _LAZY = {
     "TokenSource": "sources",
     "load_token_source": "sources",
     "StaticTokenConfig": "static_config",
-    "ForeignOriginError": "errors",
     "StaticTokenRejected": "errors",
-    **dict.fromkeys(
-        [
-            "CallableSink",
-            "CrawlStats",
-            "Crawler",
-            "Cursor",
-            "JsonLinesSink",
-            "LinkHeader",
-            "ListSink",
-            "NextUrl",
-            "ODataNextLink",
-            "Offset",
-            "Page",
-            "PageNumber",
-            "PageRequest",
-            "Paginator",
-            "Partition",
-            "PartitionStats",
-            "Sink",
-        ],
-        "crawler",
-    ),
 }
 
 
@@ -129,14 +89,10 @@ __all__ = [
     "APIResponse",
     "AiohttpTokenEndpoint",
     "AuthorizedSession",
-    "CallableSink",
     "Clock",
     "ConfigError",
     "CrawlError",
-    "CrawlStats",
-    "Crawler",
     "CredentialsLockedOut",
-    "Cursor",
     "DefinitiveTokenError",
     "FieldProblem",
     "FileTokenStore",
@@ -147,21 +103,9 @@ __all__ = [
     "InvalidCredentials",
     "InvalidRequest",
     "InvalidScope",
-    "JsonLinesSink",
-    "LinkHeader",
-    "ListSink",
     "MemoryTokenStore",
-    "NextUrl",
     "OAuthPWError",
-    "ODataNextLink",
-    "Offset",
-    "Page",
-    "PageNumber",
-    "PageRequest",
     "PageShapeError",
-    "Paginator",
-    "Partition",
-    "PartitionStats",
     "PasswordGrantConfig",
     "ProviderClosed",
     "RefreshPolicy",
@@ -171,7 +115,6 @@ __all__ = [
     "Secret",
     "SecretExposureError",
     "SessionStats",
-    "Sink",
     "StateError",
     "StaticToken",
     "StaticTokenConfig",

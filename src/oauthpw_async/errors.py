@@ -262,10 +262,15 @@ class PageShapeError(CrawlError, TypeError):
 class HTTPStatusError(CrawlError):
     """An API request answered with a status that is not retried (or retries ran out)."""
 
-    def __init__(self, message: str, *, status: int, url: str, excerpt: str = "") -> None:
+    def __init__(self, message: str, *, status: int, url: str, excerpt: str = "", data: object = None) -> None:
         self.status = status
+        #: The URL without its query (safe to print).
         self.url = url
+        #: A short, scrubbed excerpt of the body.
         self.excerpt = excerpt
+        #: The decoded JSON body, when it was JSON (for hooks such as ``Crawler.position_expired``;
+        #: never part of the message).
+        self.data = data
         text = f"{message}: HTTP {status} for {url}"
         if excerpt:
             text += f" (body: {excerpt!r})"

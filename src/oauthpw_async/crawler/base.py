@@ -75,6 +75,11 @@ class Crawler:
     #: ``"follow_without_token"``. The token never goes there either way.
     foreign_origins: ClassVar[Literal["fail", "follow_without_token"]] = "fail"
 
+    #: A record field (dotted path) that identifies a record. When set, a record whose key was
+    #: already written in this run, or is already in the sink when a partition is read again
+    #: from its start, is not written twice.
+    primary_key: ClassVar[Path | None] = None
+
     def __init__(self, *, base_url: str | None = None) -> None:
         if base_url is not None:
             self.base_url = base_url
@@ -98,6 +103,17 @@ class Crawler:
                 f"{type(self).__name__}: records_path {self.records_path!r} is not a list on {page.url}"
             )
         return records
+
+    def position_expired(self, status: int, data: Any) -> bool:
+        """Whether an error answer to a saved position means "that position expired".
+
+        Return ``True`` for answers such as Salesforce's 400 ``INVALID_QUERY_LOCATOR`` or an
+        expired scroll id: the engine then reads the partition again from its start, with a
+        warning and a count of re-emitted records (not written twice with a :attr:`primary_key`),
+        instead of failing every resume. ``data`` is the decoded JSON body (or ``None``).
+        Default: never.
+        """
+        return False
 
     def detail(self, record: Any) -> str | None:
         """A URL to fetch for this record (a follow-up), or ``None``. Default: none."""

@@ -51,14 +51,34 @@ class Checkpoints:
         """Pages already committed for the partition."""
         return int(self._data.get(partition, {}).get("pages", 0))
 
-    async def save(self, partition: str, next_request: PageRequest | None, pages: int) -> None:
+    def records(self, partition: str) -> int:
+        """Records already committed for the partition."""
+        return int(self._data.get(partition, {}).get("records", 0))
+
+    def problems(self, partition: str) -> list[str]:
+        """Why a finished partition may be missing records (saved with its end)."""
+        return [str(p) for p in self._data.get(partition, {}).get("problems", [])]
+
+    async def save(
+        self,
+        partition: str,
+        next_request: PageRequest | None,
+        pages: int,
+        *,
+        records: int = 0,
+        problems: list[str] | None = None,
+    ) -> None:
         """Record the partition's next page (``None``: done) and write the file atomically."""
         async with self._lock:
-            self._data[partition] = {
+            entry: dict[str, Any] = {
                 "next": next_request.to_json() if next_request else None,
                 "done": next_request is None,
                 "pages": pages,
+                "records": records,
             }
+            if problems:
+                entry["problems"] = problems
+            self._data[partition] = entry
             if self.path is not None:
                 blob = orjson.dumps({"version": 1, "partitions": self._data})
                 await anyio.to_thread.run_sync(atomic_write, self.path, blob)

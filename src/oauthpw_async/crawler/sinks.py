@@ -10,6 +10,9 @@ from typing import Any, Protocol
 import anyio
 import orjson
 
+from .._paths import Path as KeyPath
+from .._paths import dig
+
 __all__ = ["CallableSink", "JsonLinesSink", "ListSink", "Sink"]
 
 
@@ -75,6 +78,22 @@ class JsonLinesSink:
         """Flush and fsync in a worker thread."""
         self._file.flush()
         await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
+
+    async def existing_keys(self, path: KeyPath) -> list[Any]:
+        """The values at ``path`` (a primary key) of every record already in the file."""
+        self._file.flush()
+
+        def scan() -> list[Any]:
+            keys: list[Any] = []
+            with open(self.path, "rb") as f:
+                for line in f:
+                    try:
+                        keys.append(dig(orjson.loads(line), path))
+                    except orjson.JSONDecodeError:
+                        continue  # a torn last line is repaired on open; nothing to learn from it
+            return keys
+
+        return await anyio.to_thread.run_sync(scan)
 
     def close(self) -> None:
         """Close the file."""
