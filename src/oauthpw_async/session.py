@@ -121,13 +121,12 @@ class APIResponse:
     The connection went back to the pool before the response was returned.
     """
 
-    __slots__ = ("_token", "body", "headers", "method", "reason", "status", "url")
+    __slots__ = ("_token", "_url", "body", "headers", "method", "reason", "status")
 
     def __init__(
         self,
-        *,
         method: str,
-        url: str,
+        url: object,
         status: int,
         reason: str | None,
         headers: Mapping[str, str],
@@ -136,8 +135,7 @@ class APIResponse:
     ) -> None:
         #: The method of the last request sent (a 303 turns a POST into a GET).
         self.method = method
-        #: The URL that answered, after redirects.
-        self.url = url
+        self._url = url  # aiohttp's URL object, turned into text only when asked for
         self.status = status
         self.reason = reason
         #: The response headers (case-insensitive: aiohttp's own).
@@ -145,6 +143,11 @@ class APIResponse:
         #: The response body.
         self.body = body
         self._token = token  # only to scrub it from an error excerpt
+
+    @property
+    def url(self) -> str:
+        """The URL that answered, after redirects."""
+        return str(self._url)
 
     @property
     def ok(self) -> bool:
@@ -279,6 +282,9 @@ class AuthorizedSession:
         self._clock: Clock = clock or tokens.clock
         self._rng = random.Random()
         self._hosts: dict[str, HostGovernor] = {}
+        # URL as given -> (absolute URL, may it have the token, its host's governor): most
+        # programs call a handful of URLs many times, so each is resolved and checked once.
+        self._routes: dict[str, tuple[str, bool, HostGovernor]] = {}
         self._refused: set[Secret] = set()  # tokens refused since the last success (circuit breaker)
         self._closed = False
         config = getattr(tokens, "config", None)
@@ -438,6 +444,16 @@ class AuthorizedSession:
             gov = self._hosts[host] = HostGovernor(self._rate, self._clock)
         return gov
 
+    def _route(self, url: str) -> tuple[str, bool, HostGovernor]:
+        route = self._routes.get(url)
+        if route is None:
+            absolute = self._resolve(url)
+            route = (absolute, self._origins.allows(absolute), self._governor(absolute))
+            if len(self._routes) >= 4096:
+                self._routes.clear()
+            self._routes[url] = route
+        return route
+
     def _resolve(self, url: str) -> str:
         if self.base_url is not None:
             return resolve_url(self.base_url, url)
@@ -483,13 +499,14 @@ class AuthorizedSession:
         clock = self._clock
         tokens = self.tokens
         stats = self.stats
-        base_headers = {**self._headers, **self._check_headers(headers)} if headers else dict(self._headers)
+        base_headers = self._headers  # shared, never changed: copied before any change below
+        if headers or json is not _UNSET:
+            base_headers = {**base_headers, **self._check_headers(headers)}
         body = self._body(json, data, base_headers)
         attempt_timeout = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
-        url = self._resolve(url)
+        url, allowed, gov = self._route(url)
+        with_token = allowed or self._with_token(url)  # refuses a foreign origin, unless told to go on
         query: Params | None = params
-        with_token = self._with_token(url)
-        gov = self._governor(url)
         retrying: Retrying | None = None  # made at the first failure: the happy path reads no clock
         renewals = redirects = 0
         while True:
@@ -521,7 +538,7 @@ class AuthorizedSession:
                         reason = resp.reason
                         resp_headers: Mapping[str, str] = resp.headers
                         content = await resp.read()
-                        final_url = str(resp.url)
+                        final_url: object = resp.url
                 except aiohttp.ClientConnectorCertificateError as exc:
                     raise CrawlError(
                         f"TLS certificate of {safe_url(url)} was not accepted "
@@ -536,15 +553,7 @@ class AuthorizedSession:
             if action == "ok":
                 if self._refused:
                     self._refused.clear()
-                return APIResponse(
-                    method=method,
-                    url=final_url,
-                    status=status,
-                    reason=reason,
-                    headers=resp_headers,
-                    body=content,
-                    token=token,
-                )
+                return APIResponse(method, final_url, status, reason, resp_headers, content, token)
             if action == "renew" and token is not None:
                 # Sent again whatever the method: the server refused the credentials, it did not act.
                 stats.unauthorized += 1
@@ -557,8 +566,9 @@ class AuthorizedSession:
                 if redirects > MAX_REDIRECTS:
                     raise HTTPStatusError(f"more than {MAX_REDIRECTS} redirects", status=status, url=safe_url(url))
                 stats.redirects += 1
-                url = urljoin(final_url, resp_headers.get("Location") or "")
+                url = urljoin(str(final_url), resp_headers.get("Location") or "")
                 query = None  # the Location carries its own query
+                base_headers = dict(base_headers)
                 method, body = self._redirected(status, method, body, base_headers)
                 allowed = self._origins.allows(url)
                 with_token = self._with_token(url)
@@ -584,15 +594,7 @@ class AuthorizedSession:
             if status == 0:
                 why = retrying.stop_reason if retrying is not None else self._not_retried(method, idempotent)
                 raise HTTPStatusError(f"{method} got no answer ({problem}); {why}", status=0, url=safe_url(url))
-            response = APIResponse(
-                method=method,
-                url=final_url,
-                status=status,
-                reason=reason,
-                headers=resp_headers,
-                body=content,
-                token=token,
-            )
+            response = APIResponse(method, final_url, status, reason, resp_headers, content, token)
             if raise_for_status and status >= 400:
                 if retrying is not None:
                     why = retrying.stop_reason
