@@ -493,16 +493,19 @@ class AuthorizedSession:
         idempotent: bool | None,
         timeout: float | None,
     ) -> APIResponse:
-        session = self._client()
+        session = self._session
         slots = self._slots
-        assert slots is not None
+        if session is None or slots is None or self._closed:
+            session = self._client()
+            slots = self._slots
+            assert slots is not None
         clock = self._clock
         tokens = self.tokens
         stats = self.stats
         base_headers = self._headers  # shared, never changed: copied before any change below
         if headers or json is not _UNSET:
             base_headers = {**base_headers, **self._check_headers(headers)}
-        body = self._body(json, data, base_headers)
+        body = None if json is _UNSET and data is None else self._body(json, data, base_headers)
         attempt_timeout = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
         url, allowed, gov = self._route(url)
         with_token = allowed or self._with_token(url)  # refuses a foreign origin, unless told to go on
