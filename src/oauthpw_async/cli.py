@@ -4,7 +4,8 @@ Records go to stdout as JSON Lines unless --out names a file; progress, logs and
 to stderr whenever stdout carries records. Secrets never appear in any output.
 
 Exit codes (every subcommand):
-  0    success; for a crawl: finished and complete
+  0    success; for a crawl: finished and complete (or nothing left to do)
+  1    an unexpected error (a bug in a crawler or in this package): the traceback says where
   2    bad configuration or usage (connection file, options, --crawler)
   3    credentials rejected (username or password, or the account is locked)
   4    client rejected (client id or secret, client authentication method)
