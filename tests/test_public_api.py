@@ -19,6 +19,7 @@ PUBLIC = {
     "TokenResponseError", "TokenStats", "TokenStore", "TokenTransportError", "TransientTokenError",
     "UnauthorizedError", "UnsupportedGrantType", "UsageError", "build_password_request", "build_refresh_request",
     "exchange", "load_config", "parse_token_response", "rate_limit_delay",
+    "CheckResult", "check_connection",
 }  # fmt: skip
 
 

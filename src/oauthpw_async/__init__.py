@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._httputil import rate_limit_delay
 from ._secret import Secret
+from .check import CheckResult, check_connection
 from .clock import Clock, SystemClock
 from .config import PasswordGrantConfig, load_config
 from .errors import (
@@ -76,6 +77,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AiohttpTokenEndpoint",
+    "CheckResult",
     "Clock",
     "ConfigError",
     "CrawlError",
@@ -122,6 +124,7 @@ __all__ = [
     "UsageError",
     "build_password_request",
     "build_refresh_request",
+    "check_connection",
     "exchange",
     "load_config",
     "parse_token_response",
