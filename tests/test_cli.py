@@ -176,7 +176,17 @@ async def test_crawl_killed_and_resumed_loses_nothing(tmp_path) -> None:
         assert sum(api.counts.values()) > api_requests  # it really crawled again
 
 
-async def test_crawl_sigterm_checkpoints_and_exits_143(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("signals", "gap", "code"),
+    [
+        ((signal.SIGTERM,), 0.0, 143),
+        ((signal.SIGTERM, signal.SIGTERM), 0.005, 143),
+        ((signal.SIGTERM, signal.SIGTERM), 0.05, 143),  # arrives while the crawl is already stopping
+        ((signal.SIGINT, signal.SIGINT), 0.1, 130),
+    ],
+    ids=["sigterm", "sigterm-twice-5ms", "sigterm-twice-50ms", "sigint-twice-100ms"],
+)
+async def test_crawl_signals_checkpoint_and_exit_with_the_signals_code(tmp_path, signals, gap, code) -> None:
     api = DemoAPI(per_project=2000, max_page_size=20, latency=0.02)
     async with LocalServer(AuthServerState(), api=api) as server:
         cfg = write_config(tmp_path / "c.json", server)
@@ -202,9 +212,13 @@ async def test_crawl_sigterm_checkpoints_and_exits_143(tmp_path) -> None:
             await asyncio.sleep(0.02)
             if state_file.exists():
                 break
-        proc.send_signal(signal.SIGTERM)
+        for n, signum in enumerate(signals):
+            if n:
+                await asyncio.sleep(gap)  # a second signal, milliseconds later
+            if proc.returncode is None:
+                proc.send_signal(signum)
         _out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 143, err.decode()
+    assert proc.returncode == code, err.decode()
     assert b"interrupted: positions are checkpointed" in err
     saved = orjson.loads(state_file.read_bytes())["partitions"]
     assert saved and not all(p["done"] for p in saved.values())

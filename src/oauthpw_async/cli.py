@@ -240,7 +240,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
 
     def on_signal(signum: int) -> None:
         got.append(signum)
-        if task is not None:
+        if len(got) == 1 and task is not None:  # a second signal must not cut the orderly stop short
             task.cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -284,6 +284,8 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.remove_signal_handler(signum)
+                if got:  # stopping already: further signals must not kill us before the exit code is set
+                    signal.signal(signum, signal.SIG_IGN)
             except (NotImplementedError, RuntimeError):  # pragma: no cover
                 pass
     shown = stats or progress.last
