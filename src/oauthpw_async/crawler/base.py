@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import aiohttp
+import anyio
 import attrs
 
 from .._paths import Path, dig
@@ -185,6 +186,9 @@ class Crawler:
         finally:
             if not task.done():
                 task.cancel()
-                await asyncio.wait([task])
-            elif not task.cancelled():
+                # Shielded: an anyio cancel scope re-delivers its cancellation at every await,
+                # which would return here before the crawl has stopped.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([task])
+            if not task.cancelled():
                 task.exception()  # retrieved: a failure after the consumer left is not logged as lost
