@@ -37,9 +37,11 @@ class Sink(Protocol):
 
 def _storage_error(path: Path, doing: str, exc: OSError) -> SinkError:
     code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "no errno"
+    then = "run the crawl again"
+    if not doing.startswith(("open", "repair")):
+        then += ": positions were saved only for records written before this"
     return SinkError(
-        f"cannot {doing} {path}: {exc.strerror or exc} ({code}); free space or fix the file, then run the "
-        "crawl again: positions were saved only for records written before this",
+        f"cannot {doing} {path}: {exc.strerror or exc} ({code}); free space or fix the file, then {then}",
         path=str(path),
         errno=exc.errno,
         strerror=exc.strerror,
