@@ -44,7 +44,7 @@ import orjson
 from .check import CheckResult, ExitCode, check_connection, exit_code_for
 from .config import PasswordGrantConfig, load_config
 from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink
-from .crawler.checkpoint import Checkpoints
+from .crawler.checkpoint import STREAM, Checkpoints
 from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenError, UsageError
 from .provider import TokenProvider
 from .report import (
@@ -133,6 +133,9 @@ class _StdoutSink:
     surfaces as :class:`BrokenPipeError` from ``flush``, before that page's checkpoint.
     """
 
+    #: A stream: a state written through it may be resumed into any output (see ``fingerprint``).
+    identity = STREAM
+
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._pending: list[bytes] = []
@@ -178,6 +181,7 @@ def _state_before(state: str | None, names: Sequence[str]) -> _Before:
         return _Before()
     try:
         cp = Checkpoints(state)
+        cp.read()
     except StateError:
         return _Before()  # the crawl itself reports it, with what to do
     done = sum(1 for n in names if cp.is_done(n))
@@ -248,7 +252,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
             loop.add_signal_handler(signum, on_signal, signum)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
-    sink: Sink = JsonLinesSink(job.out) if job.out is not None else _StdoutSink(sys.stdout.buffer)
+    sink: Sink | None = None
     tokens = TokenProvider(job.config, store=job.store)
     progress = Progress(tokens, live=sys.stderr.isatty())
     started = time.monotonic()
@@ -256,6 +260,8 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
     outcome = "finished"
     code: int = ExitCode.OK
     try:
+        # Opened inside the try: a locked or unwritable output is a crawl error (exit 7), not a traceback.
+        sink = JsonLinesSink(job.out) if job.out is not None else _StdoutSink(sys.stdout.buffer)
         async with tokens:
             with progress:
                 stats = await job.crawler.crawl(
