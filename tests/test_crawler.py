@@ -294,7 +294,8 @@ async def test_checkpoint_resume_after_cancel_loses_nothing(tmp_path) -> None:
         assert resumed_pages < 24 + 3  # did not start over
         # A finished crawl run again fetches nothing.
         before = api.counts["list:200"]
-        await crawler.crawl(tokens, ListSink(), state=state_file)
+        with JsonLinesSink(out) as sink:
+            await crawler.crawl(tokens, sink, state=state_file)
         assert api.counts["list:200"] == before and stats.partitions_done == 3
 
 

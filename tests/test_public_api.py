@@ -21,6 +21,7 @@ PUBLIC = {
     "exchange", "load_config", "parse_token_response", "rate_limit_delay",
     "APIResponse", "AuthorizedSession", "SessionStats", "StaticToken", "TokenSource", "load_token_source",
     "StaticTokenConfig", "StaticTokenRejected",
+    "CheckResult", "check_connection",
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._httputil import rate_limit_delay
 from ._secret import Secret
+from .check import CheckResult, check_connection
 from .clock import Clock, SystemClock
 from .config import PasswordGrantConfig, load_config
 from .errors import (
@@ -89,6 +90,7 @@ __all__ = [
     "APIResponse",
     "AiohttpTokenEndpoint",
     "AuthorizedSession",
+    "CheckResult",
     "Clock",
     "ConfigError",
     "CrawlError",
@@ -140,6 +142,7 @@ __all__ = [
     "UsageError",
     "build_password_request",
     "build_refresh_request",
+    "check_connection",
     "exchange",
     "load_config",
     "load_token_source",

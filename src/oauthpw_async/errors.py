@@ -16,6 +16,7 @@ __all__ = [
     "CredentialsLockedOut",
     "DefinitiveTokenError",
     "FieldProblem",
+    "FileLocked",
     "ForeignOriginError",
     "HTTPStatusError",
     "InvalidClient",
@@ -23,12 +24,18 @@ __all__ = [
     "InvalidRequest",
     "InvalidScope",
     "OAuthPWError",
+    "OutputLocked",
     "PageShapeError",
     "ProviderClosed",
     "RefreshTokenRejected",
     "SecretExposureError",
+    "SinkError",
     "StateError",
+    "StateLocked",
+    "StateMismatch",
+    "StateWriteError",
     "StaticTokenRejected",
+    "StorageError",
     "TokenError",
     "TokenRedirectError",
     "TokenRequestRejected",
@@ -291,3 +298,75 @@ class ForeignOriginError(CrawlError):
     def __init__(self, message: str, *, origin: str) -> None:
         self.origin = origin
         super().__init__(message)
+
+
+# Durability: a crawl's output and state files.
+
+
+class FileLocked(CrawlError):
+    """Another crawl, in this process or another, is using this file; :attr:`path` names it.
+
+    Two crawls appending to one output, or saving positions to one state file, lose records
+    (one repairs or overwrites what the other is writing), so the second is refused at once.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), {"path": self.path}))
+
+
+class OutputLocked(FileLocked):
+    """The output file is being written by another crawl."""
+
+
+class StateLocked(FileLocked):
+    """The state file is in use by another crawl."""
+
+
+class StateMismatch(StateError):
+    """The state file belongs to another crawl (crawler, partitions, pagination or output).
+
+    Resuming from it would skip records. :attr:`differences` maps each differing item to
+    ``(recorded, now)``.
+    """
+
+    def __init__(self, message: str, *, differences: dict[str, tuple[object, object]]) -> None:
+        self.differences = differences
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), {"differences": self.differences}))
+
+
+class StorageError(CrawlError):
+    """Records or positions could not be written (a full disk, an I/O error, no permission).
+
+    Attributes:
+        path: the file.
+        errno: the operating system's error number (``errno.ENOSPC``...), if any.
+        strerror: its text.
+
+    Nothing is checkpointed past records that were not written: fix the cause and run the
+    crawl again to resume.
+    """
+
+    def __init__(self, message: str, *, path: str, errno: int | None = None, strerror: str | None = None) -> None:
+        self.path = path
+        self.errno = errno
+        self.strerror = strerror
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        kwargs = {"path": self.path, "errno": self.errno, "strerror": self.strerror}
+        return (_rebuild, (type(self), str(self), kwargs))
+
+
+class SinkError(StorageError):
+    """The sink could not open, write or flush its output."""
+
+
+class StateWriteError(StorageError):
+    """The state file could not be saved."""

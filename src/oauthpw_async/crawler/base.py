@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import aiohttp
+import anyio
 import attrs
 
 from .._paths import Path, dig
@@ -14,6 +16,7 @@ from ..clock import Clock
 from ..errors import PageShapeError
 from ..retry import RetryPolicy
 from ..sources import TokenSource
+from .checkpoint import Checkpoints
 from .engine import CrawlEngine, CrawlStats
 from .pagination import Page, PageRequest, Paginator
 from .sinks import Sink
@@ -133,7 +136,7 @@ class Crawler:
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 16,
         rate: float | None = None,
-        state: str | None = None,
+        state: str | os.PathLike[str] | Checkpoints | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         clock: Clock | None = None,
@@ -147,7 +150,8 @@ class Crawler:
             session: an aiohttp session to share (one is made and closed otherwise).
             concurrency: API requests in flight at once.
             rate: requests per second per host.
-            state: checkpoint file: resume from it, save positions to it.
+            state: checkpoint file: resume from it, save positions to it (locked while the crawl
+                runs); a :class:`~oauthpw_async.crawler.Checkpoints` for its restart options.
             retry: retries of one API request (default :data:`~oauthpw_async.crawler.engine.API_RETRY`).
             timeout: seconds one attempt may take.
             clock: time source; the provider's clock by default.
@@ -201,6 +205,9 @@ class Crawler:
         finally:
             if not task.done():
                 task.cancel()
-                await asyncio.wait([task])
-            elif not task.cancelled():
+                # Shielded: an anyio cancel scope re-delivers its cancellation at every await,
+                # which would return here before the crawl has stopped.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([task])
+            if not task.cancelled():
                 task.exception()  # retrieved: a failure after the consumer left is not logged as lost

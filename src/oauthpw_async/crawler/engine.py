@@ -11,6 +11,7 @@ import asyncio
 import collections
 import hashlib
 import logging
+import os
 import random
 import ssl
 import time
@@ -32,7 +33,7 @@ from ..responses import classify_api_response
 from ..retry import Retrying, RetryPolicy
 from ..sources import TokenSource
 from ..transport import ssl_context
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, fingerprint
 from .pagination import Page, PageRequest, Paginator, resolve
 from .sinks import Sink
 
@@ -322,7 +323,7 @@ class CrawlEngine:
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 16,
         rate: float | None = None,
-        state: str | None = None,
+        state: str | os.PathLike[str] | Checkpoints | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         clock: Clock | None = None,
@@ -337,7 +338,7 @@ class CrawlEngine:
         self._session = session
         self._concurrency = concurrency
         self._rate = rate
-        self._checkpoints = Checkpoints(state)
+        self._checkpoints = state if isinstance(state, Checkpoints) else Checkpoints(state)
         self._retry = retry or API_RETRY
         self._on_progress = on_progress
         self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
@@ -361,6 +362,7 @@ class CrawlEngine:
         if config is not None:
             self._ssl = ssl_context(config)
         own = self._session is None
+        state_open = False
         session = self._session or aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
         )
@@ -371,6 +373,9 @@ class CrawlEngine:
             names = [p.name for p in partitions]
             if len(set(names)) != len(names):
                 raise UsageError("partition names must be unique: they key the checkpoints")
+            # Locks the state file and refuses one that belongs to another crawl.
+            await self._checkpoints.open(fingerprint(self.crawler, self._paginator, names, sink))
+            state_open = True
             self.stats.partitions_total = len(partitions)
             for p in partitions:
                 ps = PartitionStats(pages=self._checkpoints.pages(p.name))
@@ -389,6 +394,8 @@ class CrawlEngine:
                 raise _first_error(group) from None
             await sink.flush()
         finally:
+            if state_open:  # a refused open must not release the lock of the crawl that holds it
+                self._checkpoints.close()
             if own:
                 await session.close()
         self._progress()
