@@ -10,6 +10,7 @@ import sys
 import oauthpw_async
 
 PUBLIC = {
+    "FileLocked", "OutputLocked", "StateLocked", "StateMismatch", "StorageError", "SinkError", "StateWriteError",
     "AiohttpTokenEndpoint", "Clock", "ConfigError", "CrawlError", "CredentialsLockedOut", "DefinitiveTokenError",
     "FieldProblem", "FileTokenStore", "ForeignOriginError", "HTTPStatusError", "Instant", "InvalidClient",
     "InvalidCredentials", "InvalidRequest", "InvalidScope", "MemoryTokenStore", "OAuthPWError", "PageShapeError",

@@ -216,12 +216,14 @@ class _CrawlJob:
     #: Whether that command appends to the existing output.
     restart_appends: bool
     allow_incomplete: bool
+    #: Ignore the saved positions (``--restart``): the state file is started afresh.
+    fresh: bool = False
 
 
 async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None, TokenProvider | None]:
     """Run one crawl with signal handling, print its summary; returns (exit code, stats, provider)."""
     names = [p.name for p in job.crawler.partitions()]
-    before = _state_before(job.state, names)
+    before = _state_before(None if job.fresh else job.state, names)
     out_name = str(job.out) if job.out is not None else "stdout"
     if job.state and names and before.done == len(names):
         total = _count_records(job.out) if job.out is not None and job.out.exists() else None
@@ -265,7 +267,12 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
         async with tokens:
             with progress:
                 stats = await job.crawler.crawl(
-                    tokens, sink, concurrency=job.concurrency, rate=job.rate, state=job.state, on_progress=progress
+                    tokens,
+                    sink,
+                    concurrency=job.concurrency,
+                    rate=job.rate,
+                    state=Checkpoints(job.state, restart=True) if job.fresh and job.state else job.state,
+                    on_progress=progress,
                 )
                 progress.final(stats)
         if not stats.complete and not job.allow_incomplete:
@@ -329,9 +336,10 @@ async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> i
         rate=args.rate,
         store=FileTokenStore(args.token_store) if args.token_store else None,
         command=command,
-        restart=f"rm {shlex.quote(args.state)} && {command}" if args.state else command,
+        restart=f"{command} --restart" if args.state and not args.restart else command,
         restart_appends=True,
         allow_incomplete=args.allow_incomplete,
+        fresh=args.restart,
     )
     # Records on stdout: everything else on stderr, so the output pipes cleanly.
     code, _, _ = await _crawl(job, sys.stderr if out is None else sys.stdout)
@@ -568,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-incomplete",
         action="store_true",
         help="exit 0 even when the crawl finished incomplete (default: exit 8)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: ignore the positions saved in --state (also one saved by another crawl) (default: resume)",
     )
 
     p = sub.add_parser(
