@@ -67,7 +67,6 @@ DEFAULT_LIMIT = 100
 Params = Mapping[str, str | int | float] | Sequence[tuple[str, str | int | float]] | str
 Body = bytes | str | Mapping[str, str] | Sequence[tuple[str, str]]
 
-_UNSET: Any = object()
 # JSON escapes (RFC 8259 §7) a server may put on an echoed header: \/ and \uXXXX above all.
 _JSON_ESCAPE = re.compile(r'\\(["\\/bfnrt]|u[0-9a-fA-F]{4})')
 _JSON_SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
@@ -345,7 +344,7 @@ class AuthorizedSession:
         *,
         params: Params | None = None,
         headers: Mapping[str, str] | None = None,
-        json: Any = _UNSET,
+        json: Any = None,
         data: Body | None = None,
         allow_redirects: bool = True,
         raise_for_status: bool | None = None,
@@ -359,7 +358,7 @@ class AuthorizedSession:
             url: absolute, or relative to ``base_url`` (joined under it).
             params: query parameters.
             headers: headers for this request (merged over the session's).
-            json: a body serialised as JSON (``Content-Type: application/json``).
+            json: a body serialised as JSON (``Content-Type: application/json``); ``None``: no body, as in aiohttp.
             data: a body as bytes, text, or a form (mapping or pairs); it must be replayable,
                 since a 401 or a retry sends it again.
             allow_redirects: follow redirects (each hop's origin checked); else return the 3xx.
@@ -463,7 +462,7 @@ class AuthorizedSession:
 
     @staticmethod
     def _body(json: Any, data: Body | None, headers: dict[str, str]) -> bytes | str | Body | None:
-        if json is not _UNSET:
+        if json is not None:
             if data is not None:
                 raise UsageError("pass json= or data=, not both")
             if not any(k.lower() == "content-type" for k in headers):
@@ -503,9 +502,9 @@ class AuthorizedSession:
         tokens = self.tokens
         stats = self.stats
         base_headers = self._headers  # shared, never changed: copied before any change below
-        if headers or json is not _UNSET:
+        if headers or json is not None:
             base_headers = {**base_headers, **self._check_headers(headers)}
-        body = None if json is _UNSET and data is None else self._body(json, data, base_headers)
+        body = None if json is None and data is None else self._body(json, data, base_headers)
         attempt_timeout = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
         url, allowed, gov = self._route(url)
         with_token = allowed or self._with_token(url)  # refuses a foreign origin, unless told to go on
