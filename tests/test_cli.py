@@ -384,6 +384,25 @@ async def test_crawl_without_out_writes_json_lines_to_stdout_and_the_rest_to_std
     assert_no_secret(out + err, state)
 
 
+async def test_crawl_with_a_static_token_from_the_environment(tmp_path) -> None:
+    api = DemoAPI(per_project=100, max_page_size=20)
+    state = AuthServerState()
+    async with LocalServer(state, api=api) as server:
+        token = state.issue_static_token()
+        cfg = tmp_path / "pat.json"
+        cfg.write_bytes(orjson.dumps({"Token": {"env": "DEMO_PAT"}, "Auth Scheme": "Bearer"}))
+        code, out, err = await run_cli(*crawl_args(cfg, server), env={"DEMO_PAT": token})
+        assert code == 0, err
+        assert {orjson.loads(line)["id"] for line in out.splitlines()} == api.expected_ids()
+        assert state.token_requests == 0  # nothing to log in to
+        # A token the API refuses: exit 3, says to replace it, and no storm of requests.
+        before = api.counts["list:401"]
+        code, out, err = await run_cli(*crawl_args(cfg, server), env={"DEMO_PAT": "not-a-valid-token"})
+    assert code == 3, err
+    assert "replace" in err.lower() and "not-a-valid-token" not in out + err
+    assert api.counts["list:401"] - before <= 3
+
+
 async def test_crawl_into_a_pipe_closed_early_exits_141_quietly_with_positions_saved(tmp_path) -> None:
     api = DemoAPI(per_project=2000, max_page_size=20)  # ~400 kB of records: far more than a pipe holds
     state_file = tmp_path / "state.json"

@@ -40,6 +40,7 @@ from .errors import (
     StateLocked,
     StateMismatch,
     StateWriteError,
+    StaticTokenRejected,
     StorageError,
     TokenError,
     TokenRedirectError,
@@ -63,9 +64,12 @@ from .grant import (
 )
 from .provider import RefreshPolicy, TokenEvent, TokenProvider, TokenStats
 from .retry import Retrying, RetryPolicy
+from .sources import StaticToken, TokenSource, load_token_source
+from .static_config import StaticTokenConfig
 from .store import FileTokenStore, MemoryTokenStore, TokenStore
 
 if TYPE_CHECKING:
+    from .session import APIResponse, AuthorizedSession, SessionStats
     from .transport import AiohttpTokenEndpoint, TokenEndpoint
 
 # Names whose module imports aiohttp, loaded on first attribute access (PEP 562). The crawler's
@@ -76,11 +80,6 @@ _LAZY = {
     "APIResponse": "session",
     "AuthorizedSession": "session",
     "SessionStats": "session",
-    "StaticToken": "sources",
-    "TokenSource": "sources",
-    "load_token_source": "sources",
-    "StaticTokenConfig": "static_config",
-    "StaticTokenRejected": "errors",
 }
 
 

@@ -42,7 +42,7 @@ import attrs
 import orjson
 
 from .check import CheckResult, ExitCode, check_connection, exit_code_for
-from .config import PasswordGrantConfig, load_config
+from .config import load_config
 from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink
 from .crawler.checkpoint import STREAM, Checkpoints
 from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenError, UsageError
@@ -57,7 +57,8 @@ from .report import (
     print_lines,
     row,
 )
-from .store import FileTokenStore, TokenStore
+from .sources import StaticToken, load_token_source
+from .store import FileTokenStore
 
 __all__ = ["build_parser", "main"]
 
@@ -202,13 +203,13 @@ def _count_records(path: Path) -> int:
 class _CrawlJob:
     """One crawl as the command runs it."""
 
-    config: PasswordGrantConfig
+    #: The connection's token source, not opened yet (a password grant or a static token).
+    tokens: TokenProvider | StaticToken
     crawler: Crawler
     out: Path | None  # None: stdout
     state: str | None
     concurrency: int
     rate: float | None
-    store: TokenStore | None
     #: The same command again (printed to resume).
     command: str
     #: How to start over when there is nothing left to do.
@@ -220,7 +221,7 @@ class _CrawlJob:
     fresh: bool = False
 
 
-async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None, TokenProvider | None]:
+async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None, TokenProvider | StaticToken | None]:
     """Run one crawl with signal handling, print its summary; returns (exit code, stats, provider)."""
     names = [p.name for p in job.crawler.partitions()]
     before = _state_before(None if job.fresh else job.state, names)
@@ -255,7 +256,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
     sink: Sink | None = None
-    tokens = TokenProvider(job.config, store=job.store)
+    tokens = job.tokens
     progress = Progress(tokens, live=sys.stderr.isatty())
     started = time.monotonic()
     stats: CrawlStats | None = None
@@ -323,18 +324,21 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
 
 
 async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    config = load_config(args.config)
+    # A password-grant connection or a static token (Token / Token File), by the fields present.
+    if args.token_store:
+        tokens = load_token_source(args.config, store=FileTokenStore(args.token_store))
+    else:
+        tokens = load_token_source(args.config)
     crawler = _load_crawler(args.crawler)(base_url=args.base_url)
     out = None if args.out in (None, "-") else Path(args.out)
     command = _command(argv)
     job = _CrawlJob(
-        config=config,
+        tokens=tokens,
         crawler=crawler,
         out=out,
         state=args.state,
         concurrency=args.concurrency,
         rate=args.rate,
-        store=FileTokenStore(args.token_store) if args.token_store else None,
         command=command,
         restart=f"{command} --restart" if args.state and not args.restart else command,
         restart_appends=True,
@@ -362,13 +366,13 @@ async def _demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"demo: local authorization server and API on {server.base_url}", file=out)
         print(f"demo: {plan.describe()}", file=out, flush=True)
         job = _CrawlJob(
-            config=server.config(),
+            # No token store: each demo run has its own server, which would not know a stored token.
+            tokens=TokenProvider(server.config()),
             crawler=DemoItems(base_url=server.base_url),
             out=jsonl,
             state=str(state_file),
             concurrency=args.concurrency,
             rate=None,
-            store=None,  # each demo run has its own server: a stored token would be unknown to it
             command=_command(resume_argv),
             restart=_command(fresh_argv),  # without --resume the demo removes its files itself
             restart_appends=False,

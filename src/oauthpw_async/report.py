@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .check import CheckResult, CheckStep
     from .crawler import CrawlStats
     from .provider import TokenProvider, TokenStats
+    from .sources import StaticToken
 
 __all__ = [
     "Progress",
@@ -50,7 +51,9 @@ class Progress:
     keeps the newest counters, so an interrupted crawl can still be summarised.
     """
 
-    def __init__(self, tokens: TokenProvider, *, live: bool, every: float = 2.0, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, tokens: TokenProvider | StaticToken, *, live: bool, every: float = 2.0, stream: TextIO | None = None
+    ) -> None:
         self.tokens = tokens
         self.every = every
         self.stream = stream if stream is not None else sys.stderr

@@ -38,12 +38,10 @@ import anyio
 import attrs
 import orjson
 
+from ._api import MAX_REDIRECTS, MAX_RENEWALS_PER_REQUEST, REFUSED_TOKENS_BREAKER, HostGovernor, Origins, resolve_url
 from ._httputil import excerpt, origin, safe_url
 from ._secret import Secret
 from .clock import Clock
-from .crawler.engine import MAX_REDIRECTS, MAX_RENEWALS_PER_REQUEST, REFUSED_TOKENS_BREAKER, resolve_url
-from .crawler.engine import _HostGovernor as HostGovernor
-from .crawler.engine import _Origins as Origins
 from .errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
 from .grant import Token
 from .responses import classify_api_response

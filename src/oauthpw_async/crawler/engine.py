@@ -24,6 +24,7 @@ import anyio
 import attrs
 import orjson
 
+from .._api import MAX_REDIRECTS, MAX_RENEWALS_PER_REQUEST, REFUSED_TOKENS_BREAKER, HostGovernor, Origins, resolve_url
 from .._httputil import excerpt, origin, safe_url
 from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
@@ -40,7 +41,7 @@ from .sinks import Sink
 if TYPE_CHECKING:
     from .base import Crawler, Partition
 
-__all__ = ["API_RETRY", "CrawlEngine", "CrawlStats", "PartitionStats", "announced_total", "resolve_url"]
+__all__ = ["API_RETRY", "CrawlEngine", "CrawlStats", "PartitionStats", "announced_total"]
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -64,13 +65,6 @@ log = logging.getLogger("oauthpw_async.crawler")
 
 API_RETRY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=30.0, max_wait=300.0, deadline=600.0)
 """The default retries of one API request: 6 attempts, backoff up to 30 s, server waits up to 5 min."""
-
-#: Redirects followed for one request before giving up.
-MAX_REDIRECTS = 10
-#: Renewals one request may cause, each for a different rejected token.
-MAX_RENEWALS_PER_REQUEST = 3
-#: Distinct tokens refused in a row, with no success between, after which the crawl stops.
-REFUSED_TOKENS_BREAKER = 3
 
 
 @attrs.define
@@ -142,30 +136,6 @@ class CrawlStats:
         if not expected or not self.records or elapsed <= 0:
             return None
         return max(0.0, (expected - self.records) / (self.records / elapsed))
-
-
-class _HostGovernor:
-    """Per-host pause (shared by every task) and an optional request rate, on the crawl's clock."""
-
-    def __init__(self, rate: float | None, clock: Clock) -> None:
-        self.clock = clock
-        self.paused_until = 0.0
-        self.interval = 1.0 / rate if rate else 0.0
-        self.next_slot = 0.0
-
-    async def wait(self) -> None:
-        clock = self.clock
-        while self.paused_until and (delay := self.paused_until - clock.monotonic()) > 0:
-            await clock.sleep(delay)
-        if self.interval:
-            now = clock.monotonic()
-            slot = max(now, self.next_slot)
-            self.next_slot = slot + self.interval
-            if slot > now:
-                await clock.sleep(slot - now)
-
-    def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, self.clock.monotonic() + seconds)
 
 
 #: Response headers and top-level body fields that announce a partition's record count.
@@ -275,38 +245,6 @@ def _key_digest(value: Any) -> bytes:
     return hashlib.blake2b(orjson.dumps(value), digest_size=16).digest()
 
 
-class _Origins:
-    """The origins the token may be sent to, with a prefix test that avoids parsing most URLs."""
-
-    def __init__(self, origins: list[str]) -> None:
-        self.allowed = frozenset(origin(o) for o in origins) - {"null"}
-        prefixes: list[str] = []
-        for o in self.allowed:
-            scheme, _, hostport = o.partition("://")
-            prefixes.append(f"{o}/")
-            host, _, port = hostport.rpartition(":")
-            if {"http": "80", "https": "443"}.get(scheme) == port:
-                prefixes.append(f"{scheme}://{host}/")
-        self._prefixes = tuple(prefixes)
-
-    def allows(self, url: str) -> bool:
-        """Whether the token may go to ``url``."""
-        return url.startswith(self._prefixes) or origin(url) in self.allowed
-
-
-def resolve_url(base: str, target: str) -> str:
-    """``target`` as an absolute URL: as is when absolute, else joined *under* ``base``.
-
-    Like httpx's ``base_url``: ``base="https://h/servicenow"`` with ``"/api/now/table/x"`` or
-    ``"api/now/table/x"`` gives ``https://h/servicenow/api/now/table/x``.
-    """
-    if target.startswith(("https://", "http://")):
-        return target
-    if "://" in target[:16]:
-        return target  # another scheme: refused by the origin check, never joined
-    return base.rstrip("/") + "/" + target.lstrip("/")
-
-
 class CrawlEngine:
     """Runs one :class:`Crawler` with a shared token source and aiohttp session.
 
@@ -343,10 +281,10 @@ class CrawlEngine:
         self._on_progress = on_progress
         self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._hosts: dict[str, _HostGovernor] = {}
+        self._hosts: dict[str, HostGovernor] = {}
         self._paginator: Paginator = resolve(crawler.pagination)
         self._rng = random.Random()
-        self._origins: _Origins | None = None
+        self._origins: Origins | None = None
         self._ssl: ssl.SSLContext | bool = True
         self._refused: set[str] = set()  # tokens refused since the last success (circuit breaker)
         self._headers = {"Accept": "application/json", **crawler.headers}
@@ -368,7 +306,7 @@ class CrawlEngine:
         )
         try:
             base = await self._base_url()
-            self._origins = _Origins([base, *self.crawler.allowed_origins])
+            self._origins = Origins([base, *self.crawler.allowed_origins])
             partitions = list(self.crawler.partitions())
             names = [p.name for p in partitions]
             if len(set(names)) != len(names):
@@ -611,11 +549,11 @@ class CrawlEngine:
 
     # --- one request -------------------------------------------------------------------------------
 
-    def _governor(self, url: str) -> _HostGovernor:
+    def _governor(self, url: str) -> HostGovernor:
         host = url.split("/", 3)[2] if "://" in url else urlsplit(url).netloc
         gov = self._hosts.get(host)
         if gov is None:
-            gov = self._hosts[host] = _HostGovernor(self._rate, self._clock)
+            gov = self._hosts[host] = HostGovernor(self._rate, self._clock)
         return gov
 
     def _authorize(self, url: str) -> bool:
