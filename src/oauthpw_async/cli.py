@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from . import state_cli
 from .config import PasswordGrantConfig, load_config
 from .crawler import Crawler, CrawlStats, JsonLinesSink, ListSink
 from .errors import (
@@ -223,6 +224,7 @@ async def _run_crawl(
     rate: float | None,
     live: bool,
     on_tokens: Callable[[TokenProvider], None] | None = None,
+    full_refresh: bool = False,
 ) -> tuple[int, CrawlStats | None, TokenProvider | None]:
     """Run one crawl with signal handling; returns (exit code, stats, provider)."""
     loop = asyncio.get_running_loop()
@@ -249,7 +251,13 @@ async def _run_crawl(
                 on_tokens(tokens)
             with progress:
                 stats = await crawler.crawl(
-                    tokens, sink, concurrency=concurrency, rate=rate, state=state, on_progress=progress
+                    tokens,
+                    sink,
+                    concurrency=concurrency,
+                    rate=rate,
+                    state=state,
+                    on_progress=progress,
+                    full_refresh=full_refresh,
                 )
                 progress.final(stats)
         return EXIT_OK, stats, tokens
@@ -289,6 +297,7 @@ def _summary(stats: CrawlStats, tokens: TokenProvider, elapsed: float, out: Text
         ("401s", str(stats.unauthorized)),
         ("rate-limit pauses", str(stats.rate_limit_pauses)),
         ("time", f"{elapsed:.1f}s"),
+        *state_cli.cursor_rows(stats),  # incremental crawlers: cursor before -> after per partition
     ]
     for k, v in rows:
         print(f"  {k:<18} {v}", file=out)
@@ -421,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="checkpoint file: resume from it, save positions to it")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rate", type=float, help="requests per second per host")
+    p.add_argument("--full-refresh", action="store_true", help="incremental crawlers: ignore the saved cursors")
+    state_cli.add_parser(sub)
 
     p = sub.add_parser("demo", help="crawl the built-in demo server end to end")
     p.add_argument("--records", type=int, default=30000, help="dataset size (default 30000)")
@@ -456,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cls = _load_crawler(args.crawler)
             crawler = cls(base_url=args.base_url)
             started = time.monotonic()
+            if args.full_refresh:
+                print(state_cli.full_refresh_notice(args.state), file=out)
 
             async def go() -> int:
                 code, stats, tokens = await _run_crawl(
@@ -466,12 +479,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     concurrency=args.concurrency,
                     rate=args.rate,
                     live=sys.stderr.isatty(),
+                    full_refresh=args.full_refresh,
                 )
                 if stats is not None and tokens is not None:
                     _summary(stats, tokens, time.monotonic() - started, out)
                 return code
 
             return asyncio.run(go())
+        if args.command == "state":
+            return state_cli.run(args, out)
         if args.command == "demo":
             return asyncio.run(_demo(args, out))
         return asyncio.run(_serve(args, out))

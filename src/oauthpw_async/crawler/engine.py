@@ -361,6 +361,7 @@ class CrawlEngine:
         if crawler.is_incremental:
             self._sync = IncrementalSync(crawler, self._checkpoints, self._clock, full_refresh=full_refresh)
             self._keys = self._sync.keys
+            self._paginator = self._sync.paginator(self._paginator)
 
     # --- running -----------------------------------------------------------------------------------
 

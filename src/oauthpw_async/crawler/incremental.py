@@ -39,11 +39,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 import orjson
 
-from .._paths import Path, dig
+from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
 from ..errors import PageShapeError, StateError, UsageError
 from .checkpoint import Checkpoints
-from .pagination import Offset, Page, PageNumber, PageRequest
+from .pagination import Offset, Page, PageNumber, PageRequest, Paginator
 
 if TYPE_CHECKING:
     from .base import Crawler, Partition
@@ -117,7 +117,12 @@ def parse_timestamp(value: Any) -> datetime | None:
         if isinstance(value, str):
             text = value.strip()
             if _NUMBER.fullmatch(text):
-                return _from_epoch(int(text) if "." not in text else float(text))
+                whole, _, fraction = text.partition(".")
+                if not fraction or abs(int(whole)) >= 1e11:
+                    return _from_epoch(int(whole) if not fraction else float(text))
+                # seconds with a fraction ("1700000000.123456", Slack): exact, unlike a float
+                sign = -1 if whole.startswith("-") else 1
+                return _from_epoch(int(whole)) + sign * _US * int(fraction[:6].ljust(6, "0"))
             parsed = datetime.fromisoformat(text)
             return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
         raise TypeError
@@ -472,6 +477,32 @@ def _overrides(crawler: Crawler, name: str) -> bool:
     )
 
 
+class _DeltaEnds:
+    """A strategy for which a page carrying the delta token is a last page (Graph's ``@odata.deltaLink``).
+
+    The completeness check then knows that a one-page delta ended; everything else is the strategy's.
+    """
+
+    def __init__(self, inner: Paginator, delta_path: Path) -> None:
+        self._inner = inner
+        self._delta_path = delta_path
+
+    def start(self, request: PageRequest) -> PageRequest:
+        return self._inner.start(request)
+
+    def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
+        return self._inner.next(page, records)
+
+    def end_signalled(self, page: Page) -> bool:
+        own = getattr(self._inner, "end_signalled", None)
+        if own is not None and own(page):
+            return True
+        return lookup(page.data, self._delta_path) not in (MISSING, None, "")
+
+    def __getattr__(self, name: str) -> Any:  # plan, locator_path: as the strategy has them
+        return getattr(self._inner, name)
+
+
 class _Tracker:
     __slots__ = ("heap", "name", "previous", "run", "stats")
 
@@ -520,6 +551,12 @@ class IncrementalSync:
                 "primary_key (or use keyset pagination)",
                 name,
             )
+
+    def paginator(self, paginator: Paginator) -> Paginator:
+        """The crawler's strategy, knowing that a page with the delta token is a last page."""
+        if self.crawler.delta_path is None:
+            return paginator
+        return _DeltaEnds(paginator, self.crawler.delta_path)
 
     # --- start ---------------------------------------------------------------------------------------
 
