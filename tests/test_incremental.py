@@ -8,6 +8,7 @@ the cursor arithmetic) property-based.
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
@@ -771,3 +772,73 @@ async def test_the_graph_delta_example(tmp_path: Path) -> None:
         api.delete([8])
         second = (await runs.run())[0]
         assert ids(second) == [4, 8] and [r["_key"] for r in second if r.get("_deleted")] == ["8"]
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def run_cli(*args: str) -> tuple[int, str, str]:
+    import asyncio
+    import os
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "oauthpw_async",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_command_line_syncs_incrementally_and_shows_and_resets_the_state(tmp_path: Path) -> None:
+    api = ChangesAPI(records=300)
+    state, out = tmp_path / "state.json", tmp_path / "out.jsonl"
+    async with LocalServer(AuthServerState(), api=api) as server:
+        a = server.auth
+        config = tmp_path / "connection.json"
+        config.write_bytes(
+            orjson.dumps(
+                {
+                    "Access Token URL": server.token_url,
+                    "Client Id": a.client_id,
+                    "Client Secret": a.client_secret,
+                    "Username": a.username,
+                    "Password": a.password,
+                }
+            )
+        )
+        crawl = ["crawl", "--config", str(config), "--crawler", "examples.incremental_servicenow:Incidents"]
+        crawl += ["--base-url", server.base_url, "--state", str(state), "--out", str(out)]
+        code, first, err = await run_cli(*crawl)
+        assert code == 0, err
+        cursor = format_time(datetime.fromtimestamp(api.base_updated(299), UTC))
+        assert re.search(rf"cursor default +- -> {cursor} \[full\]", first) and "300 written" in first
+        api.update([1, 2])
+        code, second, err = await run_cli(*crawl)
+        assert code == 0, err
+        assert re.search(rf"cursor default +{cursor} -> \S+ \[incremental since", second)
+        assert "2 written, 0 deletions, 298 re-deliveries dropped" in second
+        code, refresh, err = await run_cli(*crawl, "--full-refresh")
+        assert code == 0, err
+        assert f"full refresh: the saved cursors in {state} are ignored" in refresh
+        assert "[full]" in refresh and "300 written" in refresh
+        code, shown, err = await run_cli("state", "show", "--state", str(state))
+        assert code == 0, err
+        assert "partition default" in shown and "position   done (3 pages, 300 records)" in shown
+        assert "after 1 run(s); 2 recent keys" in shown and "last run   mode full" in shown  # counted anew
+        code, reset, err = await run_cli("state", "reset", "--state", str(state))
+        assert code == 0, err
+        assert "forgot the positions and cursors of default" in reset and "reads everything" in reset
+        code, shown, _ = await run_cli("state", "show", "--state", str(state))
+        assert "empty (the next crawl reads everything)" in shown
+        code, _, err = await run_cli("state", "show", "--state", str(tmp_path / "missing.json"))
+        assert code == 2 and "there is no state file" in err
+    assert len(out.read_bytes().splitlines()) == 300 + 2 + 300

@@ -127,7 +127,7 @@ def cursor_rows(stats: CrawlStats) -> list[tuple[str, str]]:
         rows.append((f"cursor {name}", f"{sync.cursor_before or '-'} -> {after or '-'} [{mode}]"))
         rows.append(
             (
-                f"  changes {name}",
+                f"changes {name}",
                 f"{ps.records:,} written, {sync.tombstones:,} deletions, {sync.redelivered:,} re-deliveries dropped, "
                 f"{sync.moves:,} moved",
             )
