@@ -842,3 +842,17 @@ async def test_the_command_line_syncs_incrementally_and_shows_and_resets_the_sta
         code, _, err = await run_cli("state", "show", "--state", str(tmp_path / "missing.json"))
         assert code == 2 and "there is no state file" in err
     assert len(out.read_bytes().splitlines()) == 300 + 2 + 300
+
+
+async def test_the_incremental_demo_fetches_only_the_changes_and_matches_the_source(tmp_path: Path) -> None:
+    import io
+
+    from oauthpw_async.testing.changes import incremental_demo
+
+    out = io.StringIO()
+    assert await incremental_demo(out, records=3000, changed=200, out_dir=str(tmp_path)) == 0
+    text = out.getvalue()
+    assert "first run (full): 30 API requests, 3,000 records written" in text
+    assert "160 tickets updated, 20 created, 20 deleted" in text
+    assert "second run (incremental): 3 API requests, 200 records written (20 deletions)" in text
+    assert "matches the source" in text

@@ -31,7 +31,6 @@ import email.utils
 import hashlib
 import heapq
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -70,7 +69,6 @@ log = logging.getLogger("oauthpw_async.crawler")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-_NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
 
 # --- timestamps --------------------------------------------------------------------------------------
 
@@ -116,14 +114,20 @@ def parse_timestamp(value: Any) -> datetime | None:
             return _from_epoch(value)
         if isinstance(value, str):
             text = value.strip()
-            if _NUMBER.fullmatch(text):
-                whole, _, fraction = text.partition(".")
+            whole, dot, fraction = text.partition(".")
+            if (
+                whole.lstrip("+-").isdigit()
+                and len(whole) - len(whole.lstrip("+-")) <= 1
+                and (not dot or fraction.isdigit())
+            ):
                 if not fraction or abs(int(whole)) >= 1e11:
                     return _from_epoch(int(whole) if not fraction else float(text))
                 # seconds with a fraction ("1700000000.123456", Slack): exact, unlike a float
                 sign = -1 if whole.startswith("-") else 1
                 return _from_epoch(int(whole)) + sign * _US * int(fraction[:6].ljust(6, "0"))
             parsed = datetime.fromisoformat(text)
+            if parsed.tzinfo is UTC:
+                return parsed
             return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
         raise TypeError
     except (TypeError, ValueError, OverflowError):

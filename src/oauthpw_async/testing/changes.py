@@ -681,7 +681,7 @@ async def incremental_demo(
             return bool(record.get("status") == "deleted")
 
     jsonl, state = _fresh_files(Path(out_dir), "incremental-records.jsonl", "incremental-state.json")
-    api = ChangesAPI(records=records, max_page_size=100)
+    api = ChangesAPI(records=records, spacing=30, max_page_size=100)  # a history of one update per 30 s
     rng = random.Random(seed)
     requests: list[int] = []
     async with LocalServer(AuthServerState(token_lifetime=300), api=api) as server:
