@@ -517,12 +517,17 @@ async def test_the_demo_interrupted_resumes_with_the_command_it_prints(tmp_path)
 def test_every_option_of_every_subcommand_has_help_and_shows_its_default(capsys) -> None:
     from oauthpw_async.cli import build_parser, main
 
-    parser = build_parser()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subparsers) == {"check", "crawl", "demo", "serve"}
-    for name, sub in subparsers.items():
+    def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[tuple[str, argparse.ArgumentParser]]:
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not nested:
+            return [(" ".join(path), parser)]
+        return [leaf for n, p in nested[0].choices.items() for leaf in leaves(p, (*path, n))]
+
+    commands = leaves(build_parser(), ())
+    assert {name for name, _ in commands} == {"check", "crawl", "demo", "serve", "state show", "state reset"}
+    for name, sub in commands:
         with pytest.raises(SystemExit) as exited:
-            main([name, "--help"])
+            main([*name.split(), "--help"])
         assert exited.value.code == 0
         helps = option_helps(capsys.readouterr().out)
         for action in sub._actions:

@@ -27,7 +27,8 @@ PUBLIC = {
 
 
 CRAWLER = {
-    "API_RETRY", "CallableSink", "Checkpoints", "CrawlEngine", "CrawlStats", "Crawler", "Cursor", "JsonLinesSink",
+    "API_RETRY", "ExportCursor", "SyncStats", "parse_timestamp", "tombstone",
+    "CallableSink", "Checkpoints", "CrawlEngine", "CrawlStats", "Crawler", "Cursor", "JsonLinesSink",
     "LinkHeader", "ListSink", "NextUrl", "ODataNextLink", "Offset", "Page", "PageNumber", "PageRequest",
     "Paginator", "Partition", "PartitionStats", "Sink", "parse_link_header",
 }  # fmt: skip
