@@ -404,7 +404,15 @@ async def _demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(row("demo check", f"{outcome.distinct:,} distinct records: {verdict}"), file=out, flush=True)
     if code != ExitCode.OK:
         return code
-    return ExitCode.OK if outcome.complete else ExitCode.INCOMPLETE
+    if not outcome.complete:
+        return ExitCode.INCOMPLETE
+    if args.incremental_records <= 0:
+        return ExitCode.OK
+    from .testing.changes import incremental_demo
+
+    print("\ndemo: incremental sync (a second source; run 2 fetches only what changed)", file=out, flush=True)
+    changed = max(1, args.incremental_records // 100)
+    return await incremental_demo(out, records=args.incremental_records, changed=changed, out_dir=args.out)
 
 
 def _api_fault(text: str) -> tuple[int, int, str | None]:
@@ -617,6 +625,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, help="API requests in flight at once")
     p.add_argument("--out", default="demo-output", metavar="DIR", help="folder for the JSONL and state files")
     p.add_argument("--resume", action="store_true", help="keep earlier demo output and resume from its state")
+    p.add_argument(
+        "--incremental-records",
+        type=int,
+        default=20000,
+        help="then sync a second source incrementally: a full run, 1%% changed, a run that reads only those "
+        "(0: skip)",
+    )
 
     p = sub.add_parser(
         "serve",
