@@ -629,8 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--incremental-records",
         type=int,
         default=20000,
-        help="then sync a second source incrementally: a full run, 1%% changed, a run that reads only those "
-        "(0: skip)",
+        help="then sync a second source incrementally: a full run, 1%% changed, a run that reads only those (0: skip)",
     )
 
     p = sub.add_parser(
