@@ -224,10 +224,21 @@ async def test_crawl_signals_checkpoint_and_exit_with_the_signals_code(tmp_path,
 
 async def test_demo_end_to_end_verbose_leaks_no_secret(tmp_path) -> None:
     code, out, err = await run_cli(
-        "--verbose", "demo", "--records", "1500", "--token-lifetime", "1", "--out", str(tmp_path)
+        "--verbose",
+        "demo",
+        "--records",
+        "1500",
+        "--token-lifetime",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--incremental-records",
+        "3000",
     )
     assert code == 0, err
     assert "1,500 distinct records: complete" in out and "token requests" in out
+    # The incremental part: 30 changes, a second run of a few requests, output equal to the source.
+    assert "second run (incremental)" in out and "(both runs appended) matches the source" in out
     assert "0 invalid_grant" in out
     defaults = AuthServerState()
     text = out + err
