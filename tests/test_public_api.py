@@ -21,6 +21,8 @@ PUBLIC = {
     "TokenResponseError", "TokenStats", "TokenStore", "TokenTransportError", "TransientTokenError",
     "UnauthorizedError", "UnsupportedGrantType", "UsageError", "build_password_request", "build_refresh_request",
     "exchange", "load_config", "parse_token_response", "rate_limit_delay",
+    "LoginBudget", "LoginBudgetExhausted", "StoredToken", "TokenEndpointRateLimited", "TokenRequestsPaused",
+    "UnsafeTokenStore",
 }  # fmt: skip
 
 

@@ -26,19 +26,23 @@ from .errors import (
     InvalidCredentials,
     InvalidRequest,
     InvalidScope,
+    LoginBudgetExhausted,
     OAuthPWError,
     PageShapeError,
     ProviderClosed,
     RefreshTokenRejected,
     SecretExposureError,
     StateError,
+    TokenEndpointRateLimited,
     TokenError,
     TokenRedirectError,
     TokenRequestRejected,
+    TokenRequestsPaused,
     TokenResponseError,
     TokenTransportError,
     TransientTokenError,
     UnauthorizedError,
+    UnsafeTokenStore,
     UnsupportedGrantType,
     UsageError,
 )
@@ -52,9 +56,9 @@ from .grant import (
     build_refresh_request,
     parse_token_response,
 )
-from .provider import RefreshPolicy, TokenEvent, TokenProvider, TokenStats
+from .provider import LoginBudget, RefreshPolicy, TokenEvent, TokenProvider, TokenStats
 from .retry import Retrying, RetryPolicy
-from .store import FileTokenStore, MemoryTokenStore, TokenStore
+from .store import FileTokenStore, MemoryTokenStore, StoredToken, TokenStore
 
 if TYPE_CHECKING:
     from .crawler import (
@@ -138,6 +142,8 @@ __all__ = [
     "JsonLinesSink",
     "LinkHeader",
     "ListSink",
+    "LoginBudget",
+    "LoginBudgetExhausted",
     "MemoryTokenStore",
     "NextUrl",
     "OAuthPWError",
@@ -160,15 +166,18 @@ __all__ = [
     "SecretExposureError",
     "Sink",
     "StateError",
+    "StoredToken",
     "SystemClock",
     "Token",
     "TokenEndpoint",
+    "TokenEndpointRateLimited",
     "TokenError",
     "TokenEvent",
     "TokenProvider",
     "TokenRedirectError",
     "TokenRequest",
     "TokenRequestRejected",
+    "TokenRequestsPaused",
     "TokenResponse",
     "TokenResponseError",
     "TokenStats",
@@ -176,6 +185,7 @@ __all__ = [
     "TokenTransportError",
     "TransientTokenError",
     "UnauthorizedError",
+    "UnsafeTokenStore",
     "UnsupportedGrantType",
     "UsageError",
     "build_password_request",
