@@ -463,6 +463,22 @@ async def test_a_token_store_spares_the_second_run_its_password_login(tmp_path) 
     assert_no_secret(out + err + str(sorted(orjson.loads(store.read_bytes()))), state)
 
 
+async def test_a_token_store_open_to_others_is_refused_with_exit_2(tmp_path) -> None:
+    api = DemoAPI(per_project=20, max_page_size=20)
+    state = AuthServerState()
+    store = tmp_path / "tokens.json"
+    store.write_bytes(b"{}")
+    store.chmod(0o644)
+    async with LocalServer(state, api=api) as server:
+        cfg = write_config(tmp_path / "c.json", server)
+        code, out, err = await run_cli(
+            *crawl_args(cfg, server, "--out", str(tmp_path / "o.jsonl"), "--token-store", str(store))
+        )
+    assert code == 2, err
+    assert "chmod 600" in err and "Traceback" not in err
+    assert state.count("password") == 0  # refused before any login
+
+
 async def test_check_with_a_token_store_lets_the_crawl_start_without_a_login(tmp_path) -> None:
     api = DemoAPI(per_project=20, max_page_size=20)
     state = AuthServerState()

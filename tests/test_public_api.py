@@ -23,6 +23,8 @@ PUBLIC = {
     "APIResponse", "AuthorizedSession", "SessionStats", "StaticToken", "TokenSource", "load_token_source",
     "StaticTokenConfig", "StaticTokenRejected",
     "CheckResult", "check_connection",
+    "LoginBudget", "LoginBudgetExhausted", "StoredToken", "TokenEndpointRateLimited", "TokenRequestsPaused",
+    "UnsafeTokenStore",
 }  # fmt: skip
 
 
