@@ -471,7 +471,7 @@ async def test_a_token_store_open_to_others_is_refused_with_exit_2(tmp_path) -> 
     store.chmod(0o644)
     async with LocalServer(state, api=api) as server:
         cfg = write_config(tmp_path / "c.json", server)
-        code, out, err = await run_cli(
+        code, _out, err = await run_cli(
             *crawl_args(cfg, server, "--out", str(tmp_path / "o.jsonl"), "--token-store", str(store))
         )
     assert code == 2, err
