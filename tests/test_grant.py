@@ -142,10 +142,18 @@ def test_missing_expires_in_uses_configured_default(config: PasswordGrantConfig)
     assert tok.lifetime == 900 and tok.lifetime_source == "default"
 
 
-@pytest.mark.parametrize("bad", [0, -5, "soon", None, True, "nan"])
+@pytest.mark.parametrize("bad", ["soon", None, True, "nan", "inf", [], {"a": 1}, "9" * 100])
 def test_unusable_expires_in_falls_back_to_default(config: PasswordGrantConfig, bad: object) -> None:
     tok = parse(config, 200, {"access_token": "a", "expires_in": bad})
     assert tok.lifetime == config.default_expires_in and tok.lifetime_source == "default"
+
+
+@pytest.mark.parametrize("spent", [0, "0", -5, -0.5, "-30"])
+def test_zero_or_negative_expires_in_means_already_expired(config: PasswordGrantConfig, spent: object) -> None:
+    # A server handing back a token it issued earlier counts expires_in down to 0: that token is
+    # spent, not of unknown lifetime (the default would keep using it for an hour).
+    tok = parse(config, 200, {"access_token": "a", "expires_in": spent})
+    assert tok.lifetime == 0 and tok.lifetime_source == "expires_in" and tok.expires_at == SENT.monotonic
 
 
 def test_expires_on_epoch_seconds_and_millis(config: PasswordGrantConfig) -> None:

@@ -7,15 +7,15 @@ so each rule (what a URL prints as, how long a server asked us to wait) lives in
 from __future__ import annotations
 
 import email.utils
+import functools
+import html.entities
 import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from urllib.parse import quote_plus, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
-import orjson
-
-__all__ = ["excerpt", "origin", "parse_retry_after", "rate_limit_delay", "safe_url"]
+__all__ = ["excerpt", "origin", "parse_retry_after", "rate_limit_delay", "safe_url", "scrub"]
 
 MASK = "********"
 """What a secret prints as, everywhere."""
@@ -55,27 +55,115 @@ def origin(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+# --- scrubbing secrets out of quoted text -------------------------------------------------------
+
+# The HTML5 named character references of each character (``+`` -> ``plus;``), so a secret is
+# found however a server's HTML-escaping spelled it.
+_HTML_NAMES: dict[str, list[str]] = {}
+for _name, _char in html.entities.html5.items():
+    if len(_char) == 1:
+        _HTML_NAMES.setdefault(_char, []).append(_name)
+del _name, _char
+
+_JSON_SHORT = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+#: Longest spelling of one character the patterns below match (a named HTML reference behind an
+#: escaped ``&amp;``, or a 4-byte character URL-encoded twice); sizes the window an excerpt decodes.
+_MAX_SPELLING = max(24, 6 + max(len(name) for name in html.entities.html5))
+
+
+def _spellings(ch: str) -> list[str]:
+    """Regex alternatives for one character of a secret, in every encoding a server may echo it."""
+    cp = ord(ch)
+    alts = [re.escape(ch)]
+    # URL encoding (quote, quote_plus, or either applied twice: %25 is an encoded '%').
+    alts.append("".join(f"%(?:25)?{b:02x}" for b in ch.encode("utf-8", "surrogatepass")))
+    if ch == " ":
+        alts.append(r"\+|%(?:25)?2b")  # quote_plus, then possibly URL-encoded again
+    # HTML character references: decimal, hex, named; the '&' itself possibly escaped once more.
+    amp = "&(?:amp;)?"
+    alts.append(f"{amp}#0{{0,6}}{cp};?")
+    alts.append(f"{amp}#x0{{0,6}}{cp:x};?")
+    alts.extend(f"{amp}{re.escape(name)}" for name in _HTML_NAMES.get(ch, ()))
+    # JSON string escapes (\uXXXX, with a surrogate pair beyond the BMP; short forms), once or twice.
+    if cp < 0x10000:
+        alts.append(rf"\\{{1,2}}u{cp:04x}")
+    else:
+        hi, lo = 0xD800 + ((cp - 0x10000) >> 10), 0xDC00 + ((cp - 0x10000) & 0x3FF)
+        alts.append(rf"\\{{1,2}}u{hi:04x}\\{{1,2}}u{lo:04x}")
+    if ch in _JSON_SHORT:
+        alts.append(rf"\\{{1,2}}{re.escape(_JSON_SHORT[ch])}")
+    # What the excerpt's own normalisation turns it into (whitespace -> ' ', unprintable -> '?').
+    if ch.isspace():
+        alts.append(" ")
+    elif not " " <= ch <= "~":
+        alts.append(r"\?")
+    return alts
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    parts: list[str] = []
+    previous_space = False
+    for ch in secret:
+        unit = "(?:" + "|".join(_spellings(ch)) + ")"
+        if ch.isspace():
+            # A run of whitespace collapses to one space in an excerpt: match runs of any length.
+            if previous_space:
+                continue
+            unit += "+"
+        previous_space = ch.isspace()
+        parts.append(unit)
+    return re.compile("".join(parts), re.IGNORECASE)
+
+
+# The value of a field whose name says it holds a secret, in JSON ("key": "v"), form (key=v)
+# or header-like (key: v) text. Numbers, booleans and null are left readable.
+_SECRET_FIELD = re.compile(
+    r"""((?:\\?"|\b)[\w\-]*(?:token|secret|password|passwd|assertion|api[_-]?key)[\w\-]*(?:\\?")?\s*[:=]\s*)"""
+    r"""(?!(?:-?\d+(?:\.\d+)?|true|false|null)\b)"""
+    r"""("(?:[^"\\]|\\.)*"?|\\"(?:[^"\\]|\\[^"])*(?:\\")?|[^"&,\s}<\\]+)""",
+    re.IGNORECASE,
+)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    r"""``text`` with every known secret masked as ``***``, in any encoding a server may echo it.
+
+    A secret is found raw, URL-encoded (``quote`` and ``quote_plus``, also twice),
+    JSON-escaped (``\u00XX`` style and short escapes, also twice), HTML-escaped (decimal, hex and
+    named references, also with ``&amp;``), in any mix of these, and in any letter case.
+    Values of fields named like secrets (``access_token``, ``password``...) are masked too.
+    Secrets shorter than 3 characters are not searched for (they would mask ordinary text).
+    """
+    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
+        text = _secret_pattern(secret).sub("***", text)
+    return _SECRET_FIELD.sub(lambda m: m.group(1) + "***", text)
+
+
 def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 160) -> str:
     """A short, printable, scrubbed excerpt of a response body for an error message.
 
-    Known secret values (in plain, URL-encoded and JSON-escaped forms) and the values of
-    token-like JSON or form fields are replaced by ``***``.
+    Scrubbing (see :func:`scrub`) happens on the text *before* it is cut to ``limit``
+    characters, so a secret is never shown in part at the cut. Only the start of a large body is
+    decoded; the decoded window is larger than the excerpt by the longest spelling of any secret,
+    and its last such stretch is dropped, so a secret straddling the window's edge cannot show
+    its first half either.
     """
-    text = body[: limit * 8].decode("utf-8", "replace")
-    for secret in secrets:
-        if len(secret) < 3:
-            continue
-        for form in {secret, quote_plus(secret), orjson.dumps(secret).decode()[1:-1]}:
-            text = text.replace(form, "***")
-    text = re.sub(
-        r'((?:"|\b)[\w\-]*(?:token|secret|password|assertion)[\w\-]*"?\s*[:=]\s*"?)([^"&,\s}]+)',
-        r"\1***",
-        text,
-        flags=re.IGNORECASE,
-    )
-    text = re.sub(r"\s+", " ", text).strip()
+    secrets = [s for s in secrets if len(s) >= 3]
+    longest = max((len(s) for s in secrets), default=8)
+    tail = _MAX_SPELLING * longest + 16  # characters that may hold a secret cut at the window's edge
+    window = limit * 8 + 4 * tail
+    truncated = len(body) > window
+    text = body[:window].decode("utf-8", "replace")
+    # Normalise first, so the scrubbed text is exactly what is shown (no collapse afterwards can
+    # join the pieces of a secret back together).
+    text = re.sub(r"\s+", " ", text)
     text = re.sub(r"[^\x20-\x7e]", "?", text)
-    return text[:limit] + ("..." if len(text) > limit else "")
+    text = scrub(text, secrets)
+    if truncated:
+        text = text[: max(0, len(text) - tail)]
+    text = text.strip()
+    return text[:limit] + ("..." if len(text) > limit or truncated else "")
 
 
 # --- rate-limit signals ----------------------------------------------------------------------
