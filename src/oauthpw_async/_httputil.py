@@ -13,9 +13,11 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
-__all__ = ["excerpt", "origin", "parse_retry_after", "rate_limit_delay", "safe_url", "scrub"]
+import orjson
+
+__all__ = ["excerpt", "holds_secret", "origin", "parse_retry_after", "rate_limit_delay", "safe_url", "scrub"]
 
 MASK = "********"
 """What a secret prints as, everywhere."""
@@ -126,18 +128,77 @@ _SECRET_FIELD = re.compile(
 )
 
 
+#: Secrets up to this length are searched for in every spelling, character by character. Longer
+#: ones (JWT access tokens run to kilobytes) in their whole-string encodings, plus any stretch of
+#: :data:`_FRAGMENT` characters of them: a pattern per character would cost too much for them.
+_PER_CHARACTER_MAX = 256
+_FRAGMENT = 16
+
+
+def _split(secrets: Iterable[str]) -> tuple[list[str], list[str]]:
+    unique = {s for s in secrets if len(s) >= 3}
+    short = sorted((s for s in unique if len(s) <= _PER_CHARACTER_MAX), key=len, reverse=True)
+    return short, sorted(unique - set(short))
+
+
+@functools.lru_cache(maxsize=16)
+def _long_forms(secret: str) -> tuple[str, ...]:
+    forms = (secret, quote_plus(secret), quote(secret, safe=""), orjson.dumps(secret).decode()[1:-1])
+    return tuple(dict.fromkeys((*forms, html.escape(secret))))
+
+
+@functools.lru_cache(maxsize=16)
+def _fragments(secret: str) -> frozenset[str]:
+    return frozenset(f[i : i + _FRAGMENT] for f in _long_forms(secret) for i in range(len(f) - _FRAGMENT + 1))
+
+
+def _mask_fragments(text: str, secrets: list[str]) -> str:
+    """Mask every stretch of text made of :data:`_FRAGMENT`-long pieces of a long secret."""
+    if not secrets or len(text) < _FRAGMENT:
+        return text
+    grams = frozenset().union(*(_fragments(s) for s in secrets))
+    hit = [False] * len(text)
+    for i in range(len(text) - _FRAGMENT + 1):
+        if text[i : i + _FRAGMENT] in grams:
+            hit[i : i + _FRAGMENT] = [True] * _FRAGMENT
+    if not any(hit):
+        return text
+    out: list[str] = []
+    for i, ch in enumerate(text):
+        if not hit[i]:
+            out.append(ch)
+        elif i == 0 or not hit[i - 1]:
+            out.append("***")
+    return "".join(out)
+
+
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     r"""``text`` with every known secret masked as ``***``, in any encoding a server may echo it.
 
     A secret is found raw, URL-encoded (``quote`` and ``quote_plus``, also twice),
     JSON-escaped (``\u00XX`` style and short escapes, also twice), HTML-escaped (decimal, hex and
     named references, also with ``&amp;``), in any mix of these, and in any letter case.
-    Values of fields named like secrets (``access_token``, ``password``...) are masked too.
-    Secrets shorter than 3 characters are not searched for (they would mask ordinary text).
+    Secrets longer than 256 characters (access tokens) are found raw, URL-, JSON- or HTML-encoded
+    as a whole, and any 16-character piece of them is masked too. Values of fields named like
+    secrets (``access_token``, ``password``...) are masked as well. Secrets shorter than 3
+    characters are not searched for (they would mask ordinary text).
     """
-    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
+    short, long = _split(secrets)
+    for secret in short:
         text = _secret_pattern(secret).sub("***", text)
+    for secret in long:
+        for form in _long_forms(secret):
+            text = text.replace(form, "***")
+    text = _mask_fragments(text, long)
     return _SECRET_FIELD.sub(lambda m: m.group(1) + "***", text)
+
+
+def holds_secret(text: str, secrets: Iterable[str]) -> bool:
+    """Whether ``text`` holds one of ``secrets`` in any encoding :func:`scrub` knows."""
+    short, long = _split(secrets)
+    return any(_secret_pattern(s).search(text) for s in short) or any(
+        form in text for s in long for form in _long_forms(s)
+    )
 
 
 def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 160) -> str:
@@ -147,11 +208,11 @@ def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 160) -> str:
     characters, so a secret is never shown in part at the cut. Only the start of a large body is
     decoded; the decoded window is larger than the excerpt by the longest spelling of any secret,
     and its last such stretch is dropped, so a secret straddling the window's edge cannot show
-    its first half either.
+    its first half either (long secrets are caught there by their 16-character pieces).
     """
-    secrets = [s for s in secrets if len(s) >= 3]
-    longest = max((len(s) for s in secrets), default=8)
-    tail = _MAX_SPELLING * longest + 16  # characters that may hold a secret cut at the window's edge
+    secrets = list(secrets)
+    short, _ = _split(secrets)
+    tail = _MAX_SPELLING * max((len(s) for s in short), default=0) + 16  # may hold a cut secret
     window = limit * 8 + 4 * tail
     truncated = len(body) > window
     text = body[:window].decode("utf-8", "replace")

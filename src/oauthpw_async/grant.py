@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, quote_plus, urlencode
 import attrs
 import orjson
 
-from ._httputil import MASK, excerpt, rate_limit_delay
+from ._httputil import MASK, excerpt, holds_secret, rate_limit_delay
 from ._paths import dig
 from ._secret import Secret
 from .config import PasswordGrantConfig
@@ -161,7 +161,7 @@ def _masked(value: Any, tokens: list[str], depth: int, secretish: bool = False) 
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str):
-        if secretish or any(t and t in value for t in tokens):
+        if secretish or any(len(t) >= 3 and t in value for t in tokens):
             return MASK
         return value
     if depth >= 8:
@@ -539,33 +539,39 @@ def _classify(
     return make(LoginResponseError if grant == "password" else TokenResponseError)
 
 
-def _extra(fields: Mapping[str, Any], token_path: str, tokens: list[str]) -> dict[str, Any]:
-    """Response fields not otherwise understood, without anything holding a token.
+def _extra(fields: Mapping[str, Any], token_path: str, tokens: list[str], secrets: list[str]) -> dict[str, Any]:
+    """Response fields not otherwise understood, without anything holding a secret.
 
     The object a dotted ``token_path`` points into (``data`` for ``data.token``) is left out
-    whole, and so is any entry holding the access or refresh token anywhere inside it.
-    Entries nested deeper than :data:`_MAX_EXTRA_DEPTH` are replaced (they could not be stored).
+    whole, and so is any entry holding the access or refresh token, or a secret of the request
+    (a server echoing the password), anywhere inside it. Entries nested deeper than
+    :data:`_MAX_EXTRA_DEPTH` are replaced (they could not be stored).
     """
     skip = {*_KNOWN_FIELDS, token_path.split(".", 1)[0]}
     out: dict[str, Any] = {}
     for key, value in fields.items():
         if key in skip:
             continue
-        holds_token, too_deep = _inspect(value, tokens)
-        if holds_token:
+        holds, too_deep = _inspect(value, tokens, secrets)
+        if holds:
             continue
         out[key] = "(omitted: nested too deeply)" if too_deep else value
     return out
 
 
-def _inspect(value: Any, tokens: list[str]) -> tuple[bool, bool]:
-    """(holds one of ``tokens`` somewhere, nested deeper than allowed), without recursion."""
+def _holds_any(text: str, tokens: list[str], secrets: list[str]) -> bool:
+    # Like the scrubbing, values under 3 characters are not searched for (they are everywhere).
+    return any(len(t) >= 3 and t in text for t in tokens) or holds_secret(text, secrets)
+
+
+def _inspect(value: Any, tokens: list[str], secrets: list[str]) -> tuple[bool, bool]:
+    """(holds a token or secret somewhere, nested deeper than allowed), without recursion."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     too_deep = False
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
-            if any(t in item for t in tokens):
+            if _holds_any(item, tokens, secrets):
                 return True, too_deep
         elif isinstance(item, (Mapping, list)):
             if depth >= _MAX_EXTRA_DEPTH:
@@ -608,8 +614,8 @@ def parse_token_response(
         if isinstance(data, Mapping):
             fields = data
             access = dig(data, config.token_path)
-        elif isinstance(data, str) and structured:
-            access = data  # a JSON string literal holding just the token
+        elif isinstance(data, str) and structured and _HEADER_SAFE.fullmatch(data):
+            access = data  # a JSON string literal holding just the token (Ivanti); else a message
     if access is None and not structured and config.token_response in ("auto", "text"):
         text = response.body.strip().decode("utf-8", "replace")
         if _TOKEN_CHARS.fullmatch(text):
@@ -651,13 +657,21 @@ def parse_token_response(
     elif refresh is not None and previous is not None and refresh is previous.refresh_token:
         refresh_expires_at = previous.refresh_expires_at
 
+    tokens = [access, *([refresh.reveal()] if refresh else [])]
+    # token_type and scope are shown in reprs and describe(): only plain values that hold no secret.
     raw_type = fields.get("token_type")
     token_type = config.auth_scheme
-    if isinstance(raw_type, str) and raw_type.strip() and raw_type.strip().lower() != "bearer":
-        token_type = raw_type.strip()[:64]
+    if (
+        isinstance(raw_type, str)
+        and re.fullmatch(r"[A-Za-z0-9._~+/-]{1,64}", raw_type.strip())
+        and raw_type.strip().lower() != "bearer"
+        and not _holds_any(raw_type, tokens, scrub)
+    ):
+        token_type = raw_type.strip()
     header = access if config.use_raw_token else f"{config.auth_scheme} {access}"
     scope = fields.get("scope")
-    tokens = [access, *([refresh.reveal()] if refresh else [])]
+    if not isinstance(scope, str) or _holds_any(scope, tokens, scrub):
+        scope = None
     return Token(
         access_token=Secret(access),
         authorization=header,
@@ -667,6 +681,6 @@ def parse_token_response(
         lifetime_source=source,
         refresh_token=refresh,
         refresh_expires_at=refresh_expires_at,
-        scope=scope if isinstance(scope, str) else None,
-        extra=_extra(fields, config.token_path, tokens),
+        scope=scope,
+        extra=_extra(fields, config.token_path, tokens, scrub),
     )
