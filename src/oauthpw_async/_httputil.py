@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 import orjson
 
@@ -68,32 +68,37 @@ for _name, _char in html.entities.html5.items():
 del _name, _char
 
 _JSON_SHORT = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
-#: Longest spelling of one character the patterns below match (a named HTML reference behind an
-#: escaped ``&amp;``, or a 4-byte character URL-encoded twice); sizes the window an excerpt decodes.
-_MAX_SPELLING = max(24, 6 + max(len(name) for name in html.entities.html5))
+#: Longest spelling of one character the patterns below match (a named HTML reference behind two
+#: escaped ``&amp;``, a 4-byte character URL-encoded three times); sizes the window an excerpt decodes.
+_MAX_SPELLING = max(40, 11 + max(len(name) for name in html.entities.html5))
 
 
 def _spellings(ch: str) -> list[str]:
     """Regex alternatives for one character of a secret, in every encoding a server may echo it."""
     cp = ord(ch)
-    alts = [re.escape(ch)]
-    # URL encoding (quote, quote_plus, or either applied twice: %25 is an encoded '%').
-    alts.append("".join(f"%(?:25)?{b:02x}" for b in ch.encode("utf-8", "surrogatepass")))
+    # Longer spellings come first: the regex takes the first alternative that fits, and a
+    # shorter one ('&' of '&amp;amp;') would leave the rest of the spelling showing.
+    alts: list[str] = []
+    # Each encoding may have been applied up to three times (a body quoting a body quoting a form).
+    # URL encoding (quote, quote_plus; %25 is an encoded '%').
+    alts.append("".join(f"%(?:25){{0,2}}{b:02x}" for b in ch.encode("utf-8", "surrogatepass")))
     if ch == " ":
-        alts.append(r"\+|%(?:25)?2b")  # quote_plus, then possibly URL-encoded again
-    # HTML character references: decimal, hex, named; the '&' itself possibly escaped once more.
-    amp = "&(?:amp;)?"
+        alts.append(r"\+|%(?:25){0,2}2b")  # quote_plus, then possibly URL-encoded again
+    # HTML character references: decimal, hex, named; the '&' itself possibly escaped again.
+    amp = "&(?:amp;){0,2}"
     alts.append(f"{amp}#0{{0,6}}{cp};?")
     alts.append(f"{amp}#x0{{0,6}}{cp:x};?")
-    alts.extend(f"{amp}{re.escape(name)}" for name in _HTML_NAMES.get(ch, ()))
-    # JSON string escapes (\uXXXX, with a surrogate pair beyond the BMP; short forms), once or twice.
+    alts.extend(f"{amp}{re.escape(name)}" for name in sorted(_HTML_NAMES.get(ch, ()), key=len, reverse=True))
+    # JSON string escapes (\uXXXX, with a surrogate pair beyond the BMP; short forms); each
+    # level of escaping doubles the backslashes before them (1, 3, 7).
     if cp < 0x10000:
-        alts.append(rf"\\{{1,2}}u{cp:04x}")
+        alts.append(rf"\\{{1,8}}u{cp:04x}")
     else:
         hi, lo = 0xD800 + ((cp - 0x10000) >> 10), 0xDC00 + ((cp - 0x10000) & 0x3FF)
-        alts.append(rf"\\{{1,2}}u{hi:04x}\\{{1,2}}u{lo:04x}")
+        alts.append(rf"\\{{1,8}}u{hi:04x}\\{{1,8}}u{lo:04x}")
     if ch in _JSON_SHORT:
-        alts.append(rf"\\{{1,2}}{re.escape(_JSON_SHORT[ch])}")
+        alts.append(rf"\\{{1,8}}{re.escape(_JSON_SHORT[ch])}")
+    alts.append(re.escape(ch))
     # What the excerpt's own normalisation turns it into (whitespace -> ' ', unprintable -> '?').
     if ch.isspace():
         alts.append(" ")
@@ -105,17 +110,39 @@ def _spellings(ch: str) -> list[str]:
 @functools.lru_cache(maxsize=64)
 def _secret_pattern(secret: str) -> re.Pattern[str]:
     parts: list[str] = []
-    previous_space = False
-    for ch in secret:
-        unit = "(?:" + "|".join(_spellings(ch)) + ")"
-        if ch.isspace():
-            # A run of whitespace collapses to one space in an excerpt: match runs of any length.
-            if previous_space:
-                continue
-            unit += "+"
-        previous_space = ch.isspace()
-        parts.append(unit)
-    return re.compile("".join(parts), re.IGNORECASE)
+    for run in re.findall(r"\s+|\S", secret):
+        if run.isspace():
+            # A run of whitespace collapses to one space in an excerpt: match a run of any length
+            # made of the spellings of any of its characters.
+            spellings = dict.fromkeys(a for ch in run for a in _spellings(ch))
+            parts.append("(?:" + "|".join(spellings) + ")+")
+        else:
+            parts.append("(?:" + "|".join(_spellings(run)) + ")")
+    # Inside a lookahead, so that overlapping occurrences are all found (see _mask_spans).
+    return re.compile("(?=(" + "".join(parts) + "))", re.IGNORECASE)
+
+
+def _mask_spans(text: str, patterns: Iterable[re.Pattern[str]]) -> str:
+    """Mask the union of every match, overlapping ones included.
+
+    With letter case ignored, a match may start in the text just before a secret; a plain
+    substitution would then skip the secret's own match and leave its tail showing.
+    """
+    spans = sorted(m.span(1) for p in patterns for m in p.finditer(text) if m.end(1) > m.start(1))
+    if not spans:
+        return text
+    out: list[str] = []
+    pos = 0
+    start, end = spans[0]
+    for s, e in [*spans[1:], (len(text) + 1, len(text) + 1)]:
+        if s <= end:
+            end = max(end, e)
+            continue
+        out.append(text[pos:start] + "***")
+        pos = end
+        start, end = s, e
+    out.append(text[pos:])
+    return "".join(out)
 
 
 # The value of a field whose name says it holds a secret, in JSON ("key": "v"), form (key=v)
@@ -175,17 +202,16 @@ def _mask_fragments(text: str, secrets: list[str]) -> str:
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     r"""``text`` with every known secret masked as ``***``, in any encoding a server may echo it.
 
-    A secret is found raw, URL-encoded (``quote`` and ``quote_plus``, also twice),
-    JSON-escaped (``\u00XX`` style and short escapes, also twice), HTML-escaped (decimal, hex and
-    named references, also with ``&amp;``), in any mix of these, and in any letter case.
+    A secret is found raw, URL-encoded (``quote`` and ``quote_plus``), JSON-escaped (``\u00XX``
+    style and short escapes), HTML-escaped (decimal, hex and named references), each up to three
+    times over, in any mix of these, and in any letter case.
     Secrets longer than 256 characters (access tokens) are found raw, URL-, JSON- or HTML-encoded
     as a whole, and any 16-character piece of them is masked too. Values of fields named like
     secrets (``access_token``, ``password``...) are masked as well. Secrets shorter than 3
     characters are not searched for (they would mask ordinary text).
     """
     short, long = _split(secrets)
-    for secret in short:
-        text = _secret_pattern(secret).sub("***", text)
+    text = _mask_spans(text, (_secret_pattern(s) for s in short))
     for secret in long:
         for form in _long_forms(secret):
             text = text.replace(form, "***")
@@ -193,12 +219,54 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return _SECRET_FIELD.sub(lambda m: m.group(1) + "***", text)
 
 
+_JSON_ESCAPE = re.compile(r'\\+(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+_JSON_SHORT_BACK = {v: k for k, v in _JSON_SHORT.items()}
+
+
+def _json_unescape(text: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        return chr(int(m.group(1), 16)) if m.group(1) else _JSON_SHORT_BACK[m.group(2)]
+
+    out = _JSON_ESCAPE.sub(one, text)
+    # Join surrogate pairs (\ud83d\ude00) into the character they spell.
+    return out.encode("utf-16", "surrogatepass").decode("utf-16", "replace") if out != text else out
+
+
+def _decodings(text: str) -> set[str]:
+    """``text`` with up to three layers of HTML, URL and JSON escaping taken off, every way."""
+    seen = {text}
+    frontier = {text}
+    for _ in range(3):
+        found = {
+            d
+            for v in frontier
+            for d in (html.unescape(v), unquote(v), unquote_plus(v), _json_unescape(v))
+            if d not in seen
+        }
+        if not found:
+            break
+        seen |= found
+        frontier = found
+    return seen
+
+
+def _canonical(text: str) -> str:
+    return re.sub(r"\s+", " ", text).casefold()
+
+
 def holds_secret(text: str, secrets: Iterable[str]) -> bool:
-    """Whether ``text`` holds one of ``secrets`` in any encoding :func:`scrub` knows."""
+    """Whether ``text`` holds one of ``secrets`` in any encoding :func:`scrub` knows.
+
+    Short texts (a response field) are decoded every way instead of matched against each
+    secret's pattern: building those patterns costs more than decoding a few fields.
+    """
     short, long = _split(secrets)
-    return any(_secret_pattern(s).search(text) for s in short) or any(
-        form in text for s in long for form in _long_forms(s)
-    )
+    if any(form in text for s in long for form in _long_forms(s)):
+        return True
+    if len(text) > 65536:
+        return any(_secret_pattern(s).search(text) for s in short)
+    wanted = [_canonical(s) for s in short]
+    return any(w in _canonical(d) for d in _decodings(text) for w in wanted)
 
 
 def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 160) -> str:

@@ -418,8 +418,9 @@ class _Answer:
 
 
 def _text(value: object) -> str | None:
-    # Only strings are read: str() of a hostile nested object can raise RecursionError.
-    return value[:2000] if isinstance(value, str) and value.strip() else None
+    # Only strings are read: str() of a hostile nested object can raise RecursionError. They are
+    # kept whole: cutting before the excerpt scrubs them could cut a secret in half.
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def _read_answer(response: TokenResponse, data: Any, structured: bool) -> _Answer:
@@ -433,7 +434,7 @@ def _read_answer(response: TokenResponse, data: Any, structured: bool) -> _Answe
             if _CODE.fullmatch(err.strip()):
                 code = err.strip()
             else:
-                texts.append(err[:2000])  # a sentence in `error`: "Invalid username or password."
+                texts.append(err)  # a sentence in `error`: "Invalid username or password."
         elif isinstance(err, Mapping) and err:
             flagged = True
             inner = _text(err.get("code")) or (str(err["code"]) if type(err.get("code")) is int else None)
@@ -450,13 +451,12 @@ def _read_answer(response: TokenResponse, data: Any, structured: bool) -> _Answe
         if data.get("success") is False or data.get("ok") is False or data.get("status") in ("error", "fail"):
             flagged = True
     elif isinstance(data, str) and structured:
-        texts.append(data[:2000])  # a JSON string literal: "Invalid credentials"
-    elif not structured and not _looks_like_html(response):
-        body = response.body[:2000].decode("utf-8", "replace").strip()
-        if body:
-            texts.append(body)
+        texts.append(data)  # a JSON string literal: "Invalid credentials"
     description = texts[0] if texts else None
-    wording = " ".join([code or "", *texts])
+    if not structured and not _looks_like_html(response):
+        # A plain-text answer: its first words are read for the rule; the message quotes the body.
+        texts.append(response.body[:2000].decode("utf-8", "replace"))
+    wording = " ".join([code or "", *(t[:2000] for t in texts)])  # the reason is in the first words
     return _Answer(code=code, description=description, wording=wording, flagged=flagged)
 
 
@@ -620,8 +620,16 @@ def parse_token_response(
         text = response.body.strip().decode("utf-8", "replace")
         if _TOKEN_CHARS.fullmatch(text):
             access = text
+    if isinstance(access, str) and access in scrub:
+        # A server echoing the request back (the password as a bare text body, say): sending
+        # that as a bearer token would hand the password to every API request.
+        cls = LoginResponseError if grant == "password" else TokenResponseError
+        raise cls(
+            "token endpoint answered one of the request's own secrets as the token; refused", status=status, grant=grant
+        )
     if isinstance(access, str) and access and not _HEADER_SAFE.fullmatch(access):
-        raise TokenResponseError(
+        cls = LoginResponseError if grant == "password" else TokenResponseError
+        raise cls(
             "token endpoint answered a token that cannot be sent in an HTTP header (spaces, control "
             f"or non-ASCII characters); body: {excerpt(response.body, [*scrub, access])!r}",
             status=status,
