@@ -657,3 +657,22 @@ def test_config_repr_drops_url_queries() -> None:
         access_token_url="https://a.example.com/token?api_key=qs-secret-1", username="u", password="p"
     )
     assert "qs-secret-1" not in repr(cfg) and "https://a.example.com/token" in repr(cfg)
+
+
+# --- excerpts: scrub first, then cut -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("before", [0, 150, 155, 159, 1000, 3000, 10_000, 60_000])
+def test_a_secret_at_any_edge_of_an_excerpt_never_shows_in_part(before: int) -> None:
+    for body in (b"a" * before + PASSWORD.encode() + b"z" * 50, b" " * before + PASSWORD.encode()):
+        text = excerpt(body, [PASSWORD])
+        assert all(PASSWORD[:n] not in text and PASSWORD[-n:] not in text for n in range(4, len(PASSWORD) + 1))
+
+
+def test_long_secrets_are_masked_whole_and_in_pieces() -> None:
+    import secrets as rnd
+
+    jwt = "eyJhbGciOiJSUzI1NiJ9." + rnd.token_urlsafe(1500)
+    for body in (b"x" * 100 + jwt.encode(), b" " * 5000 + jwt.encode()[:700], b"token " + jwt.encode()[300:900]):
+        text = excerpt(body, [jwt, f"Bearer {jwt}"])
+        assert not any(jwt[i : i + 16] in text for i in range(len(jwt) - 16)), text

@@ -219,7 +219,8 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     return _SECRET_FIELD.sub(lambda m: m.group(1) + "***", text)
 
 
-_JSON_ESCAPE = re.compile(r'\\+(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+# One layer of JSON string escaping per call (each backslash pair is one escape).
+_JSON_ESCAPE = re.compile(r'\\(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
 _JSON_SHORT_BACK = {v: k for k, v in _JSON_SHORT.items()}
 
 
@@ -232,6 +233,19 @@ def _json_unescape(text: str) -> str:
     return out.encode("utf-16", "surrogatepass").decode("utf-16", "replace") if out != text else out
 
 
+_NUMERIC_REF = re.compile(r"&#(?:[xX]0*([0-9a-fA-F]{1,6})|0*([0-9]{1,7}));?")
+
+
+def _html_unescape(text: str) -> str:
+    # Numeric references first, by hand: html.unescape drops the ones HTML5 calls invalid
+    # (control characters), and a secret may hold one.
+    def one(m: re.Match[str]) -> str:
+        cp = int(m.group(1), 16) if m.group(1) else int(m.group(2))
+        return chr(cp) if cp <= 0x10FFFF else m.group(0)
+
+    return html.unescape(_NUMERIC_REF.sub(one, text))
+
+
 def _decodings(text: str) -> set[str]:
     """``text`` with up to three layers of HTML, URL and JSON escaping taken off, every way."""
     seen = {text}
@@ -240,7 +254,7 @@ def _decodings(text: str) -> set[str]:
         found = {
             d
             for v in frontier
-            for d in (html.unescape(v), unquote(v), unquote_plus(v), _json_unescape(v))
+            for d in (_html_unescape(v), unquote(v), unquote_plus(v), _json_unescape(v))
             if d not in seen
         }
         if not found:
