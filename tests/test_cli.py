@@ -660,7 +660,7 @@ async def test_a_stdout_flush_returns_only_after_every_earlier_record_is_written
     import io
     import threading
 
-    from oauthpw_async.cli import _StdoutSink
+    from oauthpw_async.crawler import StreamSink
 
     class SlowStream(io.BytesIO):
         def __init__(self) -> None:
@@ -675,7 +675,7 @@ async def test_a_stdout_flush_returns_only_after_every_earlier_record_is_written
             return super().write(data)
 
     stream = SlowStream()
-    sink = _StdoutSink(stream)
+    sink = StreamSink(stream)
     await sink.write([{"id": 1}], "a")
     first = asyncio.ensure_future(sink.flush())  # takes record 1 and blocks in its write
     while not stream.entered.is_set():

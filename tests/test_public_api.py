@@ -33,7 +33,7 @@ CRAWLER = {
     "API_RETRY", "ExportCursor", "SyncStats", "parse_timestamp", "tombstone",
     "CallableSink", "Checkpoints", "CrawlEngine", "CrawlStats", "Crawler", "Cursor", "JsonLinesSink",
     "LinkHeader", "ListSink", "NextUrl", "ODataNextLink", "Offset", "Page", "PageNumber", "PageRequest",
-    "Paginator", "Partition", "PartitionStats", "Sink", "parse_link_header",
+    "Paginator", "Partition", "PartitionStats", "Sink", "StreamSink", "parse_link_header",
 }  # fmt: skip
 
 

@@ -29,23 +29,21 @@ import logging
 import os
 import shlex
 import signal
-import stat
 import sys
 import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import TextIO
 
-import anyio
 import attrs
 import orjson
 
 from . import state_cli
 from .check import CheckResult, ExitCode, check_connection, exit_code_for
 from .config import load_config
-from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink
-from .crawler.checkpoint import STREAM, Checkpoints
+from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink, StreamSink
+from .crawler.checkpoint import Checkpoints
 from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenError, UsageError
 from .provider import TokenProvider
 from .report import (
@@ -124,50 +122,6 @@ def _load_crawler(spec: str) -> type[Crawler]:
     if not (isinstance(obj, type) and issubclass(obj, Crawler)):
         raise UsageError(f"{spec} is not a Crawler subclass")
     return obj
-
-
-class _StdoutSink:
-    """JSON Lines on a binary stream (stdout), written off the event loop.
-
-    ``flush`` returns only once every record written before it is in the stream (and on
-    disk when the stream is a regular file), so the engine's checkpoint that follows never
-    moves past records still in memory: at-least-once holds. A reader that closed the pipe
-    surfaces as :class:`BrokenPipeError` from ``flush``, before that page's checkpoint.
-    """
-
-    #: A stream: a state written through it may be resumed into any output (see ``fingerprint``).
-    identity = STREAM
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self._pending: list[bytes] = []
-        self._lock = anyio.Lock()
-        try:
-            self._fsync = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
-        except (OSError, ValueError):  # no file descriptor (a test double): nothing to fsync
-            self._fsync = False
-
-    async def write(self, records: Sequence[Any], partition: str) -> None:
-        """Queue one page's records."""
-        if records:
-            self._pending.append(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
-
-    async def flush(self) -> None:
-        """Write everything queued; a slow reader blocks a worker thread, never the event loop."""
-        # The lock orders flushes: a partition whose records another partition's flush took
-        # returns only after that write finished.
-        async with self._lock:
-            if not self._pending:
-                return
-            blob = b"".join(self._pending)
-            self._pending.clear()
-            await anyio.to_thread.run_sync(self._write, blob)
-
-    def _write(self, blob: bytes) -> None:
-        self._stream.write(blob)
-        self._stream.flush()
-        if self._fsync:
-            os.fsync(self._stream.fileno())
 
 
 @attrs.frozen
@@ -267,7 +221,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
     code: int = ExitCode.OK
     try:
         # Opened inside the try: a locked or unwritable output is a crawl error (exit 7), not a traceback.
-        sink = JsonLinesSink(job.out) if job.out is not None else _StdoutSink(sys.stdout.buffer)
+        sink = JsonLinesSink(job.out) if job.out is not None else StreamSink(sys.stdout.buffer)
         async with tokens:
             with progress:
                 stats = await job.crawler.crawl(

@@ -18,7 +18,7 @@ from .pagination import (
     Paginator,
     parse_link_header,
 )
-from .sinks import CallableSink, JsonLinesSink, ListSink, Sink
+from .sinks import CallableSink, JsonLinesSink, ListSink, Sink, StreamSink
 
 __all__ = [
     "API_RETRY",
@@ -42,6 +42,7 @@ __all__ = [
     "Partition",
     "PartitionStats",
     "Sink",
+    "StreamSink",
     "SyncStats",
     "parse_link_header",
     "parse_timestamp",

@@ -31,6 +31,7 @@ import orjson
 from .._atomic import LockFile, atomic_write, remove_stale_temps
 from ..errors import StateError, StateLocked, StateMismatch, StateWriteError, UsageError
 from .pagination import PageRequest
+from .sinks import STREAM
 
 __all__ = ["STATE_VERSION", "Checkpoints", "fingerprint"]
 
@@ -43,10 +44,6 @@ STATE_VERSION = 2
 def _name_of(obj: object) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
-
-
-#: The ``identity`` of a sink that is a stream (stdout): it matches any output on resume.
-STREAM = "-"
 
 
 def fingerprint(crawler: object, pagination: object, partitions: Sequence[str], sink: object) -> dict[str, Any]:
