@@ -44,16 +44,7 @@ async def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None =
 
 
 def write_config(path: Path, server: LocalServer, **overrides: object) -> Path:
-    a = server.auth
-    conf = {
-        "Access Token URL": server.token_url,
-        "Client Id": a.client_id,
-        "Client Secret": a.client_secret,
-        "Username": a.username,
-        "Password": a.password,
-        **overrides,
-    }
-    path.write_bytes(orjson.dumps(conf))
+    path.write_bytes(orjson.dumps({**server.connection(), **overrides}))
     return path
 
 

@@ -807,19 +807,8 @@ async def test_the_command_line_syncs_incrementally_and_shows_and_resets_the_sta
     api = ChangesAPI(records=300)
     state, out = tmp_path / "state.json", tmp_path / "out.jsonl"
     async with LocalServer(AuthServerState(), api=api) as server:
-        a = server.auth
         config = tmp_path / "connection.json"
-        config.write_bytes(
-            orjson.dumps(
-                {
-                    "Access Token URL": server.token_url,
-                    "Client Id": a.client_id,
-                    "Client Secret": a.client_secret,
-                    "Username": a.username,
-                    "Password": a.password,
-                }
-            )
-        )
+        config.write_bytes(orjson.dumps(server.connection()))
         crawl = ["crawl", "--config", str(config), "--crawler", "examples.incremental_servicenow:Incidents"]
         crawl += ["--base-url", server.base_url, "--state", str(state), "--out", str(out)]
         code, first, err = await run_cli(*crawl)

@@ -125,13 +125,7 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
 async def test_check_exits_3_for_a_wrong_password_however_worded(tmp_path, style: str) -> None:
     state = AuthServerState(quirks=Quirks(bad_password_style=style))
     async with LocalServer(state) as server:
-        conf = {
-            "Access Token URL": server.token_url,
-            "Client Id": state.client_id,
-            "Client Secret": state.client_secret,
-            "Username": state.username,
-            "Password": "wrong-password-value",
-        }
+        conf = {**server.connection(), "Password": "wrong-password-value"}
         (tmp_path / "c.json").write_bytes(orjson.dumps(conf))
         code, out, err = await run_cli("check", "--config", str(tmp_path / "c.json"))
     assert code == 3, out + err

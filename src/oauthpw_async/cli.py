@@ -403,13 +403,7 @@ async def _serve(args: argparse.Namespace) -> int:
     api.on_request = inject
     out = sys.stdout
     async with LocalServer(state, api=api, port=args.port) as server:
-        conf = {
-            "Access Token URL": server.token_url,
-            "Client Id": state.client_id,
-            "Client Secret": state.client_secret,
-            "Username": state.username,
-            "Password": state.password,
-        }
+        conf = server.connection()
         print(f"serving on {server.base_url} (token endpoint {server.token_url}; API under /api/)", file=out)
         print("test credentials (local test server only) as a config file:", file=out)
         print(orjson.dumps(conf, option=orjson.OPT_INDENT_2).decode(), file=out, flush=True)
