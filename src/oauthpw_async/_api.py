@@ -8,8 +8,11 @@ Where a token may go (:class:`Origins`), how a path resolves under a base URL
 
 from __future__ import annotations
 
-from ._httputil import origin
+import attrs
+
+from ._httputil import excerpt, origin
 from .clock import Clock
+from .grant import Token
 
 __all__ = [
     "MAX_REDIRECTS",
@@ -17,7 +20,9 @@ __all__ = [
     "REFUSED_TOKENS_BREAKER",
     "HostGovernor",
     "Origins",
+    "RequestStats",
     "resolve_url",
+    "token_excerpt",
 ]
 
 #: Redirects followed for one request before giving up.
@@ -82,3 +87,29 @@ def resolve_url(base: str, target: str) -> str:
     if "://" in target[:16]:
         return target  # another scheme: refused by the origin check, never joined
     return base.rstrip("/") + "/" + target.lstrip("/")
+
+
+@attrs.define
+class RequestStats:
+    """Counters of API requests, kept by the crawler and the session alike (plain ints; reading is free)."""
+
+    #: HTTP requests sent, retries, renewals and redirect hops included.
+    requests: int = 0
+    #: Requests sent again after a transient failure or a rate-limit pause.
+    retries: int = 0
+    #: Answers with HTTP 401.
+    unauthorized: int = 0
+    #: Times a 429/503 paused every request to a host.
+    rate_limit_pauses: int = 0
+
+
+def token_excerpt(body: bytes, token: Token | None) -> str:
+    """A short excerpt of an API answer for an error message, with the request's token removed.
+
+    Servers echo request headers back in error pages, raw, JSON-escaped, HTML-escaped or
+    percent-encoded; :func:`~oauthpw_async._httputil.excerpt` scrubs every such spelling of the
+    token and of the whole ``Authorization`` value before it cuts the text.
+    """
+    if token is None:
+        return excerpt(body)
+    return excerpt(body, (token.authorization, token.access_token.reveal()))

@@ -23,7 +23,6 @@ already done by then.
 
 from __future__ import annotations
 
-import html
 import logging
 import random
 import re
@@ -31,15 +30,24 @@ import ssl
 from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import unquote, urljoin
+from urllib.parse import urljoin
 
 import aiohttp
 import anyio
 import attrs
 import orjson
 
-from ._api import MAX_REDIRECTS, MAX_RENEWALS_PER_REQUEST, REFUSED_TOKENS_BREAKER, HostGovernor, Origins, resolve_url
-from ._httputil import excerpt, origin, safe_url
+from ._api import (
+    MAX_REDIRECTS,
+    MAX_RENEWALS_PER_REQUEST,
+    REFUSED_TOKENS_BREAKER,
+    HostGovernor,
+    Origins,
+    RequestStats,
+    resolve_url,
+    token_excerpt,
+)
+from ._httputil import origin, safe_url
 from ._secret import Secret
 from .clock import Clock
 from .errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
@@ -65,49 +73,16 @@ DEFAULT_LIMIT = 100
 Params = Mapping[str, str | int | float] | Sequence[tuple[str, str | int | float]] | str
 Body = bytes | str | Mapping[str, str] | Sequence[tuple[str, str]]
 
-# JSON escapes (RFC 8259 §7) a server may put on an echoed header: \/ and \uXXXX above all.
-_JSON_ESCAPE = re.compile(r'\\(["\\/bfnrt]|u[0-9a-fA-F]{4})')
-_JSON_SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 # Headers that must not follow a redirect to an origin the token may not go to.
 _CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
 
 
-def _json_unescape(m: re.Match[str]) -> str:
-    s = m.group(1)
-    return chr(int(s[1:], 16)) if s[0] == "u" else _JSON_SIMPLE[s]
-
-
-def scrubbed_excerpt(body: bytes, token: Token | None) -> str:
-    """A short excerpt of ``body`` for an error message, with ``token`` removed in any encoding.
-
-    Servers echo request headers back in error pages, raw, JSON-escaped, HTML-escaped or
-    percent-encoded. The whole body is decoded from those escapes first, so the token is
-    found (and replaced) whatever form it was echoed in and wherever the excerpt is cut.
-    """
-    if token is None:
-        return excerpt(body)
-    secrets = (token.authorization, token.access_token.reveal())
-    text = body.decode("utf-8", "replace")
-    text = unquote(html.unescape(_JSON_ESCAPE.sub(_json_unescape, text)))
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return excerpt(text.encode(), secrets)
-
-
 @attrs.define
-class SessionStats:
+class SessionStats(RequestStats):
     """Counters of an :class:`AuthorizedSession` (plain ints; reading is free)."""
 
-    #: HTTP requests sent, retries, renewals and redirect hops included.
-    requests: int = 0
-    #: Requests sent again after a transient failure.
-    retries: int = 0
-    #: Answers with HTTP 401.
-    unauthorized: int = 0
     #: Redirect hops followed.
     redirects: int = 0
-    #: Times a 429/503 paused every request to a host.
-    rate_limit_pauses: int = 0
 
 
 class APIResponse:
@@ -174,7 +149,7 @@ class APIResponse:
                 f"{self.method} failed",
                 status=self.status,
                 url=safe_url(self.url),
-                excerpt=scrubbed_excerpt(self.body, self._token),
+                excerpt=token_excerpt(self.body, self._token),
             )
 
     def __repr__(self) -> str:
@@ -606,7 +581,7 @@ class AuthorizedSession:
                     f"{method} failed ({why})",
                     status=status,
                     url=safe_url(url),
-                    excerpt=scrubbed_excerpt(content, token),
+                    excerpt=token_excerpt(content, token),
                 )
             return response
 
@@ -642,5 +617,5 @@ class AuthorizedSession:
                 "changed password); fix the account, then try again",
                 status=401,
                 url=safe_url(url),
-                excerpt=scrubbed_excerpt(body, token),
+                excerpt=token_excerpt(body, token),
             )

@@ -23,8 +23,17 @@ import anyio
 import attrs
 import orjson
 
-from .._api import MAX_REDIRECTS, MAX_RENEWALS_PER_REQUEST, REFUSED_TOKENS_BREAKER, HostGovernor, Origins, resolve_url
-from .._httputil import excerpt, origin, safe_url
+from .._api import (
+    MAX_REDIRECTS,
+    MAX_RENEWALS_PER_REQUEST,
+    REFUSED_TOKENS_BREAKER,
+    HostGovernor,
+    Origins,
+    RequestStats,
+    resolve_url,
+    token_excerpt,
+)
+from .._httputil import origin, safe_url
 from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
 from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
@@ -98,15 +107,11 @@ class PartitionStats:
 
 
 @attrs.define
-class CrawlStats:
+class CrawlStats(RequestStats):
     """Counters for a progress display or a pipeline's metrics."""
 
     pages: int = 0
     records: int = 0
-    requests: int = 0
-    retries: int = 0
-    unauthorized: int = 0
-    rate_limit_pauses: int = 0
     cycles_stopped: int = 0
     partitions_total: int = 0
     partitions_done: int = 0
@@ -645,7 +650,7 @@ class CrawlEngine:
                         "the API answered with something that is not JSON",
                         status=status,
                         url=safe_url(url),
-                        excerpt=self._excerpt(body, token),
+                        excerpt=token_excerpt(body, token),
                     ) from None
             if action == "renew" and token is not None:
                 self.stats.unauthorized += 1
@@ -671,7 +676,7 @@ class CrawlEngine:
                         f"{retrying.stop_reason} ({problem or f'HTTP {status}'})",
                         status=status,
                         url=safe_url(url),
-                        excerpt=self._excerpt(body, token),
+                        excerpt=token_excerpt(body, token),
                     )
                 self.stats.retries += 1
                 if action == "pause":
@@ -683,7 +688,7 @@ class CrawlEngine:
                     await clock.sleep(delay)
                 continue
             raise HTTPStatusError(
-                "request failed", status=status, url=safe_url(url), excerpt=self._excerpt(body, token), data=_json(body)
+                "request failed", status=status, url=safe_url(url), excerpt=token_excerpt(body, token), data=_json(body)
             )
 
     def _on_refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
@@ -701,11 +706,5 @@ class CrawlEngine:
                 "changed password); fix the account, then resume",
                 status=401,
                 url=safe_url(url),
-                excerpt=self._excerpt(body, token),
+                excerpt=token_excerpt(body, token),
             )
-
-    @staticmethod
-    def _excerpt(body: bytes, token: Token | None) -> str:
-        if token is None:
-            return excerpt(body)
-        return excerpt(body, (token.access_token.reveal(), token.authorization))
