@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import attrs
 
-from ._httputil import excerpt, origin
+from ._httputil import excerpt, origin, safe_url
 from .clock import Clock
+from .errors import UnauthorizedError
 from .grant import Token
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "REFUSED_TOKENS_BREAKER",
     "HostGovernor",
     "Origins",
+    "RefusedTokens",
     "RequestStats",
     "resolve_url",
     "token_excerpt",
@@ -113,3 +115,40 @@ def token_excerpt(body: bytes, token: Token | None) -> str:
     if token is None:
         return excerpt(body)
     return excerpt(body, (token.authorization, token.access_token.reveal()))
+
+
+class RefusedTokens:
+    """The 401 rule, one place for the crawler and the session.
+
+    Each rejected token gets its own renewal (the caller calls ``invalidate(token)`` and
+    retries); a request may cause at most :data:`MAX_RENEWALS_PER_REQUEST`, and when
+    :data:`REFUSED_TOKENS_BREAKER` different tokens in a row are refused with no success
+    between, the account has lost access: :class:`UnauthorizedError`, not a renewal storm.
+    """
+
+    __slots__ = ("_refused",)
+
+    def __init__(self) -> None:
+        self._refused: set[str] = set()
+
+    def succeeded(self) -> None:
+        """A request succeeded: the tokens refused so far no longer count."""
+        if self._refused:
+            self._refused.clear()
+
+    def refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
+        """A 401 with ``token`` after ``renewals`` renewals of this request; raises when it must stop."""
+        self._refused.add(token.access_token.reveal())
+        why = ""
+        if len(self._refused) >= REFUSED_TOKENS_BREAKER:
+            why = f"{len(self._refused)} different tokens were refused in a row with no success between"
+        elif renewals >= MAX_RENEWALS_PER_REQUEST:
+            why = f"refused {renewals + 1} times, with a renewed token each time"
+        if why:
+            raise UnauthorizedError(
+                f"{why}: the account has lost access to this API (permissions, a revoked grant or a "
+                "changed password); fix the account, then run again",
+                status=401,
+                url=safe_url(url),
+                excerpt=token_excerpt(body, token),
+            )

@@ -39,18 +39,16 @@ import orjson
 
 from ._api import (
     MAX_REDIRECTS,
-    MAX_RENEWALS_PER_REQUEST,
-    REFUSED_TOKENS_BREAKER,
     HostGovernor,
     Origins,
+    RefusedTokens,
     RequestStats,
     resolve_url,
     token_excerpt,
 )
 from ._httputil import origin, safe_url
-from ._secret import Secret
 from .clock import Clock
-from .errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
+from .errors import CrawlError, ForeignOriginError, HTTPStatusError, UsageError
 from .grant import Token
 from .responses import classify_api_response
 from .retry import Retrying, RetryPolicy
@@ -257,7 +255,7 @@ class AuthorizedSession:
         # URL as given -> (absolute URL, may it have the token, its host's governor): most
         # programs call a handful of URLs many times, so each is resolved and checked once.
         self._routes: dict[str, tuple[str, bool, HostGovernor]] = {}
-        self._refused: set[Secret] = set()  # tokens refused since the last success (circuit breaker)
+        self._refused = RefusedTokens()  # the 401 rule: a renewal per rejected token, bounded
         self._closed = False
         config = getattr(tokens, "config", None)
         # The connection's TLS settings (verify_tls, ca_bundle) apply to its API requests too.
@@ -526,13 +524,12 @@ class AuthorizedSession:
             verdict = classify_api_response(status, resp_headers, clock.wall())
             action = verdict.action
             if action == "ok":
-                if self._refused:
-                    self._refused.clear()
+                self._refused.succeeded()
                 return APIResponse(method, final_url, status, reason, resp_headers, content, token)
             if action == "renew" and token is not None:
                 # Sent again whatever the method: the server refused the credentials, it did not act.
                 stats.unauthorized += 1
-                self._on_refused(token, renewals, url, content)
+                self._refused.refused(token, renewals, url, content)
                 renewals += 1
                 tokens.invalidate(token)
                 continue
@@ -602,20 +599,3 @@ class AuthorizedSession:
                 del headers[k]
             return "GET", None
         return method, body
-
-    def _on_refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
-        """Bound renewals: per request, and session-wide when every renewed token is refused."""
-        self._refused.add(token.access_token)
-        why = ""
-        if len(self._refused) >= REFUSED_TOKENS_BREAKER:
-            why = f"{len(self._refused)} different tokens were refused in a row with no success between"
-        elif renewals >= MAX_RENEWALS_PER_REQUEST:
-            why = f"refused {renewals + 1} times, with a renewed token each time"
-        if why:
-            raise UnauthorizedError(
-                f"{why}: the account has lost access to this API (permissions, a revoked grant or a "
-                "changed password); fix the account, then try again",
-                status=401,
-                url=safe_url(url),
-                excerpt=token_excerpt(body, token),
-            )

@@ -25,10 +25,9 @@ import orjson
 
 from .._api import (
     MAX_REDIRECTS,
-    MAX_RENEWALS_PER_REQUEST,
-    REFUSED_TOKENS_BREAKER,
     HostGovernor,
     Origins,
+    RefusedTokens,
     RequestStats,
     resolve_url,
     token_excerpt,
@@ -36,8 +35,7 @@ from .._api import (
 from .._httputil import origin, safe_url
 from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
-from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
-from ..grant import Token
+from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UsageError
 from ..responses import classify_api_response
 from ..retry import Retrying, RetryPolicy
 from ..sources import TokenSource
@@ -289,7 +287,7 @@ class CrawlEngine:
         self._rng = random.Random()
         self._origins: Origins | None = None
         self._ssl: ssl.SSLContext | bool = True
-        self._refused: set[str] = set()  # tokens refused since the last success (circuit breaker)
+        self._refused = RefusedTokens()  # the 401 rule: a renewal per rejected token, bounded
         self._headers = {"Accept": "application/json", **crawler.headers}
         # Primary keys written in this run (digests), when the crawler declares a primary key.
         self._keys: set[bytes] | RunKeys | None = set() if crawler.primary_key is not None else None
@@ -641,8 +639,7 @@ class CrawlEngine:
             verdict = classify_api_response(status, resp_headers, clock.wall())
             action = verdict.action
             if action == "ok":
-                if self._refused:
-                    self._refused.clear()
+                self._refused.succeeded()
                 try:
                     return status, resp_headers, orjson.loads(body) if body.strip() else None, final_url
                 except orjson.JSONDecodeError:
@@ -654,7 +651,7 @@ class CrawlEngine:
                     ) from None
             if action == "renew" and token is not None:
                 self.stats.unauthorized += 1
-                self._on_refused(token, renewals, url, body)
+                self._refused.refused(token, renewals, url, body)
                 renewals += 1
                 self.tokens.invalidate(token)
                 continue
@@ -689,22 +686,4 @@ class CrawlEngine:
                 continue
             raise HTTPStatusError(
                 "request failed", status=status, url=safe_url(url), excerpt=token_excerpt(body, token), data=_json(body)
-            )
-
-    def _on_refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
-        """Bound renewals: per request, and crawl-wide when every renewed token is refused."""
-        key = token.access_token.reveal()
-        self._refused.add(key)
-        why = ""
-        if len(self._refused) >= REFUSED_TOKENS_BREAKER:
-            why = f"{len(self._refused)} different tokens were refused in a row with no success between"
-        elif renewals >= MAX_RENEWALS_PER_REQUEST:
-            why = f"refused {renewals + 1} times, with a renewed token each time"
-        if why:
-            raise UnauthorizedError(
-                f"{why}: the account has lost access to this API (permissions, a revoked grant or a "
-                "changed password); fix the account, then resume",
-                status=401,
-                url=safe_url(url),
-                excerpt=token_excerpt(body, token),
             )
