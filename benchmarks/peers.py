@@ -380,8 +380,8 @@ def draw(rows: list[dict[str, Any]], path: Path) -> None:
     libs = [lib for lib in LIBRARIES if any(r["library"] == lib for r in rows)]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, key, title in (
-        (axes[0], "token_requests", "token requests (log scale; fewer is better)"),
-        (axes[1], "ok", "successful API requests (more is better)"),
+        (axes[0], "token_requests", "token requests, median of the rounds (log scale; fewer is better)"),
+        (axes[1], "ok", "successful API requests, median of the rounds (more is better)"),
     ):
         shown = [lib for lib in libs if not (key == "token_requests" and lib == "static token")]
         width = 0.8 / len(shown)
