@@ -30,7 +30,7 @@ import orjson
 
 from oauthpw_async import TokenProvider, load_config
 from oauthpw_async.crawler import CallableSink, Crawler, JsonLinesSink, Offset, Partition
-from spread import load_tuple, pair_orders, summary
+from spread import first_line, load_tuple, pair_orders, summary
 
 PROJECTS = ("p0", "p1", "p2", "p3")
 PAGE = 100
@@ -65,12 +65,7 @@ class Server:
     def __init__(self, per_project: int, page_size: int) -> None:
         cmd = [sys.executable, __file__, "--serve", str(per_project), str(page_size)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            self.close()
-            raise RuntimeError(f"the benchmark server did not start (exit code {self.proc.returncode})")
-        info = json.loads(line)
+        info = json.loads(first_line(self.proc))
         self.base_url: str = info["base_url"]
         self.conf: dict[str, Any] = info["conf"]
 

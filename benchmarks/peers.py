@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from spread import load_average, load_tuple, min_max, summary
+from spread import first_line, load_average, load_tuple, min_max, summary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -286,8 +286,7 @@ def one_run(lib: str, scenario: str, tasks: int, duration: float) -> dict[str, A
         text=True,
     )
     try:
-        assert server.stdout is not None
-        info = json.loads(server.stdout.readline())
+        info = json.loads(first_line(server))
         args = [
             sys.executable,
             __file__,

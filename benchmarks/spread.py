@@ -9,7 +9,9 @@ median of those ratios with its spread (interquartile range and min-max).
 from __future__ import annotations
 
 import os
+import select
 import statistics
+import subprocess
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,3 +66,15 @@ def load_average() -> str:
 def load_tuple() -> list[float]:
     """The load averages as numbers, for the JSON results."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def first_line(proc: subprocess.Popen[str], timeout: float = 60.0) -> str:
+    """The first line a child process prints (its address), waiting at most ``timeout`` seconds."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError(f"the benchmark server did not start within {timeout:g}s (exit code {proc.returncode})")
+    return line
