@@ -47,13 +47,17 @@ PEERS = [
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The SDK's own benchmarks (fast path, refresh contention, 401 storm, crawl, memory), about a minute.
+    """The SDK's own benchmarks: fast path, refresh contention, 401 storm, crawl, memory (about a minute),
+    the authorized session against a static-token ceiling (about a minute), and incremental sync over a
+    million records (about five minutes).
 
     Non-zero exit when a bound is missed. ``nox -s bench -- --smoke`` is the seconds-long
     version CI runs: counts and invariants only, no timing ratio, so a busy machine cannot fail it.
     """
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/session_bench.py", *session.posargs)
+    session.run("python", "benchmarks/incremental_bench.py", *session.posargs)
 
 
 @nox.session(name="bench-peers")
