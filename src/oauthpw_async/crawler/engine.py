@@ -446,13 +446,15 @@ class CrawlEngine:
                 nxt: PageRequest | None
                 if planned:
                     # Totals are known: keep up to parallel_pages pages in flight, emit them in order.
-                    while planned and len(inflight) < crawler.parallel_pages - 1:
+                    # Only while request slots are free: when the crawl already fills them, pages read
+                    # ahead would just queue for slots (and cost CPU) without reading anything sooner.
+                    while planned and len(inflight) < crawler.parallel_pages - 1 and self._slots.value > 0:
                         ahead = planned.popleft()
                         future = asyncio.ensure_future(
                             self._read_page(session, base, headers, ahead, index + 1 + len(inflight), ps)
                         )
                         inflight.append((ahead, future))
-                    nxt = inflight[0][0] if inflight else planned[0]
+                    nxt = inflight[0][0] if inflight else planned.popleft()  # read next, in order
                 elif inflight:
                     nxt = inflight[0][0]
                 else:
