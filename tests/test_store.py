@@ -272,24 +272,22 @@ async def test_closing_right_after_a_login_still_writes_the_store(tmp_path: Path
 
 
 class OutOfOrderStore(FileTokenStore):
-    """The first save is held back until the second one has finished (slow disk, busy thread pool)."""
+    """The save of generation 1 is held back until generation 2's has finished (slow disk, busy pool).
+
+    Keyed by generation, not by call order: the worker threads may start in either order.
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
-        self.calls = 0
-        self.results: list[bool] = []
-        self._count = threading.Lock()
+        self.results: dict[int, bool] = {}
         self._second_done = threading.Event()
 
     def save(self, key: str, entry: StoredToken) -> bool:
-        with self._count:
-            self.calls += 1
-            n = self.calls
-        if n == 1:
+        if entry.generation == 1:
             self._second_done.wait(timeout=30)
         result = super().save(key, entry)
-        self.results.append(result)
-        if n == 2:
+        self.results[entry.generation] = result
+        if entry.generation == 2:
             self._second_done.set()
         return result
 
@@ -302,7 +300,7 @@ async def test_renewals_saved_out_of_order_leave_the_newest_token(tmp_path: Path
         await tokens.get()  # generation 1: its save waits for the next one
         tokens.invalidate()
         newest = await tokens.get()  # generation 2, refreshed: the first refresh token is now used
-    assert store.results == [True, False]  # the older save found the newer one and gave way
+    assert store.results == {2: True, 1: False}  # the older save found the newer one and gave way
     assert record(s.path, s.config.credential_key)["generation"] == 2
     restarted = s.provider()
     async with restarted:
