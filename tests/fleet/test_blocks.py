@@ -194,6 +194,22 @@ async def test_keep_alive_holds_a_claim_through_a_long_page(redis_server: RedisS
         await worker.complete(claim)
 
 
+async def test_a_claim_lost_inside_keep_alive_propagates_as_itself(redis_server: RedisServer, namespace: str) -> None:
+    async with coordinator(redis_server.url, namespace) as fleet:
+        slow = fleet.partitions("crawl", consumer="slow", idle_timeout=0.1)
+        await slow.enqueue({"p": {}})
+        (claim,) = await slow.claim()
+
+        async def crawl_page() -> None:
+            async with slow.keep_alive(claim):
+                await fleet.link.client.hset(slow._owner, {"p": "someone-else|9|0-0"})  # taken over
+                await slow.checkpoint(claim, 1)
+
+        with pytest.raises(ClaimLost):
+            await crawl_page()
+        assert claim.lost
+
+
 async def test_a_released_partition_is_resumed_by_another_worker(redis_server: RedisServer, namespace: str) -> None:
     async with coordinator(redis_server.url, namespace) as fleet:
         a = fleet.partitions("crawl", consumer="a")

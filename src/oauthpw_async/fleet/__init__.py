@@ -15,14 +15,51 @@ each one atomic in Redis (Lua scripts):
 
 from __future__ import annotations
 
-from .cipher import TokenCipher, generate_key
-from .coordinator import Coordinator
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import ClaimLost, CoordinatorUnavailable, FleetError, SharedStateUnreadable
-from .lease import Lease, LeaseHandle
-from .logins import CredentialsLatch, LatchState, LoginBudget
-from .partitions import Claim, FleetStatus, PartitionQueue, PartitionStatus
-from .ratelimit import HostRateLimiter, RateDecision
-from .tokens import PublishResult, RefreshPermit, SharedToken, SharedTokenState
+
+if TYPE_CHECKING:
+    from .cipher import TokenCipher, generate_key
+    from .coordinator import Coordinator
+    from .lease import Lease, LeaseHandle
+    from .logins import CredentialsLatch, LatchState, LoginBudget
+    from .partitions import Claim, FleetStatus, PartitionQueue, PartitionStatus
+    from .ratelimit import HostRateLimiter, RateDecision
+    from .tokens import PublishResult, RefreshPermit, SharedToken, SharedTokenState
+
+# Loaded on first use: the errors are importable (by the provider) without the fleet extra installed.
+_LAZY = {
+    "TokenCipher": "cipher",
+    "generate_key": "cipher",
+    "Coordinator": "coordinator",
+    "Lease": "lease",
+    "LeaseHandle": "lease",
+    "CredentialsLatch": "logins",
+    "LatchState": "logins",
+    "LoginBudget": "logins",
+    "Claim": "partitions",
+    "FleetStatus": "partitions",
+    "PartitionQueue": "partitions",
+    "PartitionStatus": "partitions",
+    "HostRateLimiter": "ratelimit",
+    "RateDecision": "ratelimit",
+    "PublishResult": "tokens",
+    "RefreshPermit": "tokens",
+    "SharedToken": "tokens",
+    "SharedTokenState": "tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Claim",

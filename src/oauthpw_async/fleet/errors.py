@@ -20,6 +20,9 @@ class CoordinatorUnavailable(FleetError, ConnectionError):
     local renewal explicitly (``on_unavailable="renew_locally"``).
     """
 
+    #: Not a server hint: the provider backs off as for any transient failure.
+    retry_after: float | None = None
+
     def __init__(self, message: str, *, where: str) -> None:
         #: ``host:port`` of the Redis server (never its password).
         self.where = where

@@ -17,6 +17,7 @@ import anyio
 
 from ..errors import UsageError
 from ._redis import RedisLink
+from ._tasks import in_background
 from .errors import CoordinatorUnavailable
 
 __all__ = ["Lease", "LeaseHandle"]
@@ -131,18 +132,16 @@ class Lease:
         publish) are what keep a late holder harmless; check ``handle.valid`` before starting
         anything new.
         """
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._renew_loop, handle)
-            try:
+        try:
+            async with in_background(lambda: self._renew_loop(handle)):
                 yield handle
-            finally:
-                tg.cancel_scope.cancel()
-        with (
-            anyio.CancelScope(shield=True),
-            anyio.move_on_after(self._link.command_timeout),
-            contextlib.suppress(CoordinatorUnavailable),
-        ):
-            await self.release(handle)
+        finally:
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(self._link.command_timeout),
+                contextlib.suppress(CoordinatorUnavailable),
+            ):
+                await self.release(handle)
 
     async def _renew_loop(self, handle: LeaseHandle) -> None:
         while not handle.lost:

@@ -28,6 +28,7 @@ import orjson
 
 from ..errors import UsageError
 from ._redis import RedisLink, as_text
+from ._tasks import in_background
 from .errors import ClaimLost, CoordinatorUnavailable
 
 __all__ = ["Claim", "FleetStatus", "PartitionQueue", "PartitionStatus"]
@@ -60,11 +61,6 @@ end
 local function take(id, pid)
   local st = redis.call('HGET', KEYS[2], pid)
   if st ~= 'queued' and st ~= 'running' then finish(id) return end
-  local cur = redis.call('HGET', KEYS[3], pid)
-  if cur and string.sub(cur, -string.len(id) - 1) ~= '|' .. id then
-    -- a stale duplicate entry of a partition someone holds under another entry
-    finish(id) return
-  end
   local tries = redis.call('HINCRBY', KEYS[6], pid, 1)
   if tries > tonumber(ARGV[5]) then
     redis.call('HSET', KEYS[2], pid, 'failed')
@@ -341,12 +337,8 @@ class PartitionQueue:
                 with contextlib.suppress(ClaimLost, CoordinatorUnavailable):
                     await self.touch(claim)
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(beat)
-            try:
-                yield claim
-            finally:
-                tg.cancel_scope.cancel()
+        async with in_background(beat):
+            yield claim
 
     async def _fenced(self, script: str, claim: Claim, keys: list[str], position: bytes) -> None:
         ok = await self._link.script(

@@ -228,8 +228,9 @@ class SharedTokenState:
     ) -> None:
         """Call ``on_change(generation)`` for every publish, until cancelled.
 
-        ``on_change(None)`` is called after every (re)subscription: publishes may have been
-        missed while disconnected, so read the record again. Run it in a task group with
+        ``on_change(None)`` is called after every (re)subscription (publishes may have been
+        missed while disconnected) and for other news on the channel (the login latch
+        tripped): read the record again. Run it in a task group with
         ``await tg.start(state.watch, callback)``; it reconnects by itself after Redis restarts.
         """
         started = False
@@ -243,7 +244,8 @@ class SharedTokenState:
                             started = True
                             task_status.started()
                     elif kind == "message":
-                        result = on_change(int(message["data"]))
+                        data = as_text(message["data"])
+                        result = on_change(int(data) if data.isdigit() else None)  # e.g. the latch tripped
                     else:
                         continue
                     if result is not None:
