@@ -264,3 +264,15 @@ async def test_the_queue_fails_typed_while_redis_is_unreachable(private_redis: R
         await anyio.to_thread.run_sync(private_redis.restart)
         with pytest.raises(ClaimLost):  # the queue was lost with Redis's data: the claim is gone too
             await queue.checkpoint(claim, 2)
+
+
+def test_fleet_errors_copy_and_pickle_whole() -> None:
+    import copy
+    import pickle
+
+    err = CoordinatorUnavailable("Redis did not answer (TimeoutError)", where="127.0.0.1:6379/0")
+    for clone in (copy.copy(err), pickle.loads(pickle.dumps(err))):
+        assert type(clone) is CoordinatorUnavailable and str(clone) == str(err) and clone.where == err.where
+    lost = ClaimLost("p1")
+    for clone in (copy.copy(lost), pickle.loads(pickle.dumps(lost))):
+        assert clone.partition == "p1" and str(clone) == str(lost)

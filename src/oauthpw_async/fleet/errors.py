@@ -26,10 +26,19 @@ class CoordinatorUnavailable(FleetError, ConnectionError):
     def __init__(self, message: str, *, where: str) -> None:
         #: ``host:port`` of the Redis server (never its password).
         self.where = where
+        self.detail = message
         super().__init__(
             f"{message} (Redis at {where}): check that Redis is running and reachable; the fleet does not renew "
             "tokens without it unless local renewal was chosen"
         )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Copied for every waiter of a failed renewal, and pickled across processes.
+        return (_unavailable, (self.detail, self.where))
+
+
+def _unavailable(detail: str, where: str) -> CoordinatorUnavailable:
+    return CoordinatorUnavailable(detail, where=where)
 
 
 class SharedStateUnreadable(FleetError, ValueError):
@@ -53,3 +62,6 @@ class ClaimLost(FleetError):
             f"partition {partition!r} was taken over by another worker: stop crawling it and claim another "
             "(raise the idle timeout if live workers lose their claims)"
         )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (ClaimLost, (self.partition,))
