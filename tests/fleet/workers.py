@@ -15,7 +15,7 @@ import anyio
 
 from oauthpw_async.fleet import ClaimLost
 
-from .helpers import coordinator, make_token
+from .helpers import TOKEN_KEY, coordinator, make_token
 
 
 def emit(**event: Any) -> None:
@@ -111,8 +111,65 @@ async def crawl_role(url: str, namespace: str, out_path: str, stop_mid_page: int
     emit(finished=True, pages=written)
 
 
+async def provider_role(url: str, namespace: str, token_url: str, seconds: float) -> None:
+    """Ask a fleet-coordinated TokenProvider for a token every 20 ms for ``seconds``; report what happened."""
+    import logging
+    import time
+
+    # The provider's own log on stderr (kept in a file by the test, shown when it fails).
+    logging.basicConfig(level=logging.INFO, format="%(created).3f %(process)d %(name)s %(levelname)s %(message)s")
+
+    from oauthpw_async import PasswordGrantConfig, TokenError, TokenProvider
+    from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable
+    from oauthpw_async.testing import AuthServerState
+
+    server = AuthServerState()  # only for its default client and account
+    config = PasswordGrantConfig(
+        access_token_url=token_url,
+        client_id=server.client_id,
+        client_secret=server.client_secret,
+        username=server.username,
+        password=server.password,
+    )
+    errors: dict[str, int] = {}
+    gets = ok_after_error = 0
+    fleet = Coordinator.for_config(
+        config, url, token_key=TOKEN_KEY, namespace=namespace, lease_ttl=1.0, command_timeout=0.5, connect_timeout=0.5
+    )
+    async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
+        emit(pid=os.getpid())
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                token = await tokens.get()
+            except (TokenError, CoordinatorUnavailable) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                ok_after_error = 0
+                await anyio.sleep(0.05)
+                continue
+            gets += 1
+            ok_after_error += 1
+            if gets == 1:
+                emit(ready=True, token_type=token.token_type, wall=time.time())
+            await anyio.sleep(0.02)
+        s = tokens.stats
+        emit(
+            wall=time.time(),
+            gets=gets,
+            errors=errors,
+            ok_after_last_error=ok_after_error,
+            logins=s.logins,
+            refreshes=s.refreshes,
+            token_requests=s.token_requests,
+            adopted=s.fleet_adopted,
+        )
+
+
 def main() -> None:
     role, url, namespace, *rest = sys.argv[1:]
+    if role == "provider":
+        anyio.run(provider_role, url, namespace, rest[0], float(rest[1]), backend="asyncio")
+        return
     if role == "crawl":
         anyio.run(crawl_role, url, namespace, rest[0], int(rest[1]), float(rest[2]))
         return
