@@ -8,7 +8,7 @@ class Accounts(Crawler):
     path = "/services/data/v59.0/query"
     params = {"q": "SELECT Id, Name FROM Account"}
     records_path = "records"
-    pagination = NextUrl("nextRecordsUrl")
+    pagination = NextUrl("nextRecordsUrl", done_path="done")
 
     def detail(self, record):  # one follow-up fetch per listed record
         return record["attributes"]["url"]

@@ -12,3 +12,9 @@ class SlowCursorItems(Crawler):
 
     def partitions(self):
         return [Partition(p, {"project": p, "limit": "20"}) for p in ("alpha", "beta", "gamma")]
+
+
+class BudgetedItems(SlowCursorItems):
+    """Stops each partition after two pages: a crawl that finishes incomplete."""
+
+    max_pages = 2

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from oauthpw_async import RetryPolicy, UsageError, rate_limit_delay
+from oauthpw_async._api import resolve_url
 from oauthpw_async._httputil import origin
-from oauthpw_async.crawler.engine import resolve_url
 from oauthpw_async.responses import classify_api_response
 
 NOW = 1_700_000_000.0

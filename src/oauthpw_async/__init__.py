@@ -1,9 +1,9 @@
 """oauthpw_async: OAuth 2.0 password-grant tokens shared by thousands of async fetch tasks.
 
-The public API is re-exported here; see the README for a tour. Importing the package (or
-its sans-IO modules :mod:`oauthpw_async.config` and :mod:`oauthpw_async.grant`) does not
-import aiohttp: the names that need it (the aiohttp token endpoint, the crawler) are loaded
-on first use.
+The public API is re-exported here, and the crawler's in :mod:`oauthpw_async.crawler`; see the
+README for a tour. Importing the package (or its sans-IO modules :mod:`oauthpw_async.config` and
+:mod:`oauthpw_async.grant`) does not import aiohttp: the aiohttp token endpoint is loaded on first
+use.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._httputil import rate_limit_delay
 from ._secret import Secret
+from .check import CheckResult, check_connection
 from .clock import Clock, SystemClock
 from .config import PasswordGrantConfig, load_config
 from .errors import (
@@ -21,17 +22,26 @@ from .errors import (
     CredentialsLockedOut,
     DefinitiveTokenError,
     FieldProblem,
+    FileLocked,
+    ForeignOriginError,
     HTTPStatusError,
     InvalidClient,
     InvalidCredentials,
     InvalidRequest,
     InvalidScope,
     OAuthPWError,
+    OutputLocked,
     PageShapeError,
     ProviderClosed,
     RefreshTokenRejected,
     SecretExposureError,
+    SinkError,
     StateError,
+    StateLocked,
+    StateMismatch,
+    StateWriteError,
+    StaticTokenRejected,
+    StorageError,
     TokenError,
     TokenRedirectError,
     TokenRequestRejected,
@@ -54,56 +64,22 @@ from .grant import (
 )
 from .provider import RefreshPolicy, TokenEvent, TokenProvider, TokenStats
 from .retry import Retrying, RetryPolicy
+from .sources import StaticToken, TokenSource, load_token_source
+from .static_config import StaticTokenConfig
 from .store import FileTokenStore, MemoryTokenStore, TokenStore
 
 if TYPE_CHECKING:
-    from .crawler import (
-        CallableSink,
-        Crawler,
-        CrawlStats,
-        Cursor,
-        JsonLinesSink,
-        LinkHeader,
-        ListSink,
-        NextUrl,
-        ODataNextLink,
-        Offset,
-        Page,
-        PageNumber,
-        PageRequest,
-        Paginator,
-        Partition,
-        PartitionStats,
-        Sink,
-    )
+    from .session import APIResponse, AuthorizedSession, SessionStats
     from .transport import AiohttpTokenEndpoint, TokenEndpoint
 
-# Names whose modules import aiohttp, loaded on first attribute access (PEP 562).
+# Names whose module imports aiohttp, loaded on first attribute access (PEP 562). The crawler's
+# names live in :mod:`oauthpw_async.crawler`.
 _LAZY = {
     "AiohttpTokenEndpoint": "transport",
     "TokenEndpoint": "transport",
-    **dict.fromkeys(
-        [
-            "CallableSink",
-            "CrawlStats",
-            "Crawler",
-            "Cursor",
-            "JsonLinesSink",
-            "LinkHeader",
-            "ListSink",
-            "NextUrl",
-            "ODataNextLink",
-            "Offset",
-            "Page",
-            "PageNumber",
-            "PageRequest",
-            "Paginator",
-            "Partition",
-            "PartitionStats",
-            "Sink",
-        ],
-        "crawler",
-    ),
+    "APIResponse": "session",
+    "AuthorizedSession": "session",
+    "SessionStats": "session",
 }
 
 
@@ -117,39 +93,29 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "APIResponse",
     "AiohttpTokenEndpoint",
-    "CallableSink",
+    "AuthorizedSession",
+    "CheckResult",
     "Clock",
     "ConfigError",
     "CrawlError",
-    "CrawlStats",
-    "Crawler",
     "CredentialsLockedOut",
-    "Cursor",
     "DefinitiveTokenError",
     "FieldProblem",
+    "FileLocked",
     "FileTokenStore",
+    "ForeignOriginError",
     "HTTPStatusError",
     "Instant",
     "InvalidClient",
     "InvalidCredentials",
     "InvalidRequest",
     "InvalidScope",
-    "JsonLinesSink",
-    "LinkHeader",
-    "ListSink",
     "MemoryTokenStore",
-    "NextUrl",
     "OAuthPWError",
-    "ODataNextLink",
-    "Offset",
-    "Page",
-    "PageNumber",
-    "PageRequest",
+    "OutputLocked",
     "PageShapeError",
-    "Paginator",
-    "Partition",
-    "PartitionStats",
     "PasswordGrantConfig",
     "ProviderClosed",
     "RefreshPolicy",
@@ -158,8 +124,16 @@ __all__ = [
     "Retrying",
     "Secret",
     "SecretExposureError",
-    "Sink",
+    "SessionStats",
+    "SinkError",
     "StateError",
+    "StateLocked",
+    "StateMismatch",
+    "StateWriteError",
+    "StaticToken",
+    "StaticTokenConfig",
+    "StaticTokenRejected",
+    "StorageError",
     "SystemClock",
     "Token",
     "TokenEndpoint",
@@ -171,6 +145,7 @@ __all__ = [
     "TokenRequestRejected",
     "TokenResponse",
     "TokenResponseError",
+    "TokenSource",
     "TokenStats",
     "TokenStore",
     "TokenTransportError",
@@ -180,8 +155,10 @@ __all__ = [
     "UsageError",
     "build_password_request",
     "build_refresh_request",
+    "check_connection",
     "exchange",
     "load_config",
+    "load_token_source",
     "parse_token_response",
     "rate_limit_delay",
 ]

@@ -1,8 +1,23 @@
 """The ``oauthpw-async`` command: check a connection, run a crawler, run the demo, serve the test server.
 
-Exit codes: 0 success; 2 bad configuration or usage; 3 credentials rejected; 4 client
-rejected; 5 server unreachable or failing; 6 request rejected otherwise (grant type,
-scope, parameters); 7 crawl failed; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+Records go to stdout as JSON Lines unless --out names a file; progress, logs and summaries go
+to stderr whenever stdout carries records. Secrets never appear in any output.
+
+Exit codes (every subcommand):
+  0    success; for a crawl: finished and complete (or nothing left to do)
+  1    an unexpected error (a bug in a crawler or in this package): the traceback says where
+  2    bad configuration or usage (connection file, options, --crawler)
+  3    credentials rejected (username or password, or the account is locked)
+  4    client rejected (client id or secret, client authentication method)
+  5    token server unreachable or failing (5xx, 429, timeout, unusable answer, login budget)
+  6    token request rejected otherwise (grant type, scope, parameters, a redirect)
+  7    crawl failed (an API request failed for good, a damaged state file, a bad page)
+  8    crawl finished but INCOMPLETE (a page budget, a cycle, fewer records than announced);
+       the summary names each partition and why; --allow-incomplete exits 0 instead
+  130  interrupted (Ctrl-C); positions saved: the same command resumes
+  141  stdout closed by its reader (e.g. `| head`), as for a process ended by SIGPIPE;
+       positions saved: the same command resumes
+  143  terminated (SIGTERM); positions saved: the same command resumes
 """
 
 from __future__ import annotations
@@ -12,188 +27,85 @@ import asyncio
 import importlib
 import logging
 import os
+import shlex
 import signal
+import stat
 import sys
+import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
+import anyio
+import attrs
 import orjson
 
-from .config import PasswordGrantConfig, load_config
-from .crawler import Crawler, CrawlStats, JsonLinesSink, ListSink
-from .errors import (
-    ConfigError,
-    CrawlError,
-    DefinitiveTokenError,
-    InvalidClient,
-    InvalidCredentials,
-    TokenError,
-    TokenResponseError,
-    TransientTokenError,
-    UsageError,
-)
-from .exchange import exchange
-from .grant import build_password_request, build_refresh_request, parse_token_response
+from .check import CheckResult, ExitCode, check_connection, exit_code_for
+from .config import load_config
+from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink
+from .crawler.checkpoint import STREAM, Checkpoints
+from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenError, UsageError
 from .provider import TokenProvider
-from .retry import RetryPolicy
-from .transport import AiohttpTokenEndpoint
+from .report import (
+    Progress,
+    RunSummary,
+    format_check,
+    format_interrupted,
+    format_nothing_to_do,
+    format_summary,
+    print_lines,
+    row,
+)
+from .sources import StaticToken, load_token_source
+from .store import FileTokenStore
 
 __all__ = ["build_parser", "main"]
-
-EXIT_OK, EXIT_CONFIG, EXIT_CREDENTIALS, EXIT_CLIENT, EXIT_SERVER, EXIT_REJECTED, EXIT_CRAWL = 0, 2, 3, 4, 5, 6, 7
-EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 log = logging.getLogger("oauthpw_async.cli")
 
 
 def _err(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr, flush=True)
 
 
-def _token_exit(exc: TokenError) -> int:
-    if isinstance(exc, InvalidCredentials):
-        return EXIT_CREDENTIALS
-    if isinstance(exc, InvalidClient):
-        return EXIT_CLIENT
-    if isinstance(exc, (TransientTokenError, TokenResponseError)):
-        return EXIT_SERVER
-    if isinstance(exc, DefinitiveTokenError):
-        return EXIT_REJECTED
-    return EXIT_SERVER
+def _command(argv: Sequence[str]) -> str:
+    """The command line as the user would type it again."""
+    return shlex.join(["oauthpw-async", *argv])
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null after its reader left, so exit-time flushes cannot fail.
+
+    The approach the Python documentation gives for SIGPIPE (library/signal.html, "Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 # --- check ---------------------------------------------------------------------------------------
 
 
-async def _check(config: PasswordGrantConfig, out: TextIO) -> int:
-    endpoint = AiohttpTokenEndpoint(config)
-    policy = RetryPolicy(max_attempts=2)
+async def _check(args: argparse.Namespace) -> int:
     try:
-        request = build_password_request(config)
-        print(f"logging in to {config.access_token_url} as {config.username or '(no username)'} ...", file=out)
-        token = await exchange(
-            endpoint, request, lambda r, s: parse_token_response(config, request, r, s), policy=policy
-        )
-        print("login OK", file=out)
-        _print_token(token.describe(), out)
-        if token.refresh_token is not None and config.refresh_token_url:
-            refresh = build_refresh_request(config, token.refresh_token)
-            new = await exchange(
-                endpoint,
-                refresh,
-                lambda r, s: parse_token_response(config, refresh, r, s, previous=token),
-                policy=policy,
-            )
-            rotated = new.refresh_token is not None and new.refresh_token != token.refresh_token
-            print(
-                f"refresh OK at {config.refresh_token_url} (refresh token {'rotated' if rotated else 'kept'})", file=out
-            )
-            _print_token(new.describe(), out)
-        elif token.refresh_token is None:
-            print("no refresh token was issued: renewals will be password logins", file=out)
-        return EXIT_OK
-    except TokenError as exc:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        if args.json:
+            print(orjson.dumps(CheckResult.from_config_error(exc).as_dict()).decode(), flush=True)
         _err(str(exc))
-        return _token_exit(exc)
-    finally:
-        await endpoint.aclose()
-
-
-def _print_token(info: dict[str, Any], out: TextIO) -> None:
-    for key, value in info.items():
-        if key == "extra":
-            for k, v in value.items():
-                print(f"  {k:<16} {v}", file=out)
-        else:
-            print(f"  {key:<16} {value}", file=out)
-
-
-# --- progress --------------------------------------------------------------------------------------
-
-
-class Progress:
-    """A live table on a terminal (rich), a plain line every few seconds elsewhere."""
-
-    def __init__(self, tokens: TokenProvider, *, live: bool, every: float = 2.0, stream: TextIO = sys.stderr) -> None:
-        self.tokens = tokens
-        self.every = every
-        self.stream = stream
-        self._last = 0.0
-        self._printed = ""
-        self._live: Any = None
-        self._started = time.monotonic()
-        if live:
-            try:
-                from rich.console import Console
-                from rich.live import Live
-            except ImportError:  # rich is the optional 'cli' extra
-                live = False
-            else:
-                self._live = Live(console=Console(file=stream), refresh_per_second=8, transient=False)
-        self.live = live
-
-    def __enter__(self) -> Progress:
-        if self._live is not None:
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.__exit__(None, None, None)
-
-    def figures(self, stats: CrawlStats) -> dict[str, str]:
-        """The figures shown, as text."""
-        elapsed = max(1e-6, time.monotonic() - self._started)
-        t = self.tokens.stats
-        eta = stats.eta_seconds()
-        expected = stats.expected_records
-        return {
-            "records": f"{stats.records:,}" + (f" / {expected:,}" if expected else ""),
-            "pages": f"{stats.pages:,}",
-            "requests/s": f"{stats.requests / elapsed:,.0f}",
-            "retries": str(stats.retries),
-            "401s": str(stats.unauthorized),
-            "token logins/refreshes": f"{t.logins}/{t.refreshes}",
-            "rate-limit pauses": str(stats.rate_limit_pauses),
-            "partitions": f"{stats.partitions_done}/{stats.partitions_total}",
-            "elapsed": f"{elapsed:,.1f}s",
-            "ETA": f"{eta:,.0f}s" if eta is not None else "-",
-        }
-
-    def __call__(self, stats: CrawlStats) -> None:
-        """Show ``stats`` (rate-limited, so it can be called on every page)."""
-        now = time.monotonic()
-        if self._live is not None:
-            if now - self._last >= 0.1:
-                self._last = now
-                self._live.update(self._table(stats))
-            return
-        if now - self._last >= self.every:
-            self._last = now
-            figures = self.figures(stats)
-            figures.pop("elapsed")
-            line = ", ".join(f"{k} {v}" for k, v in figures.items())
-            if line != self._printed:  # the final call repeats nothing already shown
-                self._printed = line
-                print(f"progress: {line}, elapsed {time.monotonic() - self._started:,.1f}s", file=self.stream)
-
-    def final(self, stats: CrawlStats) -> None:
-        """Show the last state."""
-        if self._live is not None:
-            self._live.update(self._table(stats))
-        else:
-            self._last = 0.0
-            self(stats)
-
-    def _table(self, stats: CrawlStats) -> Any:
-        from rich.table import Table
-
-        table = Table(title="crawl", show_header=False, min_width=48)
-        for k, v in self.figures(stats).items():
-            table.add_row(k, v)
-        return table
+        return ExitCode.USAGE
+    store = FileTokenStore(args.token_store) if args.token_store else None
+    result = await check_connection(config, store=store)
+    if args.json:
+        print(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode(), flush=True)
+    else:
+        print_lines(format_check(result), sys.stdout)
+    if result.error is not None:
+        _err(str(result.error))
+    return result.exit_code
 
 
 # --- crawl ---------------------------------------------------------------------------------------
@@ -213,25 +125,129 @@ def _load_crawler(spec: str) -> type[Crawler]:
     return obj
 
 
-async def _run_crawl(
-    config: PasswordGrantConfig,
-    crawler: Crawler,
-    *,
-    out: str | None,
-    state: str | None,
-    concurrency: int,
-    rate: float | None,
-    live: bool,
-    on_tokens: Callable[[TokenProvider], None] | None = None,
-) -> tuple[int, CrawlStats | None, TokenProvider | None]:
-    """Run one crawl with signal handling; returns (exit code, stats, provider)."""
+class _StdoutSink:
+    """JSON Lines on a binary stream (stdout), written off the event loop.
+
+    ``flush`` returns only once every record written before it is in the stream (and on
+    disk when the stream is a regular file), so the engine's checkpoint that follows never
+    moves past records still in memory: at-least-once holds. A reader that closed the pipe
+    surfaces as :class:`BrokenPipeError` from ``flush``, before that page's checkpoint.
+    """
+
+    #: A stream: a state written through it may be resumed into any output (see ``fingerprint``).
+    identity = STREAM
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._pending: list[bytes] = []
+        self._lock = anyio.Lock()
+        try:
+            self._fsync = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        except (OSError, ValueError):  # no file descriptor (a test double): nothing to fsync
+            self._fsync = False
+
+    async def write(self, records: Sequence[Any], partition: str) -> None:
+        """Queue one page's records."""
+        if records:
+            self._pending.append(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
+
+    async def flush(self) -> None:
+        """Write everything queued; a slow reader blocks a worker thread, never the event loop."""
+        # The lock orders flushes: a partition whose records another partition's flush took
+        # returns only after that write finished.
+        async with self._lock:
+            if not self._pending:
+                return
+            blob = b"".join(self._pending)
+            self._pending.clear()
+            await anyio.to_thread.run_sync(self._write, blob)
+
+    def _write(self, blob: bytes) -> None:
+        self._stream.write(blob)
+        self._stream.flush()
+        if self._fsync:
+            os.fsync(self._stream.fileno())
+
+
+@attrs.frozen
+class _Before:
+    """What the state file said before this run."""
+
+    resumed: bool = False
+    done: int = 0
+
+
+def _state_before(state: str | None, names: Sequence[str]) -> _Before:
+    if not state or not Path(state).exists():
+        return _Before()
+    try:
+        cp = Checkpoints(state)
+        cp.read()
+    except StateError:
+        return _Before()  # the crawl itself reports it, with what to do
+    done = sum(1 for n in names if cp.is_done(n))
+    started = any(cp.is_done(n) or cp.pages(n) or cp.resume_from(n) is not None for n in names)
+    return _Before(resumed=started, done=done)
+
+
+def _count_records(path: Path) -> int:
+    """Lines in a JSON Lines file, read in blocks (the file may be large)."""
+    count = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            count += block.count(b"\n")
+    return count
+
+
+@attrs.frozen
+class _CrawlJob:
+    """One crawl as the command runs it."""
+
+    #: The connection's token source, not opened yet (a password grant or a static token).
+    tokens: TokenProvider | StaticToken
+    crawler: Crawler
+    out: Path | None  # None: stdout
+    state: str | None
+    concurrency: int
+    rate: float | None
+    #: The same command again (printed to resume).
+    command: str
+    #: How to start over when there is nothing left to do.
+    restart: str
+    #: Whether that command appends to the existing output.
+    restart_appends: bool
+    allow_incomplete: bool
+    #: Ignore the saved positions (``--restart``): the state file is started afresh.
+    fresh: bool = False
+
+
+async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None, TokenProvider | StaticToken | None]:
+    """Run one crawl with signal handling, print its summary; returns (exit code, stats, provider)."""
+    names = [p.name for p in job.crawler.partitions()]
+    before = _state_before(None if job.fresh else job.state, names)
+    out_name = str(job.out) if job.out is not None else "stdout"
+    if job.state and names and before.done == len(names):
+        total = _count_records(job.out) if job.out is not None and job.out.exists() else None
+        print_lines(
+            format_nothing_to_do(
+                job.state,
+                len(names),
+                str(job.out) if job.out else None,
+                total,
+                job.restart,
+                appends=job.restart_appends,
+            ),
+            report,
+        )
+        return ExitCode.OK, None, None
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     got: list[int] = []
 
     def on_signal(signum: int) -> None:
         got.append(signum)
-        if task is not None:
+        if len(got) == 1 and task is not None:  # a second signal must not cut the orderly stop short
             task.cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -239,147 +255,183 @@ async def _run_crawl(
             loop.add_signal_handler(signum, on_signal, signum)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
-    sink: Any = JsonLinesSink(out) if out else ListSink()
-    tokens = TokenProvider(config)
-    progress = Progress(tokens, live=live)
+    sink: Sink | None = None
+    tokens = job.tokens
+    progress = Progress(tokens, live=sys.stderr.isatty())
+    started = time.monotonic()
     stats: CrawlStats | None = None
+    outcome = "finished"
+    code: int = ExitCode.OK
     try:
+        # Opened inside the try: a locked or unwritable output is a crawl error (exit 7), not a traceback.
+        sink = JsonLinesSink(job.out) if job.out is not None else _StdoutSink(sys.stdout.buffer)
         async with tokens:
-            if on_tokens is not None:
-                on_tokens(tokens)
             with progress:
-                stats = await crawler.crawl(
-                    tokens, sink, concurrency=concurrency, rate=rate, state=state, on_progress=progress
+                stats = await job.crawler.crawl(
+                    tokens,
+                    sink,
+                    concurrency=job.concurrency,
+                    rate=job.rate,
+                    state=Checkpoints(job.state, restart=True) if job.fresh and job.state else job.state,
+                    on_progress=progress,
                 )
                 progress.final(stats)
-        return EXIT_OK, stats, tokens
+        if not stats.complete and not job.allow_incomplete:
+            code = ExitCode.INCOMPLETE
     except asyncio.CancelledError:
         if not got:
             raise
-        print(
-            f"\ninterrupted: positions are checkpointed{' in ' + state if state else ''}; run again to resume",
-            file=sys.stderr,
-        )
-        return (EXIT_SIGTERM if got[0] == signal.SIGTERM else EXIT_SIGINT), stats, tokens
-    except TokenError as exc:
+        outcome = "interrupted"
+        code = ExitCode.TERMINATED if got[0] == signal.SIGTERM else ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout left (`| head`): stop quietly; the page being written was not checkpointed.
+        _silence_stdout()
+        print(format_interrupted(job.state, job.command, "stdout was closed"), file=sys.stderr, flush=True)
+        return ExitCode.BROKEN_PIPE, progress.last, tokens
+    except (TokenError, CrawlError) as exc:
         _err(str(exc))
-        return _token_exit(exc), stats, tokens
-    except CrawlError as exc:
-        _err(str(exc))
-        return EXIT_CRAWL, stats, tokens
+        outcome = "failed"
+        code = exit_code_for(exc)
     finally:
         if isinstance(sink, JsonLinesSink):
             sink.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.remove_signal_handler(signum)
+                if got:  # stopping already: further signals must not kill us before the exit code is set
+                    signal.signal(signum, signal.SIG_IGN)
             except (NotImplementedError, RuntimeError):  # pragma: no cover
                 pass
+    shown = stats or progress.last
+    if shown is not None:
+        total = _count_records(job.out) if job.out is not None and job.out.exists() else None
+        summary = RunSummary(
+            stats=shown,
+            tokens=tokens.stats,
+            elapsed=time.monotonic() - started,
+            output=out_name,
+            output_records=total,
+            resumed=before.resumed,
+            already_done=before.done,
+            outcome=outcome,
+        )
+        print_lines(format_summary(summary), report)
+    if outcome == "interrupted":
+        print(format_interrupted(job.state, job.command), file=sys.stderr, flush=True)
+    elif code == ExitCode.INCOMPLETE:
+        _err("the crawl finished INCOMPLETE (see above); pass --allow-incomplete to accept that")
+    return code, stats, tokens
 
 
-def _summary(stats: CrawlStats, tokens: TokenProvider, elapsed: float, out: TextIO) -> None:
-    t = tokens.stats
-    print("summary:", file=out)
-    rows = [
-        ("records", f"{stats.records:,}"),
-        ("pages", f"{stats.pages:,}"),
-        ("API requests", f"{stats.requests:,} ({stats.requests / max(elapsed, 1e-6):,.0f}/s)"),
-        ("token requests", f"{t.token_requests} ({t.logins} login, {t.refreshes} refresh)"),
-        ("retries", str(stats.retries)),
-        ("401s", str(stats.unauthorized)),
-        ("rate-limit pauses", str(stats.rate_limit_pauses)),
-        ("time", f"{elapsed:.1f}s"),
-    ]
-    for k, v in rows:
-        print(f"  {k:<18} {v}", file=out)
+async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    # A password-grant connection or a static token (Token / Token File), by the fields present.
+    if args.token_store:
+        tokens = load_token_source(args.config, store=FileTokenStore(args.token_store))
+    else:
+        tokens = load_token_source(args.config)
+    crawler = _load_crawler(args.crawler)(base_url=args.base_url)
+    out = None if args.out in (None, "-") else Path(args.out)
+    command = _command(argv)
+    job = _CrawlJob(
+        tokens=tokens,
+        crawler=crawler,
+        out=out,
+        state=args.state,
+        concurrency=args.concurrency,
+        rate=args.rate,
+        command=command,
+        restart=f"{command} --restart" if args.state and not args.restart else command,
+        restart_appends=True,
+        allow_incomplete=args.allow_incomplete,
+        fresh=args.restart,
+    )
+    # Records on stdout: everything else on stderr, so the output pipes cleanly.
+    code, _, _ = await _crawl(job, sys.stderr if out is None else sys.stdout)
+    return code
 
 
 # --- demo and serve --------------------------------------------------------------------------------
 
 
-def _demo_files(out_dir: Path, *, resume: bool) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jsonl, state_file = out_dir / "demo-records.jsonl", out_dir / "demo-state.json"
-    if not resume:
-        for f in (jsonl, state_file):
-            f.unlink(missing_ok=True)
-    return jsonl, state_file
+async def _demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .demo import DemoItems, demo_files, plan_demo, verify_output
+    from .testing import LocalServer
 
-
-def _distinct_ids(jsonl: Path) -> set[Any]:
-    return {orjson.loads(line)["id"] for line in jsonl.read_bytes().splitlines()}
-
-
-async def _demo(args: argparse.Namespace, out: TextIO) -> int:
-    from .demo import DemoItems
-    from .testing import AuthServerState, LocalServer, Quirks
-    from .testing.api import ApiFault, DemoAPI
-
-    per_project = max(1, args.records // 3)
-    api = DemoAPI(per_project=per_project, max_page_size=100, latency=0.015)
-    total_requests = per_project * 3 * 1.01
-    plan = [
-        (int(total_requests * f), fault)
-        for f, fault in [
-            (0.15, ApiFault("status", status=429, retry_after="1")),
-            (0.35, ApiFault("status", status=500)),
-            (0.55, ApiFault("status", status=503, retry_after="0.5")),
-            (0.75, ApiFault("status", status=502)),
-        ]
-    ]
-
-    def inject(n: int) -> None:
-        if plan and n >= plan[0][0]:
-            api.inject(plan.pop(0)[1])
-
-    api.on_request = inject
-    state = AuthServerState(token_lifetime=args.token_lifetime, quirks=Quirks(rotate_refresh_tokens=True))
-    jsonl, state_file = _demo_files(Path(args.out), resume=args.resume)
-    async with LocalServer(state, api=api) as server:
-        config = server.config()
-        crawler = DemoItems(base_url=server.base_url)
+    plan = plan_demo(args.records, args.token_lifetime)
+    jsonl, state_file = demo_files(Path(args.out), resume=args.resume)
+    resume_argv = [*argv] if args.resume else [*argv, "--resume"]
+    fresh_argv = [a for a in argv if a != "--resume"]
+    out = sys.stdout
+    async with LocalServer(plan.auth, api=plan.api) as server:
         print(f"demo: local authorization server and API on {server.base_url}", file=out)
-        print(
-            f"demo: crawling {api.total:,} records with one detail fetch each; tokens live "
-            f"{args.token_lifetime:g}s; a few 429s and 5xx are injected",
-            file=out,
-        )
-        started = time.monotonic()
-        code, stats, tokens = await _run_crawl(
-            config,
-            crawler,
-            out=str(jsonl),
+        print(f"demo: {plan.describe()}", file=out, flush=True)
+        job = _CrawlJob(
+            # No token store: each demo run has its own server, which would not know a stored token.
+            tokens=TokenProvider(server.config()),
+            crawler=DemoItems(base_url=server.base_url),
+            out=jsonl,
             state=str(state_file),
             concurrency=args.concurrency,
             rate=None,
-            live=sys.stderr.isatty(),
+            command=_command(resume_argv),
+            restart=_command(fresh_argv),  # without --resume the demo removes its files itself
+            restart_appends=False,
+            allow_incomplete=False,
         )
-        elapsed = time.monotonic() - started
-        if stats is not None and tokens is not None:
-            _summary(stats, tokens, elapsed, out)
-        if code != EXIT_OK:
+        code, stats, _ = await _crawl(job, out)
+        if stats is None:  # nothing to do, or stopped before the crawl began
             return code
-    ids = _distinct_ids(jsonl)
-    complete = ids == api.expected_ids()
-    print(
-        f"  {'server saw':<18} {state.count('password')} login, {state.count('refresh_token', 'ok')} refresh, "
-        f"{state.count(outcome='invalid_grant')} invalid_grant",
-        file=out,
+        auth = plan.auth
+        print(
+            row(
+                "server saw",
+                f"{auth.count('password')} login, {auth.count('refresh_token', 'ok')} refresh, "
+                f"{auth.count(outcome='invalid_grant')} invalid_grant",
+            ),
+            file=out,
+        )
+    outcome = verify_output(jsonl, plan.api)
+    verdict = "complete" if outcome.complete else f"INCOMPLETE: {outcome.expected:,} expected"
+    print(row("demo check", f"{outcome.distinct:,} distinct records: {verdict}"), file=out, flush=True)
+    if code != ExitCode.OK:
+        return code
+    return ExitCode.OK if outcome.complete else ExitCode.INCOMPLETE
+
+
+def _api_fault(text: str) -> tuple[int, int, str | None]:
+    """``STATUS[:RETRY_AFTER]@N`` as (request index, status, Retry-After)."""
+    fault, at, index = text.partition("@")
+    status, _, retry_after = fault.partition(":")
+    try:
+        n = int(index) if at else 0
+        code = int(status)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected STATUS[:RETRY_AFTER]@N, e.g. 429:2@100; got {text!r}") from None
+    if not 400 <= code <= 599 or n < 0:
+        raise argparse.ArgumentTypeError(f"the status must be 400-599 and N at least 0; got {text!r}")
+    return n, code, retry_after or None
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .testing import AuthServerState, Fault, LocalServer
+    from .testing.api import ApiFault, DemoAPI
+
+    state = AuthServerState(
+        token_lifetime=args.token_lifetime, latency=args.token_latency, lockout_after=args.lockout_after
     )
-    print(
-        f"  {'output':<18} {jsonl} ({len(ids):,} distinct records: {'complete' if complete else 'INCOMPLETE'})",
-        file=out,
-    )
-    return EXIT_OK if complete else EXIT_CRAWL
+    for _, status, retry_after in args.token_fault:
+        state.inject(Fault("status", status=status, retry_after=retry_after))
+    api = DemoAPI(per_project=max(1, args.records // 3), max_page_size=args.page_size, latency=args.api_latency)
+    pending = sorted(args.api_fault)
 
+    def inject(served: int) -> None:
+        while pending and served >= pending[0][0]:
+            _, status, retry_after = pending.pop(0)
+            api.inject(ApiFault("status", status=status, retry_after=retry_after))
 
-async def _serve(args: argparse.Namespace, out: TextIO) -> int:
-    from .testing import AuthServerState, LocalServer
-    from .testing.api import DemoAPI
-
-    state = AuthServerState(token_lifetime=args.token_lifetime)
-    server = LocalServer(state, api=DemoAPI(per_project=args.records // 3), port=args.port)
-    async with server:
+    api.on_request = inject
+    out = sys.stdout
+    async with LocalServer(state, api=api, port=args.port) as server:
         conf = {
             "Access Token URL": server.token_url,
             "Client Id": state.client_id,
@@ -389,55 +441,205 @@ async def _serve(args: argparse.Namespace, out: TextIO) -> int:
         }
         print(f"serving on {server.base_url} (token endpoint {server.token_url}; API under /api/)", file=out)
         print("test credentials (local test server only) as a config file:", file=out)
-        print(orjson.dumps(conf, option=orjson.OPT_INDENT_2).decode(), file=out)
-        out.flush()
+        print(orjson.dumps(conf, option=orjson.OPT_INDENT_2).decode(), file=out, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # --- entry point -----------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's default shown (unless it has none to show)."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" not in text
+            and action.option_strings
+            and action.default is not None
+            and action.default is not False
+            and action.default is not argparse.SUPPRESS
+            and action.default != []
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+SERVE_DESCRIPTION = """\
+Serve a test authorization server and a protected, paginated JSON API on 127.0.0.1, to try a
+crawler or an integration without a real system. It prints a connection file for itself (test
+credentials of this local server only), then serves until Ctrl-C or SIGTERM (exit 0).
+
+Routes:
+  POST /oauth/token        the token endpoint: grant_type=password or refresh_token; client id and
+                           secret in the form body or HTTP Basic. Answers {"access_token",
+                           "token_type": "Bearer", "expires_in", "refresh_token"}; refresh tokens
+                           are single use (each refresh returns a new one). Errors are RFC 6749
+                           JSON {"error", "error_description"}: 400 invalid_grant (wrong password;
+                           the account locks after --lockout-after failures), 401 invalid_client,
+                           400 unsupported_grant_type, 400 invalid_request.
+  GET  /api/<style>/items  one page of ?project=alpha|beta|gamma (default alpha); each item is
+                           {"id", "project", "title", "hash"}; at most --page-size per page.
+  GET  /api/items/<id>     one item's detail: {"id", "body", "priority"}.
+  GET  /api/ping           {"ok": true}.
+Every /api route wants "Authorization: Bearer <access token>" and answers 401
+{"error": "invalid_token"} with a WWW-Authenticate header to an expired or unknown token.
+
+Pagination styles (<style>): request parameters -> response
+  offset   offset, limit       {"items", "total", "offset"} and a Link rel="next" header
+  cursor   cursor, limit       {"data", "meta": {"has_more", "next_cursor"}}
+  page     page, per_page      {"results", "page", "total_pages", "count"}
+  nexturl  after, limit        {"records", "totalSize", "done", "nextRecordsUrl"} (a relative URL)
+  odata    $skip, $top         {"value", "@odata.nextLink"} (an absolute URL)
+  link     page, per_page      a bare JSON list and a Link rel="next" header
+
+Fault switches: --token-fault, --api-fault, --token-latency, --api-latency, --lockout-after.
+"""
+
+
+def _para(text: str) -> str:
+    return textwrap.fill(text, width=96)
+
+
+def _add_verbose(parser: argparse.ArgumentParser, *, default: object) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log each token request (grant, URL without query, attempt) and each retry; never a secret",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also documents every option)."""
-    parser = argparse.ArgumentParser(
-        prog="oauthpw-async", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="oauthpw-async", description=__doc__, formatter_class=_HelpFormatter)
+    _add_verbose(parser, default=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{check,crawl,demo,serve}")
+    # On a subcommand, -v must not reset a -v given before it: its default is "not given".
+    quiet = argparse.SUPPRESS
+
+    p = sub.add_parser(
+        "check",
+        help="log in once, refresh once when a refresh token came back, show what came back (masked)",
+        description=_para(
+            "Log in once with the password, then refresh once whenever a refresh token came back "
+            "(at the Refresh Token URL, or the Access Token URL when none is set), and show each answer "
+            "with secrets masked. A rejected password is never retried."
+        ),
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each token request and retry")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("check", help="log in once (and refresh once) and show what came back")
+    _add_verbose(p, default=quiet)
     p.add_argument("--config", required=True, help="connection file (.json or .toml)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document (secrets masked)")
+    p.add_argument(
+        "--token-store",
+        metavar="PATH",
+        help="keep the newest token in this file (0600) so crawls using it start without a login (default: not kept)",
+    )
 
-    p = sub.add_parser("crawl", help="run a crawler")
+    p = sub.add_parser(
+        "crawl",
+        help="run a crawler: JSON Lines to stdout or --out, resumable with --state",
+        description=_para(
+            "Run a Crawler subclass. Records go to stdout as JSON Lines (progress and the "
+            "summary to stderr) unless --out names a file. With --state, positions are saved after each "
+            "page and the same command resumes after Ctrl-C, SIGTERM, a closed pipe or a crash."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    _add_verbose(p, default=quiet)
     p.add_argument("--config", required=True, help="connection file (.json or .toml)")
-    p.add_argument("--crawler", required=True, help="module:Class of a Crawler subclass")
-    p.add_argument("--base-url", help="API root, overriding the crawler's base_url")
-    p.add_argument("--out", help="JSON Lines output file (appended to)")
-    p.add_argument("--state", help="checkpoint file: resume from it, save positions to it")
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--rate", type=float, help="requests per second per host")
+    p.add_argument("--crawler", required=True, metavar="MODULE:CLASS", help="the Crawler subclass to run")
+    p.add_argument("--base-url", help="API root (default: the crawler's base_url)")
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        help="JSON Lines file to append records to, fsynced before each checkpoint; '-' for stdout (default: stdout)",
+    )
+    p.add_argument(
+        "--state", metavar="PATH", help="checkpoint file: resume from it, save positions to it (default: none)"
+    )
+    p.add_argument(
+        "--token-store",
+        metavar="PATH",
+        help="keep the token in this file (0600) across runs, so a resumed or scheduled crawl does not "
+        "log in with the password each time (default: in memory only)",
+    )
+    p.add_argument("--concurrency", type=int, default=16, help="API requests in flight at once")
+    p.add_argument("--rate", type=float, help="requests per second per host (default: no limit)")
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="exit 0 even when the crawl finished incomplete (default: exit 8)",
+    )
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: ignore the positions saved in --state (also one saved by another crawl) (default: resume)",
+    )
 
-    p = sub.add_parser("demo", help="crawl the built-in demo server end to end")
-    p.add_argument("--records", type=int, default=30000, help="dataset size (default 30000)")
-    p.add_argument("--token-lifetime", type=float, default=3.0, help="seconds (default 3)")
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--out", default="demo-output", help="folder for the JSONL and state files")
-    p.add_argument("--resume", action="store_true", help="keep earlier demo output and resume")
+    p = sub.add_parser(
+        "demo",
+        help="crawl the built-in demo server end to end, with progress",
+        description=_para(
+            "Start a local authorization server and API, crawl them end to end while short-lived "
+            "tokens expire and refresh and a few 429s and 5xx are injected, then check the output."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    _add_verbose(p, default=quiet)
+    p.add_argument("--records", type=int, default=30000, help="dataset size")
+    p.add_argument("--token-lifetime", type=float, default=3.0, metavar="SECONDS", help="access token lifetime")
+    p.add_argument("--concurrency", type=int, default=64, help="API requests in flight at once")
+    p.add_argument("--out", default="demo-output", metavar="DIR", help="folder for the JSONL and state files")
+    p.add_argument("--resume", action="store_true", help="keep earlier demo output and resume from its state")
 
-    p = sub.add_parser("serve", help="run the local test server on 127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token-lifetime", type=float, default=60.0)
-    p.add_argument("--records", type=int, default=3000)
+    p = sub.add_parser(
+        "serve",
+        help="run the local test server (token endpoint and paginated API) on 127.0.0.1",
+        description=SERVE_DESCRIPTION,
+        formatter_class=_HelpFormatter,
+    )
+    _add_verbose(p, default=quiet)
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--token-lifetime", type=float, default=60.0, metavar="SECONDS", help="access token lifetime")
+    p.add_argument("--records", type=int, default=3000, help="dataset size, split over the three projects")
+    p.add_argument("--page-size", type=int, default=100, help="largest page the API returns")
+    p.add_argument("--lockout-after", type=int, default=5, help="failed logins after which the account locks")
+    p.add_argument("--token-latency", type=float, default=0.0, metavar="SECONDS", help="delay of every token answer")
+    p.add_argument("--api-latency", type=float, default=0.0, metavar="SECONDS", help="delay of every API answer")
+    p.add_argument(
+        "--token-fault",
+        type=_api_fault,
+        action="append",
+        default=[],
+        metavar="STATUS[:RETRY_AFTER]",
+        help="answer the next token request with this status (and Retry-After); repeat for more, in order "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--api-fault",
+        type=_api_fault,
+        action="append",
+        default=[],
+        metavar="STATUS[:RETRY_AFTER]@N",
+        help="answer the API request after the first N with this status (and Retry-After); repeatable (default: none)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -447,42 +649,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("oauthpw_async").setLevel(logging.ERROR)
     logging.getLogger("aiohttp").setLevel(logging.ERROR)
-    out = sys.stdout
     try:
         if args.command == "check":
-            return asyncio.run(_check(load_config(args.config), out))
+            return asyncio.run(_check(args))
         if args.command == "crawl":
-            config = load_config(args.config)
-            cls = _load_crawler(args.crawler)
-            crawler = cls(base_url=args.base_url)
-            started = time.monotonic()
-
-            async def go() -> int:
-                code, stats, tokens = await _run_crawl(
-                    config,
-                    crawler,
-                    out=args.out,
-                    state=args.state,
-                    concurrency=args.concurrency,
-                    rate=args.rate,
-                    live=sys.stderr.isatty(),
-                )
-                if stats is not None and tokens is not None:
-                    _summary(stats, tokens, time.monotonic() - started, out)
-                return code
-
-            return asyncio.run(go())
+            return asyncio.run(_run_crawl_command(args, argv))
         if args.command == "demo":
-            return asyncio.run(_demo(args, out))
-        return asyncio.run(_serve(args, out))
-    except ConfigError as exc:
+            return asyncio.run(_demo(args, argv))
+        return asyncio.run(_serve(args))
+    except OAuthPWError as exc:  # ConfigError, UsageError, StateError raised before or outside a crawl
         _err(str(exc))
-        return EXIT_CONFIG
-    except UsageError as exc:
-        _err(str(exc))
-        return EXIT_CONFIG
+        return exit_code_for(exc)
+    except BrokenPipeError:  # the reader of stdout left (`| head`): no traceback
+        _silence_stdout()
+        return ExitCode.BROKEN_PIPE
     except KeyboardInterrupt:
-        return EXIT_SIGINT
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

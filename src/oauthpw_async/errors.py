@@ -16,6 +16,7 @@ __all__ = [
     "CredentialsLockedOut",
     "DefinitiveTokenError",
     "FieldProblem",
+    "FileLocked",
     "ForeignOriginError",
     "HTTPStatusError",
     "InvalidClient",
@@ -23,11 +24,18 @@ __all__ = [
     "InvalidRequest",
     "InvalidScope",
     "OAuthPWError",
+    "OutputLocked",
     "PageShapeError",
     "ProviderClosed",
     "RefreshTokenRejected",
     "SecretExposureError",
+    "SinkError",
     "StateError",
+    "StateLocked",
+    "StateMismatch",
+    "StateWriteError",
+    "StaticTokenRejected",
+    "StorageError",
     "TokenError",
     "TokenRedirectError",
     "TokenRequestRejected",
@@ -230,6 +238,19 @@ class CredentialsLockedOut(InvalidCredentials):
     """Raised at once, without a request, after an earlier login was definitively rejected."""
 
 
+class StaticTokenRejected(InvalidCredentials):
+    """The API refused a static token (a personal access token or API key) with 401.
+
+    A static token cannot be renewed, so nothing is retried: every later request with it
+    fails at once with this error, without being sent, until the token is replaced.
+    """
+
+    hint = (
+        "replace the token (it is expired, revoked, or not valid for this API) and run again; "
+        "requests with it are not sent again until it is replaced"
+    )
+
+
 # --- API requests (crawler) -------------------------------------------------------------
 
 
@@ -248,10 +269,15 @@ class PageShapeError(CrawlError, TypeError):
 class HTTPStatusError(CrawlError):
     """An API request answered with a status that is not retried (or retries ran out)."""
 
-    def __init__(self, message: str, *, status: int, url: str, excerpt: str = "") -> None:
+    def __init__(self, message: str, *, status: int, url: str, excerpt: str = "", data: object = None) -> None:
         self.status = status
+        #: The URL without its query (safe to print).
         self.url = url
+        #: A short, scrubbed excerpt of the body.
         self.excerpt = excerpt
+        #: The decoded JSON body, when it was JSON (for hooks such as ``Crawler.position_expired``;
+        #: never part of the message).
+        self.data = data
         text = f"{message}: HTTP {status} for {url}"
         if excerpt:
             text += f" (body: {excerpt!r})"
@@ -272,3 +298,75 @@ class ForeignOriginError(CrawlError):
     def __init__(self, message: str, *, origin: str) -> None:
         self.origin = origin
         super().__init__(message)
+
+
+# Durability: a crawl's output and state files.
+
+
+class FileLocked(CrawlError):
+    """Another crawl, in this process or another, is using this file; :attr:`path` names it.
+
+    Two crawls appending to one output, or saving positions to one state file, lose records
+    (one repairs or overwrites what the other is writing), so the second is refused at once.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), {"path": self.path}))
+
+
+class OutputLocked(FileLocked):
+    """The output file is being written by another crawl."""
+
+
+class StateLocked(FileLocked):
+    """The state file is in use by another crawl."""
+
+
+class StateMismatch(StateError):
+    """The state file belongs to another crawl (crawler, partitions, pagination or output).
+
+    Resuming from it would skip records. :attr:`differences` maps each differing item to
+    ``(recorded, now)``.
+    """
+
+    def __init__(self, message: str, *, differences: dict[str, tuple[object, object]]) -> None:
+        self.differences = differences
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), {"differences": self.differences}))
+
+
+class StorageError(CrawlError):
+    """Records or positions could not be written (a full disk, an I/O error, no permission).
+
+    Attributes:
+        path: the file.
+        errno: the operating system's error number (``errno.ENOSPC``...), if any.
+        strerror: its text.
+
+    Nothing is checkpointed past records that were not written: fix the cause and run the
+    crawl again to resume.
+    """
+
+    def __init__(self, message: str, *, path: str, errno: int | None = None, strerror: str | None = None) -> None:
+        self.path = path
+        self.errno = errno
+        self.strerror = strerror
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        kwargs = {"path": self.path, "errno": self.errno, "strerror": self.strerror}
+        return (_rebuild, (type(self), str(self), kwargs))
+
+
+class SinkError(StorageError):
+    """The sink could not open, write or flush its output."""
+
+
+class StateWriteError(StorageError):
+    """The state file could not be saved."""

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import aiohttp
+import anyio
 import attrs
 
 from .._paths import Path, dig
 from ..clock import Clock
 from ..errors import PageShapeError
-from ..provider import TokenProvider
 from ..retry import RetryPolicy
+from ..sources import TokenSource
+from .checkpoint import Checkpoints
 from .engine import CrawlEngine, CrawlStats
 from .pagination import Page, PageRequest, Paginator
 from .sinks import Sink
@@ -75,6 +78,11 @@ class Crawler:
     #: ``"follow_without_token"``. The token never goes there either way.
     foreign_origins: ClassVar[Literal["fail", "follow_without_token"]] = "fail"
 
+    #: A record field (dotted path) that identifies a record. When set, a record whose key was
+    #: already written in this run, or is already in the sink when a partition is read again
+    #: from its start, is not written twice.
+    primary_key: ClassVar[Path | None] = None
+
     def __init__(self, *, base_url: str | None = None) -> None:
         if base_url is not None:
             self.base_url = base_url
@@ -99,6 +107,17 @@ class Crawler:
             )
         return records
 
+    def position_expired(self, status: int, data: Any) -> bool:
+        """Whether an error answer to a saved position means "that position expired".
+
+        Return ``True`` for answers such as Salesforce's 400 ``INVALID_QUERY_LOCATOR`` or an
+        expired scroll id: the engine then reads the partition again from its start, with a
+        warning and a count of re-emitted records (not written twice with a :attr:`primary_key`),
+        instead of failing every resume. ``data`` is the decoded JSON body (or ``None``).
+        Default: never.
+        """
+        return False
+
     def detail(self, record: Any) -> str | None:
         """A URL to fetch for this record (a follow-up), or ``None``. Default: none."""
         return None
@@ -111,13 +130,13 @@ class Crawler:
 
     async def crawl(
         self,
-        tokens: TokenProvider,
+        tokens: TokenSource,
         sink: Sink,
         *,
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 16,
         rate: float | None = None,
-        state: str | None = None,
+        state: str | os.PathLike[str] | Checkpoints | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         clock: Clock | None = None,
@@ -131,7 +150,8 @@ class Crawler:
             session: an aiohttp session to share (one is made and closed otherwise).
             concurrency: API requests in flight at once.
             rate: requests per second per host.
-            state: checkpoint file: resume from it, save positions to it.
+            state: checkpoint file: resume from it, save positions to it (locked while the crawl
+                runs); a :class:`~oauthpw_async.crawler.Checkpoints` for its restart options.
             retry: retries of one API request (default :data:`~oauthpw_async.crawler.engine.API_RETRY`).
             timeout: seconds one attempt may take.
             clock: time source; the provider's clock by default.
@@ -151,7 +171,7 @@ class Crawler:
         )
         return await engine.run(sink)
 
-    async def records(self, tokens: TokenProvider, **options: Any) -> AsyncIterator[Any]:
+    async def records(self, tokens: TokenSource, **options: Any) -> AsyncIterator[Any]:
         """Yield records as they arrive (back-pressure: the crawl waits for the consumer).
 
         Accepts the keyword options of :meth:`crawl`. However the consumer leaves the loop
@@ -185,6 +205,9 @@ class Crawler:
         finally:
             if not task.done():
                 task.cancel()
-                await asyncio.wait([task])
-            elif not task.cancelled():
+                # Shielded: an anyio cancel scope re-delivers its cancellation at every await,
+                # which would return here before the crawl has stopped.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([task])
+            if not task.cancelled():
                 task.exception()  # retrieved: a failure after the consumer left is not logged as lost

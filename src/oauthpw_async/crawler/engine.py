@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import logging
+import os
 import random
 import ssl
 import time
@@ -22,23 +24,24 @@ import anyio
 import attrs
 import orjson
 
+from .._api import MAX_REDIRECTS, MAX_RENEWALS_PER_REQUEST, REFUSED_TOKENS_BREAKER, HostGovernor, Origins, resolve_url
 from .._httputil import excerpt, origin, safe_url
-from .._paths import dig
+from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
 from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
 from ..grant import Token
-from ..provider import TokenProvider
 from ..responses import classify_api_response
 from ..retry import Retrying, RetryPolicy
+from ..sources import TokenSource
 from ..transport import ssl_context
-from .checkpoint import Checkpoints
+from .checkpoint import Checkpoints, fingerprint
 from .pagination import Page, PageRequest, Paginator, resolve
 from .sinks import Sink
 
 if TYPE_CHECKING:
     from .base import Crawler, Partition
 
-__all__ = ["API_RETRY", "CrawlEngine", "CrawlStats", "PartitionStats", "resolve_url"]
+__all__ = ["API_RETRY", "CrawlEngine", "CrawlStats", "PartitionStats", "announced_total"]
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -63,13 +66,6 @@ log = logging.getLogger("oauthpw_async.crawler")
 API_RETRY = RetryPolicy(max_attempts=6, base_delay=0.5, max_delay=30.0, max_wait=300.0, deadline=600.0)
 """The default retries of one API request: 6 attempts, backoff up to 30 s, server waits up to 5 min."""
 
-#: Redirects followed for one request before giving up.
-MAX_REDIRECTS = 10
-#: Renewals one request may cause, each for a different rejected token.
-MAX_RENEWALS_PER_REQUEST = 3
-#: Distinct tokens refused in a row, with no success between, after which the crawl stops.
-REFUSED_TOKENS_BREAKER = 3
-
 
 @attrs.define
 class PartitionStats:
@@ -86,6 +82,12 @@ class PartitionStats:
     done: bool = False
     #: Why this partition may be missing records (empty when nothing is known to be missing).
     problems: list[str] = attrs.field(factory=list)
+    #: Times the partition was read again from its start because its saved position expired.
+    restarts: int = 0
+    #: Records the partition had written before such a restart (they are read again).
+    reemitted_from: int = 0
+    #: Records not written because their primary key was already written.
+    duplicates: int = 0
 
     @property
     def complete(self) -> bool:
@@ -136,60 +138,111 @@ class CrawlStats:
         return max(0.0, (expected - self.records) / (self.records / elapsed))
 
 
-class _HostGovernor:
-    """Per-host pause (shared by every task) and an optional request rate, on the crawl's clock."""
-
-    def __init__(self, rate: float | None, clock: Clock) -> None:
-        self.clock = clock
-        self.paused_until = 0.0
-        self.interval = 1.0 / rate if rate else 0.0
-        self.next_slot = 0.0
-
-    async def wait(self) -> None:
-        clock = self.clock
-        while self.paused_until and (delay := self.paused_until - clock.monotonic()) > 0:
-            await clock.sleep(delay)
-        if self.interval:
-            now = clock.monotonic()
-            slot = max(now, self.next_slot)
-            self.next_slot = slot + self.interval
-            if slot > now:
-                await clock.sleep(slot - now)
-
-    def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, self.clock.monotonic() + seconds)
+#: Response headers and top-level body fields that announce a partition's record count.
+TOTAL_HEADERS = ("X-Total-Count", "X-Total")
+TOTAL_FIELDS = ("@odata.count", "totalSize", "total_count", "totalCount", "total")
 
 
-class _Origins:
-    """The origins the token may be sent to, with a prefix test that avoids parsing most URLs."""
-
-    def __init__(self, origins: list[str]) -> None:
-        self.allowed = frozenset(origin(o) for o in origins) - {"null"}
-        prefixes: list[str] = []
-        for o in self.allowed:
-            scheme, _, hostport = o.partition("://")
-            prefixes.append(f"{o}/")
-            host, _, port = hostport.rpartition(":")
-            if {"http": "80", "https": "443"}.get(scheme) == port:
-                prefixes.append(f"{scheme}://{host}/")
-        self._prefixes = tuple(prefixes)
-
-    def allows(self, url: str) -> bool:
-        """Whether the token may go to ``url``."""
-        return url.startswith(self._prefixes) or origin(url) in self.allowed
+def _count(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
-def resolve_url(base: str, target: str) -> str:
-    """``target`` as an absolute URL: as is when absolute, else joined *under* ``base``.
+def announced_total(data: Any, headers: Mapping[str, str], total_path: Path | None) -> int | None:
+    """The record count a page announces: ``total_path``, else a total-count header or a well-known field."""
+    if total_path is not None:
+        return _count(dig(data, total_path))
+    for name in TOTAL_HEADERS:
+        value = headers.get(name) or headers.get(name.lower())
+        if value is not None and (n := _count(value)) is not None:
+            return n
+    if isinstance(data, Mapping):
+        for name in TOTAL_FIELDS:
+            if (n := _count(data.get(name))) is not None:
+                return n
+    return None
 
-    Like httpx's ``base_url``: ``base="https://h/servicenow"`` with ``"/api/now/table/x"`` or
-    ``"api/now/table/x"`` gives ``https://h/servicenow/api/now/table/x``.
-    """
-    if target.startswith(("https://", "http://")):
-        return target
-    if "://" in target[:16]:
-        return target  # another scheme: refused by the origin check, never joined
-    return base.rstrip("/") + "/" + target.lstrip("/")
+
+class _Completeness:
+    """What one partition's pages showed about whether it got everything."""
+
+    __slots__ = ("_crawler", "_ended", "_locator", "_locator_seen", "_pages", "_records_seen", "_stop", "_total")
+
+    def __init__(self, crawler: Crawler, paginator: Paginator) -> None:
+        self._crawler = crawler
+        self._locator: Path | None = getattr(paginator, "locator_path", None)
+        self._ended = getattr(paginator, "end_signalled", None)
+        self._pages = 0
+        self._records_seen = crawler.records_path is None
+        self._locator_seen = False
+        self._total: int | None = None
+        self._stop = ""
+
+    def saw(self, page: Page) -> None:
+        self._pages += 1
+        data = page.data
+        if not self._records_seen and lookup(data, self._crawler.records_path) is not MISSING:
+            self._records_seen = True
+        if (
+            self._locator is not None
+            and not self._locator_seen
+            and (lookup(data, self._locator) is not MISSING or (self._ended is not None and self._ended(page)))
+        ):
+            self._locator_seen = True
+        total = announced_total(data, page.headers, self._crawler.total_path)
+        if total is not None and (self._total is None or total > self._total):
+            self._total = total
+
+    @property
+    def total(self) -> int | None:
+        """The largest record count announced so far."""
+        return self._total
+
+    def stopped(self, reason: str) -> None:
+        self._stop = reason
+
+    def problems(self, committed: int) -> list[str]:
+        if not self._pages and not self._stop:
+            return []
+        out = [self._stop] if self._stop else []
+        crawler = self._crawler
+        if not self._records_seen:
+            out.append(f"records_path {crawler.records_path!r} was on none of the {self._pages} page(s)")
+        if crawler.total_path is not None and self._total is None:
+            out.append(f"total_path {crawler.total_path!r} was on none of the {self._pages} page(s)")
+        if self._total is not None and committed < self._total:
+            out.append(f"{committed} of {self._total} announced records were read")
+        if self._locator is not None and not self._locator_seen and self._pages == 1 and committed:
+            out.append(
+                f"the next-page locator {self._locator!r} was never on a page, so only the first page was read; "
+                "if the source has one page only, tell the strategy how it signals the end "
+                "(has_more_path or done_path)"
+            )
+        return out
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
+class _PositionExpired(Exception):
+    """A resumed position was refused as expired (internal: the partition restarts)."""
+
+    def __init__(self, error: HTTPStatusError) -> None:
+        self.error = error
+
+
+def _key_digest(value: Any) -> bytes:
+    """A fixed-size, type-aware digest of a primary key (16 bytes however long the key)."""
+    return hashlib.blake2b(orjson.dumps(value), digest_size=16).digest()
 
 
 class CrawlEngine:
@@ -203,12 +256,12 @@ class CrawlEngine:
     def __init__(
         self,
         crawler: Crawler,
-        tokens: TokenProvider,
+        tokens: TokenSource,
         *,
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 16,
         rate: float | None = None,
-        state: str | None = None,
+        state: str | os.PathLike[str] | Checkpoints | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         clock: Clock | None = None,
@@ -223,18 +276,21 @@ class CrawlEngine:
         self._session = session
         self._concurrency = concurrency
         self._rate = rate
-        self._checkpoints = Checkpoints(state)
+        self._checkpoints = state if isinstance(state, Checkpoints) else Checkpoints(state)
         self._retry = retry or API_RETRY
         self._on_progress = on_progress
         self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._hosts: dict[str, _HostGovernor] = {}
+        self._hosts: dict[str, HostGovernor] = {}
         self._paginator: Paginator = resolve(crawler.pagination)
         self._rng = random.Random()
-        self._origins: _Origins | None = None
+        self._origins: Origins | None = None
         self._ssl: ssl.SSLContext | bool = True
         self._refused: set[str] = set()  # tokens refused since the last success (circuit breaker)
         self._headers = {"Accept": "application/json", **crawler.headers}
+        # Primary keys written in this run (digests), when the crawler declares a primary key.
+        self._keys: set[bytes] | None = set() if crawler.primary_key is not None else None
+        self._keys_loaded = False
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -244,22 +300,27 @@ class CrawlEngine:
         if config is not None:
             self._ssl = ssl_context(config)
         own = self._session is None
+        state_open = False
         session = self._session or aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
         )
         try:
             base = await self._base_url()
-            self._origins = _Origins([base, *self.crawler.allowed_origins])
+            self._origins = Origins([base, *self.crawler.allowed_origins])
             partitions = list(self.crawler.partitions())
             names = [p.name for p in partitions]
             if len(set(names)) != len(names):
                 raise UsageError("partition names must be unique: they key the checkpoints")
+            # Locks the state file and refuses one that belongs to another crawl.
+            await self._checkpoints.open(fingerprint(self.crawler, self._paginator, names, sink))
+            state_open = True
             self.stats.partitions_total = len(partitions)
             for p in partitions:
                 ps = PartitionStats(pages=self._checkpoints.pages(p.name))
                 self.stats.partitions[p.name] = ps
                 if self._checkpoints.is_done(p.name):
                     ps.done = True
+                    ps.problems = self._checkpoints.problems(p.name)
                     self.stats.partitions_done += 1
             try:
                 async with anyio.create_task_group() as tg:
@@ -271,6 +332,8 @@ class CrawlEngine:
                 raise _first_error(group) from None
             await sink.flush()
         finally:
+            if state_open:  # a refused open must not release the lock of the crawl that holds it
+                self._checkpoints.close()
             if own:
                 await session.close()
         self._progress()
@@ -299,14 +362,49 @@ class CrawlEngine:
 
     async def _walk(self, session: aiohttp.ClientSession, base: str, partition: Partition, sink: Sink) -> None:
         ps = self.stats.partitions[partition.name]
-        request = self._checkpoints.resume_from(partition.name)
-        if request is None:
-            request = self._paginator.start(self.crawler.first_request(partition))
         headers = {**self._headers, **partition.headers} if partition.headers else self._headers
+        start = self._paginator.start(self.crawler.first_request(partition))
+        request = self._checkpoints.resume_from(partition.name) or start
+        committed = self._checkpoints.records(partition.name)  # records in the sink, all runs
+        try:
+            await self._pages(session, base, headers, partition, sink, request, committed)
+        except _PositionExpired as expired:
+            # The saved position (a query locator, a scroll id) expired while the crawl was
+            # stopped: read the partition again from its start, as the crawler allows.
+            log.warning(
+                "partition %s: the saved position was refused as expired (%s); restarting it from its start",
+                partition.name,
+                expired.error,
+            )
+            ps.restarts += 1
+            ps.reemitted_from = committed
+            if self._keys is not None and not self._keys_loaded:
+                await self._load_sink_keys(sink)
+            try:
+                await self._pages(session, base, headers, partition, sink, start, 0, restarted=True)
+            except _PositionExpired as again:  # expired again within one run: nothing more to try
+                raise again.error from None
+
+    async def _pages(
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        headers: Mapping[str, str],
+        partition: Partition,
+        sink: Sink,
+        request: PageRequest | None,
+        committed: int,
+        *,
+        restarted: bool = False,
+    ) -> None:
+        """Walk a partition's pages from ``request``: emit, flush, then checkpoint each in order."""
+        ps = self.stats.partitions[partition.name]
+        crawler, paginator = self.crawler, self._paginator
+        watch = _Completeness(crawler, paginator)
         seen: set[str] = set()
-        index = ps.pages
-        max_pages = self.crawler.max_pages
-        plan = getattr(self._paginator, "plan", None) if self.crawler.parallel_pages > 1 else None
+        index = 0 if restarted else ps.pages
+        max_pages = crawler.max_pages
+        plan = getattr(paginator, "plan", None) if crawler.parallel_pages > 1 else None
         planned: collections.deque[PageRequest] | None = None  # known pages not started yet
         inflight: collections.deque[tuple[PageRequest, asyncio.Future[tuple[Page, list[Any]]]]] = collections.deque()
         try:
@@ -314,41 +412,46 @@ class CrawlEngine:
                 key = request.key()
                 if key in seen:
                     self.stats.cycles_stopped += 1
-                    log.warning(
-                        "partition %s: page %s was already read; stopping to avoid a loop",
-                        partition.name,
-                        safe_url(request.url),
-                    )
+                    watch.stopped(f"stopped at a page already read ({safe_url(request.url)}): the links form a loop")
                     break
                 seen.add(key)
                 if index >= max_pages:
-                    log.warning("partition %s: page budget of %d reached; stopping", partition.name, max_pages)
+                    watch.stopped(f"stopped on the page budget (max_pages = {max_pages})")
                     break
                 if inflight and inflight[0][0] is request:
                     page, records = await inflight.popleft()[1]
                 else:
                     page, records = await self._read_page(session, base, headers, request, index, ps)
-                await sink.write(records, partition.name)
+                watch.saw(page)
+                ps.total = watch.total
+                fresh = self._unseen(records, ps) if self._keys is not None else records
+                await sink.write(fresh, partition.name)
                 if planned is None and plan is not None:
                     known = plan(page, records)
                     planned = collections.deque(known) if known is not None else None
-                if planned is not None:
+                nxt: PageRequest | None
+                if planned:
                     # Totals are known: keep up to parallel_pages pages in flight, emit them in order.
-                    while planned and len(inflight) < self.crawler.parallel_pages - 1:
+                    while planned and len(inflight) < crawler.parallel_pages - 1:
                         ahead = planned.popleft()
                         future = asyncio.ensure_future(
                             self._read_page(session, base, headers, ahead, index + 1 + len(inflight), ps)
                         )
                         inflight.append((ahead, future))
-                    nxt = inflight[0][0] if inflight else (planned[0] if planned else None)
+                    nxt = inflight[0][0] if inflight else planned[0]
+                elif inflight:
+                    nxt = inflight[0][0]
                 else:
-                    nxt = self._paginator.next(page, records)
+                    # Sequential, or past the planned pages: ask the strategy, so records added
+                    # during the crawl (a grown total) are still read.
+                    nxt = paginator.next(page, records)
                 index += 1
+                committed += len(records)  # read: duplicates dropped by primary key are in the sink already
                 await sink.flush()  # records are durable before the position moves past them
-                await self._checkpoints.save(partition.name, nxt, index)
-                ps.pages, ps.records = index, ps.records + len(records)
+                await self._checkpoints.save(partition.name, nxt, index, records=committed)
+                ps.pages, ps.records = index, ps.records + len(fresh)
                 self.stats.pages += 1
-                self.stats.records += len(records)
+                self.stats.records += len(fresh)
                 self._progress()
                 request = nxt
         finally:
@@ -356,11 +459,49 @@ class CrawlEngine:
                 unread.cancel()
             if inflight:
                 await asyncio.gather(*(f for _, f in inflight), return_exceptions=True)
-        if request is not None:  # stopped early (a loop or the page budget): nothing more to resume
-            await self._checkpoints.save(partition.name, None, index)
+        problems = watch.problems(committed)
+        if restarted:
+            log.warning(
+                "partition %s was read again from its start: %d records re-emitted, %d dropped as already written",
+                partition.name,
+                min(ps.records, ps.reemitted_from),
+                ps.duplicates,
+            )
+        if request is not None or problems:
+            await self._checkpoints.save(partition.name, None, index, records=committed, problems=problems)
+        if problems:
+            log.warning("partition %s is incomplete: %s", partition.name, "; ".join(problems))
+        ps.problems = problems
         ps.done = True
         self.stats.partitions_done += 1
         self._progress()
+
+    def _unseen(self, records: list[Any], ps: PartitionStats) -> list[Any]:
+        """``records`` less those whose primary key was already written (by this run or the sink)."""
+        assert self._keys is not None
+        key_path = self.crawler.primary_key
+        keys = self._keys
+        out = []
+        for record in records:
+            key = _key_digest(dig(record, key_path))
+            if key in keys:
+                ps.duplicates += 1
+                continue
+            keys.add(key)
+            out.append(record)
+        return out
+
+    async def _load_sink_keys(self, sink: Sink) -> None:
+        """Learn the primary keys already in the sink (before re-reading a partition from its start)."""
+        self._keys_loaded = True
+        existing = getattr(sink, "existing_keys", None)
+        if existing is None or self._keys is None:
+            log.warning("the sink cannot list what it holds: records re-read from the start may be written twice")
+            return
+        path = self.crawler.primary_key
+        assert path is not None
+        keys = await existing(path)
+        self._keys.update(_key_digest(k) for k in keys)
 
     async def _read_page(
         self,
@@ -372,15 +513,16 @@ class CrawlEngine:
         ps: PartitionStats,
     ) -> tuple[Page, list[Any]]:
         """Fetch one page, parse its records and run their follow-ups."""
-        status, resp_headers, data, final_url = await self._request(
-            session, resolve_url(base, request.url), request.params, headers
-        )
+        try:
+            status, resp_headers, data, final_url = await self._request(
+                session, resolve_url(base, request.url), request.params, headers
+            )
+        except HTTPStatusError as exc:
+            if index and self.crawler.position_expired(exc.status, exc.data):
+                raise _PositionExpired(exc) from None
+            raise
         page = Page(request=request, url=final_url, status=status, headers=resp_headers, data=data, index=index)
         records = list(self.crawler.parse(page))
-        if ps.total is None and self.crawler.total_path is not None:
-            total = dig(data, self.crawler.total_path)
-            if isinstance(total, int) and not isinstance(total, bool):
-                ps.total = total
         return page, await self._follow_ups(session, base, headers, records)
 
     async def _follow_ups(
@@ -407,11 +549,11 @@ class CrawlEngine:
 
     # --- one request -------------------------------------------------------------------------------
 
-    def _governor(self, url: str) -> _HostGovernor:
+    def _governor(self, url: str) -> HostGovernor:
         host = url.split("/", 3)[2] if "://" in url else urlsplit(url).netloc
         gov = self._hosts.get(host)
         if gov is None:
-            gov = self._hosts[host] = _HostGovernor(self._rate, self._clock)
+            gov = self._hosts[host] = HostGovernor(self._rate, self._clock)
         return gov
 
     def _authorize(self, url: str) -> bool:
@@ -528,7 +670,7 @@ class CrawlEngine:
                     await clock.sleep(delay)
                 continue
             raise HTTPStatusError(
-                "request failed", status=status, url=safe_url(url), excerpt=self._excerpt(body, token)
+                "request failed", status=status, url=safe_url(url), excerpt=self._excerpt(body, token), data=_json(body)
             )
 
     def _on_refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:

@@ -73,7 +73,14 @@ class Page:
 
 
 class Paginator(Protocol):
-    """Finds the first and the next page of a partition."""
+    """Finds the first and the next page of a partition.
+
+    A strategy may also define ``plan(page, records)`` (every remaining page, when a total
+    makes them known: fetched in parallel), ``locator_path`` (where the next-page locator
+    lives in the body: a partition on which it never appears is reported as possibly
+    incomplete) and ``end_signalled(page)`` (the body says explicitly that this is the last
+    page, e.g. ``has_more: false``).
+    """
 
     def start(self, request: PageRequest) -> PageRequest:
         """The first request (e.g. with ``offset=0&limit=100`` added)."""
@@ -99,6 +106,17 @@ class NextUrl(_NoStart):
 
     path: Path = "next"
     base_path: Path | None = None
+    #: A field that says "this was the last page" (Salesforce ``done``), for the completeness check.
+    done_path: Path | None = None
+
+    @property
+    def locator_path(self) -> Path:
+        """Where the next URL is read from."""
+        return self.path
+
+    def end_signalled(self, page: Page) -> bool:
+        """The body says this is the last page (``done_path`` is true)."""
+        return self.done_path is not None and dig(page.data, self.done_path) is True
 
     def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
         """Follow the URL in the body; none (or empty) ends the partition."""
@@ -127,6 +145,15 @@ class Cursor(_NoStart):
     param: str = "cursor"
     has_more_path: Path | None = None
 
+    @property
+    def locator_path(self) -> Path:
+        """Where the cursor is read from."""
+        return self.cursor_path
+
+    def end_signalled(self, page: Page) -> bool:
+        """``has_more_path`` says false."""
+        return self.has_more_path is not None and dig(page.data, self.has_more_path) is False
+
     def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
         """The same request with the new cursor."""
         if self.has_more_path is not None and not dig(page.data, self.has_more_path):
@@ -142,8 +169,10 @@ class Offset:
     """``offset``/``limit`` paging.
 
     With ``total_path`` it stops at the total (and steps over empty pages mid-stream);
-    without, it stops at the first empty page. The offset moves by
-    the records actually returned, so a server that caps the page size loses nothing.
+    without, it stops at the first empty page. The offset moves by the records actually
+    returned, and a server that caps the page size (100 served of 500 asked) has its cap
+    adopted as the ``limit`` of the following requests, so an empty page mid-stream is
+    stepped over by the server's real step, never by the larger size asked for.
     """
 
     offset_param: str = "offset"
@@ -167,18 +196,27 @@ class Offset:
             return None
         step = len(records)
         offset = int(dict(page.request.params).get(self.offset_param, self.start_at)) + step
-        return [page.request.with_params(**{self.offset_param: o}) for o in range(offset, total, step)]
+        return [
+            page.request.with_params(**{self.offset_param: o, self.limit_param: step})
+            for o in range(offset, total, step)
+        ]
 
     def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
-        """Advance by the records returned (a whole page when empty but the total says more)."""
-        offset = int(dict(page.request.params).get(self.offset_param, self.start_at))
+        """Advance by the records returned; over an empty page, by the server's real page size."""
+        params = dict(page.request.params)
+        offset = int(params.get(self.offset_param, self.start_at))
+        limit = int(params.get(self.limit_param, self.page_size))
+        if records and len(records) < limit:
+            limit = len(records)  # the server caps the page size: that is its real step
         total = dig(page.data, self.total_path) if self.total_path is not None else None
         if isinstance(total, (int, float)) and not isinstance(total, bool):
-            nxt = offset + (len(records) or self.page_size)
-            return page.request.with_params(**{self.offset_param: nxt}) if nxt < total else None
+            nxt = offset + (len(records) or limit)
+            if nxt >= total:
+                return None
+            return page.request.with_params(**{self.offset_param: nxt, self.limit_param: limit})
         if not records:
             return None
-        return page.request.with_params(**{self.offset_param: offset + len(records)})
+        return page.request.with_params(**{self.offset_param: offset + len(records), self.limit_param: limit})
 
 
 @attrs.frozen
@@ -219,31 +257,50 @@ class PageNumber:
         return page.request.with_params(**{self.page_param: number + 1})
 
 
-_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
+# RFC 8288 §3: Link = #link-value; link-value = "<" URI-Reference ">" *( OWS ";" OWS link-param )
+_LINK_VALUE = re.compile(r"<([^>]*)>((?:\s*;\s*[^;,=\s]+\s*(?:=\s*(?:\"(?:[^\"\\\\]|\\\\.)*\"|[^;,\s]*))?)*)")
+_LINK_PARAM = re.compile(r';\s*([^;,=\s]+)\s*(?:=\s*(?:"((?:[^"\\\\]|\\\\.)*)"|([^;,\s]*)))?')
 
 
-def parse_link_header(value: str) -> dict[str, str]:
-    """RFC 8288 ``Link`` header to ``{rel: url}``."""
+def parse_link_header(value: str | Sequence[str]) -> dict[str, str]:
+    """RFC 8288 ``Link`` header value(s) to ``{rel: url}``, first link of each relation wins.
+
+    Takes one header value or several (servers send ``self`` and ``next`` as separate header
+    lines); each may hold comma-separated links. Relation types are compared case-insensitively
+    and ``rel="next last"`` names two relations (RFC 8288 §3.3).
+    """
     out: dict[str, str] = {}
-    for match in _LINK.finditer(value):
-        url, params = match.group(1), match.group(2)
-        rel = re.search(r'rel\s*=\s*"?([^";]+)"?', params)
-        if rel:
-            for name in rel.group(1).split():
-                out.setdefault(name.lower(), url)
+    for line in [value] if isinstance(value, str) else value:
+        for match in _LINK_VALUE.finditer(line):
+            url, params = match.group(1).strip(), match.group(2)
+            for param in _LINK_PARAM.finditer(params):
+                if param.group(1).lower() != "rel":
+                    continue
+                rel = param.group(2) if param.group(2) is not None else (param.group(3) or "")
+                for name in rel.split():
+                    out.setdefault(name.lower(), url)
+                break  # only the first rel parameter counts (RFC 8288 §3.3)
     return out
+
+
+def _header_values(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:  # aiohttp's multidict keeps every header line
+        return list(getall(name, []))
+    value = headers.get(name) or headers.get(name.lower())
+    return [value] if value else []
 
 
 @attrs.frozen
 class LinkHeader(_NoStart):
-    """Follow ``Link: <...>; rel="next"`` (ServiceNow, GitHub, Freshservice)."""
+    """Follow ``Link: <...>; rel="next"`` (ServiceNow, GitHub, Freshservice), on any header line."""
 
     def next(self, page: Page, records: Sequence[Any]) -> PageRequest | None:
         """The ``next`` link, joined to the page URL when relative."""
-        link = page.headers.get("Link") or page.headers.get("link")
-        if not link:
+        values = _header_values(page.headers, "Link")
+        if not values:
             return None
-        nxt = parse_link_header(link).get("next")
+        nxt = parse_link_header(values).get("next")
         return PageRequest(urljoin(page.url, nxt)) if nxt else None
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol, Self
 
 import anyio
 import orjson
+
+from .._atomic import try_lock
+from .._paths import Path as KeyPath
+from .._paths import dig
+from ..errors import OutputLocked, SinkError
 
 __all__ = ["CallableSink", "JsonLinesSink", "ListSink", "Sink"]
 
@@ -16,7 +22,10 @@ __all__ = ["CallableSink", "JsonLinesSink", "ListSink", "Sink"]
 class Sink(Protocol):
     """Receives each page's records in order; :meth:`flush` makes them durable.
 
-    The engine calls ``flush`` before it saves a checkpoint past those records.
+    The engine calls ``flush`` before it saves a checkpoint past those records. A sink may
+    also have an ``identity`` string naming where its records go (a file path): the state
+    file records it, so resuming into another destination is refused. Sinks without one are
+    known by their class.
     """
 
     async def write(self, records: Sequence[Any], partition: str) -> None:
@@ -28,57 +37,139 @@ class Sink(Protocol):
         ...
 
 
+def _storage_error(path: Path, doing: str, exc: OSError) -> SinkError:
+    code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "no errno"
+    then = "run the crawl again"
+    if not doing.startswith(("open", "repair")):
+        then += ": positions were saved only for records written before this"
+    return SinkError(
+        f"cannot {doing} {path}: {exc.strerror or exc} ({code}); free space or fix the file, then {then}",
+        path=str(path),
+        errno=exc.errno,
+        strerror=exc.strerror,
+    )
+
+
 class JsonLinesSink:
     """Appends one JSON document per line; ``flush`` fsyncs.
 
-    On open, a torn last line (from a process killed mid-write) is cut off, so the
-    file stays valid JSON Lines and a resumed crawl appends cleanly.
+    The file is locked (``flock``) from construction to :meth:`close`: another sink on it, in
+    this process or another, raises :class:`~oauthpw_async.errors.OutputLocked` at once
+    instead of interleaving with (or truncating) this one. A torn last line, left by a
+    process killed mid-write, is cut off once the lock is held, so the file stays valid JSON
+    Lines and a resumed crawl appends cleanly.
+
+    A failure to write or fsync (a full disk...) raises
+    :class:`~oauthpw_async.errors.SinkError` with the ``errno``; the sink then refuses every
+    further write, so no checkpoint moves past records that may be lost. Use it as a context
+    manager, or call :meth:`close`.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._repair()
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
         self.written = 0
-
-    def _repair(self) -> None:
-        if not self.path.exists():
-            return
-        with open(self.path, "rb+") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            if size == 0:
-                return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            pos = size
-            while pos > 0:  # find the last newline, reading backwards in blocks
-                step = min(65536, pos)
-                pos -= step
-                f.seek(pos)
-                block = f.read(step)
-                idx = block.rfind(b"\n")
-                if idx >= 0:
-                    f.truncate(pos + idx + 1)
-                    return
-            f.truncate(0)
+        self._failure: SinkError | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # O_APPEND: every write lands at the end, whatever else moved the offset.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as exc:
+            raise _storage_error(self.path, "open the output", exc) from exc
+        try:
+            if not try_lock(fd):
+                raise OutputLocked(
+                    f"output {self.path} is being written by another crawl (in this or another process); "
+                    "wait for it to finish or write to another file: two crawls appending to one file lose records",
+                    path=str(self.path),
+                )
+            _repair(fd)
+            self._file = os.fdopen(fd, "ab")
+        except OSError as exc:
+            os.close(fd)
+            raise _storage_error(self.path, "repair the output", exc) from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        #: Where the records go, for the state file (see :class:`Sink`).
+        self.identity = str(self.path.resolve())
 
     async def write(self, records: Sequence[Any], partition: str) -> None:
         """Append the records (buffered; see :meth:`flush`)."""
+        self._check()
         if records:
-            self._file.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
+            blob = b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records)
+            try:
+                self._file.write(blob)
+            except OSError as exc:
+                self._fail("write to", exc)
             self.written += len(records)
 
     async def flush(self) -> None:
-        """Flush and fsync in a worker thread."""
+        """Flush and fsync (the fsync in a worker thread)."""
+        self._check()
+        try:
+            self._file.flush()
+            await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
+        except OSError as exc:
+            self._fail("flush", exc)
+
+    async def existing_keys(self, path: KeyPath) -> list[Any]:
+        """The values at ``path`` (a primary key) of every record already in the file."""
         self._file.flush()
-        await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
+
+        def scan() -> list[Any]:
+            keys: list[Any] = []
+            with open(self.path, "rb") as f:
+                for line in f:
+                    try:
+                        keys.append(dig(orjson.loads(line), path))
+                    except orjson.JSONDecodeError:
+                        continue  # a torn last line is repaired on open; nothing to learn from it
+            return keys
+
+        return await anyio.to_thread.run_sync(scan)
 
     def close(self) -> None:
-        """Close the file."""
-        self._file.close()
+        """Flush what is buffered, close the file and release the lock (safe to call twice)."""
+        if self._file.closed:
+            return
+        try:
+            self._file.close()  # closes the descriptor (and so unlocks) even when the flush fails
+        except OSError as exc:
+            if self._failure is None:  # after a failure the lost tail was already reported
+                self._fail("close", exc)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, doing: str, exc: OSError) -> NoReturn:
+        # After a failed write or fsync the file's tail is unknown (and a retried fsync may
+        # falsely succeed), so the sink stays failed: no later flush may vouch for lost records.
+        self._failure = _storage_error(self.path, doing, exc)
+        raise self._failure from exc
+
+
+def _repair(fd: int) -> None:
+    """Cut a torn last line (no newline at the end) off the file open as ``fd``."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return
+    pos = size
+    while pos > 0:  # find the last newline, reading backwards in blocks
+        step = min(65536, pos)
+        pos -= step
+        idx = os.pread(fd, step, pos).rfind(b"\n")
+        if idx >= 0:
+            os.ftruncate(fd, pos + idx + 1)
+            return
+    os.ftruncate(fd, 0)
 
 
 class CallableSink:

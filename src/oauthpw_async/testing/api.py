@@ -69,6 +69,18 @@ class DemoAPI:
         latency: seconds added to every API answer.
         empty_page_at: page indexes (0-based) answered empty though more pages follow.
         cycle_at: a page index whose "next" points back to the first page (a cycle).
+        split_link_lines: send ``rel="self"`` and ``rel="next"`` as two ``Link`` header lines
+            (``self`` first), and an ``X-Total-Count`` header, on the ``link`` style.
+        next_origin: make every absolute next link (offset ``Link``, odata ``@odata.nextLink``)
+            and the nexturl style's link point at this other origin (``http://127.0.0.2:PORT``).
+        prefix: a path the routes are mounted under (``/servicenow`` serves ``/servicenow/api/...``).
+        redirect_lists_to: answer list requests with 302 to the same path on this origin.
+        echo_authorization: answer a 4xx (unknown project, bad parameters) with a body that
+            echoes the request's ``Authorization`` header raw, JSON-escaped and HTML-escaped.
+
+    :meth:`expire_positions` makes every cursor and next URL handed out so far invalid (the
+    server answers 400 ``INVALID_QUERY_LOCATOR``), as an expired query locator or scroll id.
+    :attr:`per_project` may grow during a crawl (records appended).
     """
 
     def __init__(
@@ -80,6 +92,11 @@ class DemoAPI:
         latency: float = 0.0,
         empty_page_at: frozenset[int] = frozenset(),
         cycle_at: int | None = None,
+        split_link_lines: bool = False,
+        next_origin: str | None = None,
+        redirect_lists_to: str | None = None,
+        echo_authorization: bool = False,
+        prefix: str = "",
     ) -> None:
         self.projects = projects
         self.per_project = per_project
@@ -87,6 +104,15 @@ class DemoAPI:
         self.latency = latency
         self.empty_page_at = empty_page_at
         self.cycle_at = cycle_at
+        self.split_link_lines = split_link_lines
+        self.next_origin = next_origin
+        self.redirect_lists_to = redirect_lists_to
+        self.echo_authorization = echo_authorization
+        self.prefix = prefix.rstrip("/")
+        #: Values of ``X-*`` and ``Accept`` request headers seen, counted.
+        self.headers_seen: collections.Counter[tuple[str, str]] = collections.Counter()
+        #: Bumped by :meth:`expire_positions`; positions carry the epoch they were issued in.
+        self.epoch = 0
         self.faults: collections.deque[ApiFault] = collections.deque()
         #: Requests by outcome: ``"list:200"``, ``"detail:401"``, ``"fault:status"``...
         self.counts: collections.Counter[str] = collections.Counter()
@@ -108,6 +134,10 @@ class DemoAPI:
         """Queue faults for upcoming API requests, in order."""
         self.faults.extend(faults)
 
+    def expire_positions(self) -> None:
+        """Invalidate every cursor and next URL issued so far (the first page still works)."""
+        self.epoch += 1
+
     def expected_ids(self) -> set[int]:
         """Every record id in the dataset."""
         return set(range(self.total))
@@ -115,13 +145,16 @@ class DemoAPI:
     def __call__(self, app: web.Application, auth: AuthServerState) -> None:
         """Install the routes on ``app``, checking tokens against ``auth``."""
         self._auth = auth
-        app.router.add_get("/api/ping", self._ping)
-        app.router.add_get("/api/items/{id}", self._detail)
-        app.router.add_get("/api/{style}/items", self._list)
+        app.router.add_get(f"{self.prefix}/api/ping", self._ping)
+        app.router.add_get(f"{self.prefix}/api/items/{{id}}", self._detail)
+        app.router.add_get(f"{self.prefix}/api/{{style}}/items", self._list)
 
     # --- helpers ------------------------------------------------------------------------------------
 
     async def _gate(self, request: web.Request, kind: str) -> web.Response | None:
+        for name, value in request.headers.items():
+            if name.lower().startswith("x-") or name.lower() == "accept":
+                self.headers_seen[(name.lower(), value)] += 1
         n = sum(self.counts.values())
         if self.on_request is not None:
             self.on_request(n)
@@ -153,12 +186,6 @@ class DemoAPI:
             )
         self.counts[f"{kind}:200"] += 1
         return None
-
-    def _project(self, request: web.Request) -> tuple[int, str] | web.Response:
-        project = request.query.get("project", self.projects[0])
-        if project not in self.projects:
-            return web.json_response({"error": f"unknown project {project}"}, status=404)
-        return self.projects.index(project), project
 
     def _slice(self, pidx: int, project: str, start: int, size: int) -> list[dict[str, Any]]:
         end = min(start + size, self.per_project)
@@ -194,18 +221,34 @@ class DemoAPI:
         finally:
             self.inflight -= 1
 
+    def _rejected(self, request: web.Request, status: int, message: str) -> web.Response:
+        body: dict[str, Any] = {"error": message}
+        if self.echo_authorization:
+            auth = request.headers.get("Authorization", "")
+            body["echo"] = auth  # JSON-escaped by the encoder
+            html = auth.replace("&", "&amp;").replace("<", "&lt;").replace("+", "&#43;").replace("/", "&#x2F;")
+            text = f"{message}; you sent Authorization: {auth} <p>{html}</p> {orjson.dumps(auth).decode()}"
+            return web.Response(status=status, text=text + " " + orjson.dumps(body).decode())
+        return web.json_response(body, status=status)
+
     async def _list_page(self, request: web.Request) -> web.Response:
         denied = await self._gate(request, "list")
         if denied is not None:
             return denied
+        if self.redirect_lists_to is not None:
+            raise web.HTTPFound(f"{self.redirect_lists_to}{request.path_qs}")
         style = request.match_info["style"]
         if style not in STYLES:
             return web.json_response({"error": f"unknown style {style}"}, status=404)
-        found = self._project(request)
-        if isinstance(found, web.Response):
-            return found
-        pidx, project = found
+        project = request.query.get("project", self.projects[0])
+        if project not in self.projects:
+            return self._rejected(request, 404, f"unknown project {project}")
+        pidx = self.projects.index(project)
         q = request.query
+        if q.get("epoch") is not None and q.get("epoch") != str(self.epoch):
+            return web.json_response(
+                [{"errorCode": "INVALID_QUERY_LOCATOR", "message": "invalid query locator"}], status=400
+            )
         try:
             size = min(
                 int(q.get("limit") or q.get("per_page") or q.get("$top") or self.max_page_size), self.max_page_size
@@ -213,7 +256,10 @@ class DemoAPI:
             if style == "offset":
                 start = int(q.get("offset", 0))
             elif style == "cursor":
-                start = int(q["cursor"], 16) if q.get("cursor") else 0
+                cursor, _, epoch = q.get("cursor", "").partition(".")
+                if cursor and epoch != str(self.epoch):
+                    return web.json_response({"error": "cursor expired"}, status=400)
+                start = int(cursor, 16) if cursor else 0
             elif style in ("page", "link"):
                 start = (int(q.get("page", 1)) - 1) * size
             elif style == "odata":
@@ -221,24 +267,25 @@ class DemoAPI:
             else:
                 start = int(q.get("after", 0))
         except ValueError:
-            return web.json_response({"error": "bad paging parameter"}, status=400)
+            return self._rejected(request, 400, "bad paging parameter")
         if size <= 0 or start < 0:
-            return web.json_response({"error": "bad paging parameter"}, status=400)
+            return self._rejected(request, 400, "bad paging parameter")
         page_index = start // size
         items = [] if page_index in self.empty_page_at else self._slice(pidx, project, start, size)
         nxt = start + size
         more = nxt < self.per_project
         if self.cycle_at is not None and page_index == self.cycle_at:
             nxt, more = 0, True  # a next link back to the first page
-        base = f"/api/{style}/items"
+        base = f"{self.prefix}/api/{style}/items"
+        here = self.next_origin or str(request.url.origin())
         if style == "offset":
-            link = f'<{request.url.origin()}{base}?project={project}&offset={nxt}&limit={size}>; rel="next"'
+            link = f'<{here}{base}?project={project}&offset={nxt}&limit={size}>; rel="next"'
             return self._json(
                 {"items": items, "total": self.per_project, "offset": start}, headers={"Link": link} if more else None
             )
         if style == "cursor":
             return self._json(
-                {"data": items, "meta": {"has_more": more, "next_cursor": format(nxt, "x") if more else None}}
+                {"data": items, "meta": {"has_more": more, "next_cursor": f"{nxt:x}.{self.epoch}" if more else None}}
             )
         if style == "page":
             pages = -(-self.per_project // size)
@@ -248,14 +295,20 @@ class DemoAPI:
         if style == "nexturl":
             body: dict[str, Any] = {"records": items, "totalSize": self.per_project, "done": not more}
             if more:
-                body["nextRecordsUrl"] = f"{base}?project={project}&after={nxt}&limit={size}"
+                prefix = self.next_origin or ""
+                body["nextRecordsUrl"] = f"{prefix}{base}?project={project}&after={nxt}&limit={size}&epoch={self.epoch}"
             return self._json(body)
         if style == "odata":
-            body = {"value": items}
+            body = {"value": items, "@odata.count": self.per_project}
             if more:
-                body["@odata.nextLink"] = f"{request.url.origin()}{base}?project={project}&$skip={nxt}&$top={size}"
+                body["@odata.nextLink"] = f"{here}{base}?project={project}&$skip={nxt}&$top={size}"
             return self._json(body)
-        headers = {}
+        link_next = f'<{base}?project={project}&page={nxt // size + 1}&per_page={size}>; rel="next"'
+        link_self = f'<{base}?project={project}&page={page_index + 1}&per_page={size}>; rel="self"'
+        if not self.split_link_lines:
+            return self._json(items, headers={"Link": link_next} if more else None)
+        response = self._json(items, headers={"X-Total-Count": str(self.per_project)})
+        response.headers.add("Link", link_self)  # two header lines, "self" first
         if more:
-            headers["Link"] = f'<{base}?project={project}&page={nxt // size + 1}&per_page={size}>; rel="next"'
-        return self._json(items, headers=headers)
+            response.headers.add("Link", link_next)
+        return response
