@@ -17,7 +17,9 @@ watchers learn of it at once; a watcher that was disconnected re-reads the recor
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
@@ -32,10 +34,12 @@ from .._secret import Secret
 from ..grant import Instant, Token
 from ._redis import UNAVAILABLE, RedisLink, as_text
 from .cipher import TokenCipher
-from .errors import SharedStateUnreadable
+from .errors import CoordinatorUnavailable, SharedStateUnreadable
 from .lease import Lease, LeaseHandle
 
 __all__ = ["PublishResult", "RefreshPermit", "SharedToken", "SharedTokenState", "token_from_record", "token_to_record"]
+
+log = logging.getLogger("oauthpw_async.fleet")
 
 _PUBLISH = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
@@ -224,6 +228,7 @@ class SharedTokenState:
         self,
         on_change: Callable[[int | None], Awaitable[None] | None],
         *,
+        heartbeat: float = 5.0,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Call ``on_change(generation)`` for every publish, until cancelled.
@@ -232,23 +237,83 @@ class SharedTokenState:
         missed while disconnected) and for other news on the channel (the login latch
         tripped): read the record again. Run it in a task group with
         ``await tg.start(state.watch, callback)``; it reconnects by itself after Redis restarts.
+
+        Every ``heartbeat`` seconds the watcher pings itself on a channel of its own; a
+        subscription that hears nothing for three heartbeats is dropped and made again (a
+        client can announce a resubscription after a restart that never delivers).
+
+        Raises:
+            CoordinatorUnavailable: Redis could not be reached (for the first subscription, or the
+                client gave up reconnecting).
         """
+        private = f"{self.channel}:ping:{secrets.token_hex(6)}"
         started = False
+        while True:
+            round_ = _Subscription(self, on_change, private, heartbeat)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(round_.run)
+                if not started:
+                    await round_.settled.wait()
+                    if round_.subscribed:
+                        started = True
+                        task_status.started()
+            if round_.failure is not None:
+                raise round_.failure
+
+
+class _Subscription:
+    """One subscription of a watcher: its messages, its self-ping, why it ended."""
+
+    def __init__(
+        self,
+        state: SharedTokenState,
+        on_change: Callable[[int | None], Awaitable[None] | None],
+        private: str,
+        heartbeat: float,
+    ) -> None:
+        self.state, self.on_change, self.private, self.heartbeat = state, on_change, private, heartbeat
+        self.heard = anyio.current_time()
+        self.settled = anyio.Event()  # subscribed, or failed
+        self.subscribed = False
+        self.failure: CoordinatorUnavailable | None = None
+
+    async def run(self) -> None:
         try:
-            async with self._link.client.pubsub(channels=[self.channel]) as pubsub:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._ping, tg.cancel_scope)
+                await self._listen()
+                tg.cancel_scope.cancel()
+        finally:
+            self.settled.set()
+
+    async def _listen(self) -> None:
+        link = self.state._link
+        try:
+            async with link.client.pubsub(channels=[self.state.channel, self.private]) as pubsub:
                 async for message in pubsub:
+                    self.heard = anyio.current_time()
+                    if as_text(message["channel"]) == self.private:
+                        continue
                     kind = message["type"]
                     if kind == "subscribe":
-                        result = on_change(None)
-                        if not started:
-                            started = True
-                            task_status.started()
+                        result = self.on_change(None)
+                        self.subscribed = True
+                        self.settled.set()
                     elif kind == "message":
                         data = as_text(message["data"])
-                        result = on_change(int(data) if data.isdigit() else None)  # e.g. the latch tripped
+                        result = self.on_change(int(data) if data.isdigit() else None)  # e.g. latch news
                     else:
                         continue
                     if result is not None:
                         await result
         except UNAVAILABLE as exc:  # the client gave up reconnecting
-            raise self._link.unavailable(exc) from None
+            self.failure = link.unavailable(exc)
+
+    async def _ping(self, scope: anyio.CancelScope) -> None:
+        link = self.state._link
+        while anyio.current_time() - self.heard < 3 * self.heartbeat:
+            await anyio.sleep(self.heartbeat)
+            with contextlib.suppress(CoordinatorUnavailable):
+                await link.call(link.client.publish(self.private, "ping"))
+        log.info("token watcher heard nothing for %.0fs; subscribing again", 3 * self.heartbeat)
+        scope.cancel()
