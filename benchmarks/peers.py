@@ -10,9 +10,16 @@ latency and, where the library lets one set it, refresh margin. Scenarios:
   d) 1-second tokens, rotating, each library with its own default refresh margin
 
 Figures come from the server (token requests, invalid_grant answers, 401s) and from the
-driver (successful requests, latency). The run fails only on oauthpw_async's own bounds in
-scenario a: token requests above ideal + 1, any invalid_grant or unretried 401, or fewer
-successful requests than 0.8 of the static-token ceiling.
+driver (successful requests, latency). Each scenario runs for several rounds; in each round
+every library runs once, the order reversing from one round to the next, and oauthpw_async and
+the static-token ceiling always run next to each other. ``vs_ceiling`` is a library's
+successful requests over the ceiling's in the same round; the table shows medians over the
+rounds and that ratio's spread.
+
+The run fails only on oauthpw_async's own bounds in scenario a, in every round: token requests
+above ideal + 1, any invalid_grant, 401 or error; and (the one timing bound) a median
+vs_ceiling below 0.8. ``--smoke`` (seconds long) runs scenario a once with oauthpw_async and the
+ceiling only and checks the counts, never the ratio.
 """
 
 from __future__ import annotations
@@ -20,17 +27,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from spread import first_line, load_average, load_tuple, min_max, summary
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 TOKEN_LATENCY = 0.05
 GRACE = 5.0
 LIBRARIES = ["oauthpw_async", "authlib", "httpx-auth", "aiohttp-oauth2-client", "static token"]
+#: The order of one round (reversed every other round): oauthpw_async and the ceiling side by side.
+RUN_ORDER = ["oauthpw_async", "static token", "authlib", "httpx-auth", "aiohttp-oauth2-client"]
+CEILING_BOUND = 0.8
 SCENARIOS = {
     "a": {"lifetime": 1.0, "rotate": True, "own_margin": False},
     "b": {"lifetime": 1.0, "rotate": False, "own_margin": False},
@@ -53,23 +67,11 @@ DEFAULT_MARGINS = {
 
 
 async def serve(lifetime: float, rotate: bool) -> None:
-    from aiohttp import web
-
+    from bench_api import BenchAPI
     from oauthpw_async.testing import AuthServerState, LocalServer, Quirks
-    from oauthpw_async.testing.api import DemoAPI
 
-    api = DemoAPI()
     state = AuthServerState(token_lifetime=lifetime, latency=TOKEN_LATENCY, quirks=Quirks(rotate_refresh_tokens=rotate))
-
-    def routes(app: web.Application, auth: AuthServerState) -> None:
-        api(app, auth)
-
-        async def stats(request: web.Request) -> web.Response:
-            return web.json_response({"auth": dict(auth.counts), "api": dict(api.counts)})
-
-        app.router.add_get("/__stats", stats)
-
-    async with LocalServer(state, api=routes) as server:
+    async with LocalServer(state, api=BenchAPI()) as server:  # GET /__stats: the server's counts
         static = state.issue_static_token()
         print(
             json.dumps(
@@ -284,8 +286,7 @@ def one_run(lib: str, scenario: str, tasks: int, duration: float) -> dict[str, A
         text=True,
     )
     try:
-        assert server.stdout is not None
-        info = json.loads(server.stdout.readline())
+        info = json.loads(first_line(server))
         args = [
             sys.executable,
             __file__,
@@ -296,13 +297,15 @@ def one_run(lib: str, scenario: str, tasks: int, duration: float) -> dict[str, A
             str(duration),
             "" if margin is None else str(margin),
         ]
-        res = subprocess.run(args, capture_output=True, text=True, timeout=duration * 6 + 120)
-        if res.returncode != 0:
-            driven: dict[str, Any] = {"ok": 0, "errors": -1, "notes": f"driver failed: {res.stderr.strip()[-300:]}"}
+        try:
+            res = subprocess.run(args, capture_output=True, text=True, timeout=duration * 6 + 120)
+        except subprocess.TimeoutExpired:
+            driven: dict[str, Any] = {"ok": 0, "errors": -1, "notes": "driver timed out"}
         else:
-            driven = json.loads(res.stdout.strip().splitlines()[-1])
-        import urllib.request
-
+            if res.returncode != 0:
+                driven = {"ok": 0, "errors": -1, "notes": f"driver failed: {res.stderr.strip()[-300:]}"}
+            else:
+                driven = json.loads(res.stdout.strip().splitlines()[-1])
         with urllib.request.urlopen(f"{info['base_url']}/__stats", timeout=10) as r:
             stats = json.loads(r.read())
     finally:
@@ -351,6 +354,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "server_401",
         "ok",
         "rps",
+        "vs_ceiling",
+        "vs_ceiling_min_max",
         "p50_ms",
         "p99_ms",
         "errors",
@@ -374,8 +379,8 @@ def draw(rows: list[dict[str, Any]], path: Path) -> None:
     libs = [lib for lib in LIBRARIES if any(r["library"] == lib for r in rows)]
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, key, title in (
-        (axes[0], "token_requests", "token requests (log scale; fewer is better)"),
-        (axes[1], "ok", "successful API requests (more is better)"),
+        (axes[0], "token_requests", "token requests, median of the rounds (log scale; fewer is better)"),
+        (axes[1], "ok", "successful API requests, median of the rounds (more is better)"),
     ):
         shown = [lib for lib in libs if not (key == "token_requests" and lib == "static token")]
         width = 0.8 / len(shown)
@@ -406,33 +411,106 @@ def _describe(s: str) -> str:
     return text + ("\nown margins" if sc["own_margin"] else "")
 
 
-def compare(tasks: int, duration: float, scenarios: list[str], libs: list[str]) -> tuple[list[dict[str, Any]], bool]:
+def _median(values: list[Any]) -> Any:
+    nums = [v for v in values if isinstance(v, (int, float))]
+    if not nums:
+        return values[0] if values else None
+    m = statistics.median(nums)
+    return round(m) if all(isinstance(v, int) for v in nums) else round(m, 1)
+
+
+def aggregate(
+    scenarios: list[str], libs: list[str], runs: dict[tuple[str, str], list[dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """One row per scenario and library: medians over the rounds, and the ratio to the ceiling."""
     rows = []
     for s in scenarios:
-        for lib in libs:
-            row = one_run(lib, s, tasks, duration)
+        ceiling = runs.get((s, "static token"), [])
+        for lib in [lib for lib in LIBRARIES if lib in libs]:
+            rs = runs[(s, lib)]
+            ratios = [r["ok"] / c["ok"] for r, c in zip(rs, ceiling, strict=False) if c.get("ok")]
+            spread = summary(ratios)
+            notes = []
+            for r in rs:
+                if r.get("notes") and r["notes"] not in notes:
+                    notes.append(r["notes"])
+            row: dict[str, Any] = {"scenario": s, "library": lib, "margin_s": rs[0]["margin_s"], "rounds": len(rs)}
+            for key in ("token_requests", "ideal", "invalid_grant", "server_401", "client_401", "ok", "rps"):
+                row[key] = _median([r.get(key) for r in rs])
+            row["vs_ceiling"] = f"{spread['median']:.3f}" if spread["n"] else "n/a"
+            row["vs_ceiling_min_max"] = min_max(spread, 3)
+            for key in ("p50_ms", "p99_ms", "errors"):
+                row[key] = _median([r.get(key) for r in rs])
+            row["notes"] = "; ".join(notes)
+            row["vs_ceiling_summary"] = spread
             rows.append(row)
-            print(f"  ran {s}) {lib}: {row.get('token_requests')} token requests, {row.get('ok')} ok", flush=True)
-    ok = True
-    ours = next((r for r in rows if r["library"] == "oauthpw_async" and r["scenario"] == "a"), None)
-    static = next((r for r in rows if r["library"] == "static token" and r["scenario"] == "a"), None)
-    if ours is not None:
-        ideal = ours["ideal"] if isinstance(ours["ideal"], (int, float)) else 0
-        checks = {
-            "token requests <= ideal + 1": ours["token_requests"] <= ideal + 1,
-            "no invalid_grant": ours["invalid_grant"] == 0,
-            "no unretried 401": ours.get("client_401", 1) == 0,
-            ">= 0.8 of the static-token ceiling": static is None or ours["ok"] >= 0.8 * static["ok"],
+    return rows
+
+
+def compare(
+    tasks: int, duration: float, scenarios: list[str], libs: list[str], rounds: int
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every library in every scenario, ``rounds`` times, interleaved (see the module docstring)."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(s, lib): [] for s in scenarios for lib in libs}
+    order = [lib for lib in RUN_ORDER if lib in libs]
+    for s in scenarios:
+        for r in range(rounds):
+            for lib in order if r % 2 == 0 else order[::-1]:
+                row = one_run(lib, s, tasks, duration)
+                row["round"] = r + 1
+                runs[(s, lib)].append(row)
+                print(
+                    f"  ran {s}) {lib}, round {r + 1}/{rounds}: {row.get('token_requests')} token requests,"
+                    f" {row.get('ok')} ok",
+                    flush=True,
+                )
+    return runs
+
+
+def checks(runs: dict[tuple[str, str], list[dict[str, Any]]], smoke: bool) -> dict[str, dict[str, Any]]:
+    """oauthpw_async's own bounds in scenario a (every round); the ceiling's ratio only in the full run."""
+    ours = runs.get(("a", "oauthpw_async"), [])
+    ceiling = runs.get(("a", "static token"), [])
+    found: dict[str, dict[str, Any]] = {}
+    if not ours:
+        return found
+
+    def every(pred: Any) -> bool:
+        return all(pred(r) for r in ours)
+
+    n = len(ours)
+    found[f"a) oauthpw_async: token requests <= ideal + 1, all {n} rounds"] = {
+        "ok": every(lambda r: isinstance(r["ideal"], (int, float)) and r["token_requests"] <= r["ideal"] + 1)
+    }
+    found[f"a) oauthpw_async: no invalid_grant, all {n} rounds"] = {"ok": every(lambda r: r["invalid_grant"] == 0)}
+    found[f"a) oauthpw_async: no 401 (at the server, nor unretried), all {n} rounds"] = {
+        "ok": every(lambda r: r["server_401"] == 0 and r.get("client_401", 1) == 0)
+    }
+    found[f"a) oauthpw_async: no errors and some requests ok, all {n} rounds"] = {
+        "ok": every(lambda r: r.get("errors") == 0 and r.get("ok", 0) > 0)
+    }
+    if ceiling:
+        found["a) static-token ceiling ran: requests ok, no 401, no errors"] = {
+            "ok": all(r.get("ok", 0) > 0 and r["server_401"] == 0 and r.get("errors") == 0 for r in ceiling)
         }
-        for name, passed in checks.items():
-            print(f"oauthpw_async, scenario a: {name}: {'ok' if passed else 'MISSED'}")
-        ok = all(checks.values())
-    return rows, ok
+    if ceiling and not smoke:
+        ratio = summary([r["ok"] / c["ok"] for r, c in zip(ours, ceiling, strict=True) if c.get("ok")])
+        found[f"a) oauthpw_async: median successful requests >= {CEILING_BOUND} of the ceiling"] = {
+            "ok": ratio["n"] == len(ours) and ratio["median"] >= CEILING_BOUND,
+            "timing": True,
+            "figure": ratio["median"],
+            "load": load_tuple(),
+        }
+    return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="scenario a only, 100 tasks, 2 s")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds long: scenario a, oauthpw_async and the ceiling, counts only"
+    )
+    parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3; 1 with --smoke)")
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), help="only these scenarios")
     parser.add_argument("--serve", nargs=2, metavar=("LIFETIME", "ROTATE"), help=argparse.SUPPRESS)
     parser.add_argument("--drive", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -444,17 +522,52 @@ def main() -> int:
         res = asyncio.run(drive(lib, json.loads(info), int(tasks), float(duration), float(margin) if margin else None))
         print(json.dumps(res))
         return 0
+    load_start = load_tuple()
+    print(f"load average at start: {load_average()}", flush=True)
+    t0 = time.monotonic()
     if args.smoke:
-        rows, ok = compare(100, 2.0, ["a"], LIBRARIES)
+        scenarios, libs = args.scenario or ["a"], ["oauthpw_async", "static token"]
+        runs = compare(100, 2.0, scenarios, libs, args.rounds or 1)
     else:
-        rows, ok = compare(1000, 5.0, list(SCENARIOS), LIBRARIES)
+        scenarios, libs = args.scenario or list(SCENARIOS), LIBRARIES
+        runs = compare(1000, 5.0, scenarios, libs, args.rounds or 3)
+    rows = aggregate(scenarios, libs, runs)
     print_table(rows)
+    found = checks(runs, args.smoke)
+    missed = []
+    print("\nchecks:")
+    for name, check in found.items():
+        extra = ""
+        if check.get("timing"):
+            extra = f"  (median {check['figure']}; load average {' '.join(map(str, check['load']))})"
+        print(f"  {'ok    ' if check['ok'] else 'MISSED'}  {name}{extra}")
+        if not check["ok"]:
+            missed.append(name)
+    if args.smoke:
+        print("  (--smoke: vs_ceiling is printed above but not checked)")
+    print(f"load average at end: {load_average()}")
     RESULTS.mkdir(exist_ok=True)
     name = "peers-smoke" if args.smoke else "peers"
-    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
-    draw(rows, RESULTS / f"{name}.png")
-    print(f"saved {RESULTS / (name + '.json')} and {name}.png")
-    return 0 if ok else 1
+    result = {
+        "smoke": args.smoke,
+        "seconds": round(time.monotonic() - t0, 1),
+        "load_average_start": load_start,
+        "load_average_end": load_tuple(),
+        "rows": rows,
+        "runs": [r for rs in runs.values() for r in rs],
+        "checks": found,
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    saved = f"{name}.json"
+    if not args.smoke:
+        draw(rows, RESULTS / f"{name}.png")
+        saved += f" and {name}.png"
+    print(
+        f"\n{len(found) - len(missed)} checks passed, {len(missed)} missed  (saved {saved}; {result['seconds']:.0f}s)"
+    )
+    for m in missed:
+        print(f"BOUND MISSED: {m}")
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

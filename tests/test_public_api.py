@@ -12,7 +12,8 @@ import oauthpw_async
 PUBLIC = {
     "FileLocked", "OutputLocked", "StateLocked", "StateMismatch", "StorageError", "SinkError", "StateWriteError",
     "AiohttpTokenEndpoint", "Clock", "ConfigError", "CrawlError", "CredentialsLockedOut", "DefinitiveTokenError",
-    "FieldProblem", "FileTokenStore", "ForeignOriginError", "HTTPStatusError", "Instant", "InvalidClient",
+    "FieldProblem", "LoginResponseError", "FileTokenStore", "ForeignOriginError", "HTTPStatusError", "Instant",
+    "InvalidClient",
     "InvalidCredentials", "InvalidRequest", "InvalidScope", "MemoryTokenStore", "OAuthPWError", "PageShapeError",
     "PasswordGrantConfig", "ProviderClosed", "RefreshPolicy", "RefreshTokenRejected", "RetryPolicy", "Retrying",
     "Secret", "SecretExposureError", "StateError", "SystemClock", "Token", "TokenEndpoint", "TokenError",
@@ -23,13 +24,16 @@ PUBLIC = {
     "APIResponse", "AuthorizedSession", "SessionStats", "StaticToken", "TokenSource", "load_token_source",
     "StaticTokenConfig", "StaticTokenRejected",
     "CheckResult", "check_connection",
+    "LoginBudget", "LoginBudgetExhausted", "StoredToken", "TokenEndpointRateLimited", "TokenRequestsPaused",
+    "UnsafeTokenStore",
 }  # fmt: skip
 
 
 CRAWLER = {
-    "API_RETRY", "CallableSink", "Checkpoints", "CrawlEngine", "CrawlStats", "Crawler", "Cursor", "JsonLinesSink",
+    "API_RETRY", "ExportCursor", "SyncStats", "parse_timestamp", "tombstone",
+    "CallableSink", "Checkpoints", "CrawlEngine", "CrawlStats", "Crawler", "Cursor", "JsonLinesSink",
     "LinkHeader", "ListSink", "NextUrl", "ODataNextLink", "Offset", "Page", "PageNumber", "PageRequest",
-    "Paginator", "Partition", "PartitionStats", "Sink", "parse_link_header",
+    "Paginator", "Partition", "PartitionStats", "Sink", "StreamSink", "parse_link_header",
 }  # fmt: skip
 
 

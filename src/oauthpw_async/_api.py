@@ -8,8 +8,12 @@ Where a token may go (:class:`Origins`), how a path resolves under a base URL
 
 from __future__ import annotations
 
-from ._httputil import origin
+import attrs
+
+from ._httputil import excerpt, origin, safe_url
 from .clock import Clock
+from .errors import UnauthorizedError
+from .grant import Token
 
 __all__ = [
     "MAX_REDIRECTS",
@@ -17,7 +21,10 @@ __all__ = [
     "REFUSED_TOKENS_BREAKER",
     "HostGovernor",
     "Origins",
+    "RefusedTokens",
+    "RequestStats",
     "resolve_url",
+    "token_excerpt",
 ]
 
 #: Redirects followed for one request before giving up.
@@ -82,3 +89,66 @@ def resolve_url(base: str, target: str) -> str:
     if "://" in target[:16]:
         return target  # another scheme: refused by the origin check, never joined
     return base.rstrip("/") + "/" + target.lstrip("/")
+
+
+@attrs.define
+class RequestStats:
+    """Counters of API requests, kept by the crawler and the session alike (plain ints; reading is free)."""
+
+    #: HTTP requests sent, retries, renewals and redirect hops included.
+    requests: int = 0
+    #: Requests sent again after a transient failure or a rate-limit pause.
+    retries: int = 0
+    #: Answers with HTTP 401.
+    unauthorized: int = 0
+    #: Times a 429/503 paused every request to a host.
+    rate_limit_pauses: int = 0
+
+
+def token_excerpt(body: bytes, token: Token | None) -> str:
+    """A short excerpt of an API answer for an error message, with the request's token removed.
+
+    Servers echo request headers back in error pages, raw, JSON-escaped, HTML-escaped or
+    percent-encoded; :func:`~oauthpw_async._httputil.excerpt` scrubs every such spelling of the
+    token and of the whole ``Authorization`` value before it cuts the text.
+    """
+    if token is None:
+        return excerpt(body)
+    return excerpt(body, (token.authorization, token.access_token.reveal()))
+
+
+class RefusedTokens:
+    """The 401 rule, one place for the crawler and the session.
+
+    Each rejected token gets its own renewal (the caller calls ``invalidate(token)`` and
+    retries); a request may cause at most :data:`MAX_RENEWALS_PER_REQUEST`, and when
+    :data:`REFUSED_TOKENS_BREAKER` different tokens in a row are refused with no success
+    between, the account has lost access: :class:`UnauthorizedError`, not a renewal storm.
+    """
+
+    __slots__ = ("_refused",)
+
+    def __init__(self) -> None:
+        self._refused: set[str] = set()
+
+    def succeeded(self) -> None:
+        """A request succeeded: the tokens refused so far no longer count."""
+        if self._refused:
+            self._refused.clear()
+
+    def refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
+        """A 401 with ``token`` after ``renewals`` renewals of this request; raises when it must stop."""
+        self._refused.add(token.access_token.reveal())
+        why = ""
+        if len(self._refused) >= REFUSED_TOKENS_BREAKER:
+            why = f"{len(self._refused)} different tokens were refused in a row with no success between"
+        elif renewals >= MAX_RENEWALS_PER_REQUEST:
+            why = f"refused {renewals + 1} times, with a renewed token each time"
+        if why:
+            raise UnauthorizedError(
+                f"{why}: the account has lost access to this API (permissions, a revoked grant or a "
+                "changed password); fix the account, then run again",
+                status=401,
+                url=safe_url(url),
+                excerpt=token_excerpt(body, token),
+            )

@@ -23,7 +23,6 @@ already done by then.
 
 from __future__ import annotations
 
-import html
 import logging
 import random
 import re
@@ -31,18 +30,25 @@ import ssl
 from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import unquote, urljoin
+from urllib.parse import urljoin
 
 import aiohttp
 import anyio
 import attrs
 import orjson
 
-from ._api import MAX_REDIRECTS, MAX_RENEWALS_PER_REQUEST, REFUSED_TOKENS_BREAKER, HostGovernor, Origins, resolve_url
-from ._httputil import excerpt, origin, safe_url
-from ._secret import Secret
+from ._api import (
+    MAX_REDIRECTS,
+    HostGovernor,
+    Origins,
+    RefusedTokens,
+    RequestStats,
+    resolve_url,
+    token_excerpt,
+)
+from ._httputil import origin, safe_url
 from .clock import Clock
-from .errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
+from .errors import CrawlError, ForeignOriginError, HTTPStatusError, UsageError
 from .grant import Token
 from .responses import classify_api_response
 from .retry import Retrying, RetryPolicy
@@ -65,49 +71,16 @@ DEFAULT_LIMIT = 100
 Params = Mapping[str, str | int | float] | Sequence[tuple[str, str | int | float]] | str
 Body = bytes | str | Mapping[str, str] | Sequence[tuple[str, str]]
 
-# JSON escapes (RFC 8259 §7) a server may put on an echoed header: \/ and \uXXXX above all.
-_JSON_ESCAPE = re.compile(r'\\(["\\/bfnrt]|u[0-9a-fA-F]{4})')
-_JSON_SIMPLE = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 # Headers that must not follow a redirect to an origin the token may not go to.
 _CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
 
 
-def _json_unescape(m: re.Match[str]) -> str:
-    s = m.group(1)
-    return chr(int(s[1:], 16)) if s[0] == "u" else _JSON_SIMPLE[s]
-
-
-def scrubbed_excerpt(body: bytes, token: Token | None) -> str:
-    """A short excerpt of ``body`` for an error message, with ``token`` removed in any encoding.
-
-    Servers echo request headers back in error pages, raw, JSON-escaped, HTML-escaped or
-    percent-encoded. The whole body is decoded from those escapes first, so the token is
-    found (and replaced) whatever form it was echoed in and wherever the excerpt is cut.
-    """
-    if token is None:
-        return excerpt(body)
-    secrets = (token.authorization, token.access_token.reveal())
-    text = body.decode("utf-8", "replace")
-    text = unquote(html.unescape(_JSON_ESCAPE.sub(_json_unescape, text)))
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return excerpt(text.encode(), secrets)
-
-
 @attrs.define
-class SessionStats:
+class SessionStats(RequestStats):
     """Counters of an :class:`AuthorizedSession` (plain ints; reading is free)."""
 
-    #: HTTP requests sent, retries, renewals and redirect hops included.
-    requests: int = 0
-    #: Requests sent again after a transient failure.
-    retries: int = 0
-    #: Answers with HTTP 401.
-    unauthorized: int = 0
     #: Redirect hops followed.
     redirects: int = 0
-    #: Times a 429/503 paused every request to a host.
-    rate_limit_pauses: int = 0
 
 
 class APIResponse:
@@ -174,7 +147,7 @@ class APIResponse:
                 f"{self.method} failed",
                 status=self.status,
                 url=safe_url(self.url),
-                excerpt=scrubbed_excerpt(self.body, self._token),
+                excerpt=token_excerpt(self.body, self._token),
             )
 
     def __repr__(self) -> str:
@@ -282,7 +255,7 @@ class AuthorizedSession:
         # URL as given -> (absolute URL, may it have the token, its host's governor): most
         # programs call a handful of URLs many times, so each is resolved and checked once.
         self._routes: dict[str, tuple[str, bool, HostGovernor]] = {}
-        self._refused: set[Secret] = set()  # tokens refused since the last success (circuit breaker)
+        self._refused = RefusedTokens()  # the 401 rule: a renewal per rejected token, bounded
         self._closed = False
         config = getattr(tokens, "config", None)
         # The connection's TLS settings (verify_tls, ca_bundle) apply to its API requests too.
@@ -551,13 +524,12 @@ class AuthorizedSession:
             verdict = classify_api_response(status, resp_headers, clock.wall())
             action = verdict.action
             if action == "ok":
-                if self._refused:
-                    self._refused.clear()
+                self._refused.succeeded()
                 return APIResponse(method, final_url, status, reason, resp_headers, content, token)
             if action == "renew" and token is not None:
                 # Sent again whatever the method: the server refused the credentials, it did not act.
                 stats.unauthorized += 1
-                self._on_refused(token, renewals, url, content)
+                self._refused.refused(token, renewals, url, content)
                 renewals += 1
                 tokens.invalidate(token)
                 continue
@@ -606,7 +578,7 @@ class AuthorizedSession:
                     f"{method} failed ({why})",
                     status=status,
                     url=safe_url(url),
-                    excerpt=scrubbed_excerpt(content, token),
+                    excerpt=token_excerpt(content, token),
                 )
             return response
 
@@ -627,20 +599,3 @@ class AuthorizedSession:
                 del headers[k]
             return "GET", None
         return method, body
-
-    def _on_refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
-        """Bound renewals: per request, and session-wide when every renewed token is refused."""
-        self._refused.add(token.access_token)
-        why = ""
-        if len(self._refused) >= REFUSED_TOKENS_BREAKER:
-            why = f"{len(self._refused)} different tokens were refused in a row with no success between"
-        elif renewals >= MAX_RENEWALS_PER_REQUEST:
-            why = f"refused {renewals + 1} times, with a renewed token each time"
-        if why:
-            raise UnauthorizedError(
-                f"{why}: the account has lost access to this API (permissions, a revoked grant or a "
-                "changed password); fix the account, then try again",
-                status=401,
-                url=safe_url(url),
-                excerpt=scrubbed_excerpt(body, token),
-            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import Crawler, Partition
 from .checkpoint import Checkpoints
 from .engine import API_RETRY, CrawlEngine, CrawlStats, PartitionStats
+from .incremental import ExportCursor, SyncStats, parse_timestamp, tombstone
 from .pagination import (
     Cursor,
     LinkHeader,
@@ -17,7 +18,7 @@ from .pagination import (
     Paginator,
     parse_link_header,
 )
-from .sinks import CallableSink, JsonLinesSink, ListSink, Sink
+from .sinks import CallableSink, JsonLinesSink, ListSink, Sink, StreamSink
 
 __all__ = [
     "API_RETRY",
@@ -27,6 +28,7 @@ __all__ = [
     "CrawlStats",
     "Crawler",
     "Cursor",
+    "ExportCursor",
     "JsonLinesSink",
     "LinkHeader",
     "ListSink",
@@ -40,5 +42,9 @@ __all__ = [
     "Partition",
     "PartitionStats",
     "Sink",
+    "StreamSink",
+    "SyncStats",
     "parse_link_header",
+    "parse_timestamp",
+    "tombstone",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
 import os
 import random
@@ -24,17 +23,25 @@ import anyio
 import attrs
 import orjson
 
-from .._api import MAX_REDIRECTS, MAX_RENEWALS_PER_REQUEST, REFUSED_TOKENS_BREAKER, HostGovernor, Origins, resolve_url
-from .._httputil import excerpt, origin, safe_url
+from .._api import (
+    MAX_REDIRECTS,
+    HostGovernor,
+    Origins,
+    RefusedTokens,
+    RequestStats,
+    resolve_url,
+    token_excerpt,
+)
+from .._httputil import origin, safe_url
 from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
-from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UnauthorizedError, UsageError
-from ..grant import Token
+from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UsageError
 from ..responses import classify_api_response
 from ..retry import Retrying, RetryPolicy
 from ..sources import TokenSource
 from ..transport import ssl_context
 from .checkpoint import Checkpoints, fingerprint
+from .incremental import IncrementalSync, RunKeys, SyncStats, key_digest
 from .pagination import Page, PageRequest, Paginator, resolve
 from .sinks import Sink
 
@@ -88,6 +95,8 @@ class PartitionStats:
     reemitted_from: int = 0
     #: Records not written because their primary key was already written.
     duplicates: int = 0
+    #: Incremental sync: mode, cursor before and after, re-deliveries dropped (incremental crawlers only).
+    sync: SyncStats | None = None
 
     @property
     def complete(self) -> bool:
@@ -96,15 +105,11 @@ class PartitionStats:
 
 
 @attrs.define
-class CrawlStats:
+class CrawlStats(RequestStats):
     """Counters for a progress display or a pipeline's metrics."""
 
     pages: int = 0
     records: int = 0
-    requests: int = 0
-    retries: int = 0
-    unauthorized: int = 0
-    rate_limit_pauses: int = 0
     cycles_stopped: int = 0
     partitions_total: int = 0
     partitions_done: int = 0
@@ -240,11 +245,6 @@ class _PositionExpired(Exception):
         self.error = error
 
 
-def _key_digest(value: Any) -> bytes:
-    """A fixed-size, type-aware digest of a primary key (16 bytes however long the key)."""
-    return hashlib.blake2b(orjson.dumps(value), digest_size=16).digest()
-
-
 class CrawlEngine:
     """Runs one :class:`Crawler` with a shared token source and aiohttp session.
 
@@ -266,6 +266,7 @@ class CrawlEngine:
         timeout: float = 60.0,
         clock: Clock | None = None,
         on_progress: Callable[[CrawlStats], None] | None = None,
+        full_refresh: bool = False,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
@@ -286,11 +287,17 @@ class CrawlEngine:
         self._rng = random.Random()
         self._origins: Origins | None = None
         self._ssl: ssl.SSLContext | bool = True
-        self._refused: set[str] = set()  # tokens refused since the last success (circuit breaker)
+        self._refused = RefusedTokens()  # the 401 rule: a renewal per rejected token, bounded
         self._headers = {"Accept": "application/json", **crawler.headers}
         # Primary keys written in this run (digests), when the crawler declares a primary key.
-        self._keys: set[bytes] | None = set() if crawler.primary_key is not None else None
+        self._keys: set[bytes] | RunKeys | None = set() if crawler.primary_key is not None else None
         self._keys_loaded = False
+        # Incremental sync: cursors, since-filters, re-delivery and move detection (one key store).
+        self._sync: IncrementalSync | None = None
+        if crawler.is_incremental:
+            self._sync = IncrementalSync(crawler, self._checkpoints, self._clock, full_refresh=full_refresh)
+            self._keys = self._sync.keys
+            self._paginator = self._sync.paginator(self._paginator)
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -315,6 +322,8 @@ class CrawlEngine:
             await self._checkpoints.open(fingerprint(self.crawler, self._paginator, names, sink))
             state_open = True
             self.stats.partitions_total = len(partitions)
+            if self._sync is not None:
+                await self._sync.prepare(names)  # a finished incremental run makes this one a new run
             for p in partitions:
                 ps = PartitionStats(pages=self._checkpoints.pages(p.name))
                 self.stats.partitions[p.name] = ps
@@ -364,6 +373,8 @@ class CrawlEngine:
         ps = self.stats.partitions[partition.name]
         headers = {**self._headers, **partition.headers} if partition.headers else self._headers
         start = self._paginator.start(self.crawler.first_request(partition))
+        if self._sync is not None:
+            start = self._sync.start(partition, start, ps)  # the since-filter or the delta token
         request = self._checkpoints.resume_from(partition.name) or start
         committed = self._checkpoints.records(partition.name)  # records in the sink, all runs
         try:
@@ -424,7 +435,10 @@ class CrawlEngine:
                     page, records = await self._read_page(session, base, headers, request, index, ps)
                 watch.saw(page)
                 ps.total = watch.total
-                fresh = self._unseen(records, ps) if self._keys is not None else records
+                if self._sync is not None:  # tombstones; drops re-deliveries (this run's and earlier runs')
+                    fresh = self._sync.page(partition.name, page, records, ps)
+                else:
+                    fresh = self._unseen(records, ps) if self._keys is not None else records
                 await sink.write(fresh, partition.name)
                 if planned is None and plan is not None:
                     known = plan(page, records)
@@ -432,13 +446,15 @@ class CrawlEngine:
                 nxt: PageRequest | None
                 if planned:
                     # Totals are known: keep up to parallel_pages pages in flight, emit them in order.
-                    while planned and len(inflight) < crawler.parallel_pages - 1:
+                    # Only while request slots are free: when the crawl already fills them, pages read
+                    # ahead would just queue for slots (and cost CPU) without reading anything sooner.
+                    while planned and len(inflight) < crawler.parallel_pages - 1 and self._slots.value > 0:
                         ahead = planned.popleft()
                         future = asyncio.ensure_future(
                             self._read_page(session, base, headers, ahead, index + 1 + len(inflight), ps)
                         )
                         inflight.append((ahead, future))
-                    nxt = inflight[0][0] if inflight else planned[0]
+                    nxt = inflight[0][0] if inflight else planned.popleft()  # read next, in order
                 elif inflight:
                     nxt = inflight[0][0]
                 else:
@@ -471,6 +487,8 @@ class CrawlEngine:
             await self._checkpoints.save(partition.name, None, index, records=committed, problems=problems)
         if problems:
             log.warning("partition %s is incomplete: %s", partition.name, "; ".join(problems))
+        if self._sync is not None:
+            await self._sync.finish(partition.name, problems, ps)  # the cursor moves only now
         ps.problems = problems
         ps.done = True
         self.stats.partitions_done += 1
@@ -483,7 +501,7 @@ class CrawlEngine:
         keys = self._keys
         out = []
         for record in records:
-            key = _key_digest(dig(record, key_path))
+            key = key_digest(dig(record, key_path))
             if key in keys:
                 ps.duplicates += 1
                 continue
@@ -501,7 +519,7 @@ class CrawlEngine:
         path = self.crawler.primary_key
         assert path is not None
         keys = await existing(path)
-        self._keys.update(_key_digest(k) for k in keys)
+        self._keys.update(key_digest(k) for k in keys)
 
     async def _read_page(
         self,
@@ -623,8 +641,7 @@ class CrawlEngine:
             verdict = classify_api_response(status, resp_headers, clock.wall())
             action = verdict.action
             if action == "ok":
-                if self._refused:
-                    self._refused.clear()
+                self._refused.succeeded()
                 try:
                     return status, resp_headers, orjson.loads(body) if body.strip() else None, final_url
                 except orjson.JSONDecodeError:
@@ -632,11 +649,11 @@ class CrawlEngine:
                         "the API answered with something that is not JSON",
                         status=status,
                         url=safe_url(url),
-                        excerpt=self._excerpt(body, token),
+                        excerpt=token_excerpt(body, token),
                     ) from None
             if action == "renew" and token is not None:
                 self.stats.unauthorized += 1
-                self._on_refused(token, renewals, url, body)
+                self._refused.refused(token, renewals, url, body)
                 renewals += 1
                 self.tokens.invalidate(token)
                 continue
@@ -658,7 +675,7 @@ class CrawlEngine:
                         f"{retrying.stop_reason} ({problem or f'HTTP {status}'})",
                         status=status,
                         url=safe_url(url),
-                        excerpt=self._excerpt(body, token),
+                        excerpt=token_excerpt(body, token),
                     )
                 self.stats.retries += 1
                 if action == "pause":
@@ -670,29 +687,5 @@ class CrawlEngine:
                     await clock.sleep(delay)
                 continue
             raise HTTPStatusError(
-                "request failed", status=status, url=safe_url(url), excerpt=self._excerpt(body, token), data=_json(body)
+                "request failed", status=status, url=safe_url(url), excerpt=token_excerpt(body, token), data=_json(body)
             )
-
-    def _on_refused(self, token: Token, renewals: int, url: str, body: bytes) -> None:
-        """Bound renewals: per request, and crawl-wide when every renewed token is refused."""
-        key = token.access_token.reveal()
-        self._refused.add(key)
-        why = ""
-        if len(self._refused) >= REFUSED_TOKENS_BREAKER:
-            why = f"{len(self._refused)} different tokens were refused in a row with no success between"
-        elif renewals >= MAX_RENEWALS_PER_REQUEST:
-            why = f"refused {renewals + 1} times, with a renewed token each time"
-        if why:
-            raise UnauthorizedError(
-                f"{why}: the account has lost access to this API (permissions, a revoked grant or a "
-                "changed password); fix the account, then resume",
-                status=401,
-                url=safe_url(url),
-                excerpt=self._excerpt(body, token),
-            )
-
-    @staticmethod
-    def _excerpt(body: bytes, token: Token | None) -> str:
-        if token is None:
-            return excerpt(body)
-        return excerpt(body, (token.access_token.reveal(), token.authorization))

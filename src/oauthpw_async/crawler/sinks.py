@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, Self
+from typing import IO, Any, NoReturn, Protocol, Self
 
 import anyio
 import orjson
@@ -16,7 +17,11 @@ from .._paths import Path as KeyPath
 from .._paths import dig
 from ..errors import OutputLocked, SinkError
 
-__all__ = ["CallableSink", "JsonLinesSink", "ListSink", "Sink"]
+__all__ = ["STREAM", "CallableSink", "JsonLinesSink", "ListSink", "Sink", "StreamSink"]
+
+#: The ``identity`` of a sink that is a stream (stdout): a state file written through it may be
+#: resumed into any output, since what the stream's reader took is the reader's.
+STREAM = "-"
 
 
 class Sink(Protocol):
@@ -170,6 +175,50 @@ def _repair(fd: int) -> None:
             os.ftruncate(fd, pos + idx + 1)
             return
     os.ftruncate(fd, 0)
+
+
+class StreamSink:
+    """JSON Lines on a binary stream (stdout, a pipe), written off the event loop.
+
+    ``flush`` returns only once every record written before it is in the stream (and on
+    disk when the stream is a regular file), so the engine's checkpoint that follows never
+    moves past records still in memory: at-least-once holds. A reader that closed the pipe
+    surfaces as :class:`BrokenPipeError` from ``flush``, before that page's checkpoint.
+    """
+
+    #: A stream: a state written through it may be resumed into any output (see ``fingerprint``).
+    identity = STREAM
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._pending: list[bytes] = []
+        self._lock = anyio.Lock()
+        try:
+            self._fsync = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        except (OSError, ValueError):  # no file descriptor (a test double): nothing to fsync
+            self._fsync = False
+
+    async def write(self, records: Sequence[Any], partition: str) -> None:
+        """Queue one page's records."""
+        if records:
+            self._pending.append(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in records))
+
+    async def flush(self) -> None:
+        """Write everything queued; a slow reader blocks a worker thread, never the event loop."""
+        # The lock orders flushes: a partition whose records another partition's flush took
+        # returns only after that write finished.
+        async with self._lock:
+            if not self._pending:
+                return
+            blob = b"".join(self._pending)
+            self._pending.clear()
+            await anyio.to_thread.run_sync(self._write, blob)
+
+    def _write(self, blob: bytes) -> None:
+        self._stream.write(blob)
+        self._stream.flush()
+        if self._fsync:
+            os.fsync(self._stream.fileno())
 
 
 class CallableSink:

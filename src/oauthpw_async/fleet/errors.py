@@ -22,6 +22,8 @@ class CoordinatorUnavailable(FleetError, ConnectionError):
 
     #: Not a server hint: the provider backs off as for any transient failure.
     retry_after: float | None = None
+    #: No HTTP answer was involved.
+    status: int | None = None
 
     def __init__(self, message: str, *, where: str) -> None:
         #: ``host:port`` of the Redis server (never its password).

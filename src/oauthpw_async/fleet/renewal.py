@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 import attrs
 
-from ..errors import CredentialsLockedOut, DefinitiveTokenError, RefreshTokenRejected, TransientTokenError
+from ..errors import (
+    CredentialsLockedOut,
+    DefinitiveTokenError,
+    LoginBudgetExhausted,
+    RefreshTokenRejected,
+    TransientTokenError,
+)
 from ..grant import Instant, Token, build_password_request, build_refresh_request
 from .errors import CoordinatorUnavailable
 from .tokens import RefreshPermit, SharedToken
@@ -196,7 +202,8 @@ class FleetRenewal:
                 assert previous.refresh_token is not None
                 p.stats.refreshes += 1
                 try:
-                    token = await p._exchange(build_refresh_request(p._config, previous.refresh_token), previous)
+                    request = build_refresh_request(p._config, previous.refresh_token)
+                    token = await p._exchange(request, previous, p._retry)
                 except RefreshTokenRejected as exc:
                     p.stats.refresh_rejected += 1
                     log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
@@ -224,16 +231,22 @@ class FleetRenewal:
                 status=latch.status,
                 error_code=latch.error_code,
             )
+        now = p._now()
+        if p._logins_left(now) <= 0:  # this process's own budget still holds
+            raise p._budget_error(now)
         wait = await fleet.logins.take()
         if wait > 0:
-            raise TransientTokenError(
-                f"the fleet's password login budget ({fleet.logins.limit} per {fleet.logins.window:g}s) is used up",
+            raise LoginBudgetExhausted(
+                f"the fleet's login budget is spent: {fleet.logins.limit} password login request(s) in "
+                f"{fleet.logins.window:g}s across every process of this credential",
+                retry_at=p._clock.wall() + wait,
                 retry_after=wait,
-                hint="too many logins across the fleet; check why tokens keep being lost",
             )
         p.stats.logins += 1
+        # One request per charge of the fleet's budget: a failed login is retried by a later renewal.
+        once = attrs.evolve(p._retry, max_attempts=1)
         try:
-            return await p._exchange(build_password_request(p._config), None)
+            return await p._exchange(build_password_request(p._config), None, once)
         except DefinitiveTokenError as exc:
             if not isinstance(exc, RefreshTokenRejected):
                 await fleet.rejected.trip(status=exc.status, error_code=exc.error_code, by=self._me)

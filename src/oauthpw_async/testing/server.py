@@ -56,6 +56,21 @@ class LocalServer:
         """The token endpoint's URL."""
         return f"{self.base_url}/oauth/token"
 
+    def connection(self) -> dict[str, str]:
+        """The connection an admin would type in for this server, by the form's labels.
+
+        What a config file for :func:`oauthpw_async.load_config` holds (the CLI's ``serve``
+        prints it). The credentials are the test server's own, never a real account's.
+        """
+        a = self.auth
+        return {
+            "Access Token URL": self.token_url,
+            "Client Id": a.client_id,
+            "Client Secret": a.client_secret,
+            "Username": a.username,
+            "Password": a.password,
+        }
+
     def config(self, **overrides: Any) -> PasswordGrantConfig:
         """A client configuration that logs in to this server; keyword arguments override fields."""
         a = self.auth
