@@ -48,6 +48,7 @@ from .errors import (
     UsageError,
 )
 from .exchange import TOKEN_RETRY, exchange
+from .fleet.errors import CoordinatorUnavailable
 from .grant import (
     Instant,
     Token,
@@ -61,6 +62,8 @@ from .retry import RetryPolicy
 from .store import MemoryTokenStore, StoredToken, TokenStore
 
 if TYPE_CHECKING:
+    from .fleet.coordinator import Coordinator
+    from .fleet.renewal import FleetRenewal
     from .transport import TokenEndpoint
 
 __all__ = ["LoginBudget", "RefreshPolicy", "TokenEvent", "TokenProvider", "TokenStats"]
@@ -158,6 +161,8 @@ class TokenStats:
     refresh_rejected: int = 0
     #: Tokens taken from the token store instead of a login.
     restored: int = 0
+    #: Tokens another process of the fleet renewed, taken from the coordinator.
+    fleet_adopted: int = 0
 
 
 @attrs.frozen
@@ -165,7 +170,7 @@ class TokenEvent:
     """Passed to the ``on_token`` hook for every new token (the token masks its secrets)."""
 
     token: Token
-    source: Literal["password", "refresh_token", "store"]
+    source: Literal["password", "refresh_token", "store", "fleet"]
 
 
 class _Flight:
@@ -209,6 +214,8 @@ class TokenProvider:
         on_token: called with a :class:`TokenEvent` for every new token.
         clock: time source (tests pass :class:`oauthpw_async.testing.FakeClock`).
         rng: random source for jitter (seed it for reproducible tests).
+        coordinator: share this credential's token with a fleet of processes through Redis
+            (an open :class:`oauthpw_async.fleet.Coordinator`): one renews, all use the result.
     """
 
     def __init__(
@@ -222,6 +229,7 @@ class TokenProvider:
         on_token: Callable[[TokenEvent], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
+        coordinator: Coordinator | None = None,
     ) -> None:
         self._config = config
         self._endpoint = endpoint
@@ -251,6 +259,8 @@ class TokenProvider:
         self._generation = 0
         self._tls_warned = False
         self._tg: anyio.abc.TaskGroup | None = None
+        self._coordinator = coordinator
+        self._fleet: FleetRenewal | None = None
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -334,6 +344,8 @@ class TokenProvider:
         self._fatal = None
         self._failures = self._refresh_failures = 0
         self._retry_not_before = self._rate_limited_until
+        if self._fleet is not None:
+            self._fleet.reset()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -358,6 +370,11 @@ class TokenProvider:
         self._tg = tg
         if stored is not None:
             self._restore(stored)
+        if self._coordinator is not None:
+            from .fleet.renewal import FleetRenewal  # the fleet extra only when it is used
+
+            self._fleet = FleetRenewal(self, self._coordinator)
+            tg.start_soon(self._fleet.watch)
         return self
 
     async def __aexit__(
@@ -502,13 +519,13 @@ class TokenProvider:
                 raise paused
             if delay > 0:
                 await self._clock.sleep(delay)
-            token, source = await self._renew()
+            token, source = await (self._fleet.renew() if self._fleet is not None else self._renew())
             if token.expires_at - self._policy.skew(token.lifetime) <= self._now():
                 raise TransientTokenError(
                     f"the token expired before it arrived (lifetime {token.lifetime:.3f}s)",
                     hint="the token lifetime is shorter than a token request takes",
                 )
-        except TokenError as exc:
+        except (TokenError, CoordinatorUnavailable) as exc:
             self._on_failure(exc)
             flight.error = exc
         except Exception as exc:  # a bug or an unexpected failure: waiters get it, the provider lives
@@ -578,7 +595,7 @@ class TokenProvider:
             self._endpoint, request, parse, policy=policy, clock=self._clock, rng=self._rng, on_send=on_send
         )
 
-    def _install(self, token: Token, source: Literal["password", "refresh_token", "store"]) -> None:
+    def _install(self, token: Token, source: Literal["password", "refresh_token", "store", "fleet"]) -> None:
         policy = self._policy
         expires_at = token.expires_at - policy.skew(token.lifetime)
         refresh_at = max(token.issued.monotonic, expires_at - policy.margin(token.lifetime, self._rng))
@@ -600,7 +617,7 @@ class TokenProvider:
             except Exception:
                 log.exception("on_token hook failed")
 
-    def _on_failure(self, exc: TokenError) -> None:
+    def _on_failure(self, exc: TokenError | CoordinatorUnavailable) -> None:
         self.stats.failures += 1
         now = self._now()
         if isinstance(exc, DefinitiveTokenError) and not isinstance(exc, RefreshTokenRejected):

@@ -1,0 +1,121 @@
+"""One credential's fleet coordination through one Redis connection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Literal
+
+import anyio
+
+from ..config import PasswordGrantConfig
+from ..errors import UsageError
+from ._redis import RedisLink
+from .cipher import TokenCipher
+from .lease import Lease
+from .logins import CredentialsLatch, LoginBudget
+from .partitions import PartitionQueue
+from .ratelimit import HostRateLimiter
+from .tokens import SharedTokenState
+
+__all__ = ["Coordinator"]
+
+OnUnavailable = Literal["fail", "renew_locally"]
+
+
+class Coordinator:
+    """Shares one credential's token lifecycle, login budget, rate limits and crawl partitions through Redis.
+
+    Use it as ``async with Coordinator.for_config(config, "redis://127.0.0.1:6379/0", token_key=KEY) as fleet:``.
+    Entering does not contact Redis; every operation raises :class:`CoordinatorUnavailable` while
+    Redis cannot be reached.
+
+    Args:
+        url: the Redis URL (``redis://[user:password@]host:port/db``, ``rediss://`` for TLS).
+        credential_key: :attr:`PasswordGrantConfig.credential_key` (a digest; never the password).
+        token_key: the key sealing tokens at rest (:func:`generate_key`), or several (newest first).
+        namespace: prefix of every Redis key (several fleets may share one Redis).
+        lease_ttl: seconds a renewing process keeps the lease without renewing it.
+        login_limit, login_window: password logins allowed per window, fleet-wide.
+        on_unavailable: ``"fail"`` (default): with Redis unreachable, a process serves its valid
+            token and then fails with :class:`CoordinatorUnavailable`; ``"renew_locally"``: it
+            renews on its own instead (safe only when refresh tokens are not single-use).
+        connect_timeout, command_timeout: seconds before Redis counts as unreachable.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        credential_key: str,
+        token_key: str | bytes | Sequence[str | bytes] | TokenCipher,
+        namespace: str = "oauthpw",
+        lease_ttl: float = 15.0,
+        login_limit: int = 5,
+        login_window: float = 900.0,
+        on_unavailable: OnUnavailable = "fail",
+        connect_timeout: float = 2.0,
+        command_timeout: float = 2.0,
+    ) -> None:
+        if not credential_key or "{" in credential_key or "}" in credential_key:
+            raise UsageError("credential_key must be PasswordGrantConfig.credential_key (no braces)")
+        if on_unavailable not in ("fail", "renew_locally"):
+            raise UsageError('on_unavailable must be "fail" or "renew_locally"')
+        self.link = RedisLink(
+            url, namespace=namespace, connect_timeout=connect_timeout, command_timeout=command_timeout
+        )
+        self.credential_key = credential_key
+        self.on_unavailable: OnUnavailable = on_unavailable
+        cipher = token_key if isinstance(token_key, TokenCipher) else TokenCipher(token_key)
+        scope = f"cred:{credential_key}"
+        #: The shared token record (read, compare-and-set publish, watch).
+        self.tokens = SharedTokenState(self.link, credential_key, cipher)
+        #: Who may renew the token right now.
+        self.lease = Lease(self.link, scope, ttl=lease_ttl)
+        #: Password logins per window, fleet-wide.
+        self.logins = LoginBudget(self.link, scope, limit=login_limit, window=login_window)
+        #: Closed after a rejected password; only an explicit reset reopens it.
+        self.rejected = CredentialsLatch(self.link, scope, channel=self.tokens.channel)
+
+    @classmethod
+    def for_config(
+        cls,
+        config: PasswordGrantConfig,
+        url: str,
+        *,
+        token_key: str | bytes | Sequence[str | bytes] | TokenCipher,
+        **options: object,
+    ) -> Coordinator:
+        """A coordinator for the credential of ``config`` (keyed by its digest)."""
+        return cls(url, credential_key=config.credential_key, token_key=token_key, **options)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"Coordinator(redis={self.link.where!r}, credential_key={self.credential_key!r})"
+
+    async def __aenter__(self) -> Coordinator:
+        await self.link.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.link.__aexit__(exc_type, exc, tb)
+
+    async def ping(self) -> float:
+        """Seconds one round trip to Redis takes; raises :class:`CoordinatorUnavailable` if it cannot."""
+        start = anyio.current_time()
+        await self.link.call(self.link.client.ping())
+        return anyio.current_time() - start
+
+    def rate_limiter(self, *, rate: float, burst: int = 1, max_wait: float = 60.0) -> HostRateLimiter:
+        """A per-host request rate shared by every worker (GCRA) plus the shared 429/503 pause."""
+        return HostRateLimiter(self.link, rate=rate, burst=burst, max_wait=max_wait)
+
+    def partitions(
+        self, crawl: str, *, consumer: str | None = None, idle_timeout: float = 60.0, max_claims: int = 5
+    ) -> PartitionQueue:
+        """The shared partition queue of the crawl named ``crawl``."""
+        return PartitionQueue(self.link, crawl, consumer=consumer, idle_timeout=idle_timeout, max_claims=max_claims)

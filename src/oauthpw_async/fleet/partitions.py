@@ -1,0 +1,359 @@
+"""A crawl's partitions shared by a fleet of workers, on a Redis Stream consumer group.
+
+Each partition is enqueued once (idempotently: every worker may enqueue the whole list at
+start) as a stream entry. Workers claim entries with ``XREADGROUP``; an entry stays in the
+group's pending list until its partition is done. A worker that stops touching its entries
+(it died, or hangs) loses them after ``idle_timeout``: the next claim takes them over with
+``XAUTOCLAIM`` and resumes from the last checkpointed position.
+
+Every claim gets a fencing number; the owner (``consumer|fence|entry``) is stored per
+partition and every write (checkpoint, done, failed, give back) is a Lua script that first
+checks it. A worker that lost its claim therefore can never move a partition's position
+again: its write raises :class:`ClaimLost`. Positions are committed after the page's records
+reached the sink, so a takeover repeats at most the pages after the last checkpoint
+(at-least-once), and never loses one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import anyio
+import attrs
+import orjson
+
+from ..errors import UsageError
+from ._redis import RedisLink, as_text
+from ._tasks import in_background
+from .errors import ClaimLost, CoordinatorUnavailable
+
+__all__ = ["Claim", "FleetStatus", "PartitionQueue", "PartitionStatus"]
+
+_GROUP = "workers"
+
+# KEYS: specs, state, stream, sealed. ARGV: group, seal flag, then name/spec pairs.
+_ENQUEUE = """
+redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[1], '0', 'MKSTREAM')
+local added = 0
+for i = 3, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], 'queued')
+    redis.call('XADD', KEYS[3], '*', 'p', ARGV[i])
+    added = added + 1
+  end
+end
+if ARGV[2] == '1' then redis.call('SET', KEYS[4], '1') end
+return added
+"""
+
+# KEYS: stream, state, owner, fence, pos, tries, reason, specs.
+# ARGV: group, consumer, count, min idle ms, max claims per partition.
+_CLAIM = """
+local out = {}
+local function finish(id)
+  redis.call('XACK', KEYS[1], ARGV[1], id)
+  redis.call('XDEL', KEYS[1], id)
+end
+local function take(id, pid)
+  local st = redis.call('HGET', KEYS[2], pid)
+  if st ~= 'queued' and st ~= 'running' then finish(id) return end
+  local tries = redis.call('HINCRBY', KEYS[6], pid, 1)
+  if tries > tonumber(ARGV[5]) then
+    redis.call('HSET', KEYS[2], pid, 'failed')
+    redis.call('HSET', KEYS[7], pid,
+               'claimed ' .. (tries - 1) .. ' times without finishing (workers died or stalled on it)')
+    redis.call('HDEL', KEYS[3], pid)
+    finish(id) return
+  end
+  local fence = redis.call('HINCRBY', KEYS[4], pid, 1)
+  redis.call('HSET', KEYS[3], pid, ARGV[2] .. '|' .. fence .. '|' .. id)
+  redis.call('HSET', KEYS[2], pid, 'running')
+  table.insert(out, {pid, tostring(fence), id, redis.call('HGET', KEYS[8], pid) or '',
+                     redis.call('HGET', KEYS[5], pid) or '', tostring(tries)})
+end
+local count = tonumber(ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 0 then return out end
+local ac = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[4], '0-0', 'COUNT', count)
+for _, e in ipairs(ac[2]) do
+  if e and e[2] then take(e[1], e[2][2]) end
+end
+if #out < count then
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', count - #out, 'STREAMS', KEYS[1], '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do take(e[1], e[2][2]) end
+  end
+end
+return out
+"""
+
+# KEYS: owner, pos, stream. ARGV: name, owner value, position ('' to only touch), group, consumer, entry.
+_CHECKPOINT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[2], ARGV[1], ARGV[3]) end
+redis.call('XCLAIM', KEYS[3], ARGV[4], ARGV[5], 0, ARGV[6], 'JUSTID')
+return 1
+"""
+
+# KEYS: owner, state, stream, reason, tries. ARGV: name, owner value, group, entry, final state, reason.
+_FINISH = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
+redis.call('XDEL', KEYS[3], ARGV[4])
+if ARGV[5] == 'queued' then
+  redis.call('HINCRBY', KEYS[5], ARGV[1], -1)
+  redis.call('XADD', KEYS[3], '*', 'p', ARGV[1])
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[6]) end
+return 1
+"""
+
+# KEYS: specs, state, pos, owner, tries, reason, sealed.
+_STATUS = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
+        redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]),
+        redis.call('GET', KEYS[7]) or ''}
+"""
+
+
+class Claim:
+    """One worker's hold on one partition, fenced: valid until another worker takes it over."""
+
+    __slots__ = ("attempt", "entry", "fence", "lost", "owner", "partition", "position", "spec")
+
+    def __init__(
+        self, partition: str, spec: Any, position: Any, fence: int, entry: str, owner: str, attempt: int
+    ) -> None:
+        #: The partition's name.
+        self.partition = partition
+        #: What was enqueued for it (any JSON value).
+        self.spec = spec
+        #: The last checkpointed position (``None``: start from the beginning).
+        self.position = position
+        #: Grows with every claim of this partition.
+        self.fence = fence
+        #: The stream entry this claim holds.
+        self.entry = entry
+        #: ``consumer|fence|entry``, what Redis checks before every write.
+        self.owner = owner
+        #: How many times the partition has been claimed, this claim included.
+        self.attempt = attempt
+        #: Set when a write found the claim taken over.
+        self.lost = False
+
+    def __repr__(self) -> str:
+        return f"Claim(partition={self.partition!r}, fence={self.fence}, attempt={self.attempt}, lost={self.lost})"
+
+
+@attrs.frozen
+class PartitionStatus:
+    """One partition as the fleet sees it."""
+
+    name: str
+    #: ``queued``, ``running``, ``done`` or ``failed``.
+    state: str
+    position: Any
+    #: The worker holding it (``None`` unless running).
+    owner: str | None
+    fence: int
+    claims: int
+    reason: str | None
+
+
+@attrs.frozen
+class FleetStatus:
+    """Every partition of a crawl, readable from any worker."""
+
+    #: Whether the list of partitions is final (no more will be enqueued).
+    sealed: bool
+    partitions: tuple[PartitionStatus, ...]
+
+    def count(self, state: str) -> int:
+        """Partitions in ``state``."""
+        return sum(1 for p in self.partitions if p.state == state)
+
+    @property
+    def incomplete(self) -> tuple[PartitionStatus, ...]:
+        """Partitions not done (queued, running or failed)."""
+        return tuple(p for p in self.partitions if p.state != "done")
+
+    @property
+    def complete(self) -> bool:
+        """Every partition done, and no more to come."""
+        return self.sealed and not self.incomplete
+
+    @property
+    def finished(self) -> bool:
+        """Nothing left to work on (every partition done or failed): workers may stop."""
+        return self.sealed and all(p.state in ("done", "failed") for p in self.partitions)
+
+
+def _pairs(flat: list[Any]) -> dict[str, bytes]:
+    return {as_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+class PartitionQueue:
+    """The partitions of one crawl, shared by every worker of a fleet.
+
+    Args:
+        link: the coordinator's Redis connection.
+        crawl: the crawl's name (one queue per name).
+        consumer: this worker's name in the consumer group (default: pid and a random suffix).
+        idle_timeout: seconds without a checkpoint or touch after which another worker may take a
+            partition over. Keep it well above the time one page takes; :meth:`keep_alive` touches
+            claims in the background.
+        max_claims: claims of one partition before it is marked failed (a partition that kills
+            every worker that tries it must not take the fleet down one by one).
+    """
+
+    def __init__(
+        self,
+        link: RedisLink,
+        crawl: str,
+        *,
+        consumer: str | None = None,
+        idle_timeout: float = 60.0,
+        max_claims: int = 5,
+    ) -> None:
+        if idle_timeout <= 0 or max_claims < 1:
+            raise UsageError("a partition queue needs a positive idle_timeout and max_claims >= 1")
+        self._link = link
+        self.crawl = crawl
+        self.consumer = consumer or f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.idle_timeout = idle_timeout
+        self.max_claims = max_claims
+        scope = f"crawl:{crawl}"
+        k = link.key
+        self._stream = k(scope, "stream")
+        self._specs, self._state, self._pos = k(scope, "specs"), k(scope, "state"), k(scope, "pos")
+        self._owner, self._fence, self._tries = k(scope, "owner"), k(scope, "fence"), k(scope, "claims")
+        self._reason, self._sealed = k(scope, "reason"), k(scope, "sealed")
+
+    async def enqueue(self, partitions: Mapping[str, Any] | Iterable[tuple[str, Any]], *, seal: bool = True) -> int:
+        """Add partitions (name -> spec, any JSON value) not enqueued before; returns how many were new.
+
+        ``seal=True`` says the list is complete, so :attr:`FleetStatus.complete` can become true.
+        """
+        items = list(partitions.items() if isinstance(partitions, Mapping) else partitions)
+        added = 0
+        batch = 500  # bounded script arguments; sealing only with the last batch
+        for start in range(0, max(len(items), 1), batch):
+            chunk = items[start : start + batch]
+            last = start + batch >= len(items)
+            args: list[str | bytes] = [_GROUP, "1" if seal and last else "0"]
+            for name, spec in chunk:
+                args += [name, orjson.dumps(spec)]
+            added += int(
+                await self._link.script(_ENQUEUE, [self._specs, self._state, self._stream, self._sealed], args)
+            )
+        return added
+
+    async def claim(self, count: int = 1) -> list[Claim]:
+        """Up to ``count`` partitions for this worker: taken over from silent workers first, then new ones."""
+        rows = await self._link.script(
+            _CLAIM,
+            [self._stream, self._state, self._owner, self._fence, self._pos, self._tries, self._reason, self._specs],
+            [_GROUP, self.consumer, count, max(1, round(self.idle_timeout * 1000)), self.max_claims],
+        )
+        claims = []
+        for name, fence, entry, spec, pos, tries in rows:
+            name, fence_s, entry_s = as_text(name), as_text(fence), as_text(entry)
+            claims.append(
+                Claim(
+                    name,
+                    orjson.loads(spec) if spec else None,
+                    orjson.loads(pos) if pos else None,
+                    int(fence_s),
+                    entry_s,
+                    f"{self.consumer}|{fence_s}|{entry_s}",
+                    int(as_text(tries)),
+                )
+            )
+        return claims
+
+    async def checkpoint(self, claim: Claim, position: Any) -> None:
+        """Commit ``position`` (any JSON value) for the claimed partition; also keeps the claim alive.
+
+        Raises:
+            ClaimLost: another worker took the partition over; stop working on it.
+        """
+        await self._fenced(_CHECKPOINT, claim, [self._owner, self._pos, self._stream], orjson.dumps(position))
+
+    async def touch(self, claim: Claim) -> None:
+        """Keep the claim alive without moving its position (a long page in progress)."""
+        await self._fenced(_CHECKPOINT, claim, [self._owner, self._pos, self._stream], b"")
+
+    async def complete(self, claim: Claim) -> None:
+        """Mark the partition done (after its last records reached the sink)."""
+        await self._finish(claim, "done", "")
+
+    async def fail(self, claim: Claim, reason: str) -> None:
+        """Mark the partition failed for good (it counts as incomplete); ``reason`` must hold no secret."""
+        await self._finish(claim, "failed", reason)
+
+    async def release(self, claim: Claim) -> None:
+        """Give the partition back (e.g. on shutdown): another worker resumes it from its last checkpoint."""
+        await self._finish(claim, "queued", "")
+
+    async def status(self) -> FleetStatus:
+        """Every partition's state, position, owner and fence."""
+        keys = [self._specs, self._state, self._pos, self._owner, self._tries, self._reason, self._sealed]
+        specs, state, pos, owner, tries, reason, sealed = await self._link.script(_STATUS, keys, [])
+        states, positions, owners = _pairs(state), _pairs(pos), _pairs(owner)
+        claims, reasons = _pairs(tries), _pairs(reason)
+        out = []
+        for name in sorted(_pairs(specs)):
+            own = as_text(owners[name]).split("|") if name in owners else None
+            out.append(
+                PartitionStatus(
+                    name=name,
+                    state=as_text(states.get(name, b"queued")),
+                    position=orjson.loads(positions[name]) if name in positions else None,
+                    owner=own[0] if own else None,
+                    fence=int(own[1]) if own else 0,
+                    claims=int(claims.get(name, b"0")),
+                    reason=as_text(reasons[name]) if name in reasons else None,
+                )
+            )
+        return FleetStatus(sealed=as_text(sealed) == "1", partitions=tuple(out))
+
+    async def drop(self) -> None:
+        """Delete the crawl's queue and positions (to start the crawl over)."""
+        keys = [self._stream, self._specs, self._state, self._pos, self._owner, self._fence, self._tries]
+        await self._link.call(self._link.client.delete([*keys, self._reason, self._sealed]))
+
+    @contextlib.asynccontextmanager
+    async def keep_alive(self, claim: Claim) -> AsyncIterator[Claim]:
+        """Touch ``claim`` every ``idle_timeout / 3`` while the body runs; ``claim.lost`` tells if it was taken."""
+
+        async def beat() -> None:
+            while not claim.lost:
+                await anyio.sleep(self.idle_timeout / 3)
+                with contextlib.suppress(ClaimLost, CoordinatorUnavailable):
+                    await self.touch(claim)
+
+        async with in_background(beat):
+            yield claim
+
+    async def _fenced(self, script: str, claim: Claim, keys: list[str], position: bytes) -> None:
+        ok = await self._link.script(
+            script, keys, [claim.partition, claim.owner, position, _GROUP, self.consumer, claim.entry]
+        )
+        if not ok:
+            claim.lost = True
+            raise ClaimLost(claim.partition)
+
+    async def _finish(self, claim: Claim, final: str, reason: str) -> None:
+        ok = await self._link.script(
+            _FINISH,
+            [self._owner, self._state, self._stream, self._reason, self._tries],
+            [claim.partition, claim.owner, _GROUP, claim.entry, final, reason],
+        )
+        if not ok:
+            claim.lost = True
+            raise ClaimLost(claim.partition)

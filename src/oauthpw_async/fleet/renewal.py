@@ -1,0 +1,283 @@
+"""How a :class:`TokenProvider` renews when it is part of a fleet (``TokenProvider(..., coordinator=...)``).
+
+The provider keeps its single flight, its states and its fast path; only what one renewal does
+changes:
+
+1. a newer token published by another process is adopted, no request sent;
+2. otherwise the fleet's lease is taken (waiting for a holder's publish meanwhile), the shared
+   record read again under it, and the holder renews: with the shared refresh token if it is
+   unspent (marked spent first, fenced by the lease), else with the password, charged to the
+   fleet-wide login budget and stopped by the fleet-wide "password rejected" latch;
+3. the new token is published by compare-and-set; when another process won, its token is used.
+
+A watcher task installs every newer generation as soon as it is published. With Redis out
+of reach the provider serves its valid token and then fails with
+:class:`CoordinatorUnavailable`; it never renews without the lease unless the coordinator says
+``on_unavailable="renew_locally"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import TYPE_CHECKING, Literal
+
+import anyio
+import attrs
+
+from ..errors import (
+    CredentialsLockedOut,
+    DefinitiveTokenError,
+    LoginBudgetExhausted,
+    RefreshTokenRejected,
+    TransientTokenError,
+)
+from ..grant import Instant, Token, build_password_request, build_refresh_request
+from .errors import CoordinatorUnavailable
+from .tokens import RefreshPermit, SharedToken
+
+if TYPE_CHECKING:
+    from ..provider import TokenProvider
+    from .coordinator import Coordinator
+    from .lease import LeaseHandle
+
+__all__ = ["FleetRenewal"]
+
+log = logging.getLogger("oauthpw_async.fleet")
+
+Source = Literal["password", "refresh_token", "fleet"]
+
+
+class FleetRenewal:
+    """The fleet side of one provider: renewal under the lease, adoption of published tokens."""
+
+    def __init__(self, provider: TokenProvider, coordinator: Coordinator) -> None:
+        self._p = provider
+        self._fleet = coordinator
+        #: Generation and id of the token this process holds (0 / "" before the first one).
+        self.generation = 0
+        self.token_id = ""
+        #: A renewed token Redis did not take (it was unreachable), and the generation it renewed.
+        self._unpublished: tuple[Token, int] | None = None
+        self._published = anyio.Event()
+        self._reset_latch = False
+        self._me = f"{socket.gethostname()} pid {os.getpid()}"
+
+    # --- hooks called by the provider -----------------------------------------------------------
+
+    def reset(self) -> None:
+        """The provider was reset: reopen the fleet's latch before the next login."""
+        self._reset_latch = True
+
+    async def renew(self) -> tuple[Token, Source]:
+        """One renewal for the provider's single flight."""
+        try:
+            return await self._renew()
+        except CoordinatorUnavailable:
+            if self._fleet.on_unavailable == "renew_locally":
+                log.warning("Redis unreachable: renewing locally, as configured")
+                token, source = await self._p._renew()
+                return token, source
+            raise
+
+    async def watch(self) -> None:
+        """Install every newer published token at once; runs in the provider's task group."""
+        delay = 0.1
+        while True:
+            try:
+                await self._fleet.tokens.watch(self._on_published)
+            except CoordinatorUnavailable:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:  # never let the watcher take the provider down; the slow path still reads
+                log.exception("fleet watcher failed; retrying")
+                await anyio.sleep(5.0)
+
+    # --- internals ------------------------------------------------------------------------------
+
+    async def _on_published(self, generation: int | None) -> None:
+        self._published.set()
+        self._published = anyio.Event()
+        if generation is not None and generation == self.generation:
+            return
+        try:
+            if self._unpublished is not None:
+                await self._publish_pending()
+            if self._p._flight is not None:
+                return  # the flight in progress reads the record itself
+            shared = await self._fleet.tokens.read()
+        except Exception as exc:
+            log.debug("fleet watcher could not read the shared token: %s", type(exc).__name__)
+            return
+        if shared is not None and self._adoptable(shared) and self._p._flight is None:
+            self._adopt(shared)
+
+    def _local(self, shared: SharedToken) -> Token:
+        """The shared token on this process's monotonic clock."""
+        token = shared.token
+        now_mono, now_wall = self._p._now(), self._p._clock.wall()
+        rexp = token.refresh_expires_at
+        return attrs.evolve(
+            token,
+            issued=Instant(now_mono - (now_wall - token.issued.wall), token.issued.wall),
+            refresh_expires_at=None if rexp is None else now_mono + (rexp - now_wall),
+        )
+
+    def _adoptable(self, shared: SharedToken) -> bool:
+        """A token this process does not have yet and that is still worth using."""
+        if shared.token_id == self.token_id:
+            return False
+        token = self._local(shared)
+        policy = self._p._policy
+        return token.expires_at - policy.skew(token.lifetime) > self._p._now()
+
+    def _adopt(self, shared: SharedToken) -> Token:
+        token = self._local(shared)
+        self.generation, self.token_id = shared.generation, shared.token_id
+        self._unpublished = None
+        self._p.stats.fleet_adopted += 1
+        self._p._install(token, "fleet")
+        return token
+
+    async def _renew(self) -> tuple[Token, Source]:
+        fleet = self._fleet
+        if self._unpublished is not None:
+            await self._publish_pending()
+        deadline = anyio.current_time() + 4 * fleet.lease.ttl
+        step = 0.02
+        while True:
+            shared = await fleet.tokens.read()
+            if shared is not None and self._adoptable(shared):
+                return self._adopted(shared)
+            handle, remaining = await fleet.lease.try_acquire()
+            if handle is not None:
+                break
+            left = deadline - anyio.current_time()
+            if left <= 0:
+                raise TransientTokenError(
+                    "another process of the fleet holds the renewal lease and has published no token",
+                    hint="check the other workers (a stalled one keeps the lease until it expires)",
+                )
+            # Wake up on the holder's publish, or poll: a message can be missed across reconnects.
+            with anyio.move_on_after(min(step, max(remaining, 0.005), left)):
+                await self._published.wait()
+            step = min(step * 2, 0.5)
+        # A holder whose provider closes mid-renewal still finishes it and publishes: a rotating
+        # refresh token sent and never published would cost the fleet a password login. Bounded
+        # by what one token request may take with its retries; never reached otherwise.
+        p = self._p
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + p._retry.deadline + 2 * p._config.timeout
+            async with fleet.lease.keep(handle):
+                return await self._renew_holding(handle)
+        raise TransientTokenError("the renewal under the fleet's lease did not finish in time")
+
+    def _adopted(self, shared: SharedToken) -> tuple[Token, Source]:
+        token = self._local(shared)
+        self.generation, self.token_id = shared.generation, shared.token_id
+        self._unpublished = None
+        self._p.stats.fleet_adopted += 1
+        return token, "fleet"
+
+    async def _renew_holding(self, handle: LeaseHandle) -> tuple[Token, Source]:
+        fleet, p = self._fleet, self._p
+        shared = await fleet.tokens.read()
+        if shared is not None and self._adoptable(shared):
+            return self._adopted(shared)
+        base = shared.generation if shared is not None else self.generation
+        token: Token | None = None
+        source: Source = "refresh_token"
+        rt_usable = (
+            shared is not None
+            and shared.token.refresh_token is not None
+            and not shared.refresh_spent
+            and (shared.token.refresh_expires_at is None or shared.token.refresh_expires_at > p._clock.wall())
+        )
+        if rt_usable:
+            assert shared is not None
+            permit = await fleet.tokens.claim_refresh(shared.generation, fleet.lease, handle)
+            if permit is RefreshPermit.GRANTED:
+                previous = self._local(shared)
+                assert previous.refresh_token is not None
+                p.stats.refreshes += 1
+                try:
+                    request = build_refresh_request(p._config, previous.refresh_token)
+                    token = await p._exchange(request, previous, p._retry)
+                except RefreshTokenRejected as exc:
+                    p.stats.refresh_rejected += 1
+                    log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
+                    again = await fleet.tokens.read()
+                    if again is not None and again.generation != shared.generation and self._adoptable(again):
+                        return self._adopted(again)
+            elif permit is RefreshPermit.NOT_HOLDER:
+                raise TransientTokenError("the renewal lease expired before the refresh was sent")
+        if token is None:
+            source = "password"
+            token = await self._login()
+        await self._publish(token, base)
+        return token, source
+
+    async def _login(self) -> Token:
+        fleet, p = self._fleet, self._p
+        if self._reset_latch:
+            await fleet.rejected.reset()
+            self._reset_latch = False
+        latch = await fleet.rejected.state()
+        if latch is not None:
+            raise CredentialsLockedOut(
+                f"a login of this credential was rejected in the fleet ({latch.by}); "
+                "no process logs in until reset() is called after the credentials were fixed",
+                status=latch.status,
+                error_code=latch.error_code,
+            )
+        now = p._now()
+        if p._logins_left(now) <= 0:  # this process's own budget still holds
+            raise p._budget_error(now)
+        wait = await fleet.logins.take()
+        if wait > 0:
+            raise LoginBudgetExhausted(
+                f"the fleet's login budget is spent: {fleet.logins.limit} password login request(s) in "
+                f"{fleet.logins.window:g}s across every process of this credential",
+                retry_at=p._clock.wall() + wait,
+                retry_after=wait,
+            )
+        p.stats.logins += 1
+        # One request per charge of the fleet's budget: a failed login is retried by a later renewal.
+        once = attrs.evolve(p._retry, max_attempts=1)
+        try:
+            return await p._exchange(build_password_request(p._config), None, once)
+        except DefinitiveTokenError as exc:
+            if not isinstance(exc, RefreshTokenRejected):
+                await fleet.rejected.trip(status=exc.status, error_code=exc.error_code, by=self._me)
+            raise
+
+    async def _publish(self, token: Token, base: int) -> None:
+        try:
+            result = await self._fleet.tokens.publish(token, renewed_from=base, now_wall=self._p._clock.wall())
+        except CoordinatorUnavailable:
+            # The token is good: use it here, and publish it once Redis answers again.
+            self._unpublished = (token, base)
+            self.token_id = ""
+            log.warning("Redis unreachable: the new token is used locally and published later")
+            return
+        if result.published:
+            self.generation, self.token_id = result.generation, result.token_id
+        else:
+            # Another process published first (possible only after our lease ran out): ours is
+            # valid too, and the next renewal reads theirs.
+            self.token_id = ""
+            log.info("another process published generation %d first", result.generation)
+
+    async def _publish_pending(self) -> None:
+        pending = self._unpublished
+        if pending is None:
+            return
+        token, base = pending
+        if token.expires_at <= self._p._now():
+            self._unpublished = None
+            return
+        result = await self._fleet.tokens.publish(token, renewed_from=base, now_wall=self._p._clock.wall())
+        self._unpublished = None
+        if result.published:
+            self.generation, self.token_id = result.generation, result.token_id

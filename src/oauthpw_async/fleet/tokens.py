@@ -1,0 +1,319 @@
+"""The token a fleet shares: one encrypted record per credential, written by compare-and-set.
+
+The record is a Redis hash ``{gen, tid, blob, spent}``:
+
+* ``gen``: the generation, +1 on every publish; a writer names the generation its token was
+  renewed from, and the write succeeds only if that is still the current one (or the record is
+  gone, e.g. after Redis lost its data). A stale lease holder can never overwrite a newer token.
+* ``tid``: a random id of the token, so a reader can tell "same token" without decrypting it.
+* ``blob``: the token, AES-GCM sealed (:class:`TokenCipher`) and bound to credential and generation.
+* ``spent``: set by the lease holder just before it sends this generation's refresh token. A
+  holder that died mid-refresh may have used it, and with rotating refresh tokens a second use
+  revokes the whole session (reuse detection): its successor logs in with the password instead.
+
+Every publish also sends the new generation on a pub/sub channel, in the same Lua call, so
+watchers learn of it at once; a watcher that was disconnected re-reads the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import attrs
+import orjson
+from anyio.abc import TaskStatus
+
+from .._secret import Secret
+from ..grant import Instant, Token
+from ._redis import UNAVAILABLE, RedisLink, as_text
+from .cipher import TokenCipher
+from .errors import CoordinatorUnavailable, SharedStateUnreadable
+from .lease import Lease, LeaseHandle
+
+__all__ = ["PublishResult", "RefreshPermit", "SharedToken", "SharedTokenState", "token_from_record", "token_to_record"]
+
+log = logging.getLogger("oauthpw_async.fleet")
+
+_PUBLISH = """
+local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+local expected = tonumber(ARGV[1])
+if cur ~= 0 and cur ~= expected then return {0, cur} end
+local gen = expected + 1
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'gen', gen, 'tid', ARGV[2], 'blob', ARGV[3], 'spent', '0')
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+redis.call('PUBLISH', ARGV[4], gen)
+return {1, gen}
+"""
+
+_CLAIM_REFRESH = """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 1 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+if cur == 0 or cur ~= tonumber(ARGV[1]) then return 2 end
+if redis.call('HGET', KEYS[1], 'spent') == '1' then return 3 end
+redis.call('HSET', KEYS[1], 'spent', '1')
+return 0
+"""
+
+
+class RefreshPermit(enum.Enum):
+    """Whether the lease holder may send the shared refresh token (:meth:`SharedTokenState.claim_refresh`)."""
+
+    #: Marked as spent: send it now (and publish what comes back).
+    GRANTED = 0
+    #: The caller does not hold the lease (it expired): do not send anything.
+    NOT_HOLDER = 1
+    #: The record changed or is gone (a newer token, or Redis lost its data): read it again;
+    #: with no record, log in with the password (the old refresh token may be spent).
+    CHANGED = 2
+    #: An earlier holder marked it and did not publish (it died or lost Redis mid-request):
+    #: it may have been used, so log in with the password instead.
+    SPENT = 3
+
+
+@attrs.frozen
+class SharedToken:
+    """The fleet's current token as read from Redis.
+
+    ``token`` carries wall-clock times only (``issued.monotonic`` is NaN and
+    ``refresh_expires_at`` is epoch seconds): move it onto a process's monotonic clock
+    before use (the provider does, as for a token store).
+    """
+
+    generation: int
+    token_id: str
+    token: Token
+    #: The refresh token of this generation may already have been sent (see :class:`RefreshPermit`).
+    refresh_spent: bool
+
+
+@attrs.frozen
+class PublishResult:
+    """What a compare-and-set publish did."""
+
+    published: bool
+    #: The new generation when published; otherwise the newer generation found in Redis.
+    generation: int
+    #: The id of the published token (empty when refused).
+    token_id: str = ""
+
+
+def token_to_record(token: Token) -> bytes:
+    """A token as JSON with wall-clock times (what is sealed into the shared record)."""
+    rexp = token.refresh_expires_at
+    if rexp is not None and not math.isnan(token.issued.monotonic):
+        rexp = token.issued.wall + (rexp - token.issued.monotonic)
+    return orjson.dumps(
+        {
+            "access_token": token.access_token.reveal(),
+            "authorization": token.authorization,
+            "token_type": token.token_type,
+            "issued_wall": token.issued.wall,
+            "lifetime": token.lifetime,
+            "lifetime_source": token.lifetime_source,
+            "refresh_token": token.refresh_token.reveal() if token.refresh_token else None,
+            "refresh_expires_wall": rexp,
+            "scope": token.scope,
+            "extra": dict(token.extra),
+        }
+    )
+
+
+def token_from_record(blob: bytes) -> Token:
+    """The token of a record written by :func:`token_to_record` (wall-clock times, see :class:`SharedToken`)."""
+    rec: dict[str, Any] = orjson.loads(blob)
+    rt = rec.get("refresh_token")
+    return Token(
+        access_token=Secret(str(rec["access_token"])),
+        authorization=str(rec["authorization"]),
+        token_type=str(rec["token_type"]),
+        issued=Instant(math.nan, float(rec["issued_wall"])),
+        lifetime=float(rec["lifetime"]),
+        lifetime_source=str(rec.get("lifetime_source", "default")),
+        refresh_token=Secret(rt) if isinstance(rt, str) and rt else None,
+        refresh_expires_at=rec.get("refresh_expires_wall"),
+        scope=rec.get("scope"),
+        extra=rec.get("extra") or {},
+    )
+
+
+def record_ttl(token: Token, now_wall: float) -> float | None:
+    """How long the record is worth keeping: until its last usable secret expires (``None``: no limit)."""
+    if token.refresh_token is None:
+        return max(0.001, token.expires_at_wall - now_wall)
+    rexp = token.refresh_expires_at
+    if rexp is None:
+        return None
+    if not math.isnan(token.issued.monotonic):
+        rexp = token.issued.wall + (rexp - token.issued.monotonic)
+    return max(0.001, rexp - now_wall)
+
+
+class SharedTokenState:
+    """Read, compare-and-set and watch the shared token of one credential.
+
+    Args:
+        link: the coordinator's Redis connection.
+        credential_key: :attr:`PasswordGrantConfig.credential_key` (a digest, never the password).
+        cipher: seals the record with the user's key.
+    """
+
+    def __init__(self, link: RedisLink, credential_key: str, cipher: TokenCipher) -> None:
+        self._link = link
+        self.credential_key = credential_key
+        self._cipher = cipher
+        self.key = link.key(f"cred:{credential_key}", "token")
+        self.channel = link.channel(f"cred:{credential_key}", "token-published")
+
+    async def read(self) -> SharedToken | None:
+        """The current shared token, or ``None`` if there is none (never published, expired, or lost).
+
+        Raises:
+            CoordinatorUnavailable: Redis did not answer.
+            SharedStateUnreadable: the record does not open with the configured key(s).
+        """
+        gen, tid, blob, spent = await self._link.call(
+            self._link.client.hmget(self.key, ["gen", "tid", "blob", "spent"])
+        )
+        if gen is None or blob is None:
+            return None
+        generation = int(gen)
+        plaintext = self._cipher.open(blob, credential_key=self.credential_key, generation=generation)
+        try:
+            token = token_from_record(plaintext)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise SharedStateUnreadable("the shared token record opened but is not a token record") from None
+        return SharedToken(generation, as_text(tid or b""), token, refresh_spent=as_text(spent or b"0") == "1")
+
+    async def publish(self, token: Token, *, renewed_from: int, now_wall: float) -> PublishResult:
+        """Write ``token`` as the next generation if ``renewed_from`` is still current (or no record exists).
+
+        ``renewed_from`` is the generation the caller read before renewing (0: none). When another
+        process published first, nothing is written and the result names the newer generation:
+        read it and use that token instead.
+        """
+        generation = renewed_from + 1
+        blob = self._cipher.seal(token_to_record(token), credential_key=self.credential_key, generation=generation)
+        ttl = record_ttl(token, now_wall)
+        tid = secrets.token_hex(8)
+        ok, gen = await self._link.script(
+            _PUBLISH,
+            [self.key],
+            [renewed_from, tid, blob, self.channel, 0 if ttl is None else max(1, math.ceil(ttl * 1000))],
+        )
+        return PublishResult(bool(ok), int(gen), tid if ok else "")
+
+    async def claim_refresh(self, generation: int, lease: Lease, handle: LeaseHandle) -> RefreshPermit:
+        """Mark this generation's refresh token as about to be sent, if ``handle`` holds ``lease``.
+
+        Call it right before sending the refresh request; only :attr:`RefreshPermit.GRANTED`
+        allows sending it.
+        """
+        code = await self._link.script(_CLAIM_REFRESH, [self.key, lease.key], [generation, handle.value])
+        return RefreshPermit(int(code))
+
+    async def clear(self) -> None:
+        """Delete the shared token (e.g. after the credential's password changed)."""
+        await self._link.call(self._link.client.delete([self.key]))
+
+    async def watch(
+        self,
+        on_change: Callable[[int | None], Awaitable[None] | None],
+        *,
+        heartbeat: float = 5.0,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_change(generation)`` for every publish, until cancelled.
+
+        ``on_change(None)`` is called after every (re)subscription (publishes may have been
+        missed while disconnected) and for other news on the channel (the login latch
+        tripped): read the record again. Run it in a task group with
+        ``await tg.start(state.watch, callback)``; it reconnects by itself after Redis restarts.
+
+        Every ``heartbeat`` seconds the watcher pings itself on a channel of its own; a
+        subscription that hears nothing for three heartbeats is dropped and made again (a
+        client can announce a resubscription after a restart that never delivers).
+
+        Raises:
+            CoordinatorUnavailable: Redis could not be reached (for the first subscription, or the
+                client gave up reconnecting).
+        """
+        private = f"{self.channel}:ping:{secrets.token_hex(6)}"
+        started = False
+        while True:
+            round_ = _Subscription(self, on_change, private, heartbeat)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(round_.run)
+                if not started:
+                    await round_.settled.wait()
+                    if round_.subscribed:
+                        started = True
+                        task_status.started()
+            if round_.failure is not None:
+                raise round_.failure
+
+
+class _Subscription:
+    """One subscription of a watcher: its messages, its self-ping, why it ended."""
+
+    def __init__(
+        self,
+        state: SharedTokenState,
+        on_change: Callable[[int | None], Awaitable[None] | None],
+        private: str,
+        heartbeat: float,
+    ) -> None:
+        self.state, self.on_change, self.private, self.heartbeat = state, on_change, private, heartbeat
+        self.heard = anyio.current_time()
+        self.settled = anyio.Event()  # subscribed, or failed
+        self.subscribed = False
+        self.failure: CoordinatorUnavailable | None = None
+
+    async def run(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._ping, tg.cancel_scope)
+                await self._listen()
+                tg.cancel_scope.cancel()
+        finally:
+            self.settled.set()
+
+    async def _listen(self) -> None:
+        link = self.state._link
+        try:
+            async with link.client.pubsub(channels=[self.state.channel, self.private]) as pubsub:
+                async for message in pubsub:
+                    self.heard = anyio.current_time()
+                    if as_text(message["channel"]) == self.private:
+                        continue
+                    kind = message["type"]
+                    if kind == "subscribe":
+                        result = self.on_change(None)
+                        self.subscribed = True
+                        self.settled.set()
+                    elif kind == "message":
+                        data = as_text(message["data"])
+                        result = self.on_change(int(data) if data.isdigit() else None)  # e.g. latch news
+                    else:
+                        continue
+                    if result is not None:
+                        await result
+        except UNAVAILABLE as exc:  # the client gave up reconnecting
+            self.failure = link.unavailable(exc)
+
+    async def _ping(self, scope: anyio.CancelScope) -> None:
+        link = self.state._link
+        while anyio.current_time() - self.heard < 3 * self.heartbeat:
+            await anyio.sleep(self.heartbeat)
+            with contextlib.suppress(CoordinatorUnavailable):
+                await link.call(link.client.publish(self.private, "ping"))
+        log.info("token watcher heard nothing for %.0fs; subscribing again", 3 * self.heartbeat)
+        scope.cancel()
