@@ -224,10 +224,21 @@ async def test_crawl_signals_checkpoint_and_exit_with_the_signals_code(tmp_path,
 
 async def test_demo_end_to_end_verbose_leaks_no_secret(tmp_path) -> None:
     code, out, err = await run_cli(
-        "--verbose", "demo", "--records", "1500", "--token-lifetime", "1", "--out", str(tmp_path)
+        "--verbose",
+        "demo",
+        "--records",
+        "1500",
+        "--token-lifetime",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--incremental-records",
+        "3000",
     )
     assert code == 0, err
     assert "1,500 distinct records: complete" in out and "token requests" in out
+    # The incremental part: 30 changes, a second run of a few requests, output equal to the source.
+    assert "second run (incremental)" in out and "(both runs appended) matches the source" in out
     assert "0 invalid_grant" in out
     defaults = AuthServerState()
     text = out + err
@@ -452,6 +463,22 @@ async def test_a_token_store_spares_the_second_run_its_password_login(tmp_path) 
     assert_no_secret(out + err + str(sorted(orjson.loads(store.read_bytes()))), state)
 
 
+async def test_a_token_store_open_to_others_is_refused_with_exit_2(tmp_path) -> None:
+    api = DemoAPI(per_project=20, max_page_size=20)
+    state = AuthServerState()
+    store = tmp_path / "tokens.json"
+    store.write_bytes(b"{}")
+    store.chmod(0o644)
+    async with LocalServer(state, api=api) as server:
+        cfg = write_config(tmp_path / "c.json", server)
+        code, _out, err = await run_cli(
+            *crawl_args(cfg, server, "--out", str(tmp_path / "o.jsonl"), "--token-store", str(store))
+        )
+    assert code == 2, err
+    assert "chmod 600" in err and "Traceback" not in err
+    assert state.count("password") == 0  # refused before any login
+
+
 async def test_check_with_a_token_store_lets_the_crawl_start_without_a_login(tmp_path) -> None:
     api = DemoAPI(per_project=20, max_page_size=20)
     state = AuthServerState()
@@ -517,12 +544,17 @@ async def test_the_demo_interrupted_resumes_with_the_command_it_prints(tmp_path)
 def test_every_option_of_every_subcommand_has_help_and_shows_its_default(capsys) -> None:
     from oauthpw_async.cli import build_parser, main
 
-    parser = build_parser()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subparsers) == {"check", "crawl", "demo", "serve"}
-    for name, sub in subparsers.items():
+    def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[tuple[str, argparse.ArgumentParser]]:
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not nested:
+            return [(" ".join(path), parser)]
+        return [leaf for n, p in nested[0].choices.items() for leaf in leaves(p, (*path, n))]
+
+    commands = leaves(build_parser(), ())
+    assert {name for name, _ in commands} == {"check", "crawl", "demo", "serve", "state show", "state reset"}
+    for name, sub in commands:
         with pytest.raises(SystemExit) as exited:
-            main([name, "--help"])
+            main([*name.split(), "--help"])
         assert exited.value.code == 0
         helps = option_helps(capsys.readouterr().out)
         for action in sub._actions:

@@ -194,21 +194,24 @@ def test_ca_bundle_is_checked_when_used_not_when_built(tmp_path) -> None:
 
 def test_file_store_permissions(tmp_path) -> None:
     # Covered more fully in test_provider; here only that the mode is private.
-    from oauthpw_async import FileTokenStore
+    from oauthpw_async import FileTokenStore, StoredToken
     from oauthpw_async.grant import Instant, Token
 
     store = FileTokenStore(tmp_path / "t.json")
     store.save(
         "k",
-        Token(
-            access_token=Secret("a"),
-            authorization="Bearer a",
-            token_type="Bearer",
-            issued=Instant(1.0, 2.0),
-            lifetime=10,
-            lifetime_source="expires_in",
+        StoredToken(
+            Token(
+                access_token=Secret("a"),
+                authorization="Bearer a",
+                token_type="Bearer",
+                issued=Instant(1.0, 2.0),
+                lifetime=10,
+                lifetime_source="expires_in",
+            ),
+            1,
         ),
     )
     assert stat.S_IMODE(os.stat(tmp_path / "t.json").st_mode) == 0o600
     loaded = store.load("k")
-    assert loaded is not None and loaded.access_token == Secret("a")
+    assert loaded is not None and loaded.token.access_token == Secret("a")

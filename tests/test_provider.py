@@ -520,12 +520,10 @@ async def test_no_token_is_ever_handed_out_past_its_expiry() -> None:
 async def test_file_store_lets_a_restart_skip_the_login(tmp_path) -> None:
     path = tmp_path / "tokens.json"
     h = Harness(lifetime=600.0, store=FileTokenStore(path))
-    async with h.provider:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(h.provider.get)
-            await h.advance(0.05)
-        await anyio.wait_all_tasks_blocked()
-        await anyio.sleep(0.05)  # the store write runs in a worker thread
+    async with h.provider, anyio.create_task_group() as tg:
+        tg.start_soon(h.provider.get)
+        await h.advance(0.05)
+    # Closing waited for the store write (it runs in a worker thread).
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     raw = path.read_text()
     assert h.state.password not in raw  # the password is never stored
@@ -585,3 +583,24 @@ async def test_logs_never_contain_secrets(caplog) -> None:
     for secret in (h.state.password, h.state.client_secret, tok.access_token.reveal(), tok.refresh_token.reveal()):
         assert secret not in caplog.text
     assert "sha256" not in repr(h.provider.stats)
+
+
+async def test_disabled_tls_verification_is_warned_about_once_per_provider(caplog) -> None:
+    h = Harness()
+    insecure = PasswordGrantConfig(
+        access_token_url=URL, username="u", password="p", client_id="c", client_secret="s", verify_tls=False
+    )
+    with caplog.at_level(logging.WARNING, logger="oauthpw_async.provider"):
+        async with h.provider:
+            pass
+        assert "verify_tls" not in caplog.text  # verification on: no warning
+        tokens = TokenProvider(insecure, endpoint=h.endpoint, clock=h.clock)
+        for _ in range(3):
+            async with tokens:
+                tokens.reset(insecure)
+        other = TokenProvider(insecure, endpoint=h.endpoint, clock=h.clock)
+        async with other:
+            pass
+    warnings = [r for r in caplog.records if "verify_tls = false" in r.getMessage()]
+    assert len(warnings) == 2 and all(r.levelno == logging.WARNING for r in warnings)
+    assert "auth.example.com" in warnings[0].getMessage() and "ca_bundle" in warnings[0].getMessage()

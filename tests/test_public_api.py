@@ -23,11 +23,14 @@ PUBLIC = {
     "APIResponse", "AuthorizedSession", "SessionStats", "StaticToken", "TokenSource", "load_token_source",
     "StaticTokenConfig", "StaticTokenRejected",
     "CheckResult", "check_connection",
+    "LoginBudget", "LoginBudgetExhausted", "StoredToken", "TokenEndpointRateLimited", "TokenRequestsPaused",
+    "UnsafeTokenStore",
 }  # fmt: skip
 
 
 CRAWLER = {
-    "API_RETRY", "CallableSink", "Checkpoints", "CrawlEngine", "CrawlStats", "Crawler", "Cursor", "JsonLinesSink",
+    "API_RETRY", "ExportCursor", "SyncStats", "parse_timestamp", "tombstone",
+    "CallableSink", "Checkpoints", "CrawlEngine", "CrawlStats", "Crawler", "Cursor", "JsonLinesSink",
     "LinkHeader", "ListSink", "NextUrl", "ODataNextLink", "Offset", "Page", "PageNumber", "PageRequest",
     "Paginator", "Partition", "PartitionStats", "Sink", "parse_link_header",
 }  # fmt: skip

@@ -29,6 +29,7 @@ from .errors import (
     InvalidCredentials,
     InvalidRequest,
     InvalidScope,
+    LoginBudgetExhausted,
     OAuthPWError,
     OutputLocked,
     PageShapeError,
@@ -42,13 +43,16 @@ from .errors import (
     StateWriteError,
     StaticTokenRejected,
     StorageError,
+    TokenEndpointRateLimited,
     TokenError,
     TokenRedirectError,
     TokenRequestRejected,
+    TokenRequestsPaused,
     TokenResponseError,
     TokenTransportError,
     TransientTokenError,
     UnauthorizedError,
+    UnsafeTokenStore,
     UnsupportedGrantType,
     UsageError,
 )
@@ -62,11 +66,11 @@ from .grant import (
     build_refresh_request,
     parse_token_response,
 )
-from .provider import RefreshPolicy, TokenEvent, TokenProvider, TokenStats
+from .provider import LoginBudget, RefreshPolicy, TokenEvent, TokenProvider, TokenStats
 from .retry import Retrying, RetryPolicy
 from .sources import StaticToken, TokenSource, load_token_source
 from .static_config import StaticTokenConfig
-from .store import FileTokenStore, MemoryTokenStore, TokenStore
+from .store import FileTokenStore, MemoryTokenStore, StoredToken, TokenStore
 
 if TYPE_CHECKING:
     from .session import APIResponse, AuthorizedSession, SessionStats
@@ -112,6 +116,8 @@ __all__ = [
     "InvalidCredentials",
     "InvalidRequest",
     "InvalidScope",
+    "LoginBudget",
+    "LoginBudgetExhausted",
     "MemoryTokenStore",
     "OAuthPWError",
     "OutputLocked",
@@ -134,15 +140,18 @@ __all__ = [
     "StaticTokenConfig",
     "StaticTokenRejected",
     "StorageError",
+    "StoredToken",
     "SystemClock",
     "Token",
     "TokenEndpoint",
+    "TokenEndpointRateLimited",
     "TokenError",
     "TokenEvent",
     "TokenProvider",
     "TokenRedirectError",
     "TokenRequest",
     "TokenRequestRejected",
+    "TokenRequestsPaused",
     "TokenResponse",
     "TokenResponseError",
     "TokenSource",
@@ -151,6 +160,7 @@ __all__ = [
     "TokenTransportError",
     "TransientTokenError",
     "UnauthorizedError",
+    "UnsafeTokenStore",
     "UnsupportedGrantType",
     "UsageError",
     "build_password_request",

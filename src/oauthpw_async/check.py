@@ -37,6 +37,7 @@ from .exchange import exchange
 from .grant import Grant, Instant, Token, TokenRequest, TokenResponse, build_password_request, build_refresh_request
 from .grant import parse_token_response as _parse
 from .retry import RetryPolicy
+from .store import StoredToken
 
 if TYPE_CHECKING:
     from .store import TokenStore
@@ -247,9 +248,12 @@ async def check_connection(
                 newest = new
         stored = False
         if store is not None:
-            # A file store fsyncs: off the event loop.
-            await anyio.to_thread.run_sync(store.save, config.credential_key, newest)
-            stored = True
+            # A file store fsyncs: off the event loop. The check's login is a renewal like any
+            # other: one generation past what the store holds, so the store never goes back.
+            key = config.credential_key
+            previous = await anyio.to_thread.run_sync(store.load, key)
+            generation = previous.generation + 1 if previous is not None else 1
+            stored = await anyio.to_thread.run_sync(store.save, key, StoredToken(newest, generation))
         return attrs.evolve(base, steps=tuple(steps), refresh_skipped=skipped, error=error, stored=stored)
     finally:
         if owned:

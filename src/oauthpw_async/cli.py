@@ -41,6 +41,7 @@ import anyio
 import attrs
 import orjson
 
+from . import state_cli
 from .check import CheckResult, ExitCode, check_connection, exit_code_for
 from .config import load_config
 from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink
@@ -219,6 +220,8 @@ class _CrawlJob:
     allow_incomplete: bool
     #: Ignore the saved positions (``--restart``): the state file is started afresh.
     fresh: bool = False
+    #: Incremental crawlers: ignore the saved cursors (``--full-refresh``).
+    full_refresh: bool = False
 
 
 async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None, TokenProvider | StaticToken | None]:
@@ -226,7 +229,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
     names = [p.name for p in job.crawler.partitions()]
     before = _state_before(None if job.fresh else job.state, names)
     out_name = str(job.out) if job.out is not None else "stdout"
-    if job.state and names and before.done == len(names):
+    if job.state and names and before.done == len(names) and not job.crawler.is_incremental:
         total = _count_records(job.out) if job.out is not None and job.out.exists() else None
         print_lines(
             format_nothing_to_do(
@@ -274,6 +277,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
                     rate=job.rate,
                     state=Checkpoints(job.state, restart=True) if job.fresh and job.state else job.state,
                     on_progress=progress,
+                    full_refresh=job.full_refresh,
                 )
                 progress.final(stats)
         if not stats.complete and not job.allow_incomplete:
@@ -316,6 +320,8 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
             outcome=outcome,
         )
         print_lines(format_summary(summary), report)
+        for key, value in state_cli.cursor_rows(shown):  # incremental crawlers: cursor before -> after
+            print(f"  {key:<18} {value}", file=report)
     if outcome == "interrupted":
         print(format_interrupted(job.state, job.command), file=sys.stderr, flush=True)
     elif code == ExitCode.INCOMPLETE:
@@ -344,7 +350,10 @@ async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> i
         restart_appends=True,
         allow_incomplete=args.allow_incomplete,
         fresh=args.restart,
+        full_refresh=args.full_refresh,
     )
+    if args.full_refresh:
+        print(state_cli.full_refresh_notice(args.state), file=sys.stderr if out is None else sys.stdout)
     # Records on stdout: everything else on stderr, so the output pipes cleanly.
     code, _, _ = await _crawl(job, sys.stderr if out is None else sys.stdout)
     return code
@@ -395,7 +404,15 @@ async def _demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(row("demo check", f"{outcome.distinct:,} distinct records: {verdict}"), file=out, flush=True)
     if code != ExitCode.OK:
         return code
-    return ExitCode.OK if outcome.complete else ExitCode.INCOMPLETE
+    if not outcome.complete:
+        return ExitCode.INCOMPLETE
+    if args.incremental_records <= 0:
+        return ExitCode.OK
+    from .testing.changes import incremental_demo
+
+    print("\ndemo: incremental sync (a second source; run 2 fetches only what changed)", file=out, flush=True)
+    changed = max(1, args.incremental_records // 100)
+    return await incremental_demo(out, records=args.incremental_records, changed=changed, out_dir=args.out)
 
 
 def _api_fault(text: str) -> tuple[int, int, str | None]:
@@ -586,6 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start over: ignore the positions saved in --state (also one saved by another crawl) (default: resume)",
     )
+    p.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="incremental crawlers: ignore the saved cursors and read everything (default: only what changed)",
+    )
+    state_cli.add_parser(sub)
 
     p = sub.add_parser(
         "demo",
@@ -602,6 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=64, help="API requests in flight at once")
     p.add_argument("--out", default="demo-output", metavar="DIR", help="folder for the JSONL and state files")
     p.add_argument("--resume", action="store_true", help="keep earlier demo output and resume from its state")
+    p.add_argument(
+        "--incremental-records",
+        type=int,
+        default=20000,
+        help="then sync a second source incrementally: a full run, 1%% changed, a run that reads only those (0: skip)",
+    )
 
     p = sub.add_parser(
         "serve",
@@ -654,6 +683,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_check(args))
         if args.command == "crawl":
             return asyncio.run(_run_crawl_command(args, argv))
+        if args.command == "state":
+            return state_cli.run(args, sys.stdout)
         if args.command == "demo":
             return asyncio.run(_demo(args, argv))
         return asyncio.run(_serve(args))

@@ -6,7 +6,10 @@ are shortened and scrubbed first (see :func:`oauthpw_async.grant.excerpt`).
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -23,6 +26,7 @@ __all__ = [
     "InvalidCredentials",
     "InvalidRequest",
     "InvalidScope",
+    "LoginBudgetExhausted",
     "OAuthPWError",
     "OutputLocked",
     "PageShapeError",
@@ -36,13 +40,16 @@ __all__ = [
     "StateWriteError",
     "StaticTokenRejected",
     "StorageError",
+    "TokenEndpointRateLimited",
     "TokenError",
     "TokenRedirectError",
     "TokenRequestRejected",
+    "TokenRequestsPaused",
     "TokenResponseError",
     "TokenTransportError",
     "TransientTokenError",
     "UnauthorizedError",
+    "UnsafeTokenStore",
     "UnsupportedGrantType",
     "UsageError",
 ]
@@ -249,6 +256,78 @@ class StaticTokenRejected(InvalidCredentials):
         "replace the token (it is expired, revoked, or not valid for this API) and run again; "
         "requests with it are not sent again until it is replaced"
     )
+
+
+def _utc(epoch: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return "a time too far ahead to print"
+
+
+class TokenRequestsPaused(TransientTokenError):
+    """No token request is sent before :attr:`retry_at`; raised at once, without a request.
+
+    Attributes:
+        retry_at: epoch seconds from which token requests are sent again.
+        resume_in: seconds from when the error was raised until then (also :attr:`retry_after`).
+    """
+
+    def __init__(self, message: str, *, retry_at: float, retry_after: float, **kwargs: Any) -> None:
+        self.retry_at = retry_at
+        self._message = message
+        when = f"{message}; next attempt at {_utc(retry_at)} (in {math.ceil(max(0.0, retry_after)):.0f}s)"
+        super().__init__(when, retry_after=retry_after, **kwargs)
+
+    @property
+    def resume_in(self) -> float:
+        """Seconds to wait, counted from when the error was raised."""
+        return self.retry_after or 0.0
+
+    def __reduce__(self) -> tuple[object, ...]:
+        kwargs = {
+            "status": self.status,
+            "error_code": self.error_code,
+            "grant": self.grant,
+            "retry_after": self.retry_after,
+            "hint": self.hint,
+            "retry_at": self.retry_at,
+        }
+        return (_rebuild, (type(self), self._message, kwargs))
+
+
+class LoginBudgetExhausted(TokenRequestsPaused):
+    """The credential's password logins for this window are spent (see ``LoginBudget``).
+
+    Servers that answer a wrong password with a 5xx, a 429 or an HTML page cannot be told from
+    an outage, so logins are capped per window whatever the answers were: no account lockout.
+    """
+
+    hint = (
+        "password logins failed (an error status, a throttle, a page that is not a token) or their tokens were "
+        "refused right away: check the Access Token URL, the account and the server; logins resume by themselves"
+    )
+
+
+class TokenEndpointRateLimited(TokenRequestsPaused):
+    """The token endpoint asked to wait (``Retry-After`` or a rate-limit reset header) longer than ``max_wait``."""
+
+    hint = "the server is throttling this client; wait, or lower the request rate of every client using this account"
+
+
+class UnsafeTokenStore(ConfigError):
+    """A token store file that others could read or replace: a symlink, or open to group or others.
+
+    Raised when the provider starts; the file holds live credentials, so it is never used as is.
+    """
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__([FieldProblem("token store", f"{path}: {problem}")])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.path, self.problem))
 
 
 # --- API requests (crawler) -------------------------------------------------------------

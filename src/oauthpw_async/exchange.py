@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import TransientTokenError
+from .errors import TokenEndpointRateLimited, TransientTokenError
 from .grant import Instant, Token, TokenRequest, TokenResponse
 from .retry import RetryPolicy
 
@@ -40,9 +40,15 @@ async def exchange(
 ) -> Token:
     """Send ``request`` and parse the answer, retrying transient failures per ``policy``.
 
+    ``on_send`` is called before each send (attempt number from 0); an exception it raises
+    propagates and the request is not sent. Waits between attempts are never shorter than
+    the server asked for (``Retry-After`` or a rate-limit reset header).
+
     Raises:
+        TokenEndpointRateLimited: the server asked to wait longer than ``policy.max_wait``;
+            it names when requests are accepted again.
         TokenError: the parsed error of the last answer (definitive at once, transient once
-            the policy gives up: attempts, deadline, or a ``Retry-After`` beyond ``max_wait``).
+            the policy gives up: attempts or deadline).
     """
     retrying = None
     attempt = 0
@@ -59,7 +65,21 @@ async def exchange(
             delay = retrying.next_delay(now, exc.retry_after)
             if delay is None:
                 log.warning("token request (%s) failed, not retried: %s; %s", request.grant, retrying.stop_reason, exc)
+                if exc.retry_after is not None and exc.retry_after > policy.max_wait:
+                    raise _rate_limited(exc, sent.wall, policy) from None
                 raise
             attempt += 1
             log.warning("token request (%s) failed, retry %d in %.2fs: %s", request.grant, attempt, delay, exc)
             await clock.sleep(delay)
+
+
+def _rate_limited(exc: TransientTokenError, sent_wall: float, policy: RetryPolicy) -> TokenEndpointRateLimited:
+    hint = exc.retry_after or 0.0
+    return TokenEndpointRateLimited(
+        f"{exc.detail}; the server asked to wait {hint:.0f}s, longer than max_wait ({policy.max_wait:g}s)",
+        retry_at=sent_wall + hint,
+        retry_after=hint,
+        status=exc.status,
+        error_code=exc.error_code,
+        grant=exc.grant,
+    )

@@ -8,10 +8,16 @@ States by the provider's monotonic clock:
 * EXPIRED (past expiry, invalidated, or none yet): callers wait for the single token
   request in flight (single flight), which runs in the provider's own task group so a
   cancelled caller never cancels it.
+
+Two things stop a renewal before any request is sent, and callers then get a
+:class:`~oauthpw_async.errors.TokenRequestsPaused` at once, naming when requests resume:
+the server asked to wait longer than ``RetryPolicy.max_wait`` (``Retry-After`` or a
+rate-limit reset header), or the credential's :class:`LoginBudget` is spent.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import logging
 import math
@@ -27,13 +33,19 @@ from ._httputil import safe_url
 from .clock import SYSTEM_CLOCK, Clock
 from .config import PasswordGrantConfig
 from .errors import (
+    ConfigError,
     CredentialsLockedOut,
     DefinitiveTokenError,
     InvalidCredentials,
+    LoginBudgetExhausted,
+    OAuthPWError,
     ProviderClosed,
     RefreshTokenRejected,
+    TokenEndpointRateLimited,
     TokenError,
+    TokenRequestsPaused,
     TransientTokenError,
+    UsageError,
 )
 from .exchange import TOKEN_RETRY, exchange
 from .fleet.errors import CoordinatorUnavailable
@@ -47,14 +59,14 @@ from .grant import (
     parse_token_response,
 )
 from .retry import RetryPolicy
-from .store import MemoryTokenStore, TokenStore
+from .store import MemoryTokenStore, StoredToken, TokenStore
 
 if TYPE_CHECKING:
     from .fleet.coordinator import Coordinator
     from .fleet.renewal import FleetRenewal
     from .transport import TokenEndpoint
 
-__all__ = ["RefreshPolicy", "TokenEvent", "TokenProvider", "TokenStats"]
+__all__ = ["LoginBudget", "RefreshPolicy", "TokenEvent", "TokenProvider", "TokenStats"]
 
 log = logging.getLogger("oauthpw_async.provider")
 
@@ -63,6 +75,36 @@ log = logging.getLogger("oauthpw_async.provider")
 RENEWAL_BACKOFF = RetryPolicy(max_attempts=1_000_000, base_delay=0.5, max_delay=60.0, jitter=0.5, max_wait=86400.0)
 
 _NEVER = -math.inf
+
+#: A stored token issued further ahead than this on the wall clock is not trusted (a clock
+#: that jumped back, or a forged file); a smaller lead is clamped to "issued now".
+STORE_FUTURE_TOLERANCE = 3600.0
+
+
+@attrs.frozen
+class LoginBudget:
+    """At most ``max_logins`` password-login requests per credential in any ``window`` seconds.
+
+    Every login request sent counts, retries of one login included, whatever the answer:
+    servers that answer a wrong password with a 5xx, a 429 or a 200 HTML page cannot be told
+    from an outage, and each such login may count towards an account lockout. When the budget
+    is spent, callers that need a login get :class:`~oauthpw_async.errors.LoginBudgetExhausted`
+    at once, without a request. A successful login does not reset the window; refreshes are
+    not counted.
+    """
+
+    max_logins: int = attrs.field(default=3)
+    window: float = attrs.field(default=600.0)
+
+    @max_logins.validator
+    def _check_logins(self, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"max_logins must be a whole number >= 1, got {value!r}")
+
+    @window.validator
+    def _check_window(self, attribute: attrs.Attribute[float], value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise UsageError(f"window must be a finite number of seconds >= 0, got {value!r}")
 
 
 @attrs.frozen
@@ -83,6 +125,8 @@ class RefreshPolicy:
     backoff: RetryPolicy = RENEWAL_BACKOFF
     #: Consecutive HTTP 500 answers to a refresh after which a password login is tried instead.
     refresh_failures_before_login: int = 2
+    #: How many password logins may be sent per window, whatever the server answers.
+    login_budget: LoginBudget = LoginBudget()
 
     def margin(self, lifetime: float, rng: random.Random) -> float:
         """Seconds before expiry at which a refresh starts."""
@@ -99,6 +143,8 @@ class TokenStats:
 
     #: Password logins attempted (one per renewal, whatever the retries).
     logins: int = 0
+    #: Password login requests sent, retries included (what the :class:`LoginBudget` counts).
+    login_requests: int = 0
     #: Refresh-token grants attempted.
     refreshes: int = 0
     #: HTTP token requests sent, retries included.
@@ -159,9 +205,12 @@ class TokenProvider:
     Args:
         config: the connection.
         endpoint: how token requests are sent; default :class:`AiohttpTokenEndpoint` (asyncio).
-        refresh: when to renew (:class:`RefreshPolicy`).
-        retry: retries of one token request on transient failures (:class:`RetryPolicy`).
-        store: where tokens persist across restarts (default: in memory only).
+        refresh: when to renew, and the login budget (:class:`RefreshPolicy`).
+        retry: retries of one token request on transient failures (:class:`RetryPolicy`); its
+            ``max_wait`` is also the longest a caller waits for a server's rate-limit window.
+        store: where tokens persist across restarts (default: in memory only). A file store
+            that is unsafe (symlink, open to group or others) makes entering the provider
+            raise :class:`~oauthpw_async.errors.UnsafeTokenStore`.
         on_token: called with a :class:`TokenEvent` for every new token.
         clock: time source (tests pass :class:`oauthpw_async.testing.FakeClock`).
         rng: random source for jitter (seed it for reproducible tests).
@@ -200,7 +249,15 @@ class TokenProvider:
         self._fatal: TokenError | None = None
         self._failures = 0
         self._refresh_failures = 0
+        #: No renewal starts before this (backoff after failures, and the server's windows).
         self._retry_not_before = _NEVER
+        #: The end of the server's last rate-limit window (kept across reset()).
+        self._rate_limited_until = _NEVER
+        #: When the login requests of the current budget window were sent (monotonic).
+        self._login_times: collections.deque[float] = collections.deque()
+        #: Generation of the current token in the store: one more per renewal.
+        self._generation = 0
+        self._tls_warned = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._coordinator = coordinator
         self._fleet: FleetRenewal | None = None
@@ -237,7 +294,9 @@ class TokenProvider:
 
         Raises:
             TokenError: the renewal this call waited for failed (a :class:`CredentialsLockedOut`
-                at once, without a request, after a rejected password).
+                at once, without a request, after a rejected password; a
+                :class:`~oauthpw_async.errors.TokenRequestsPaused` at once while the server's
+                rate-limit window or the spent login budget forbids a request).
         """
         if self._now() < self._refresh_at:
             return self._token  # type: ignore[return-value]
@@ -263,19 +322,28 @@ class TokenProvider:
         self.stats.invalidations += 1
         self._refresh_at = self._expires_at = _NEVER
         log.info("token invalidated after a rejection; renewing")
-        if self._fatal is None and self._flight is None and self._tg is not None:
+        if self._fatal is None and self._flight is None and self._tg is not None and self._paused(self._now()) is None:
             self._start_flight()
         return True
 
     def reset(self, config: PasswordGrantConfig | None = None) -> None:
-        """Allow logins again after a rejected password, optionally with a new configuration."""
+        """Allow logins again after a rejected password, optionally with a new configuration.
+
+        The login budget and the server's rate-limit window stay as they are (they are about
+        requests already sent), unless ``config`` is another credential.
+        """
         if config is not None:
+            if config.credential_key != self._config.credential_key:
+                self._login_times.clear()
+                self._rate_limited_until = _NEVER
+                self._generation = 0
             self._config = config
             self._token = None
             self._refresh_at = self._expires_at = _NEVER
+            self._warn_insecure_tls()
         self._fatal = None
         self._failures = self._refresh_failures = 0
-        self._retry_not_before = _NEVER
+        self._retry_not_before = self._rate_limited_until
         if self._fleet is not None:
             self._fleet.reset()
 
@@ -284,6 +352,15 @@ class TokenProvider:
     async def __aenter__(self) -> TokenProvider:
         if self._tg is not None:
             raise RuntimeError("this TokenProvider is already open")
+        self._warn_insecure_tls()
+        # Read the store first: an unsafe store file is a setup error, raised before anything starts.
+        try:
+            stored = self._store.load(self._config.credential_key)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            log.warning("token store could not be read, logging in instead: %s", type(exc).__name__)
+            stored = None
         if self._endpoint is None:
             from .transport import AiohttpTokenEndpoint  # aiohttp only when it is used
 
@@ -291,7 +368,8 @@ class TokenProvider:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        self._restore()
+        if stored is not None:
+            self._restore(stored)
         if self._coordinator is not None:
             from .fleet.renewal import FleetRenewal  # the fleet extra only when it is used
 
@@ -310,7 +388,8 @@ class TokenProvider:
         try:
             if tg is not None:
                 # Background renewals never raise, so the group exits cleanly; an exception from
-                # the body propagates as itself, not wrapped in an ExceptionGroup.
+                # the body propagates as itself, not wrapped in an ExceptionGroup. Store writes
+                # are shielded: closing waits for them, so a restart finds the newest token.
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(None, None, None)
             return None
@@ -323,6 +402,15 @@ class TokenProvider:
                 self._endpoint = None
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _warn_insecure_tls(self) -> None:
+        if not self._config.verify_tls and not self._tls_warned:
+            self._tls_warned = True
+            log.warning(
+                "TLS certificate verification is off (verify_tls = false) for %s: the password and tokens "
+                "can be intercepted; trust a private CA with ca_bundle instead",
+                safe_url(self._config.access_token_url),
+            )
 
     async def _get_slow(self) -> Token:
         if self._tg is None:
@@ -338,8 +426,13 @@ class TokenProvider:
                 return token
             if self._fatal is not None:
                 raise self._fatal_error()
+            flight = self._flight
+            if flight is None:
+                paused = self._paused(now)
+                if paused is not None:
+                    raise paused
+                flight = self._start_flight()
             self.stats.waits += 1
-            flight = self._flight or self._start_flight()
             token = await flight.wait()
             if self._token is token and self._now() < self._expires_at:
                 return token
@@ -362,6 +455,54 @@ class TokenProvider:
         err.__traceback__ = None
         return err
 
+    def _refresh_usable(self, now: float) -> bool:
+        """Whether the next renewal is a refresh grant (otherwise it is a password login)."""
+        current = self._token
+        return (
+            current is not None
+            and current.refresh_token is not None
+            and (current.refresh_expires_at is None or now < current.refresh_expires_at)
+            and self._refresh_failures < self._policy.refresh_failures_before_login
+        )
+
+    def _logins_left(self, now: float) -> int:
+        budget = self._policy.login_budget
+        times = self._login_times
+        while times and times[0] <= now - budget.window:
+            times.popleft()
+        return budget.max_logins - len(times)
+
+    def _budget_error(self, now: float) -> LoginBudgetExhausted:
+        budget = self._policy.login_budget
+        resume_in = self._login_times[0] + budget.window - now
+        return LoginBudgetExhausted(
+            f"the login budget is spent: {budget.max_logins} password login request(s) in {budget.window:g}s; "
+            "no login is sent before the window allows one, to keep the account from being locked",
+            retry_at=self._clock.wall() + resume_in,
+            retry_after=resume_in,
+        )
+
+    def _paused(self, now: float) -> TokenRequestsPaused | None:
+        """Why no renewal may start now, for longer than a caller should wait; ``None`` if one may."""
+        limited = self._rate_limited_until - now
+        if limited > self._retry.max_wait:
+            return TokenEndpointRateLimited(
+                f"the token endpoint asked for a pause of {limited:.0f}s, longer than max_wait "
+                f"({self._retry.max_wait:g}s); no token request is sent before it ends",
+                retry_at=self._clock.wall() + limited,
+                retry_after=limited,
+            )
+        if not self._refresh_usable(now) and self._logins_left(now) <= 0:
+            return self._budget_error(now)
+        backoff = self._retry_not_before - now
+        if backoff > self._retry.max_wait:
+            return TokenRequestsPaused(
+                f"token renewals failed {self._failures} time(s) in a row and are backing off",
+                retry_at=self._clock.wall() + backoff,
+                retry_after=backoff,
+            )
+        return None
+
     def _start_flight(self) -> _Flight:
         assert self._tg is not None
         flight = _Flight()
@@ -370,8 +511,14 @@ class TokenProvider:
         return flight
 
     async def _run_flight(self, flight: _Flight) -> None:
+        entry: StoredToken | None = None
         try:
-            delay = self._retry_not_before - self._now()
+            now = self._now()
+            delay = max(self._retry_not_before, self._rate_limited_until) - now
+            if delay > self._retry.max_wait:
+                paused = self._paused(now)
+                assert paused is not None
+                raise paused
             if delay > 0:
                 await self._clock.sleep(delay)
             token, source = await (self._fleet.renew() if self._fleet is not None else self._renew())
@@ -389,34 +536,31 @@ class TokenProvider:
             flight.error = exc
         else:
             self._install(token, source)
+            self._generation += 1
+            entry = StoredToken(token, self._generation)
             flight.token = token
             flight.error = None
         finally:
             if self._flight is flight:
                 self._flight = None
             flight.done.set()
-        if flight.token is not None:
-            await self._persist(flight.token)
+        if entry is not None:
+            await self._persist(entry)
 
     async def _renew(self) -> tuple[Token, Literal["password", "refresh_token"]]:
         # Read the refresh token now, inside the single flight, never before it: with
         # rotating refresh tokens a value read earlier may already have been used.
         current = self._token
-        rt = current.refresh_token if current is not None else None
-        now = self._now()
-        usable = (
-            rt is not None
-            and current is not None
-            and (current.refresh_expires_at is None or now < current.refresh_expires_at)
-            and self._refresh_failures < self._policy.refresh_failures_before_login
-        )
-        if usable:
-            assert rt is not None
+        if self._refresh_usable(self._now()):
+            assert current is not None and current.refresh_token is not None
             self.stats.refreshes += 1
+            request = build_refresh_request(self._config, current.refresh_token)
             try:
-                return await self._exchange(build_refresh_request(self._config, rt), current), "refresh_token"
+                return await self._exchange(request, current, self._retry), "refresh_token"
             except RefreshTokenRejected as exc:
                 self.stats.refresh_rejected += 1
+                if self._token is current:  # never present a rejected refresh token again
+                    self._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
                 log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
             except TransientTokenError as exc:
                 # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session)
@@ -424,10 +568,19 @@ class TokenProvider:
                 if exc.status == 500:
                     self._refresh_failures += 1
                 raise
+        policy = self._login_policy()
         self.stats.logins += 1
-        return await self._exchange(build_password_request(self._config), None), "password"
+        return await self._exchange(build_password_request(self._config), None, policy), "password"
 
-    async def _exchange(self, request: TokenRequest, previous: Token | None) -> Token:
+    def _login_policy(self) -> RetryPolicy:
+        """The retries one password login may use; raises when the login budget is spent."""
+        left = self._logins_left(self._now())
+        if left <= 0:
+            raise self._budget_error(self._now())
+        # Retries of a login are logins too: never more attempts than the budget has left.
+        return self._retry if left >= self._retry.max_attempts else attrs.evolve(self._retry, max_attempts=left)
+
+    async def _exchange(self, request: TokenRequest, previous: Token | None, policy: RetryPolicy) -> Token:
         config = self._config
         assert self._endpoint is not None
 
@@ -435,11 +588,17 @@ class TokenProvider:
             return parse_token_response(config, request, response, sent, previous=previous)
 
         def on_send(req: TokenRequest, attempt: int) -> None:
+            if req.grant == "password":
+                now = self._now()
+                if self._logins_left(now) <= 0:  # the policy above prevents it; never send past the budget
+                    raise self._budget_error(now)
+                self._login_times.append(now)
+                self.stats.login_requests += 1
             self.stats.token_requests += 1
             log.debug("token request: grant=%s url=%s attempt=%d", req.grant, safe_url(req.url), attempt + 1)
 
         return await exchange(
-            self._endpoint, request, parse, policy=self._retry, clock=self._clock, rng=self._rng, on_send=on_send
+            self._endpoint, request, parse, policy=policy, clock=self._clock, rng=self._rng, on_send=on_send
         )
 
     def _install(self, token: Token, source: Literal["password", "refresh_token", "store", "fleet"]) -> None:
@@ -471,31 +630,42 @@ class TokenProvider:
             self._fatal = exc
             log.error("token request rejected, no automatic retry: %s", exc)
             return
+        if exc.retry_after is not None and getattr(exc, "status", None) is not None:
+            # The server's own window (Retry-After, a rate-limit reset): nothing is sent inside it.
+            self._rate_limited_until = max(self._rate_limited_until, now + exc.retry_after)
+        if isinstance(exc, TokenRequestsPaused):
+            # Nothing new was learnt about the server: no backoff step, just no attempt before then.
+            self._retry_not_before = max(self._retry_not_before, now + exc.resume_in)
+            log.warning("token renewal paused: %s", exc)
+            return
         self._failures += 1
         delay = self._policy.backoff.backoff(self._failures - 1, self._rng)
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)
         if self._token is not None and now < self._expires_at:
             delay = min(delay, (self._expires_at - now) / 2)  # try again before the token runs out
+        delay = max(delay, self._rate_limited_until - now)
         self._retry_not_before = now + delay
         log.warning("token renewal failed, next attempt in %.2fs: %s", delay, exc)
 
-    def _restore(self) -> None:
-        try:
-            stored = self._store.load(self._config.credential_key)
-        except Exception as exc:
-            log.warning("token store could not be read, logging in instead: %s", type(exc).__name__)
-            return
-        if stored is None:
-            return
+    def _restore(self, stored: StoredToken) -> None:
         now_mono, now_wall = self._now(), self._clock.wall()
+        issued_wall = stored.token.issued.wall
+        if issued_wall > now_wall + STORE_FUTURE_TOLERANCE:
+            log.warning(
+                "the stored token claims to be issued %.0fs in the future (a clock change or a damaged "
+                "store); ignored, logging in instead",
+                issued_wall - now_wall,
+            )
+            return
+        # A token from slightly ahead (a clock step) counts as issued now: never longer than its lifetime.
+        issued_wall = min(issued_wall, now_wall)
         # The store keeps wall-clock times; move them onto this process's monotonic clock.
-        rexp = stored.refresh_expires_at
+        rexp = stored.token.refresh_expires_at
         token = attrs.evolve(
-            stored,
-            issued=Instant(now_mono - (now_wall - stored.issued.wall), stored.issued.wall),
+            stored.token,
+            issued=Instant(now_mono - (now_wall - issued_wall), issued_wall),
             refresh_expires_at=None if rexp is None else now_mono + (rexp - now_wall),
         )
+        self._generation = max(self._generation, stored.generation)
         if token.expires_at - self._policy.skew(token.lifetime) > now_mono or token.refresh_token is not None:
             self.stats.restored += 1
             self._install(token, "store")
@@ -503,8 +673,19 @@ class TokenProvider:
                 self._refresh_at = self._expires_at = _NEVER
                 self._token = token  # keep its refresh token for the first renewal
 
-    async def _persist(self, token: Token) -> None:
+    async def _persist(self, entry: StoredToken) -> None:
+        key, store = self._config.credential_key, self._store
         try:
-            await anyio.to_thread.run_sync(self._store.save, self._config.credential_key, token)
+            if isinstance(store, MemoryTokenStore):  # no I/O: no worker thread
+                saved = store.save(key, entry)
+            else:
+                # Shielded: closing the provider waits for the write instead of losing the newest token.
+                with anyio.CancelScope(shield=True):
+                    saved = await anyio.to_thread.run_sync(store.save, key, entry)
         except Exception as exc:
-            log.warning("token store could not be written: %s", type(exc).__name__)
+            log.warning(
+                "token store could not be written: %s", exc if isinstance(exc, OAuthPWError) else type(exc).__name__
+            )
+        else:
+            if not saved:
+                log.info("token store holds a newer token (another process renewed); kept it")

@@ -2,43 +2,89 @@
 
 A restarted crawler that finds a still-valid token (or a refresh token) in its store
 uses it instead of logging in again: logins are what count against lockouts and limits.
+
+A store never goes back in time. Every token the provider stores carries a *generation*
+(one more than the token it replaced); a save whose generation is older than the stored one
+is dropped. With rotating refresh tokens this is what keeps a restart from presenting a
+refresh token that was already used.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import math
 import os
+import stat
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+import attrs
 import orjson
 
 from ._atomic import atomic_write
 from ._secret import Secret
+from .errors import UnsafeTokenStore
 from .grant import Instant, Token
 
-__all__ = ["FileTokenStore", "MemoryTokenStore", "TokenStore"]
+try:  # POSIX; elsewhere only threads of one process are kept apart
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["MAX_STORED_LIFETIME", "FileTokenStore", "MemoryTokenStore", "StoredToken", "TokenStore"]
+
+log = logging.getLogger("oauthpw_async.store")
+
+#: A stored token claiming a longer life than this is damaged or forged, never "immortal".
+MAX_STORED_LIFETIME = 366 * 86400.0
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_BAD_TOKEN_CHARS = frozenset("\r\n\0 ")
+
+
+@attrs.frozen
+class StoredToken:
+    """A token as a store keeps it: the token (times on the wall clock) and its generation.
+
+    ``token.issued.monotonic`` is meaningless here and ``token.refresh_expires_at`` is epoch
+    seconds; the provider moves both onto its own clock when it restores the token.
+    """
+
+    token: Token
+    #: Counts the renewals of one credential: a higher generation replaced a lower one.
+    generation: int
 
 
 class TokenStore(Protocol):
     """Keeps the newest token per credential key.
 
-    ``load`` returns a token whose times are on the wall clock: ``issued.monotonic`` is
-    ignored and ``refresh_expires_at`` is epoch seconds; the provider re-bases them.
+    ``save`` is called from a worker thread, possibly from several at once, and must keep the
+    entry with the highest generation: an older entry never replaces a newer one.
     """
 
-    def load(self, key: str) -> Token | None:
-        """The stored token for ``key``, if any."""
+    def load(self, key: str) -> StoredToken | None:
+        """The stored entry for ``key``, if any (an unusable one is ``None``, with a warning)."""
         ...
 
-    def save(self, key: str, token: Token) -> None:
-        """Store ``token`` for ``key``, replacing the previous one."""
+    def save(self, key: str, entry: StoredToken) -> bool:
+        """Store ``entry`` unless the store holds a newer one; whether it was stored."""
         ...
 
 
-def _to_record(token: Token) -> dict[str, Any]:
+class _BadRecord(ValueError):
+    """A stored record that is not a usable token (the reason names a field, never a value)."""
+
+
+def _to_record(entry: StoredToken) -> dict[str, Any]:
+    token = entry.token
     rexp = token.refresh_expires_at
     return {
+        "generation": entry.generation,
         "access_token": token.access_token.reveal(),
         "authorization": token.authorization,
         "token_type": token.token_type,
@@ -52,20 +98,77 @@ def _to_record(token: Token) -> dict[str, Any]:
     }
 
 
-def _from_record(rec: dict[str, Any]) -> Token:
-    rt = rec.get("refresh_token")
-    return Token(
-        access_token=Secret(str(rec["access_token"])),
-        authorization=str(rec["authorization"]),
-        token_type=str(rec["token_type"]),
-        issued=Instant(math.nan, float(rec["issued_wall"])),
-        lifetime=float(rec["lifetime"]),
-        lifetime_source=str(rec.get("lifetime_source", "default")),
-        refresh_token=Secret(rt) if isinstance(rt, str) and rt else None,
-        refresh_expires_at=rec.get("refresh_expires_wall"),
-        scope=rec.get("scope"),
-        extra=rec.get("extra") or {},
+def _number(rec: Mapping[str, Any], field: str) -> float:
+    value = rec.get(field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _BadRecord(f"{field} is not a finite number")
+    return float(value)
+
+
+def _text(rec: Mapping[str, Any], field: str, *, optional: bool = False, header: bool = False) -> str | None:
+    value = rec.get(field)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or (header and (not value or any(c in value for c in "\r\n\0"))):
+        raise _BadRecord(f"{field} is not a valid string")
+    return value
+
+
+def _secret(rec: Mapping[str, Any], field: str, *, optional: bool = False) -> Secret | None:
+    value = rec.get(field)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or any(c in _BAD_TOKEN_CHARS for c in value):
+        raise _BadRecord(f"{field} is not a valid token")
+    return Secret(value)
+
+
+def _generation(rec: Mapping[str, Any]) -> int:
+    value = rec.get("generation", 0)  # files written before generations existed
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _BadRecord("generation is not a whole number >= 0")
+    return value
+
+
+def _from_record(rec: object) -> StoredToken:
+    """Validate a stored record strictly: a damaged or forged file must not yield a token."""
+    if not isinstance(rec, dict):
+        raise _BadRecord("the record is not a JSON object")
+    lifetime = _number(rec, "lifetime")
+    if not 0 < lifetime <= MAX_STORED_LIFETIME:
+        raise _BadRecord(f"lifetime is not between 0 and {MAX_STORED_LIFETIME:.0f} seconds")
+    rexp = rec.get("refresh_expires_wall")
+    if rexp is not None:
+        rexp = _number(rec, "refresh_expires_wall")
+    extra = rec.get("extra", {})
+    if extra is None:
+        extra = {}
+    if not isinstance(extra, dict):
+        raise _BadRecord("extra is not a JSON object")
+    access = _secret(rec, "access_token")
+    assert access is not None
+    token = Token(
+        access_token=access,
+        authorization=str(_text(rec, "authorization", header=True)),
+        token_type=str(_text(rec, "token_type")),
+        issued=Instant(math.nan, _number(rec, "issued_wall")),
+        lifetime=lifetime,
+        lifetime_source=_text(rec, "lifetime_source", optional=True) or "default",
+        refresh_token=_secret(rec, "refresh_token", optional=True),
+        refresh_expires_at=rexp,
+        scope=_text(rec, "scope", optional=True),
+        extra=extra,
     )
+    return StoredToken(token, _generation(rec))
+
+
+def _order(rec: object) -> tuple[float, float]:
+    """How new a stored record is: (generation, issued time); an unusable record is the oldest."""
+    try:
+        entry = _from_record(rec)
+    except _BadRecord:
+        return (-1, -math.inf)
+    return (entry.generation, entry.token.issued.wall)
 
 
 class MemoryTokenStore:
@@ -73,46 +176,124 @@ class MemoryTokenStore:
 
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
 
-    def load(self, key: str) -> Token | None:
-        """The stored token, if any."""
+    def load(self, key: str) -> StoredToken | None:
+        """The stored entry, if any."""
         rec = self._records.get(key)
         return _from_record(rec) if rec else None
 
-    def save(self, key: str, token: Token) -> None:
-        """Replace the stored token."""
-        self._records[key] = _to_record(token)
+    def save(self, key: str, entry: StoredToken) -> bool:
+        """Replace the stored entry unless it is newer; whether ``entry`` was stored."""
+        rec = _to_record(entry)
+        with self._lock:
+            if key in self._records and _order(rec) < _order(self._records[key]):
+                return False
+            self._records[key] = rec
+            return True
 
 
 class FileTokenStore:
     """Tokens in a JSON file readable by its owner only (0600), replaced atomically.
 
     The file holds live credentials (access and refresh tokens): keep it out of backups
-    and version control. A damaged file is ignored and replaced on the next save.
+    and version control. Several processes may share it: each save takes an exclusive
+    ``flock`` on ``<file>.lock`` (the data file itself is replaced on every save), reads the
+    file, and writes only if its entry is at least as new as the stored one.
+
+    Loading refuses (:class:`UnsafeTokenStore`) a symlink or a file that group or others may
+    read or write; a damaged file, or a record with wrong types or an absurd lifetime, is
+    ignored with a warning (a login follows) and replaced on the next save.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        #: The sidecar file that saves lock (it holds nothing).
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._thread_lock = threading.Lock()
 
-    def _read_all(self) -> dict[str, Any]:
+    def _refuse(self, problem: str) -> UnsafeTokenStore:
+        return UnsafeTokenStore(str(self.path), problem)
+
+    def _read(self) -> dict[str, Any]:
         try:
-            data = orjson.loads(self.path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            fd = os.open(self.path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+        except FileNotFoundError:
             return {}
-        return data if isinstance(data, dict) else {}
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self._refuse(
+                    "is a symbolic link; a token store must be a regular file: remove the link "
+                    "(the store writes the file itself) or point the store at the real path"
+                ) from None
+            raise
+        try:
+            # Checked on the opened file itself, so the file cannot be swapped after the check.
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._refuse("is not a regular file; point the token store at a file path")
+            if os.name == "posix" and st.st_mode & 0o077:
+                raise self._refuse(
+                    f"is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}) and holds live tokens: "
+                    f"run 'chmod 600 {self.path}' (and consider revoking the tokens it held)"
+                )
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        blob = b"".join(chunks)
+        try:
+            data = orjson.loads(blob)
+        except orjson.JSONDecodeError:
+            log.warning("token store %s is not valid JSON; ignored (it is replaced on the next save)", self.path)
+            return {}
+        if not isinstance(data, dict):
+            log.warning("token store %s does not hold a JSON object; ignored", self.path)
+            return {}
+        return data
 
-    def load(self, key: str) -> Token | None:
-        """The stored token for ``key``; ``None`` if missing or unreadable."""
-        rec = self._read_all().get(key)
-        if not isinstance(rec, dict):
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._thread_lock:
+            if fcntl is None:  # pragma: no cover - Windows
+                yield
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
+
+    def load(self, key: str) -> StoredToken | None:
+        """The stored entry for ``key``; ``None`` if missing or unusable (with a warning).
+
+        Raises:
+            UnsafeTokenStore: the file is a symlink, not a regular file, or open to group/others.
+        """
+        rec = self._read().get(key)
+        if rec is None:
             return None
         try:
             return _from_record(rec)
-        except (KeyError, TypeError, ValueError):
+        except _BadRecord as exc:
+            log.warning(
+                "token store %s: the stored token is unusable (%s); ignored, logging in instead", self.path, exc
+            )
             return None
 
-    def save(self, key: str, token: Token) -> None:
-        """Write ``token`` for ``key`` with temp file + fsync + rename, mode 0600."""
-        data = self._read_all()
-        data[key] = _to_record(token)
-        atomic_write(self.path, orjson.dumps(data), mode=0o600)
+    def save(self, key: str, entry: StoredToken) -> bool:
+        """Write ``entry`` unless the file holds a newer one (temp file + fsync + rename, mode 0600).
+
+        Returns whether it was written. Other keys in the file are kept.
+        """
+        rec = _to_record(entry)
+        with self._locked():
+            data = self._read()
+            if key in data and _order(rec) < _order(data[key]):
+                return False
+            data[key] = rec
+            atomic_write(self.path, orjson.dumps(data), mode=0o600)
+            return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import Crawler, Partition
 from .checkpoint import Checkpoints
 from .engine import API_RETRY, CrawlEngine, CrawlStats, PartitionStats
+from .incremental import ExportCursor, SyncStats, parse_timestamp, tombstone
 from .pagination import (
     Cursor,
     LinkHeader,
@@ -27,6 +28,7 @@ __all__ = [
     "CrawlStats",
     "Crawler",
     "Cursor",
+    "ExportCursor",
     "JsonLinesSink",
     "LinkHeader",
     "ListSink",
@@ -40,5 +42,8 @@ __all__ = [
     "Partition",
     "PartitionStats",
     "Sink",
+    "SyncStats",
     "parse_link_header",
+    "parse_timestamp",
+    "tombstone",
 ]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +117,17 @@ def _check_entry(path: Path, name: str, entry: Any) -> dict[str, Any]:
     return entry
 
 
+def _sync_sections(path: Path, data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The incremental ``cursors`` and ``runs`` sections of a state document, checked."""
+    cursors, runs = data.get("cursors", {}), data.get("runs", {})
+    if not isinstance(cursors, dict) or not isinstance(runs, dict):
+        raise StateError(f"state file {path} has damaged cursors; run `oauthpw-async state reset --state {path}`")
+    for name, entry in [*cursors.items(), *runs.items()]:
+        if not isinstance(entry, dict):
+            raise StateError(f"state file {path} has a damaged cursor for partition {name!r}; run `state reset`")
+    return cursors, runs
+
+
 class Checkpoints:
     """The next page of each partition, or ``done``. In memory when ``path`` is ``None``.
 
@@ -154,6 +165,8 @@ class Checkpoints:
         self.restart = restart
         self._data: dict[str, dict[str, Any]] = {}
         self._fingerprint: dict[str, Any] | None = None
+        self._cursors: dict[str, dict[str, Any]] = {}  # incremental sync: committed, per partition
+        self._runs: dict[str, dict[str, Any]] = {}  # incremental sync: the run in flight, per partition
         self._lock = anyio.Lock()
         self._file_lock = LockFile(self.path.with_name(f".{self.path.name}.lock")) if self.path is not None else None
 
@@ -199,7 +212,8 @@ class Checkpoints:
             if removed:
                 log.info("removed %d temp file(s) an interrupted run left beside %s", len(removed), self.path)
             if self.restart:
-                self._data = {}
+                self._load_cursors_only()
+                self._data, self._runs = {}, {}
             elif not self._load():
                 return
             self._write()
@@ -234,6 +248,7 @@ class Checkpoints:
                 "resume with the release that wrote it, or delete it to start over"
             )
         partitions = {name: _check_entry(self.path, name, e) for name, e in data["partitions"].items()}
+        self._cursors, self._runs = _sync_sections(self.path, data)
         recorded = data.get("fingerprint") if version == STATE_VERSION else {}
         if not isinstance(recorded, dict):
             raise StateError(f"state file {self.path} is damaged (no fingerprint object); delete it to start over")
@@ -263,7 +278,7 @@ class Checkpoints:
         what = "; ".join(_describe(k, old, new) for k, (old, new) in differences.items())
         if self.on_mismatch == "restart":
             log.warning("state file %s belongs to another crawl (%s); starting over as asked", self.path, what)
-            self._data = {}
+            self._data, self._cursors, self._runs = {}, {}, {}
             return True
         raise StateMismatch(
             f"state file {self.path} belongs to another crawl ({what}); resuming from it would skip records. "
@@ -271,6 +286,16 @@ class Checkpoints:
             "restart=True",
             differences=differences,
         )
+
+    def _load_cursors_only(self) -> None:
+        """On a restart: keep the committed cursors (``--full-refresh`` is what ignores them)."""
+        assert self.path is not None
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        if isinstance(data, dict):
+            self._cursors, _ = _sync_sections(self.path, data)
 
     def read(self) -> None:
         """Read the file without locking or changing it, for tools that only look (``state show``).
@@ -339,19 +364,11 @@ class Checkpoints:
             if problems:
                 entry["problems"] = problems
             self._data[partition] = entry
-            if self.path is not None:
-                if self._file_lock is not None and not self._file_lock.held:
-                    raise UsageError("Checkpoints.save before open(): open it first (the engine does)")
-                try:
-                    await anyio.to_thread.run_sync(self._write)
-                except OSError as exc:
-                    raise self._write_error(exc, "save") from exc
+            await self._write_now("save")
 
     def _write(self) -> None:
         assert self.path is not None
-        state: dict[str, Any] = {"version": STATE_VERSION, "fingerprint": self._fingerprint or {}}
-        state["partitions"] = self._data
-        atomic_write(self.path, orjson.dumps(state))
+        atomic_write(self.path, orjson.dumps(self.document()))
 
     def _write_error(self, exc: OSError, doing: str) -> StateWriteError:
         return StateWriteError(
@@ -361,3 +378,64 @@ class Checkpoints:
             errno=exc.errno,
             strerror=exc.strerror,
         )
+
+    # --- incremental sync: committed cursors and runs in flight, apart from the positions ---------------
+
+    def document(self) -> dict[str, Any]:
+        """The whole state as written to the file."""
+        doc: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "fingerprint": self._fingerprint or {},
+            "partitions": self._data,
+        }
+        if self._cursors:
+            doc["cursors"] = self._cursors
+        if self._runs:
+            doc["runs"] = self._runs
+        return doc
+
+    def cursor(self, partition: str) -> dict[str, Any] | None:
+        """The partition's committed incremental cursor (``None``: never synced)."""
+        return self._cursors.get(partition)
+
+    def run(self, partition: str) -> dict[str, Any] | None:
+        """The partition's incremental run in flight (its filter, the server time it started at...)."""
+        return self._runs.get(partition)
+
+    def set_run(self, partition: str, run: dict[str, Any]) -> None:
+        """Update the run in flight; written with the partition's next :meth:`save`."""
+        self._runs[partition] = run
+
+    async def commit_cursor(self, partition: str, cursor: dict[str, Any]) -> None:
+        """Commit a finished partition's next cursor (its run in flight ends) and write the file."""
+        async with self._lock:
+            self._cursors[partition] = cursor
+            self._runs.pop(partition, None)
+            await self._write_now("save")
+
+    async def reset(self, partitions: Iterable[str] | None = None, *, cursors: bool) -> list[str]:
+        """Forget positions and runs in flight (and the cursors too if ``cursors``); all partitions by default.
+
+        Call it between :meth:`open` and :meth:`close`. Returns the partitions that had something to forget.
+        """
+        async with self._lock:
+            names = set(self._data) | set(self._runs) | (set(self._cursors) if cursors else set())
+            if partitions is not None:
+                names &= set(partitions)
+            for name in names:
+                self._data.pop(name, None)
+                self._runs.pop(name, None)
+                if cursors:
+                    self._cursors.pop(name, None)
+            await self._write_now("reset")
+            return sorted(names)
+
+    async def _write_now(self, doing: str) -> None:
+        if self.path is None:
+            return
+        if self._file_lock is not None and not self._file_lock.held:
+            raise UsageError(f"Checkpoints.{doing} before open(): open it first (the engine does)")
+        try:
+            await anyio.to_thread.run_sync(self._write)
+        except OSError as exc:
+            raise self._write_error(exc, doing) from exc

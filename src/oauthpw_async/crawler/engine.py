@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import logging
 import os
 import random
@@ -35,6 +34,7 @@ from ..retry import Retrying, RetryPolicy
 from ..sources import TokenSource
 from ..transport import ssl_context
 from .checkpoint import Checkpoints, fingerprint
+from .incremental import IncrementalSync, RunKeys, SyncStats, key_digest
 from .pagination import Page, PageRequest, Paginator, resolve
 from .sinks import Sink
 
@@ -88,6 +88,8 @@ class PartitionStats:
     reemitted_from: int = 0
     #: Records not written because their primary key was already written.
     duplicates: int = 0
+    #: Incremental sync: mode, cursor before and after, re-deliveries dropped (incremental crawlers only).
+    sync: SyncStats | None = None
 
     @property
     def complete(self) -> bool:
@@ -240,11 +242,6 @@ class _PositionExpired(Exception):
         self.error = error
 
 
-def _key_digest(value: Any) -> bytes:
-    """A fixed-size, type-aware digest of a primary key (16 bytes however long the key)."""
-    return hashlib.blake2b(orjson.dumps(value), digest_size=16).digest()
-
-
 class CrawlEngine:
     """Runs one :class:`Crawler` with a shared token source and aiohttp session.
 
@@ -266,6 +263,7 @@ class CrawlEngine:
         timeout: float = 60.0,
         clock: Clock | None = None,
         on_progress: Callable[[CrawlStats], None] | None = None,
+        full_refresh: bool = False,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
@@ -289,8 +287,14 @@ class CrawlEngine:
         self._refused: set[str] = set()  # tokens refused since the last success (circuit breaker)
         self._headers = {"Accept": "application/json", **crawler.headers}
         # Primary keys written in this run (digests), when the crawler declares a primary key.
-        self._keys: set[bytes] | None = set() if crawler.primary_key is not None else None
+        self._keys: set[bytes] | RunKeys | None = set() if crawler.primary_key is not None else None
         self._keys_loaded = False
+        # Incremental sync: cursors, since-filters, re-delivery and move detection (one key store).
+        self._sync: IncrementalSync | None = None
+        if crawler.is_incremental:
+            self._sync = IncrementalSync(crawler, self._checkpoints, self._clock, full_refresh=full_refresh)
+            self._keys = self._sync.keys
+            self._paginator = self._sync.paginator(self._paginator)
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -315,6 +319,8 @@ class CrawlEngine:
             await self._checkpoints.open(fingerprint(self.crawler, self._paginator, names, sink))
             state_open = True
             self.stats.partitions_total = len(partitions)
+            if self._sync is not None:
+                await self._sync.prepare(names)  # a finished incremental run makes this one a new run
             for p in partitions:
                 ps = PartitionStats(pages=self._checkpoints.pages(p.name))
                 self.stats.partitions[p.name] = ps
@@ -364,6 +370,8 @@ class CrawlEngine:
         ps = self.stats.partitions[partition.name]
         headers = {**self._headers, **partition.headers} if partition.headers else self._headers
         start = self._paginator.start(self.crawler.first_request(partition))
+        if self._sync is not None:
+            start = self._sync.start(partition, start, ps)  # the since-filter or the delta token
         request = self._checkpoints.resume_from(partition.name) or start
         committed = self._checkpoints.records(partition.name)  # records in the sink, all runs
         try:
@@ -424,7 +432,10 @@ class CrawlEngine:
                     page, records = await self._read_page(session, base, headers, request, index, ps)
                 watch.saw(page)
                 ps.total = watch.total
-                fresh = self._unseen(records, ps) if self._keys is not None else records
+                if self._sync is not None:  # tombstones; drops re-deliveries (this run's and earlier runs')
+                    fresh = self._sync.page(partition.name, page, records, ps)
+                else:
+                    fresh = self._unseen(records, ps) if self._keys is not None else records
                 await sink.write(fresh, partition.name)
                 if planned is None and plan is not None:
                     known = plan(page, records)
@@ -471,6 +482,8 @@ class CrawlEngine:
             await self._checkpoints.save(partition.name, None, index, records=committed, problems=problems)
         if problems:
             log.warning("partition %s is incomplete: %s", partition.name, "; ".join(problems))
+        if self._sync is not None:
+            await self._sync.finish(partition.name, problems, ps)  # the cursor moves only now
         ps.problems = problems
         ps.done = True
         self.stats.partitions_done += 1
@@ -483,7 +496,7 @@ class CrawlEngine:
         keys = self._keys
         out = []
         for record in records:
-            key = _key_digest(dig(record, key_path))
+            key = key_digest(dig(record, key_path))
             if key in keys:
                 ps.duplicates += 1
                 continue
@@ -501,7 +514,7 @@ class CrawlEngine:
         path = self.crawler.primary_key
         assert path is not None
         keys = await existing(path)
-        self._keys.update(_key_digest(k) for k in keys)
+        self._keys.update(key_digest(k) for k in keys)
 
     async def _read_page(
         self,

@@ -196,7 +196,8 @@ class FleetRenewal:
                 assert previous.refresh_token is not None
                 p.stats.refreshes += 1
                 try:
-                    token = await p._exchange(build_refresh_request(p._config, previous.refresh_token), previous)
+                    request = build_refresh_request(p._config, previous.refresh_token)
+                    token = await p._exchange(request, previous, p._retry)
                 except RefreshTokenRejected as exc:
                     p.stats.refresh_rejected += 1
                     log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
@@ -231,9 +232,10 @@ class FleetRenewal:
                 retry_after=wait,
                 hint="too many logins across the fleet; check why tokens keep being lost",
             )
+        policy = p._login_policy()  # this process's own budget too
         p.stats.logins += 1
         try:
-            return await p._exchange(build_password_request(p._config), None)
+            return await p._exchange(build_password_request(p._config), None, policy)
         except DefinitiveTokenError as exc:
             if not isinstance(exc, RefreshTokenRejected):
                 await fleet.rejected.trip(status=exc.status, error_code=exc.error_code, by=self._me)
