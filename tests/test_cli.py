@@ -81,7 +81,7 @@ async def test_check_success_shows_masked_token_and_tries_a_refresh(tmp_path) ->
         ({"Client Secret": "wrong"}, 4, "check Client Id and Client Secret"),
         ({"Grant Type": "client_credentials"}, 6, "set Grant Type"),
         ({"Body Parameters": "[1]"}, 2, "body_parameters: must be a JSON object"),
-        ({"Acces Token URL": "x"}, 2, "did you mean 'access_token_url'"),
+        ({"Acces Token URL": "x"}, 2, "did you mean 'Access Token URL'"),
     ],
 )
 async def test_check_failures_have_distinct_exit_codes(tmp_path, change, code, message) -> None:

@@ -183,11 +183,39 @@ def in_window(times: list[float], start: float, length: float = WINDOW) -> int:
 HOSTILE = {
     "500": Reply(500, b"Internal Server Error", {"content-type": "text/plain"}),
     "429": Reply(429, b"Too Many Requests", {"content-type": "text/plain"}),
-    "html-200": Reply(200, b"<html><body>Sign in to continue</body></html>", {"content-type": "text/html"}),
-    "success-false-200": Reply(200, b'{"success": false}', {"content-type": "application/json"}),
     "drop": Reply(0, drop=True),
     "timeout": Reply(0, drop=True, delay=30.0),  # the answer never comes; the transport times out
 }
+#: 2xx answers to a login that hold no token: definitive at once, so not even the budget is used.
+NO_TOKEN_2XX = {
+    "html-200": Reply(200, b"<html><body>Sign in to continue</body></html>", {"content-type": "text/html"}),
+    "success-false-200": Reply(200, b'{"success": false}', {"content-type": "application/json"}),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(NO_TOKEN_2XX))
+async def test_a_login_answered_2xx_without_a_token_is_sent_once(answer: str) -> None:
+    r = rig(HostileLogins, NO_TOKEN_2XX[answer])
+    errors: collections.Counter[str] = collections.Counter()
+    async with r.provider:
+        end = r.clock.now + 2 * WINDOW
+
+        async def caller(seed: int) -> None:
+            rng = random.Random(seed)
+            while r.clock.now < end:
+                try:
+                    await r.provider.get()
+                except TokenError as exc:
+                    errors[type(exc).__name__] += 1
+                await r.clock.sleep(rng.uniform(20.0, 60.0))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(1000):
+                tg.start_soon(caller, i)
+            await r.advance(2 * WINDOW + 60, step=2.0)
+
+    assert len(r.endpoint.times("password")) == 1 == len(r.endpoint.log)
+    assert set(errors) == {"LoginResponseError"} and errors["LoginResponseError"] > 1000
 
 
 @pytest.mark.parametrize("answer", sorted(HOSTILE))

@@ -564,7 +564,7 @@ async def test_on_token_hook_sees_every_new_token_and_its_errors_are_contained(c
 async def test_logs_never_contain_secrets(caplog) -> None:
     caplog.set_level(logging.DEBUG, logger="oauthpw_async")
     h = Harness(lifetime=1.0)
-    h.state.inject(Fault("status", status=503), Fault("html"))
+    h.state.inject(Fault("status", status=503), Fault("status", status=500))  # an HTML 200 to a login is definitive
     async with h.provider:
         for _ in range(4):
             async with anyio.create_task_group() as tg:

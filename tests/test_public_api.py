@@ -12,7 +12,8 @@ import oauthpw_async
 PUBLIC = {
     "FileLocked", "OutputLocked", "StateLocked", "StateMismatch", "StorageError", "SinkError", "StateWriteError",
     "AiohttpTokenEndpoint", "Clock", "ConfigError", "CrawlError", "CredentialsLockedOut", "DefinitiveTokenError",
-    "FieldProblem", "FileTokenStore", "ForeignOriginError", "HTTPStatusError", "Instant", "InvalidClient",
+    "FieldProblem", "LoginResponseError", "FileTokenStore", "ForeignOriginError", "HTTPStatusError", "Instant",
+    "InvalidClient",
     "InvalidCredentials", "InvalidRequest", "InvalidScope", "MemoryTokenStore", "OAuthPWError", "PageShapeError",
     "PasswordGrantConfig", "ProviderClosed", "RefreshPolicy", "RefreshTokenRejected", "RetryPolicy", "Retrying",
     "Secret", "SecretExposureError", "StateError", "SystemClock", "Token", "TokenEndpoint", "TokenError",

@@ -3,17 +3,25 @@
 Field names follow the admin form ("Client Id", "Access Token URL", "Use Raw Token",
 "Body Parameters", ...); snake_case keys work too. Secrets may be given as
 ``{"env": "VARIABLE"}`` to be read from the environment.
+
+Body Parameters are sent as the admin wrote them. Three keys also have a dedicated field:
+``client_id`` and ``client_secret`` are taken as Client Id / Client Secret (so they travel where
+``client_auth`` says, never twice), and ``scope`` is sent once even when the scope field holds
+the same value. A different value in both places is refused, as are the keys that would break
+the grant itself (:data:`RESERVED_BODY_PARAMETERS`).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import hmac
 import ipaddress
+import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -21,10 +29,12 @@ from urllib.parse import urlsplit
 import attrs
 import orjson
 
+from ._httputil import safe_url
 from ._secret import Secret
 from .errors import ConfigError, FieldProblem
 
 __all__ = [
+    "CLIENT_AUTH_CHOICES",
     "RESERVED_BODY_PARAMETERS",
     "BodyEncoding",
     "ClientAuth",
@@ -33,22 +43,47 @@ __all__ = [
     "load_config",
 ]
 
-ClientAuth = Literal["body", "basic", "none"]
+ClientAuth = Literal["body", "basic", "basic_plain", "none"]
 BodyEncoding = Literal["form", "json"]
 TokenResponseFormat = Literal["auto", "json", "text"]
 
-#: Form fields the library sets itself, and the config field to use instead.
+#: How the client may authenticate: form fields; HTTP Basic with id and secret form-encoded
+#: first (RFC 6749 §2.3.1); HTTP Basic with them as they are (RFC 7617, for servers that do not
+#: decode them); none (a public client).
+CLIENT_AUTH_CHOICES: tuple[str, ...] = ("body", "basic", "basic_plain", "none")
+
+#: Body Parameters that would break the grant itself, and what to do instead.
 RESERVED_BODY_PARAMETERS: Mapping[str, str] = {
-    "grant_type": "grant_type (Grant Type)",
-    "username": "username (Username)",
-    "password": "password (Password)",
-    "client_id": "client_id (Client Id)",
-    "client_secret": "client_secret (Client Secret)",
-    "refresh_token": "nothing: the provider sends the current refresh token itself",
-    "scope": "scope",
+    "grant_type": "set Grant Type (grant_type) instead",
+    "username": "set Username (username) instead",
+    "password": "set Password (password) instead",
+    "refresh_token": "remove it: each refresh sends the current refresh token by itself",
 }
 
 _SECRET_FIELDS = frozenset({"client_secret", "password"})
+_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_MAX_LIFETIME = 366 * 86400
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+#: The admin form's labels; other fields get a label made from their name (``Verify TLS``).
+_LABELS = {
+    "access_token_url": "Access Token URL",
+    "client_id": "Client Id",
+    "client_secret": "Client Secret",
+    "username": "Username",
+    "password": "Password",
+    "grant_type": "Grant Type",
+    "headers": "Headers",
+    "refresh_token_url": "Refresh Token URL",
+    "use_raw_token": "Use Raw Token",
+    "body_parameters": "Body Parameters",
+    "client_auth": "Client Authentication",
+}
+_ACRONYMS = {"url": "URL", "tls": "TLS", "ca": "CA", "id": "Id"}
+
+
+def _label(field: str) -> str:
+    return _LABELS.get(field) or " ".join(_ACRONYMS.get(w, w.capitalize()) for w in field.split("_"))
 
 
 def _loopback(host: str) -> bool:
@@ -82,16 +117,24 @@ def _check_url(url: str, allow_insecure_http: bool) -> str | None:
     return None
 
 
-def _secret_or_none(value: object) -> Secret | None:
-    if value is None or isinstance(value, Secret):
-        return value
-    return Secret(str(value))
+def _secret_or_none(value: object) -> Any:
+    # Anything but a str, a Secret or None is kept as given and reported by the validation.
+    return Secret(value) if isinstance(value, str) else value
 
 
-def _str_map(value: object) -> Mapping[str, str]:
+def _str_map(value: object) -> Any:
     if value is None:
         return {}
-    return dict(value)  # type: ignore[call-overload, no-any-return]
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def _text_ok(value: str) -> bool:
+    """Whether ``value`` can be sent at all (a lone surrogate cannot be encoded as UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @attrs.frozen(kw_only=True)
@@ -99,7 +142,8 @@ class PasswordGrantConfig:
     """One connection: where and how to exchange a username and password for tokens.
 
     Build it with :func:`load_config` (mapping, JSON or TOML, admin labels or snake_case,
-    every problem reported at once) or directly; both validate the same way.
+    every problem reported at once) or directly; both validate the same way and report every
+    bad field, wrong types included, as one :class:`~oauthpw_async.ConfigError`.
     """
 
     #: Access Token URL: where username and password are exchanged for a token.
@@ -120,9 +164,16 @@ class PasswordGrantConfig:
     refresh_token_url: str | None = None
     #: Use Raw Token: send ``Authorization: <token>`` without a scheme.
     use_raw_token: bool = False
-    #: Body Parameters: extra fields in every token request body (``scope``, ``resource``, ...).
+    #: Body Parameters: extra fields sent as given in the token request body (``scope``,
+    #: ``resource``, ``audience``...). ``client_id`` / ``client_secret`` given here are moved to
+    #: :attr:`client_id` / :attr:`client_secret` when the object is built.
     body_parameters: Mapping[str, str] = attrs.field(factory=dict, converter=_str_map)
-    #: How the client authenticates: ``body`` (form fields), ``basic`` (HTTP Basic), ``none``.
+    #: Send Body Parameters on refresh requests too (servers such as AD FS and Entra want
+    #: ``resource`` / ``scope`` there). Client credentials go on every request regardless.
+    body_parameters_on_refresh: bool = True
+    #: How the client authenticates: ``body`` (form fields), ``basic`` (HTTP Basic, id and
+    #: secret form-encoded first, RFC 6749 §2.3.1), ``basic_plain`` (HTTP Basic without that
+    #: encoding, RFC 7617) or ``none`` (public client).
     client_auth: ClientAuth = "body"
     #: Token request body encoding: ``form`` (RFC 6749) or ``json`` (some servers accept only JSON).
     body_encoding: BodyEncoding = "form"
@@ -132,7 +183,7 @@ class PasswordGrantConfig:
     scope: str | None = None
     #: Total time allowed for one token request, in seconds.
     timeout: float = 30.0
-    #: Verify TLS certificates (keep on outside tests).
+    #: Verify TLS certificates (keep on outside tests; see :attr:`security_warnings`).
     verify_tls: bool = True
     #: A CA bundle (PEM file) to trust instead of the system store.
     ca_bundle: str | None = None
@@ -144,11 +195,14 @@ class PasswordGrantConfig:
     token_response: TokenResponseFormat = "auto"
     #: Allow plain http:// to a non-loopback host (passwords then cross the network in clear).
     allow_insecure_http: bool = False
-    #: Largest token response accepted, in bytes.
+    #: Largest token response accepted, in bytes (at most 64 MiB).
     max_response_bytes: int = 1_048_576
 
     def __attrs_post_init__(self) -> None:
-        problems = _validate(self)
+        problems = _check_types(self)
+        if not problems:
+            problems = _fold_body_parameters(self)
+            problems += _validate(self)
         if problems:
             raise ConfigError(problems)
 
@@ -163,13 +217,136 @@ class PasswordGrantConfig:
         raw = f"{self.access_token_url}\0{self.client_id or ''}\0{self.username or ''}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
+    @property
+    def security_warnings(self) -> tuple[str, ...]:
+        """Settings that weaken transport security, one message each (empty when none).
+
+        A token provider logs each of these once, when it starts: ``verify_tls = false``, and
+        plain ``http://`` to a host that is not loopback (allowed by ``allow_insecure_http``).
+        """
+        out: list[str] = []
+        if not self.verify_tls:
+            out.append(
+                f"TLS certificate verification is off for {safe_url(self.access_token_url)} (verify_tls = false): "
+                "anyone on the network path can read the password and tokens; turn it back on, "
+                "with ca_bundle for a private CA"
+            )
+        for url in dict.fromkeys((self.access_token_url, self.effective_refresh_url)):
+            host = urlsplit(url).hostname or ""
+            if url.startswith("http://") and not _loopback(host):
+                out.append(
+                    f"token requests to {safe_url(url)} use plain http:// (allow_insecure_http = true): "
+                    "the password and tokens cross the network unencrypted"
+                )
+        return tuple(out)
+
     def __repr__(self) -> str:
+        refresh = safe_url(self.refresh_token_url) if self.refresh_token_url else None
         return (
-            f"PasswordGrantConfig(access_token_url={self.access_token_url!r}, "
-            f"client_id={self.client_id!r}, username={self.username!r}, "
+            f"PasswordGrantConfig(access_token_url={safe_url(self.access_token_url)!r}, "
+            f"refresh_token_url={refresh!r}, client_id={self.client_id!r}, username={self.username!r}, "
             f"grant_type={self.grant_type!r}, client_auth={self.client_auth!r}, "
             f"headers={sorted(self.headers)!r}, body_parameters={sorted(self.body_parameters)!r})"
         )
+
+
+# --- validation ---------------------------------------------------------------------------
+
+_REQUIRED_TEXT = ("access_token_url", "grant_type", "auth_scheme", "token_path")
+_OPTIONAL_TEXT = ("client_id", "username", "refresh_token_url", "scope", "ca_bundle")
+_BOOLS = ("use_raw_token", "verify_tls", "allow_insecure_http", "body_parameters_on_refresh")
+_CHOICES: Mapping[str, tuple[str, ...]] = {
+    "client_auth": CLIENT_AUTH_CHOICES,
+    "body_encoding": ("form", "json"),
+    "token_response": ("auto", "json", "text"),
+}
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _check_types(c: PasswordGrantConfig) -> list[FieldProblem]:
+    """Every field of the wrong type, so later checks can rely on the types (no TypeError escapes)."""
+    p: list[FieldProblem] = []
+    for name in _REQUIRED_TEXT + _OPTIONAL_TEXT:
+        value = getattr(c, name)
+        if value is None and name in _OPTIONAL_TEXT:
+            continue
+        if not isinstance(value, str):
+            p.append(FieldProblem(name, f"must be a string, got {_kind(value)}"))
+        elif not _text_ok(value):
+            p.append(FieldProblem(name, "is not valid text (it holds a lone surrogate)"))
+    for name in sorted(_SECRET_FIELDS):
+        value = getattr(c, name)
+        if value is not None and not isinstance(value, Secret):
+            # Never echo the value: only its type.
+            p.append(FieldProblem(name, f"must be a string, got {_kind(value)}"))
+        elif isinstance(value, Secret) and not _text_ok(value.reveal()):
+            p.append(FieldProblem(name, "is not valid text (it holds a lone surrogate)"))
+    for name in _BOOLS:
+        if not isinstance(getattr(c, name), bool):
+            p.append(FieldProblem(name, f"must be true or false, got {_kind(getattr(c, name))}"))
+    for name, choices in _CHOICES.items():
+        if getattr(c, name) not in choices:
+            p.append(FieldProblem(name, f"must be one of {', '.join(choices)}"))
+    # NaN and infinity fail these comparisons too: an infinite timeout would never end a request.
+    for name, low, high, rule in (
+        ("timeout", 0.0, 600.0, "more than 0 and at most 600 seconds"),
+        ("default_expires_in", 1.0, float(_MAX_LIFETIME), "between 1 second and a year"),
+    ):
+        value = getattr(c, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            p.append(FieldProblem(name, f"must be a number of seconds, got {_kind(value)}"))
+        elif not (low <= value <= high and value > 0):
+            p.append(FieldProblem(name, f"must be {rule}"))
+    m = c.max_response_bytes
+    if isinstance(m, bool) or not isinstance(m, int):
+        p.append(FieldProblem("max_response_bytes", f"must be a whole number of bytes, got {_kind(m)}"))
+    elif not 1024 <= m <= _MAX_RESPONSE_BYTES:
+        p.append(FieldProblem("max_response_bytes", f"must be between 1024 and {_MAX_RESPONSE_BYTES} bytes"))
+    for name in ("headers", "body_parameters"):
+        value = getattr(c, name)
+        if not isinstance(value, dict):
+            p.append(FieldProblem(name, f'must be an object like {{"key": "value"}}, got {_kind(value)}'))
+            continue
+        for key, item in value.items():
+            if not isinstance(key, str) or not key or not _text_ok(key):
+                p.append(FieldProblem(name, f"keys must be non-empty strings, got {key!r}"))
+            elif not isinstance(item, str) or not _text_ok(item):
+                p.append(FieldProblem(name, f"the value of {key!r} must be a string, got {_kind(item)}"))
+    return p
+
+
+def _fold_body_parameters(c: PasswordGrantConfig) -> list[FieldProblem]:
+    """Take ``client_id`` / ``client_secret`` out of Body Parameters into their fields.
+
+    They then travel where ``client_auth`` says (form body or Authorization header), once: a
+    body ``client_id`` next to HTTP Basic would be refused by Okta ("Cannot supply multiple
+    client credentials"), and RFC 6749 §2.3.1 allows one authentication method per request.
+    """
+    p: list[FieldProblem] = []
+    params = dict(c.body_parameters)
+    for key in ("client_id", "client_secret"):
+        if key not in params:
+            continue
+        value = params.pop(key)
+        current = getattr(c, key)
+        current_text = current.reveal() if isinstance(current, Secret) else current
+        if not current_text:
+            object.__setattr__(c, key, Secret(value) if key == "client_secret" else value)
+        elif not hmac.compare_digest(current_text.encode(), value.encode()):
+            p.append(
+                FieldProblem(
+                    "body_parameters",
+                    f"{key!r} differs from {_label(key)}; give the {_label(key).lower()} in one place only",
+                )
+            )
+    scope = params.get("scope")
+    if scope is not None and c.scope and c.scope != scope:
+        p.append(FieldProblem("body_parameters", "'scope' differs from the scope field; give the scope in one place"))
+    object.__setattr__(c, "body_parameters", params)
+    return p
 
 
 def _validate(c: PasswordGrantConfig) -> list[FieldProblem]:
@@ -187,14 +364,21 @@ def _validate(c: PasswordGrantConfig) -> list[FieldProblem]:
     if not c.grant_type or not re.fullmatch(r"[\x21-\x7e]+", c.grant_type):
         p.append(FieldProblem("grant_type", "must be a non-empty value without spaces"))
     if c.grant_type == "password":
-        if not c.username:
+        if not c.username or not c.username.strip():
             p.append(FieldProblem("username", "is required for the password grant"))
         if c.password is None:
             p.append(FieldProblem("password", "is required for the password grant"))
-    if c.client_auth not in ("body", "basic", "none"):
-        p.append(FieldProblem("client_auth", "must be one of body, basic, none"))
-    elif c.client_auth == "basic" and not c.client_id:
-        p.append(FieldProblem("client_id", "is required when client_auth is basic"))
+        elif not c.password:
+            p.append(FieldProblem("password", "is empty; the password grant needs the account's password"))
+    if c.client_auth in ("basic", "basic_plain") and not c.client_id:
+        p.append(FieldProblem("client_id", f"is required when client_auth is {c.client_auth}"))
+    elif c.client_auth == "basic_plain" and c.client_id and ":" in c.client_id:
+        p.append(
+            FieldProblem(
+                "client_id",
+                "contains ':' which HTTP Basic cannot carry unencoded (RFC 7617); use client_auth = basic or body",
+            )
+        )
     elif c.client_auth == "none" and c.client_secret:
         p.append(
             FieldProblem(
@@ -202,37 +386,25 @@ def _validate(c: PasswordGrantConfig) -> list[FieldProblem]:
                 "must be empty when client_auth is none (public clients must not send a secret)",
             )
         )
-    if c.body_encoding not in ("form", "json"):
-        p.append(FieldProblem("body_encoding", "must be form or json"))
-    if c.token_response not in ("auto", "json", "text"):
-        p.append(FieldProblem("token_response", "must be auto, json or text"))
-    if not c.use_raw_token and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", c.auth_scheme):
+    if not c.use_raw_token and not _HEADER_NAME.fullmatch(c.auth_scheme):
         p.append(FieldProblem("auth_scheme", "must be a single word such as Bearer, OAuth or SSWS"))
     for key, value in c.headers.items():
-        if not isinstance(key, str) or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", key):
+        if not _HEADER_NAME.fullmatch(key):
             p.append(FieldProblem("headers", f"{key!r} is not a valid header name"))
-        elif not isinstance(value, str) or any(ch in value for ch in "\r\n\0"):
+        elif any(ch in value for ch in "\r\n\0"):
             p.append(FieldProblem("headers", f"the value of {key} must be a string without line breaks"))
-        elif key.lower() == "authorization" and c.client_auth == "basic":
-            p.append(FieldProblem("headers", "Authorization is set by client_auth = basic; remove it"))
-    for key, value in c.body_parameters.items():
+        elif key.lower() == "authorization" and c.client_auth in ("basic", "basic_plain"):
+            p.append(FieldProblem("headers", f"Authorization is set by client_auth = {c.client_auth}; remove it"))
+    for key in c.body_parameters:
         if key in RESERVED_BODY_PARAMETERS:
             p.append(
                 FieldProblem(
                     "body_parameters",
-                    f"{key!r} is set by the library; use {RESERVED_BODY_PARAMETERS[key]} instead",
+                    f"{key!r} would break the grant; {RESERVED_BODY_PARAMETERS[key]}",
                 )
             )
-        elif not isinstance(value, str):
-            p.append(FieldProblem("body_parameters", f"the value of {key!r} must be a string"))
-    if not (0 < c.timeout <= 600):
-        p.append(FieldProblem("timeout", "must be between 0 and 600 seconds"))
-    if not (1 <= c.default_expires_in <= 366 * 86400):
-        p.append(FieldProblem("default_expires_in", "must be between 1 second and a year"))
     if not c.token_path or any(not part for part in c.token_path.split(".")):
         p.append(FieldProblem("token_path", "must be a field name or a dotted path like data.token"))
-    if c.max_response_bytes < 1024:
-        p.append(FieldProblem("max_response_bytes", "must be at least 1024"))
     return p
 
 
@@ -289,6 +461,34 @@ def _json_object(field: str, value: object, problems: list[FieldProblem]) -> dic
     return out
 
 
+def _suggest(raw_key: str, key: str) -> str | None:
+    """The known field closest to an unknown key, in the style the user wrote it in."""
+    candidates = [*_FIELDS, *_ALIASES]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not close:
+        return None
+    field = _ALIASES.get(close[0], close[0])
+    label_style = raw_key != raw_key.lower() or " " in raw_key.strip()
+    return _label(field) if label_style else field
+
+
+def _number(key: str, value: object, problems: list[FieldProblem]) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        problems.append(FieldProblem(key, f"must be a number, got {_kind(value)}"))
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        problems.append(FieldProblem(key, "must be a number"))
+        return None
+    if key != "max_response_bytes":
+        return number  # range (and NaN / infinity) checked by the config itself
+    if not math.isfinite(number) or number != int(number):
+        problems.append(FieldProblem(key, "must be a whole number of bytes"))
+        return None
+    return int(number)
+
+
 def load_config(
     source: Mapping[str, Any] | str | os.PathLike[str],
     *,
@@ -301,7 +501,7 @@ def load_config(
     the connection may sit at the top level or under a ``[connection]`` table.
 
     Raises:
-        ConfigError: listing every bad field at once; secrets are never echoed.
+        ConfigError: listing every bad field at once, each problem once; secrets are never echoed.
     """
     env = os.environ if env is None else env
     if isinstance(source, Mapping):
@@ -312,13 +512,21 @@ def load_config(
         data = data["connection"]
     problems: list[FieldProblem] = []
     kwargs: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    suggested: set[str] = set()
     for raw_key, value in data.items():
-        key = _normalise_key(str(raw_key))
+        raw = str(raw_key)
+        key = _normalise_key(raw)
         if key not in _FIELDS:
-            close = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append(FieldProblem(str(raw_key), f"unknown field{hint}"))
+            hint = _suggest(raw, key)
+            if hint is not None:
+                suggested.add(_normalise_key(hint))
+            problems.append(FieldProblem(raw, f"unknown field; did you mean {hint!r}?" if hint else "unknown field"))
             continue
+        if key in given_as:
+            problems.append(FieldProblem(key, f"is given twice (as {given_as[key]!r} and {raw!r}); keep one"))
+            continue
+        given_as[key] = raw
         if isinstance(value, Mapping) and set(value) == {"env"}:
             name = str(value["env"])
             if name not in env:
@@ -329,34 +537,37 @@ def load_config(
             value = _json_object(key, value, problems)
             if value is None:
                 continue
-        elif key in ("use_raw_token", "verify_tls", "allow_insecure_http"):
+        elif key in _BOOLS:
             b = _coerce_bool(value)
             if b is None:
                 problems.append(FieldProblem(key, "must be true or false"))
                 continue
             value = b
         elif key in ("timeout", "default_expires_in", "max_response_bytes"):
-            try:
-                value = float(value) if key != "max_response_bytes" else int(value)
-            except (TypeError, ValueError):
-                problems.append(FieldProblem(key, "must be a number"))
+            value = _number(key, value, problems)
+            if value is None:
                 continue
         elif value is not None and not isinstance(value, str):
             if key in _SECRET_FIELDS:
                 problems.append(FieldProblem(key, 'must be a string or {"env": "NAME"}'))
                 continue
+            if isinstance(value, (Mapping, list)):
+                problems.append(FieldProblem(key, f"must be a string, got {_kind(value)}"))
+                continue
             value = str(value)
-        elif isinstance(value, str) and value == "" and key not in _SECRET_FIELDS:
+        elif value == "" and key != "password":
+            # An empty form field means "not set" (an empty password is refused by the config).
             value = None if _FIELDS[key].default is None else value
         kwargs[key] = value
     kwargs.setdefault("access_token_url", "")
+    config: PasswordGrantConfig | None = None
     try:
         config = PasswordGrantConfig(**kwargs)
     except ConfigError as exc:
-        raise ConfigError([*problems, *exc.problems]) from None
-    except (TypeError, ValueError) as exc:  # pragma: no cover - attrs type errors
-        raise ConfigError([*problems, FieldProblem("config", str(exc))]) from None
-    if problems:
+        # A misspelt key already explains why its field is missing: say it once.
+        problems += [q for q in exc.problems if not (q.field in suggested and q.message.startswith("is required"))]
+    problems = list(dict.fromkeys(problems))
+    if problems or config is None:
         raise ConfigError(problems)
     return config
 
@@ -366,23 +577,25 @@ def _read_file(path: Path) -> Mapping[str, Any]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([FieldProblem(str(path), f"cannot read the file ({exc.strerror})")]) from None
-    loader: Callable[[bytes], Any]
-    if path.suffix.lower() == ".toml":
-
-        def loader(b: bytes) -> Any:
-            return tomllib.loads(b.decode("utf-8"))
-
-        decode_error: tuple[type[Exception], ...] = (tomllib.TOMLDecodeError, UnicodeDecodeError)
-    else:
-        loader = orjson.loads
-        decode_error = (orjson.JSONDecodeError,)
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
-        data = loader(raw)
-    except decode_error as exc:
-        # Parser messages quote the offending line, which may hold a secret: give the position only.
-        where = getattr(exc, "lineno", None)
-        pos = f" near line {where}" if where else ""
-        raise ConfigError([FieldProblem(str(path), f"is not valid {path.suffix.lstrip('.') or 'JSON'}{pos}")]) from None
+        data = tomllib.loads(raw.decode("utf-8")) if kind == "TOML" else orjson.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise ConfigError([FieldProblem(str(path), f"is not UTF-8 text (byte {exc.start})")]) from None
+    except (tomllib.TOMLDecodeError, orjson.JSONDecodeError) as exc:
+        # Parser messages quote the offending text, which may be a secret: give the position only.
+        raise ConfigError([FieldProblem(str(path), f"is not valid {kind}{_position(exc)}")]) from None
     if not isinstance(data, Mapping):
         raise ConfigError([FieldProblem(str(path), "must hold an object of fields")])
     return data
+
+
+def _position(exc: Exception) -> str:
+    line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    if line is None:  # tomllib before Python 3.14 puts the position in the message only
+        m = re.search(r"at line (\d+), column (\d+)", str(exc))
+        if m:
+            line, column = int(m.group(1)), int(m.group(2))
+    if line is None:
+        return ""
+    return f" (line {line}, column {column})" if column is not None else f" (line {line})"

@@ -1,7 +1,14 @@
 """One exception hierarchy; each message says what to check or do next.
 
 Messages never contain a password, client secret or token: bodies quoted in them
-are shortened and scrubbed first (see :func:`oauthpw_async.grant.excerpt`).
+are scrubbed, then shortened (see :func:`oauthpw_async._httputil.excerpt`).
+
+Which token errors are definitive (never retried, and for the provider a stop until reset):
+every :class:`DefinitiveTokenError`. A password login that answers 2xx without a usable token
+(an HTML sign-in page, ``{"success": false}``) is one of them, :class:`LoginResponseError`:
+sending the password again cannot help and may count as another failed login. The same answer
+to a *refresh* stays a plain :class:`TokenResponseError` (no password is at stake; the provider
+backs off and tries again).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidScope",
     "LoginBudgetExhausted",
+    "LoginResponseError",
     "OAuthPWError",
     "OutputLocked",
     "PageShapeError",
@@ -91,7 +99,8 @@ class ConfigError(OAuthPWError, ValueError):
     def __init__(self, problems: Sequence[FieldProblem]) -> None:
         self.problems = tuple(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid connection configuration ({len(self.problems)} problem(s)):\n{lines}")
+        n = len(self.problems)
+        super().__init__(f"invalid connection configuration ({n} problem{'' if n == 1 else 's'}):\n{lines}")
 
 
 # --- token endpoint ---------------------------------------------------------------------
@@ -174,7 +183,10 @@ class InvalidCredentials(DefinitiveTokenError):
 class InvalidClient(DefinitiveTokenError):
     """The client id, client secret or client authentication method was rejected."""
 
-    hint = "check Client Id and Client Secret, and the client authentication method (client_auth: body, basic or none)"
+    hint = (
+        "check Client Id and Client Secret, and the client authentication method "
+        "(client_auth: body, basic, basic_plain or none)"
+    )
 
 
 class UnsupportedGrantType(DefinitiveTokenError):
@@ -220,6 +232,14 @@ class TokenResponseError(TokenError):
         "check that the Access Token URL points at the token endpoint itself and, for a "
         "non-standard response, set token_path or token_response"
     )
+
+
+class LoginResponseError(TokenResponseError, DefinitiveTokenError):
+    """A password login answered 2xx without a usable token (a sign-in page, ``success: false``...).
+
+    Definitive: the password is not sent again automatically, since a server answering like this
+    may be counting failed logins. Still a :class:`TokenResponseError` for code that catches that.
+    """
 
 
 class TokenRedirectError(DefinitiveTokenError):

@@ -404,13 +404,11 @@ class TokenProvider:
     # --- internals ------------------------------------------------------------------------------
 
     def _warn_insecure_tls(self) -> None:
-        if not self._config.verify_tls and not self._tls_warned:
+        """Log each setting that weakens transport security, once per provider."""
+        if not self._tls_warned:
             self._tls_warned = True
-            log.warning(
-                "TLS certificate verification is off (verify_tls = false) for %s: the password and tokens "
-                "can be intercepted; trust a private CA with ca_bundle instead",
-                safe_url(self._config.access_token_url),
-            )
+            for warning in self._config.security_warnings:
+                log.warning("%s", warning)
 
     async def _get_slow(self) -> Token:
         if self._tg is None:

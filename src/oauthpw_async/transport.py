@@ -15,7 +15,14 @@ import aiohttp
 
 from ._httputil import safe_url
 from .config import PasswordGrantConfig
-from .errors import ConfigError, FieldProblem, TokenRedirectError, TokenResponseError, TokenTransportError
+from .errors import (
+    ConfigError,
+    FieldProblem,
+    LoginResponseError,
+    TokenRedirectError,
+    TokenResponseError,
+    TokenTransportError,
+)
 from .grant import TokenRequest, TokenResponse
 
 __all__ = ["AiohttpTokenEndpoint", "TokenEndpoint", "ssl_context"]
@@ -92,8 +99,10 @@ class AiohttpTokenEndpoint:
                         f"token endpoint redirected to {where}", status=resp.status, grant=request.grant
                     )
                 declared = resp.content_length
+                # A login answered with something unusable is definitive: the password is not sent again.
+                too_large = LoginResponseError if request.grant == "password" else TokenResponseError
                 if declared is not None and declared > cfg.max_response_bytes:
-                    raise TokenResponseError(
+                    raise too_large(
                         f"token response of {declared} bytes exceeds max_response_bytes",
                         status=resp.status,
                         grant=request.grant,
@@ -103,7 +112,7 @@ class AiohttpTokenEndpoint:
                 async for chunk in resp.content.iter_chunked(65536):
                     size += len(chunk)
                     if size > cfg.max_response_bytes:
-                        raise TokenResponseError(
+                        raise too_large(
                             "token response exceeds max_response_bytes; refused",
                             status=resp.status,
                             grant=request.grant,

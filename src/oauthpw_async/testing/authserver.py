@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import html
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -17,9 +18,26 @@ from urllib.parse import parse_qsl, unquote_plus
 import attrs
 import orjson
 
-__all__ = ["AuthServerState", "Fault", "Quirks", "Reply"]
+__all__ = ["AuthServerState", "BadPasswordStyle", "Fault", "Quirks", "Reply"]
 
 FaultKind = Literal["status", "delay", "drop", "html", "malformed", "empty", "huge"]
+
+#: How a rejected password is worded; each is a shape real servers use.
+BadPasswordStyle = Literal[
+    "invalid_grant",  # RFC 6749: 400 {"error": "invalid_grant"}
+    "servicenow",  # 401 {"error": "server_error", "error_description": "access_denied"}
+    "invalid_request",  # 400 invalid_request, the reason in error_description
+    "description_field",  # 400 invalid_request, the reason in "description"
+    "message_field",  # 400 invalid_request, the reason in "message"
+    "sentence_in_error",  # 400 {"error": "Invalid username or password."}
+    "nested_error",  # 400 {"error": {"code": "E0000004", "message": "..."}}
+    "plain_401",  # 401 text/plain "Unauthorized"
+    "plain_400",  # 400 text/plain "Invalid username or password"
+    "success_false",  # 200 {"success": false, "message": "Invalid credentials"}
+    "html_login",  # 200 text/html: the sign-in page again
+    "server_error_500",  # 500 server_error "Invalid user credentials"
+    "throttled_429",  # 429 text/plain with Retry-After: a throttle, not a verdict
+]
 
 
 @attrs.define
@@ -52,8 +70,22 @@ class Quirks:
     refresh_omits_refresh_token: bool = False
     #: Presenting a used refresh token revokes its whole family (Okta, Auth0).
     reuse_detection: bool = False
-    #: ``invalid_grant`` (RFC) or ``servicenow`` (401 with error=server_error) for a bad password.
-    bad_password_style: Literal["invalid_grant", "servicenow"] = "invalid_grant"
+    #: How a wrong password is answered (see :data:`BadPasswordStyle`).
+    bad_password_style: BadPasswordStyle = "invalid_grant"
+    #: How the server reads HTTP Basic client credentials: ``form`` (form-decodes id and secret,
+    #: RFC 6749 §2.3.1) or ``plain`` (takes them as they are, RFC 7617, as many servers do).
+    basic_encoding: Literal["form", "plain"] = "form"
+    #: Refuse a parameter sent twice (RFC 6749 §3.2: "MUST NOT be included more than once").
+    reject_repeated_params: bool = True
+    #: Error answers quote the request back (body and Authorization header), as some servers do:
+    #: ``off``, ``json`` (inside error_description), ``html`` (an escaped HTML page) or ``text``.
+    echo_request: Literal["off", "json", "html", "text"] = "off"
+    #: Which field states the refresh token's lifetime (when ``refresh_token_lifetime`` is set):
+    #: seconds in ``refresh_expires_in`` (Keycloak) or ``refresh_token_expires_in``, or epoch
+    #: milliseconds in ``refresh_token_expires_at``.
+    refresh_lifetime_field: Literal["refresh_expires_in", "refresh_token_expires_in", "refresh_token_expires_at"] = (
+        "refresh_expires_in"
+    )
     #: Extra fields added to every token answer (e.g. {"not-before-policy": 0}).
     extra_fields: dict[str, Any] = attrs.field(factory=dict)
 
@@ -104,16 +136,21 @@ class AuthServerState:
         username: str = "demo.user@example.com",
         password: str = "correct horse battery staple",
         token_lifetime: float = 3600.0,
+        refresh_token_lifetime: float | None = None,
         lockout_after: int = 5,
         quirks: Quirks | None = None,
         latency: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
         self.username = username
         self.password = password
         self.token_lifetime = token_lifetime
+        #: Refresh tokens expire this many seconds after issue (stated in the answer); ``None``: never.
+        self.refresh_token_lifetime = refresh_token_lifetime
+        self.wall = wall
         self.lockout_after = lockout_after
         self.quirks = quirks or Quirks()
         self.latency = latency
@@ -128,6 +165,9 @@ class AuthServerState:
         self.locked = False
         self._access: dict[str, _Issued] = {}
         self._refresh_tokens: dict[str, tuple[_Family, bool]] = {}
+        self._refresh_expiry: dict[str, float] = {}
+        #: The request being answered (for ``echo_request``).
+        self._echo = ""
         self._prune_at = 1024
 
     # --- controls ---------------------------------------------------------------------------
@@ -219,23 +259,35 @@ class AuthServerState:
         return Reply(fault.status, b"try again later", headers)
 
     def _error(self, status: int, code: str, description: str, **headers: str) -> Reply:
+        echo = self.quirks.echo_request
+        if echo == "html":
+            page = f"<html><body><h1>{code}</h1><p>{html.escape(description)}</p><pre>{html.escape(self._echo)}</pre>"
+            return Reply(status, (page + "</body></html>").encode(), {"content-type": "text/html", **headers})
+        if echo == "text":
+            text = f"{code}: {description}; {self._echo}".encode()
+            return Reply(status, text, {"content-type": "text/plain", **headers})
+        if echo == "json":
+            description = f"{description}; received {self._echo}"
         body = orjson.dumps({"error": code, "error_description": description})
         return Reply(status, body, {"content-type": "application/json", **headers})
 
-    def _parse_body(self, headers: Mapping[str, str], body: bytes) -> dict[str, str] | None:
+    def _parse_body(self, headers: Mapping[str, str], body: bytes) -> tuple[dict[str, str] | None, list[str]]:
+        """The request's parameters, and the names sent more than once."""
         ctype = headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "application/json":
             try:
                 data = orjson.loads(body)
             except orjson.JSONDecodeError:
-                return None
-            return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+                return None, []
+            return ({str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None), []
         if self.quirks.json_only:
-            return None
+            return None, []
         try:
-            return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True)
         except UnicodeDecodeError:
-            return None
+            return None, []
+        names = [k for k, _ in pairs]
+        return dict(pairs), sorted({k for k in names if names.count(k) > 1})
 
     def _client_ok(self, headers: Mapping[str, str], form: Mapping[str, str]) -> bool:
         basic = headers.get("authorization", "")
@@ -251,17 +303,23 @@ class AuthServerState:
             except (ValueError, UnicodeDecodeError):
                 return False
             cid, _, csec = raw.partition(":")
-            return unquote_plus(cid) == self.client_id and unquote_plus(csec) == self.client_secret
+            if self.quirks.basic_encoding == "form":
+                cid, csec = unquote_plus(cid), unquote_plus(csec)
+            return cid == self.client_id and csec == self.client_secret
         if mode == "basic":
             return False
         return form.get("client_id") == self.client_id and form.get("client_secret") == self.client_secret
 
     def _token_reply(self, headers: Mapping[str, str], body: bytes) -> tuple[Reply, str, str]:
         q = self.quirks
-        form = self._parse_body(headers, body)
+        self._echo = f"{body.decode('utf-8', 'replace')} authorization={headers.get('authorization', '')}"
+        form, repeated = self._parse_body(headers, body)
         if form is None:
             what = "JSON body required" if q.json_only else "unreadable body"
             return self._error(400, "invalid_request", what), "unknown", "invalid_request"
+        if repeated and q.reject_repeated_params:
+            what = f"parameter sent more than once: {', '.join(repeated)}"
+            return self._error(400, "invalid_request", what), "unknown", "repeated_parameter"
         grant = form.get("grant_type", "")
         kind = "password" if grant == q.grant_type_name else grant or "unknown"
         if grant not in (q.grant_type_name, "refresh_token"):
@@ -296,8 +354,36 @@ class AuthServerState:
         )
 
     def _bad_password(self, text: str) -> Reply:
-        if self.quirks.bad_password_style == "servicenow":
+        style = self.quirks.bad_password_style
+        json_ct = {"content-type": "application/json"}
+        if style == "servicenow":
             return self._error(401, "server_error", "access_denied")
+        if style == "invalid_request":
+            return self._error(400, "invalid_request", "Invalid user credentials")
+        if style in ("description_field", "message_field"):
+            key = "description" if style == "description_field" else "message"
+            return Reply(400, orjson.dumps({"error": "invalid_request", key: f"Bad credentials: {text}"}), json_ct)
+        if style == "sentence_in_error":
+            return Reply(400, orjson.dumps({"error": "Invalid username or password."}), json_ct)
+        if style == "nested_error":
+            body = {"error": {"code": "E0000004", "message": "Authentication failed: invalid credentials"}}
+            return Reply(400, orjson.dumps(body), json_ct)
+        if style == "plain_401":
+            return Reply(401, b"Unauthorized", {"content-type": "text/plain"})
+        if style == "plain_400":
+            return Reply(400, b"Invalid username or password", {"content-type": "text/plain"})
+        if style == "success_false":
+            return Reply(200, orjson.dumps({"success": False, "message": "Invalid credentials"}), json_ct)
+        if style == "html_login":
+            page = (
+                b"<html><body><form method=post><label>Username</label><input name=username>"
+                b"<label>Password</label><input type=password name=password></form></body></html>"
+            )
+            return Reply(200, page, {"content-type": "text/html"})
+        if style == "server_error_500":
+            return self._error(500, "server_error", "Invalid user credentials")
+        if style == "throttled_429":
+            return Reply(429, b"Too many login attempts", {"content-type": "text/plain", "retry-after": "1"})
         return self._error(400, "invalid_grant", text)
 
     def _refresh(self, form: Mapping[str, str]) -> tuple[Reply, str, str]:
@@ -305,6 +391,8 @@ class AuthServerState:
         entry = self._refresh_tokens.get(rt)
         if entry is None:
             return self._error(400, "invalid_grant", "unknown refresh token"), "refresh_token", "invalid_grant"
+        if self.clock() >= self._refresh_expiry.get(rt, float("inf")):
+            return self._error(400, "invalid_grant", "refresh token expired"), "refresh_token", "expired"
         family, used = entry
         if family.revoked:
             return self._error(400, "invalid_grant", "refresh token revoked"), "refresh_token", "invalid_grant"
@@ -344,6 +432,13 @@ class AuthServerState:
             rt = secrets.token_urlsafe(24)
             self._refresh_tokens[rt] = (family, False)
             data["refresh_token"] = rt
+            life = self.refresh_token_lifetime
+            if life is not None:
+                self._refresh_expiry[rt] = now + life
+                if q.refresh_lifetime_field == "refresh_token_expires_at":
+                    data[q.refresh_lifetime_field] = int((self.wall() + life) * 1000)  # epoch milliseconds
+                else:
+                    data[q.refresh_lifetime_field] = life
         elif reuse_rt is not None and not q.refresh_omits_refresh_token:
             data["refresh_token"] = reuse_rt  # ServiceNow repeats the same refresh token
         data.update(q.extra_fields)
