@@ -318,6 +318,32 @@ async def test_redis_restarted_with_its_data_lost_stops_the_workers_typed_and_a_
     assert_tokens(state, elapsed, faults=1)
 
 
+async def test_a_worker_stopped_by_sigterm_gives_its_partitions_back_at_once(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    state, demo = strict_server(), api()
+    async with LocalServer(state, api=demo) as server:
+        workers = Workers(tmp_path, server, redis_server.url, namespace)
+        try:
+            (first,) = workers.start(1, "--idle-timeout", "600")  # a takeover would take 10 minutes
+            await wait_until_walking(redis_server.url, namespace, first, pages=2)
+            first.send_signal(signal.SIGTERM)
+            assert await workers.wait([first]) == [143], workers.describe()
+            given_back = {p.name: p for p in (await status(redis_server.url, namespace)).partitions if p.position}
+            assert given_back and all(p.state in ("queued", "done") for p in given_back.values())
+            (second,) = workers.start(1, "--idle-timeout", "600")
+            assert await workers.wait([second]) == [0], workers.describe()
+        finally:
+            workers.kill_all()
+        final = await status(redis_server.url, namespace)
+    assert final.complete and all(p.claims == 1 for p in final.partitions)  # given back, not taken over
+    assert "taken over" not in workers.log(1)
+    assert "positions are checkpointed in Redis at" in workers.log(0)  # what to do: run it again
+    seen = workers.records()
+    # Twice at most: a page whose records were flushed when the signal came, before its checkpoint.
+    assert set(seen) == demo.expected_ids() and duplicates(seen) <= AT_ONCE * PAGE
+
+
 async def test_crawl_workers_starts_local_workers_and_fleet_status_shows_the_crawl(
     redis_server: RedisServer, namespace: str, tmp_path: Path
 ) -> None:
