@@ -542,7 +542,9 @@ def test_every_option_of_every_subcommand_has_help_and_shows_its_default(capsys)
         return [leaf for n, p in nested[0].choices.items() for leaf in leaves(p, (*path, n))]
 
     commands = leaves(build_parser(), ())
-    assert {name for name, _ in commands} == {"check", "crawl", "demo", "serve", "state show", "state reset"}
+    assert {name for name, _ in commands} == {
+        "check", "crawl", "demo", "serve", "state show", "state reset", "fleet status", "fleet reset"
+    }  # fmt: skip
     for name, sub in commands:
         with pytest.raises(SystemExit) as exited:
             main([*name.split(), "--help"])

@@ -8,6 +8,8 @@ Where a token may go (:class:`Origins`), how a path resolves under a base URL
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import attrs
 
 from ._httputil import excerpt, origin, safe_url
@@ -19,6 +21,7 @@ __all__ = [
     "MAX_REDIRECTS",
     "MAX_RENEWALS_PER_REQUEST",
     "REFUSED_TOKENS_BREAKER",
+    "Governor",
     "HostGovernor",
     "Origins",
     "RefusedTokens",
@@ -33,6 +36,22 @@ MAX_REDIRECTS = 10
 MAX_RENEWALS_PER_REQUEST = 3
 #: Distinct tokens refused in a row, with no success between, after which the crawl stops.
 REFUSED_TOKENS_BREAKER = 3
+
+
+class Governor(Protocol):
+    """What the engine asks of a host's governor: wait for a turn, and pause the host after a 429/503.
+
+    :class:`HostGovernor` governs within one process; a fleet's governor
+    (:mod:`oauthpw_async.fleet.crawl`) shares the rate and the pause with every worker.
+    """
+
+    async def wait(self) -> None:
+        """Return when a request to the host may be sent."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request to the host back for ``seconds`` (a server's ``Retry-After``)."""
+        ...
 
 
 class HostGovernor:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -45,6 +46,8 @@ from .config import load_config
 from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink, StreamSink
 from .crawler.checkpoint import Checkpoints
 from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenError, UsageError
+from .fleet import command as fleet_command  # imports no Redis client until a fleet is used
+from .fleet.errors import FleetError
 from .provider import TokenProvider
 from .report import (
     Progress,
@@ -176,6 +179,13 @@ class _CrawlJob:
     fresh: bool = False
     #: Incremental crawlers: ignore the saved cursors (``--full-refresh``).
     full_refresh: bool = False
+    #: One worker of a fleet (``--coordinator``): positions and partitions in Redis.
+    fleet: fleet_command.FleetWorker | None = None
+
+    @property
+    def positions(self) -> str | None:
+        """Where positions are saved, for messages (the state file or the fleet's Redis)."""
+        return self.fleet.where if self.fleet is not None else self.state
 
 
 async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None, TokenProvider | StaticToken | None]:
@@ -222,17 +232,22 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
     try:
         # Opened inside the try: a locked or unwritable output is a crawl error (exit 7), not a traceback.
         sink = JsonLinesSink(job.out) if job.out is not None else StreamSink(sys.stdout.buffer)
-        async with tokens:
+        async with job.fleet or contextlib.nullcontext(), tokens:
             with progress:
-                stats = await job.crawler.crawl(
-                    tokens,
-                    sink,
-                    concurrency=job.concurrency,
-                    rate=job.rate,
-                    state=Checkpoints(job.state, restart=True) if job.fresh and job.state else job.state,
-                    on_progress=progress,
-                    full_refresh=job.full_refresh,
-                )
+                if job.fleet is not None:  # one worker of a fleet: the partitions it claims
+                    stats = await job.fleet.run(
+                        job.crawler, tokens, sink, concurrency=job.concurrency, on_progress=progress
+                    )
+                else:
+                    stats = await job.crawler.crawl(
+                        tokens,
+                        sink,
+                        concurrency=job.concurrency,
+                        rate=job.rate,
+                        state=Checkpoints(job.state, restart=True) if job.fresh and job.state else job.state,
+                        on_progress=progress,
+                        full_refresh=job.full_refresh,
+                    )
                 progress.final(stats)
         if not stats.complete and not job.allow_incomplete:
             code = ExitCode.INCOMPLETE
@@ -244,9 +259,9 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
     except BrokenPipeError:
         # The reader of stdout left (`| head`): stop quietly; the page being written was not checkpointed.
         _silence_stdout()
-        print(format_interrupted(job.state, job.command, "stdout was closed"), file=sys.stderr, flush=True)
+        print(format_interrupted(job.positions, job.command, "stdout was closed"), file=sys.stderr, flush=True)
         return ExitCode.BROKEN_PIPE, progress.last, tokens
-    except (TokenError, CrawlError) as exc:
+    except (TokenError, CrawlError, FleetError) as exc:
         _err(str(exc))
         outcome = "failed"
         code = exit_code_for(exc)
@@ -276,20 +291,28 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
         print_lines(format_summary(summary), report)
         for key, value in state_cli.cursor_rows(shown):  # incremental crawlers: cursor before -> after
             print(f"  {key:<18} {value}", file=report)
+        if job.fleet is not None:
+            print_lines(job.fleet.summary(), report)
     if outcome == "interrupted":
-        print(format_interrupted(job.state, job.command), file=sys.stderr, flush=True)
+        print(format_interrupted(job.positions, job.command), file=sys.stderr, flush=True)
     elif code == ExitCode.INCOMPLETE:
         _err("the crawl finished INCOMPLETE (see above); pass --allow-incomplete to accept that")
     return code, stats, tokens
 
 
 async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    fleet_command.check_crawl_options(args)
+    if args.workers > 1:  # N local worker processes of a fleet, each this command with its own --out
+        return await fleet_command.run_workers(args, argv, sys.stdout)
     # A password-grant connection or a static token (Token / Token File), by the fields present.
-    if args.token_store:
-        tokens = load_token_source(args.config, store=FileTokenStore(args.token_store))
-    else:
-        tokens = load_token_source(args.config)
+    store = FileTokenStore(args.token_store) if args.token_store else None
+    tokens = load_token_source(args.config, store=store) if store is not None else load_token_source(args.config)
     crawler = _load_crawler(args.crawler)(base_url=args.base_url)
+    fleet = None
+    if args.coordinator:  # one worker of a fleet: the token too is shared when it is renewable
+        if crawler.is_incremental:
+            raise UsageError("incremental crawlers run as one process with --state, not as a fleet (--coordinator)")
+        fleet, tokens = fleet_command.worker_for(args, tokens, store)
     out = None if args.out in (None, "-") else Path(args.out)
     command = _command(argv)
     job = _CrawlJob(
@@ -305,6 +328,7 @@ async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> i
         allow_incomplete=args.allow_incomplete,
         fresh=args.restart,
         full_refresh=args.full_refresh,
+        fleet=fleet,
     )
     if args.full_refresh:
         print(state_cli.full_refresh_notice(args.state), file=sys.stderr if out is None else sys.stdout)
@@ -556,7 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="incremental crawlers: ignore the saved cursors and read everything (default: only what changed)",
     )
+    fleet_command.add_crawl_options(p)  # --coordinator, --workers... (README "Running a fleet")
     state_cli.add_parser(sub)
+    fleet_command.add_parser(sub, _HelpFormatter)
 
     p = sub.add_parser(
         "demo",
@@ -633,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run_crawl_command(args, argv))
         if args.command == "state":
             return state_cli.run(args, sys.stdout)
+        if args.command == "fleet":
+            return fleet_command.run(args, sys.stdout)
         if args.command == "demo":
             return asyncio.run(_demo(args, argv))
         return asyncio.run(_serve(args))

@@ -566,13 +566,17 @@ class TokenProvider:
                 if exc.status == 500:
                     self._refresh_failures += 1
                 raise
+        policy = self._login_policy()
+        self.stats.logins += 1
+        return await self._exchange(build_password_request(self._config), None, policy), "password"
+
+    def _login_policy(self) -> RetryPolicy:
+        """The retries one password login may use; raises when the login budget is spent."""
         left = self._logins_left(self._now())
         if left <= 0:
             raise self._budget_error(self._now())
         # Retries of a login are logins too: never more attempts than the budget has left.
-        policy = self._retry if left >= self._retry.max_attempts else attrs.evolve(self._retry, max_attempts=left)
-        self.stats.logins += 1
-        return await self._exchange(build_password_request(self._config), None, policy), "password"
+        return self._retry if left >= self._retry.max_attempts else attrs.evolve(self._retry, max_attempts=left)
 
     async def _exchange(self, request: TokenRequest, previous: Token | None, policy: RetryPolicy) -> Token:
         config = self._config
@@ -624,7 +628,7 @@ class TokenProvider:
             self._fatal = exc
             log.error("token request rejected, no automatic retry: %s", exc)
             return
-        if exc.retry_after is not None and exc.status is not None:
+        if exc.retry_after is not None and getattr(exc, "status", None) is not None:
             # The server's own window (Retry-After, a rate-limit reset): nothing is sent inside it.
             self._rate_limited_until = max(self._rate_limited_until, now + exc.retry_after)
         if isinstance(exc, TokenRequestsPaused):

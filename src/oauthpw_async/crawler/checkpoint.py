@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import anyio
 import orjson
@@ -33,7 +33,10 @@ from ..errors import StateError, StateLocked, StateMismatch, StateWriteError, Us
 from .pagination import PageRequest
 from .sinks import STREAM
 
-__all__ = ["STATE_VERSION", "Checkpoints", "fingerprint"]
+if TYPE_CHECKING:
+    from .base import Partition
+
+__all__ = ["STATE_VERSION", "Checkpoints", "PartitionSource", "PositionStore", "fingerprint"]
 
 log = logging.getLogger("oauthpw_async.crawler")
 
@@ -65,6 +68,73 @@ def fingerprint(crawler: object, pagination: object, partitions: Sequence[str], 
         "pagination": shown,
         "output": identity if isinstance(identity, str) else _name_of(sink),
     }
+
+
+# --- the engine's seam for positions kept elsewhere (a fleet's Redis: oauthpw_async.fleet.crawl) ---------
+
+
+class PositionStore(Protocol):
+    """What the engine needs of a position store; :class:`Checkpoints` (a state file) is the default one.
+
+    A store holds, per partition, the next page, the pages and records committed, whether the
+    partition is done and why it may be incomplete. The engine calls :meth:`save` only after the
+    page's records reached the sink.
+    """
+
+    async def open(self, fingerprint: Mapping[str, Any] | None = None) -> None:
+        """Start using the store for the crawl described by ``fingerprint``."""
+        ...
+
+    def close(self) -> None:
+        """Stop using it (safe to call twice)."""
+        ...
+
+    def is_done(self, partition: str) -> bool:
+        """Whether the partition finished."""
+        ...
+
+    def resume_from(self, partition: str) -> PageRequest | None:
+        """The saved next page, if the partition was started."""
+        ...
+
+    def pages(self, partition: str) -> int:
+        """Pages committed."""
+        ...
+
+    def records(self, partition: str) -> int:
+        """Records committed."""
+        ...
+
+    def problems(self, partition: str) -> list[str]:
+        """Why a finished partition may be missing records."""
+        ...
+
+    async def save(
+        self,
+        partition: str,
+        next_request: PageRequest | None,
+        pages: int,
+        *,
+        records: int = 0,
+        problems: list[str] | None = None,
+    ) -> None:
+        """Commit the partition's next page (``None``: done)."""
+        ...
+
+
+@runtime_checkable
+class PartitionSource(Protocol):
+    """A position store that also decides which partitions this process walks, and when.
+
+    Without one the engine walks every unfinished partition at once. A fleet worker instead
+    walks the partitions it claims, one claim after another, until none is left anywhere.
+    """
+
+    async def walk_partitions(
+        self, partitions: Sequence[Partition], walk: Callable[[Partition], Awaitable[None]]
+    ) -> None:
+        """Await ``walk(partition)`` for each partition this process is to crawl; return when none is left."""
+        ...
 
 
 def _describe(key: str, old: Any, new: Any) -> str:

@@ -25,6 +25,7 @@ import orjson
 
 from .._api import (
     MAX_REDIRECTS,
+    Governor,
     HostGovernor,
     Origins,
     RefusedTokens,
@@ -40,7 +41,7 @@ from ..responses import classify_api_response
 from ..retry import Retrying, RetryPolicy
 from ..sources import TokenSource
 from ..transport import ssl_context
-from .checkpoint import Checkpoints, fingerprint
+from .checkpoint import Checkpoints, PartitionSource, PositionStore, fingerprint
 from .incremental import IncrementalSync, RunKeys, SyncStats, key_digest
 from .pagination import Page, PageRequest, Paginator, resolve
 from .sinks import Sink
@@ -261,12 +262,13 @@ class CrawlEngine:
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 16,
         rate: float | None = None,
-        state: str | os.PathLike[str] | Checkpoints | None = None,
+        state: str | os.PathLike[str] | Checkpoints | PositionStore | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
         clock: Clock | None = None,
         on_progress: Callable[[CrawlStats], None] | None = None,
         full_refresh: bool = False,
+        governors: Callable[[str], Governor] | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
@@ -277,12 +279,23 @@ class CrawlEngine:
         self._session = session
         self._concurrency = concurrency
         self._rate = rate
-        self._checkpoints = state if isinstance(state, Checkpoints) else Checkpoints(state)
+        # --- fleet seam: positions kept elsewhere than a state file (oauthpw_async.fleet.crawl), and
+        # per-host governors shared by a fleet; by default a state file and one governor per host here.
+        self._checkpoints: PositionStore = (
+            Checkpoints(state) if state is None or isinstance(state, (str, os.PathLike)) else state
+        )
+        self._governors = governors
+        if crawler.is_incremental and not isinstance(self._checkpoints, Checkpoints):
+            raise UsageError(
+                f"{type(crawler).__name__} is incremental: its cursors live in a state file, so it cannot run "
+                "as a worker of a fleet; run it as one process with a state file"
+            )
+        # --- end of the fleet seam
         self._retry = retry or API_RETRY
         self._on_progress = on_progress
         self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._hosts: dict[str, HostGovernor] = {}
+        self._hosts: dict[str, Governor] = {}
         self._paginator: Paginator = resolve(crawler.pagination)
         self._rng = random.Random()
         self._origins: Origins | None = None
@@ -294,7 +307,7 @@ class CrawlEngine:
         self._keys_loaded = False
         # Incremental sync: cursors, since-filters, re-delivery and move detection (one key store).
         self._sync: IncrementalSync | None = None
-        if crawler.is_incremental:
+        if crawler.is_incremental and isinstance(self._checkpoints, Checkpoints):
             self._sync = IncrementalSync(crawler, self._checkpoints, self._clock, full_refresh=full_refresh)
             self._keys = self._sync.keys
             self._paginator = self._sync.paginator(self._paginator)
@@ -332,10 +345,19 @@ class CrawlEngine:
                     ps.problems = self._checkpoints.problems(p.name)
                     self.stats.partitions_done += 1
             try:
-                async with anyio.create_task_group() as tg:
-                    for p in partitions:
-                        if not self._checkpoints.is_done(p.name):
-                            tg.start_soon(self._walk, session, base, p, sink)
+                if isinstance(self._checkpoints, PartitionSource):
+                    # A fleet worker walks the partitions it claims, one after another, until none is left.
+                    await self._checkpoints.walk_partitions(partitions, lambda p: self._walk(session, base, p, sink))
+                    for p in partitions:  # finished elsewhere in the fleet meanwhile
+                        ps = self.stats.partitions[p.name]
+                        if not ps.done and self._checkpoints.is_done(p.name):
+                            ps.done, ps.problems = True, self._checkpoints.problems(p.name)
+                            self.stats.partitions_done += 1
+                else:
+                    async with anyio.create_task_group() as tg:
+                        for p in partitions:
+                            if not self._checkpoints.is_done(p.name):
+                                tg.start_soon(self._walk, session, base, p, sink)
             except BaseExceptionGroup as group:
                 # One partition failed and the others were cancelled: raise the failure itself.
                 raise _first_error(group) from None
@@ -371,6 +393,7 @@ class CrawlEngine:
 
     async def _walk(self, session: aiohttp.ClientSession, base: str, partition: Partition, sink: Sink) -> None:
         ps = self.stats.partitions[partition.name]
+        ps.pages = self._checkpoints.pages(partition.name)  # a fleet worker may take over another's progress
         headers = {**self._headers, **partition.headers} if partition.headers else self._headers
         start = self._paginator.start(self.crawler.first_request(partition))
         if self._sync is not None:
@@ -567,11 +590,13 @@ class CrawlEngine:
 
     # --- one request -------------------------------------------------------------------------------
 
-    def _governor(self, url: str) -> HostGovernor:
+    def _governor(self, url: str) -> Governor:
         host = url.split("/", 3)[2] if "://" in url else urlsplit(url).netloc
         gov = self._hosts.get(host)
         if gov is None:
-            gov = self._hosts[host] = HostGovernor(self._rate, self._clock)
+            gov = self._hosts[host] = (
+                self._governors(host) if self._governors is not None else HostGovernor(self._rate, self._clock)
+            )
         return gov
 
     def _authorize(self, url: str) -> bool:

@@ -10,7 +10,9 @@ each one atomic in Redis (Lua scripts):
 * :class:`HostRateLimiter`: one request rate per host for the fleet (GCRA) and a shared pause;
 * :class:`PartitionQueue`: a crawl's partitions on a Redis Stream consumer group, fenced
   checkpoints, takeover of a dead worker's partitions, fleet-wide completeness;
-* :class:`Coordinator`: all of them for one credential over one connection.
+* :class:`Coordinator`: all of them for one credential over one connection;
+* :class:`FleetCrawl`: a crawler run as one worker of a fleet (claimed partitions, fenced
+  positions, shared politeness), on :class:`FleetCheckpoints` and :class:`SharedHostGovernor`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .errors import ClaimLost, CoordinatorUnavailable, FleetError, SharedStateUn
 if TYPE_CHECKING:
     from .cipher import TokenCipher, generate_key
     from .coordinator import Coordinator
+    from .crawl import CrawlStateLost, FleetCheckpoints, FleetCrawl, SharedHostGovernor
     from .lease import Lease, LeaseHandle
     from .logins import CredentialsLatch, LatchState, LoginBudget
     from .partitions import Claim, FleetStatus, PartitionQueue, PartitionStatus
@@ -34,6 +37,10 @@ _LAZY = {
     "TokenCipher": "cipher",
     "generate_key": "cipher",
     "Coordinator": "coordinator",
+    "CrawlStateLost": "crawl",
+    "FleetCheckpoints": "crawl",
+    "FleetCrawl": "crawl",
+    "SharedHostGovernor": "crawl",
     "Lease": "lease",
     "LeaseHandle": "lease",
     "CredentialsLatch": "logins",
@@ -66,7 +73,10 @@ __all__ = [
     "ClaimLost",
     "Coordinator",
     "CoordinatorUnavailable",
+    "CrawlStateLost",
     "CredentialsLatch",
+    "FleetCheckpoints",
+    "FleetCrawl",
     "FleetError",
     "FleetStatus",
     "HostRateLimiter",
@@ -79,6 +89,7 @@ __all__ = [
     "PublishResult",
     "RateDecision",
     "RefreshPermit",
+    "SharedHostGovernor",
     "SharedStateUnreadable",
     "SharedToken",
     "SharedTokenState",

@@ -1,0 +1,566 @@
+"""One crawl run by a fleet of worker processes: partitions, positions and politeness in Redis.
+
+Every worker runs the same crawler against its own sink. :class:`FleetCheckpoints` is the
+engine's position store *and* its partition source: the worker enqueues the crawler's
+partitions (idempotently), claims a few at a time from the crawl's
+:class:`~oauthpw_async.fleet.PartitionQueue`, walks each from the position the fleet last
+committed, checkpoints every page (fenced: a worker that lost its claim has its write refused
+and stops that partition), marks it done (or failed, with its completeness problems), and
+claims the next, until the queue is drained and no partition is running anywhere. A dead or
+stalled worker's partitions are taken over after the idle timeout from their last checkpoint,
+so only pages in flight at the death are written twice.
+
+:class:`SharedHostGovernor` plugs the fleet-wide rate limit and the shared 429/503 pause
+(:class:`~oauthpw_async.fleet.HostRateLimiter`) into the engine's per-host governor.
+
+:class:`FleetCrawl` puts the two together::
+
+    fleet = Coordinator.for_config(config, url, token_key=key)
+    async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
+        stats = await FleetCrawl(fleet, "incidents").run(Incidents(), tokens, JsonLinesSink("w1.jsonl"))
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import orjson
+
+from .._api import HostGovernor
+from ..clock import SYSTEM_CLOCK, Clock
+from ..crawler.pagination import PageRequest
+from ..errors import CrawlError, StateMismatch, UsageError
+from ._redis import RedisLink, as_text
+from ._tasks import in_background
+from .errors import ClaimLost, CoordinatorUnavailable, FleetError
+from .partitions import Claim, FleetStatus, PartitionQueue, PartitionStatus
+from .ratelimit import HostRateLimiter
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from ..crawler.base import Crawler, Partition
+    from ..crawler.engine import CrawlStats
+    from ..crawler.sinks import Sink
+    from ..retry import RetryPolicy
+    from ..sources import TokenSource
+    from .coordinator import Coordinator
+
+__all__ = ["CrawlStateLost", "FleetCheckpoints", "FleetCrawl", "SharedHostGovernor", "default_consumer"]
+
+log = logging.getLogger("oauthpw_async.fleet")
+
+T = TypeVar("T")
+
+# KEYS: meta. ARGV: fingerprint (JSON), a new epoch. Returns {created, epoch, recorded fingerprint}.
+_JOIN = """
+local fp = redis.call('HGET', KEYS[1], 'fingerprint')
+if not fp then
+  redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'epoch', ARGV[2])
+  return {1, ARGV[2], ARGV[1]}
+end
+return {0, redis.call('HGET', KEYS[1], 'epoch') or '', fp}
+"""
+
+
+class CrawlStateLost(FleetError, CrawlError):
+    """The crawl's partitions and positions vanished from Redis (it restarted without persistence, or was flushed).
+
+    Positions committed since the crawl began are gone, so nothing may be claimed complete:
+    the worker stops. Start the workers again: the crawl is enqueued afresh and every partition
+    is read from its start (records already written are written again; a primary key
+    deduplicates them downstream). Run Redis with AOF persistence (``appendonly yes``) so a
+    restart keeps the queue.
+    """
+
+    def __init__(self, crawl: str, where: str) -> None:
+        self.crawl = crawl
+        self.where = where
+        super().__init__(
+            f"the fleet state of crawl {crawl!r} is gone from Redis at {where} (restarted without persistence, or "
+            "flushed): positions since the crawl began are lost, so this worker stops rather than claim the crawl "
+            "complete; start the workers again to crawl every partition from its start (records already written "
+            "are written again), and run Redis with appendonly yes to keep the queue across restarts"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (CrawlStateLost, (self.crawl, self.where))
+
+
+def default_consumer() -> str:
+    """A worker's name in the consumer group: host, pid and a random suffix (unique across a fleet)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def _shared_fingerprint(fp: Mapping[str, Any] | None) -> dict[str, Any]:
+    # Every worker writes its own output, so the output is not part of what they must agree on.
+    return {k: v for k, v in (fp or {}).items() if k != "output"}
+
+
+class FleetCheckpoints:
+    """The engine's position store and partition source for one worker of a fleet.
+
+    Pass it as ``state=`` to :class:`~oauthpw_async.crawler.engine.CrawlEngine` (or use
+    :class:`FleetCrawl`). Positions are JSON in Redis (``{"next", "pages", "records", "problems"}``),
+    written after the page's records reached this worker's sink.
+
+    Args:
+        link: the coordinator's Redis connection (``Coordinator.link``).
+        crawl: the crawl's name: every worker of one crawl uses the same; one queue per name.
+        consumer: this worker's name (default: host, pid and a random suffix).
+        idle_timeout: seconds without a checkpoint or heartbeat after which another worker takes a
+            partition over. Keep it well above the time one page takes (heartbeats every third of it).
+        max_claims: claims of one partition before it is marked failed (it kept killing workers).
+        partitions_at_once: partitions this worker walks at the same time (claims it holds).
+        unavailable_grace: seconds a position write keeps retrying while Redis does not answer.
+    """
+
+    def __init__(
+        self,
+        link: RedisLink,
+        crawl: str,
+        *,
+        consumer: str | None = None,
+        idle_timeout: float = 60.0,
+        max_claims: int = 5,
+        partitions_at_once: int = 4,
+        unavailable_grace: float = 30.0,
+    ) -> None:
+        if partitions_at_once < 1:
+            raise UsageError("partitions_at_once must be at least 1")
+        if not crawl or "{" in crawl or "}" in crawl:
+            raise UsageError("a fleet crawl needs a name without braces")
+        self._link = link
+        self.crawl = crawl
+        self.queue = PartitionQueue(
+            link, crawl, consumer=consumer or default_consumer(), idle_timeout=idle_timeout, max_claims=max_claims
+        )
+        self.partitions_at_once = partitions_at_once
+        self.unavailable_grace = unavailable_grace
+        self._meta = link.key(f"crawl:{crawl}", "meta")
+        self._epoch: str | None = None
+        self._claims: dict[str, Claim] = {}
+        self._positions: dict[str, dict[str, Any]] = {}
+        self._states: dict[str, PartitionStatus] = {}
+        #: Partitions this worker walked to their end.
+        self.finished: list[str] = []
+        #: Partitions this worker stopped because another worker had taken them over.
+        self.taken_over: list[str] = []
+        #: The last fleet status read (after :meth:`walk_partitions`: the final one).
+        self.last_status: FleetStatus | None = None
+
+    @property
+    def consumer(self) -> str:
+        """The worker's name in the fleet (the owner shown by a status)."""
+        return self.queue.consumer
+
+    def __repr__(self) -> str:
+        return f"FleetCheckpoints(crawl={self.crawl!r}, consumer={self.consumer!r}, redis={self._link.where!r})"
+
+    # --- PositionStore --------------------------------------------------------------------------------
+
+    async def open(self, fingerprint: Mapping[str, Any] | None = None) -> None:
+        """Join the crawl: check it is the same crawl, enqueue the partitions (once for the fleet), read the status.
+
+        Raises:
+            StateMismatch: the crawl name is used by another crawl (crawler, partitions or pagination).
+            CoordinatorUnavailable: Redis did not answer.
+        """
+        mine = _shared_fingerprint(fingerprint)
+        created, epoch, recorded = await self._link.script(
+            _JOIN, [self._meta], [orjson.dumps(mine, option=orjson.OPT_SORT_KEYS), secrets.token_hex(8)]
+        )
+        theirs = orjson.loads(recorded)
+        if theirs != mine:
+            differences = {
+                k: (theirs.get(k), mine.get(k)) for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)
+            }
+            raise StateMismatch(
+                f"the fleet crawl {self.crawl!r} in Redis at {self._link.where} belongs to another crawl "
+                f"({'; '.join(f'{k} was {o!r}, now {n!r}' for k, (o, n) in differences.items())}); give this crawl "
+                "another name, or drop the old one with `oauthpw-async fleet reset`",
+                differences=differences,
+            )
+        self._epoch = as_text(epoch)
+        names = list(mine.get("partitions") or [])
+        if names:
+            added = await self.queue.enqueue({name: None for name in names})
+            if added:
+                log.info("fleet crawl %s: enqueued %d partition(s)", self.crawl, added)
+        if not int(created):
+            log.info("fleet crawl %s: joined as %s", self.crawl, self.consumer)
+        await self.refresh()
+
+    def close(self) -> None:
+        """Nothing to release: claims are given back as their partitions end or the worker stops."""
+
+    def is_done(self, partition: str) -> bool:
+        """Whether the partition is done or failed for good (fleet-wide, as last read)."""
+        status = self._states.get(partition)
+        return status is not None and status.state in ("done", "failed")
+
+    def resume_from(self, partition: str) -> PageRequest | None:
+        """The position the fleet committed last for the partition (``None``: its start)."""
+        nxt = self._positions.get(partition, {}).get("next")
+        return PageRequest.from_json(nxt) if isinstance(nxt, dict) else None
+
+    def pages(self, partition: str) -> int:
+        """Pages the fleet committed for the partition."""
+        return int(self._positions.get(partition, {}).get("pages", 0))
+
+    def records(self, partition: str) -> int:
+        """Records the fleet committed for the partition (in all workers' sinks)."""
+        return int(self._positions.get(partition, {}).get("records", 0))
+
+    def problems(self, partition: str) -> list[str]:
+        """Why a finished partition may be missing records (its walk's problems, or why it failed)."""
+        saved = self._positions.get(partition, {}).get("problems") or []
+        status = self._states.get(partition)
+        if not saved and status is not None and status.state == "failed" and status.reason:
+            return [status.reason]
+        return [str(p) for p in saved]
+
+    async def save(
+        self,
+        partition: str,
+        next_request: PageRequest | None,
+        pages: int,
+        *,
+        records: int = 0,
+        problems: list[str] | None = None,
+    ) -> None:
+        """Commit the partition's position, fenced by this worker's claim.
+
+        Raises:
+            ClaimLost: another worker took the partition over: this worker must stop it.
+            CoordinatorUnavailable: Redis did not answer for ``unavailable_grace`` seconds.
+        """
+        claim = self._claims.get(partition)
+        if claim is None:
+            raise UsageError(f"partition {partition!r} is not claimed by this worker; the engine saves claimed ones")
+        position: dict[str, Any] = {
+            "next": next_request.to_json() if next_request else None,
+            "pages": pages,
+            "records": records,
+        }
+        if problems:
+            position["problems"] = list(problems)
+        try:
+            await self._patient(lambda: self.queue.checkpoint(claim, position))
+        except ClaimLost:
+            log.warning(
+                "partition %s: position write refused, another worker took it over (this claim's fence %d); "
+                "stopping it here",
+                partition,
+                claim.fence,
+            )
+            raise
+        self._positions[partition] = position
+
+    # --- PartitionSource --------------------------------------------------------------------------------
+
+    async def walk_partitions(
+        self, partitions: Sequence[Partition], walk: Callable[[Partition], Awaitable[None]]
+    ) -> None:
+        """Claim partitions and ``walk`` each, ``partitions_at_once`` at a time, until the fleet has none left.
+
+        Returns once every partition is done or failed fleet-wide (so the worker may exit), with
+        :attr:`last_status` and :meth:`is_done` reflecting the whole fleet.
+
+        Raises:
+            CrawlStateLost: the crawl vanished from Redis (restarted without persistence).
+            CoordinatorUnavailable: Redis did not answer for ``unavailable_grace`` seconds.
+        """
+        by_name = {p.name: p for p in partitions}
+        running: set[str] = set()
+        changed = anyio.Event()
+        poll = min(1.0, self.queue.idle_timeout / 4)
+
+        async def run(claim: Claim) -> None:
+            nonlocal changed
+            try:
+                await self._walk_claim(claim, by_name[claim.partition], walk)
+            finally:
+                running.discard(claim.partition)
+                self._claims.pop(claim.partition, None)
+                changed.set()
+
+        async with anyio.create_task_group() as tg:
+            while True:
+                free = self.partitions_at_once - len(running)
+                claims = await self._patient(functools.partial(self.queue.claim, free)) if free > 0 else []
+                for claim in claims:
+                    if claim.partition not in by_name:  # cannot happen with matching fingerprints
+                        await self.queue.release(claim)
+                        raise UsageError(f"the fleet handed out {claim.partition!r}, which this crawler does not have")
+                    self._adopt(claim)
+                    running.add(claim.partition)
+                    tg.start_soon(run, claim)
+                if claims:
+                    continue
+                if not running:
+                    status = await self.refresh()
+                    if status.finished:
+                        break
+                changed = anyio.Event()
+                with anyio.move_on_after(poll):
+                    await changed.wait()
+        await self.refresh()
+
+    async def refresh(self) -> FleetStatus:
+        """Read the fleet's status (every partition's state and position) into this store.
+
+        Raises:
+            CrawlStateLost: the crawl vanished from Redis since this worker joined it.
+        """
+        status = await self._patient(self.queue.status)
+        await self._check_epoch()
+        self.last_status = status
+        self._states = {p.name: p for p in status.partitions}
+        for p in status.partitions:
+            if isinstance(p.position, dict) and p.name not in self._claims:
+                self._positions[p.name] = p.position
+        return status
+
+    # --- inside ---------------------------------------------------------------------------------------------
+
+    def _adopt(self, claim: Claim) -> None:
+        self._claims[claim.partition] = claim
+        if isinstance(claim.position, dict):
+            self._positions[claim.partition] = claim.position
+        else:
+            self._positions.pop(claim.partition, None)
+        if claim.attempt > 1:
+            log.warning(
+                "partition %s: taken over (claim %d) from page %d",
+                claim.partition,
+                claim.attempt,
+                self.pages(claim.partition),
+            )
+
+    async def _walk_claim(
+        self, claim: Claim, partition: Partition, walk: Callable[[Partition], Awaitable[None]]
+    ) -> None:
+        name = claim.partition
+        position = self._positions.get(name)
+        try:
+            if position is None or position.get("next") is not None or "pages" not in position:
+                with anyio.CancelScope() as scope:
+                    async with in_background(lambda: self._heartbeat(claim, scope)):
+                        await walk(partition)
+                if scope.cancelled_caught:
+                    raise ClaimLost(name)
+            # else: its last page was committed and its worker stopped before marking it done
+            problems = self.problems(name)
+            if problems:
+                await self._patient(lambda: self.queue.fail(claim, "; ".join(problems)))
+            else:
+                await self._patient(lambda: self.queue.complete(claim))
+            self.finished.append(name)
+        except ClaimLost:
+            self.taken_over.append(name)
+            log.warning("partition %s: stopped, another worker has taken it over", name)
+            await self._check_epoch()  # lost because Redis lost the crawl: that ends this worker
+        except BaseException:
+            # Failed or cancelled (a stop signal): give it back so another worker resumes it from its
+            # last checkpoint now, not after the idle timeout.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._link.command_timeout + 1):
+                try:
+                    await self.queue.release(claim)
+                except FleetError:
+                    pass
+            raise
+
+    async def _heartbeat(self, claim: Claim, scope: anyio.CancelScope) -> None:
+        """Keep the claim alive while a page is slow; stop the walk as soon as it is taken over."""
+        while True:
+            await anyio.sleep(self.queue.idle_timeout / 3)
+            try:
+                await self.queue.touch(claim)
+            except ClaimLost:
+                log.warning("partition %s: claim taken over while walking it; stopping it", claim.partition)
+                scope.cancel()
+                return
+            except CoordinatorUnavailable:
+                continue  # the next page's checkpoint decides (it waits for Redis, within the grace)
+
+    async def _check_epoch(self) -> None:
+        epoch = await self._patient(lambda: self._link.call(self._link.client.hget(self._meta, "epoch")))
+        if self._epoch is not None and (epoch is None or as_text(epoch) != self._epoch):
+            raise CrawlStateLost(self.crawl, self._link.where)
+
+    async def _patient(self, op: Callable[[], Awaitable[T]]) -> T:
+        """``op()``, retried with backoff while Redis does not answer, for up to ``unavailable_grace`` seconds."""
+        deadline = anyio.current_time() + self.unavailable_grace
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except CoordinatorUnavailable as exc:
+                left = deadline - anyio.current_time()
+                if left <= 0:
+                    raise
+                log.warning("fleet crawl %s: %s; trying again in %.1fs", self.crawl, exc.detail, min(delay, left))
+                await anyio.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
+
+
+class SharedHostGovernor:
+    """A host's governor shared by the fleet: one request rate (GCRA in Redis) and one 429/503 pause.
+
+    With a ``limiter`` every request reserves its slot in one Redis call, which also holds it
+    back during a shared pause; without one (no rate), the shared pause is read at most every
+    ``pause_check`` seconds. A pause asked by this worker applies here at once and is published
+    with the next wait. While Redis does not answer, the worker keeps the rate and the pause on
+    its own (the ``local`` governor) rather than stop crawling.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        local: HostGovernor,
+        link: RedisLink,
+        limiter: HostRateLimiter | None,
+        *,
+        pause_check: float = 0.2,
+    ) -> None:
+        self.host = host
+        self._local = local
+        self._limiter = limiter or HostRateLimiter(link, rate=1.0)  # its rate unused: pauses only
+        self._reserve = limiter is not None
+        self._pause_check = pause_check
+        self._checked_at = -math.inf
+        self._to_publish = 0.0
+        self._warned = False
+
+    async def wait(self) -> None:
+        """Wait for the shared pause and this request's slot in the shared rate."""
+        local = self._local
+        try:
+            if self._to_publish:
+                seconds, self._to_publish = self._to_publish, 0.0
+                await self._limiter.pause(self.host, seconds)
+            if self._reserve:
+                await self._limiter.acquire(self.host)  # the shared rate, after the shared pause
+                return
+            now = local.clock.monotonic()
+            if now - self._checked_at >= self._pause_check:
+                self._checked_at = now
+                paused = await self._limiter.paused_for(self.host)
+                if paused > 0:
+                    local.pause(paused)
+        except CoordinatorUnavailable as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("%s: %s; keeping this worker's own rate and pauses meanwhile", self.host, exc.detail)
+        await local.wait()
+
+    def pause(self, seconds: float) -> None:
+        """Pause the host here at once; the pause is published to the fleet with the next :meth:`wait`."""
+        self._local.pause(seconds)
+        self._to_publish = max(self._to_publish, seconds)
+
+
+class FleetCrawl:
+    """Run a crawler as one worker of a fleet: claimed partitions, positions and politeness shared in Redis.
+
+    Args:
+        fleet: an open :class:`~oauthpw_async.fleet.Coordinator` (or its ``link``).
+        crawl: the crawl's name, the same on every worker.
+        rate: requests per second per host for the whole fleet (``None``: no limit, pauses still shared).
+        burst: requests per host that may go at once after a quiet spell.
+        idle_timeout, max_claims, partitions_at_once, unavailable_grace, consumer: see :class:`FleetCheckpoints`.
+    """
+
+    def __init__(
+        self,
+        fleet: Coordinator | RedisLink,
+        crawl: str,
+        *,
+        rate: float | None = None,
+        burst: int = 1,
+        idle_timeout: float = 60.0,
+        max_claims: int = 5,
+        partitions_at_once: int = 4,
+        unavailable_grace: float = 30.0,
+        consumer: str | None = None,
+    ) -> None:
+        self.link = fleet if isinstance(fleet, RedisLink) else fleet.link
+        self.crawl = crawl
+        self.rate = rate
+        self.checkpoints = FleetCheckpoints(
+            self.link,
+            crawl,
+            consumer=consumer,
+            idle_timeout=idle_timeout,
+            max_claims=max_claims,
+            partitions_at_once=partitions_at_once,
+            unavailable_grace=unavailable_grace,
+        )
+        # max_wait bounds one reservation; a longer shared pause is waited for in steps.
+        self._limiter = HostRateLimiter(self.link, rate=rate, burst=burst, max_wait=60.0) if rate else None
+
+    def governors(self, clock: Clock = SYSTEM_CLOCK) -> Callable[[str], SharedHostGovernor]:
+        """A factory of shared per-host governors for :class:`~oauthpw_async.crawler.engine.CrawlEngine`."""
+
+        def make(host: str) -> SharedHostGovernor:
+            return SharedHostGovernor(host, HostGovernor(self.rate, clock), self.link, self._limiter)
+
+        return make
+
+    async def run(
+        self,
+        crawler: Crawler,
+        tokens: TokenSource,
+        sink: Sink,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        on_progress: Callable[[CrawlStats], None] | None = None,
+    ) -> CrawlStats:
+        """Crawl the partitions this worker claims into ``sink`` until the fleet has none left.
+
+        The returned stats count this worker's pages and records; their ``complete`` and
+        ``incomplete`` are the whole fleet's. Accepts the engine's options (see
+        :meth:`Crawler.crawl <oauthpw_async.crawler.Crawler.crawl>`).
+
+        Raises:
+            UsageError: the crawler is incremental (its cursors live in a state file).
+            CrawlStateLost: Redis lost the crawl's state while it ran.
+        """
+        from ..crawler.engine import CrawlEngine
+
+        engine = CrawlEngine(
+            crawler,
+            tokens,
+            session=session,
+            concurrency=concurrency,
+            state=self.checkpoints,
+            retry=retry,
+            timeout=timeout,
+            on_progress=on_progress,
+            governors=self.governors(tokens.clock),
+        )
+        return await engine.run(sink)
+
+    async def status(self) -> FleetStatus:
+        """The fleet's view of the crawl: every partition's state, position, owner and claims."""
+        return await self.checkpoints.queue.status()
+
+    async def drop(self) -> None:
+        """Forget the crawl in Redis (queue, positions, its fingerprint), to run it again from the start.
+
+        Run it while no worker of the crawl is running.
+        """
+        await self.checkpoints.queue.drop()
+        await self.link.call(self.link.client.delete([self.checkpoints._meta]))
