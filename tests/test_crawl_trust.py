@@ -306,8 +306,15 @@ async def _interrupted_then_expired(crawler: Crawler, tmp_path: Any, caplog: Any
     out = tmp_path / "out.jsonl"
     async with LocalServer(AuthServerState(), api=api) as server, TokenProvider(server.config()) as tokens:
         crawler.base_url = server.base_url
-        sink = JsonLinesSink(out)
-        with anyio.move_on_after(0.15):
+        with anyio.CancelScope() as stop:
+
+            class StopAfterTwoPages(JsonLinesSink):
+                async def flush(self) -> None:
+                    await super().flush()
+                    if self.written >= 100:  # stopped after two pages, whatever the machine's speed
+                        stop.cancel()
+
+            sink = StopAfterTwoPages(out)
             await crawler.crawl(tokens, sink, state=state_file)
         sink.close()
         assert 0 < out.read_bytes().count(b"\n") < 500
@@ -322,7 +329,9 @@ async def test_an_expired_position_restarts_the_partition_and_loses_nothing(tmp_
     ids, stats = await _interrupted_then_expired(Locators(), tmp_path, caplog)
     assert set(ids) == set(range(500)) and stats.complete
     ps = stats.partitions["alpha"]
-    assert ps.restarts == 1 and ps.reemitted_from > 0 and len(ids) == 500 + ps.reemitted_from
+    assert ps.restarts == 1 and ps.reemitted_from > 0
+    # Re-emitted: what the saved position covered, plus at most the page written but not yet checkpointed.
+    assert 500 + ps.reemitted_from <= len(ids) <= 500 + ps.reemitted_from + 50
     assert "saved position was refused as expired" in caplog.text and "re-emitted" in caplog.text
 
 
@@ -332,7 +341,8 @@ async def test_with_a_primary_key_records_read_again_are_not_written_twice(tmp_p
 
     ids, stats = await _interrupted_then_expired(Keyed(), tmp_path, caplog)
     assert sorted(ids) == list(range(500)) and stats.complete
-    assert stats.partitions["alpha"].duplicates == stats.partitions["alpha"].reemitted_from > 0
+    ps = stats.partitions["alpha"]
+    assert ps.reemitted_from > 0 and ps.reemitted_from <= ps.duplicates <= ps.reemitted_from + 50
 
 
 async def test_an_expired_position_without_the_hook_is_a_clear_error(tmp_path, caplog) -> None:
