@@ -37,6 +37,8 @@ pytestmark = pytest.mark.anyio
 CRAWLER = "tests.fleet.crawlers:FleetItems"
 PER_PROJECT = 20 * PAGE  # 20 pages per partition, 160 pages in all
 LATENCY = 0.03  # seconds per API answer: a worker is mid-partition for a while
+#: Until the fault: slow enough that one worker cannot finish alone before the next one has started.
+SETUP_LATENCY = 0.1
 LIFETIME = 3.0  # seconds: tokens are refreshed (rotating) during the crawl
 #: A token turns stale no earlier than this into its life (skew 5 %, margin at most 25 % + 20 % jitter).
 EARLIEST_RENEWAL = LIFETIME * (1 - 0.05 - 0.25 * 1.2)
@@ -119,6 +121,19 @@ class Workers:
     def index(self, proc: subprocess.Popen[bytes]) -> int:
         return self.procs.index(proc)
 
+    async def start_walking(self, count: int) -> list[subprocess.Popen[bytes]]:
+        """Start ``count`` workers one after another, each once the previous one is mid-partition.
+
+        However slowly a process starts on a loaded machine, each worker then holds partitions
+        when the test acts.
+        """
+        started = []
+        for _ in range(count):
+            (proc,) = self.start(1)
+            await wait_until_walking(self.redis_url, self.namespace, proc, pages=2)
+            started.append(proc)
+        return started
+
     async def wait(self, procs: list[subprocess.Popen[bytes]] | None = None) -> list[int]:
         procs = self.procs if procs is None else procs
         with anyio.fail_after(BOUND):
@@ -195,19 +210,19 @@ def report(scenario: str, state: AuthServerState, elapsed: float, seen: Counter[
     )
 
 
-def api() -> DemoAPI:
-    return DemoAPI(projects=PROJECTS, per_project=PER_PROJECT, max_page_size=PAGE, latency=LATENCY)
+def api(latency: float = LATENCY) -> DemoAPI:
+    return DemoAPI(projects=PROJECTS, per_project=PER_PROJECT, max_page_size=PAGE, latency=latency)
 
 
 async def test_a_worker_killed_mid_crawl_is_taken_over_from_its_last_checkpoint(
     redis_server: RedisServer, namespace: str, tmp_path: Path
 ) -> None:
-    state, demo = strict_server(), api()
+    state, demo = strict_server(), api(SETUP_LATENCY)
     async with LocalServer(state, api=demo) as server:
         workers = Workers(tmp_path, server, redis_server.url, namespace)
         try:
-            victim, *others = workers.start(3)
-            await wait_until_walking(redis_server.url, namespace, victim, pages=2)
+            victim, *others = await workers.start_walking(3)
+            demo.latency = LATENCY
             os.kill(victim.pid, signal.SIGKILL)
             victim.wait()
             # What the victim held at its death, and its last checkpoints (nobody may take them for IDLE s).
@@ -243,14 +258,14 @@ async def test_a_worker_killed_mid_crawl_is_taken_over_from_its_last_checkpoint(
 async def test_a_frozen_worker_resumed_after_the_takeover_cannot_move_the_new_owners_positions(
     redis_server: RedisServer, namespace: str, tmp_path: Path
 ) -> None:
-    state, demo = strict_server(), api()
+    state, demo = strict_server(), api(SETUP_LATENCY)
     async with LocalServer(state, api=demo) as server:
         workers = Workers(tmp_path, server, redis_server.url, namespace)
         try:
-            frozen, other = workers.start(2)
-            before = await wait_until_walking(redis_server.url, namespace, frozen, pages=2)
-            held = {p.name for p in before.partitions if owned_by(frozen, p.owner)}
+            frozen, other = await workers.start_walking(2)
             os.kill(frozen.pid, signal.SIGSTOP)
+            demo.latency = LATENCY
+            held = {p.name for p in (await status(redis_server.url, namespace)).partitions if owned_by(frozen, p.owner)}
             # Wait for the other worker to take every frozen partition over and move it on.
             with anyio.fail_after(BOUND):
                 while True:
@@ -290,13 +305,13 @@ async def test_a_frozen_worker_resumed_after_the_takeover_cannot_move_the_new_ow
 async def test_redis_restarted_with_its_data_lost_stops_the_workers_typed_and_a_rerun_completes(
     private_redis: RedisServer, namespace: str, tmp_path: Path
 ) -> None:
-    state, demo = strict_server(), api()
+    state, demo = strict_server(), api(SETUP_LATENCY)
     async with LocalServer(state, api=demo) as server:
         workers = Workers(tmp_path, server, private_redis.url, namespace)
         try:
-            first = workers.start(2)
-            await wait_until_walking(private_redis.url, namespace, first[0], pages=2)
+            first = await workers.start_walking(2)
             await anyio.to_thread.run_sync(private_redis.restart)  # every key gone: queue, positions, token
+            demo.latency = LATENCY
             codes = await workers.wait(first)
             # Nothing was claimed complete: the workers stopped with a typed error saying what to do.
             assert codes == [7, 7], workers.describe()
@@ -326,7 +341,7 @@ async def test_a_worker_stopped_by_sigterm_gives_its_partitions_back_at_once(
         workers = Workers(tmp_path, server, redis_server.url, namespace)
         try:
             (first,) = workers.start(1, "--idle-timeout", "600")  # a takeover would take 10 minutes
-            await wait_until_walking(redis_server.url, namespace, first, pages=2)
+            await wait_until_walking(redis_server.url, namespace, first, pages=2)  # 1 worker: never done by then
             first.send_signal(signal.SIGTERM)
             assert await workers.wait([first]) == [143], workers.describe()
             given_back = {p.name: p for p in (await status(redis_server.url, namespace)).partitions if p.position}
