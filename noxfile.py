@@ -48,8 +48,10 @@ PEERS = [
 @nox.session
 def bench(session: nox.Session) -> None:
     """The SDK's own benchmarks: fast path, refresh contention, 401 storm, crawl, memory (about a minute),
-    the authorized session against a static-token ceiling (about a minute), and incremental sync over a
-    million records (about five minutes).
+    the authorized session against a static-token ceiling (about a minute), incremental sync over a
+    million records (about five minutes), and the fleet through a local redis-server: token requests
+    of 4 processes with and without a coordinator (about two minutes) and a million-record crawl by
+    1, 2 and 4 worker processes (about four minutes).
 
     Non-zero exit when a bound is missed. ``nox -s bench -- --smoke`` is the seconds-long
     version CI runs: counts and invariants only, no timing ratio, so a busy machine cannot fail it.
@@ -58,6 +60,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *session.posargs)
     session.run("python", "benchmarks/session_bench.py", *session.posargs)
     session.run("python", "benchmarks/incremental_bench.py", *session.posargs)
+    session.run("python", "benchmarks/fleet_token_bench.py", *session.posargs)
+    session.run("python", "benchmarks/fleet_bench.py", *session.posargs)
 
 
 @nox.session(name="bench-peers")
