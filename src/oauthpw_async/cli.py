@@ -651,6 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("oauthpw_async").setLevel(logging.ERROR)
+        # The Redis client logs its connection failures with tracebacks; the fleet reports them typed.
+        logging.getLogger("coredis").setLevel(logging.CRITICAL)
     logging.getLogger("aiohttp").setLevel(logging.ERROR)
     try:
         if args.command == "check":

@@ -48,7 +48,7 @@ from .errors import (
     UsageError,
 )
 from .exchange import TOKEN_RETRY, exchange
-from .fleet.errors import CoordinatorUnavailable
+from .fleet.errors import CoordinatorRefused, CoordinatorUnavailable
 from .grant import (
     Instant,
     Token,
@@ -525,7 +525,7 @@ class TokenProvider:
                     f"the token expired before it arrived (lifetime {token.lifetime:.3f}s)",
                     hint="the token lifetime is shorter than a token request takes",
                 )
-        except (TokenError, CoordinatorUnavailable) as exc:
+        except (TokenError, CoordinatorUnavailable, CoordinatorRefused) as exc:
             self._on_failure(exc)
             flight.error = exc
         except Exception as exc:  # a bug or an unexpected failure: waiters get it, the provider lives
@@ -621,7 +621,7 @@ class TokenProvider:
             except Exception:
                 log.exception("on_token hook failed")
 
-    def _on_failure(self, exc: TokenError | CoordinatorUnavailable) -> None:
+    def _on_failure(self, exc: TokenError | CoordinatorUnavailable | CoordinatorRefused) -> None:
         self.stats.failures += 1
         now = self._now()
         if isinstance(exc, DefinitiveTokenError) and not isinstance(exc, RefreshTokenRejected):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClaimLost, CoordinatorUnavailable, FleetError, SharedStateUnreadable
+from .errors import ClaimLost, CoordinatorRefused, CoordinatorUnavailable, FleetError, SharedStateUnreadable
 
 if TYPE_CHECKING:
     from .cipher import TokenCipher, generate_key
@@ -72,6 +72,7 @@ __all__ = [
     "Claim",
     "ClaimLost",
     "Coordinator",
+    "CoordinatorRefused",
     "CoordinatorUnavailable",
     "CrawlStateLost",
     "CredentialsLatch",

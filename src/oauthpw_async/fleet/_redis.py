@@ -1,8 +1,9 @@
 """The one Redis connection of a coordinator: key names, Lua scripts, and error translation.
 
 Every Redis call of the fleet goes through :meth:`RedisLink.call` or :meth:`RedisLink.script`,
-so a lost or stalled Redis always surfaces as :class:`CoordinatorUnavailable`, never as a
-client library's own exception.
+so a lost or stalled Redis always surfaces as :class:`CoordinatorUnavailable`, and a refusal
+that does not pass by itself (credentials, ACL, an old server) as :class:`CoordinatorRefused`,
+never as a client library's own exception.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import coredis.exceptions
 from coredis.commands.script import Script
 from coredis.retry import NoRetryPolicy
 
-from .errors import CoordinatorUnavailable
+from .errors import CoordinatorRefused, CoordinatorUnavailable
 
-__all__ = ["UNAVAILABLE", "RedisLink", "as_text", "redis_where"]
+__all__ = ["PASSING", "UNAVAILABLE", "RedisLink", "as_text", "error_code", "redis_where"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,51 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
     TimeoutError,  # a stalled server (the command timeout)
     OSError,
 )
+
+#: Error codes of refusals that pass by themselves: the server loading its data, out of memory
+#: (``maxmemory``), unable to persist (``stop-writes-on-bgsave-error``), busy with a script, or
+#: failing over. They count as Redis being unavailable for now.
+PASSING = frozenset({"LOADING", "OOM", "MISCONF", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY"})
+
+#: What to change, per error code of a refusal that does not pass.
+_ADVICE = {
+    "WRONGPASS": "Redis refused the user name or password of the Redis URL: correct them",
+    "NOAUTH": "Redis requires a password: put it in the Redis URL (redis://user:password@host:port/db)",
+    "NOPERM": (
+        "the Redis user lacks a permission the fleet needs: allow it the commands it uses (strings, hashes, "
+        "streams, sorted sets, pub/sub, scripts) on the keys and channels of the fleet's namespace"
+    ),
+    "UNKNOWN": "Redis does not know a command the fleet uses: run Redis 6.2 or later",
+    "WRONGTYPE": "a key of the fleet's namespace holds other data: give the fleet a namespace of its own",
+}
+
+#: The client library raises these classes for these codes, taking the code off the text.
+_CODE_OF_CLASS: tuple[tuple[type[BaseException], str], ...] = (
+    (coredis.exceptions.AuthenticationFailureError, "WRONGPASS"),
+    (coredis.exceptions.AuthenticationRequiredError, "NOAUTH"),
+    (coredis.exceptions.AuthorizationError, "NOPERM"),
+    (coredis.exceptions.UnknownCommandError, "UNKNOWN"),
+    (coredis.exceptions.WrongTypeError, "WRONGTYPE"),
+    (coredis.exceptions.TryAgainError, "TRYAGAIN"),
+    (coredis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+)
+
+
+def error_code(exc: BaseException) -> str:
+    """Redis's error code for a refusal (``WRONGPASS``, ``OOM``, ...), else the client's class name."""
+    for cls, code in _CODE_OF_CLASS:
+        if isinstance(exc, cls):
+            return code
+    text = str(exc)
+    # The code leads the text, or follows a script's own prefix: "ERR user_script:3: WRONGTYPE Operation..."
+    words = [w.strip("-:@,") for w in text.split()]
+    for word in words:
+        if word in _ADVICE or word in PASSING:
+            return word
+    if "unknown command" in text.lower():
+        return "UNKNOWN"
+    first = words[0] if words else ""
+    return first if first.isupper() and first.isalpha() else type(exc).__name__
 
 
 def redis_where(url: str) -> str:
@@ -108,12 +154,25 @@ class RedisLink:
         """The typed error for a failed Redis call (the cause's type name only, never its text)."""
         return CoordinatorUnavailable(f"Redis did not answer ({type(exc).__name__})", where=self.where)
 
+    def refused(self, exc: BaseException) -> CoordinatorUnavailable | CoordinatorRefused:
+        """The typed error for a refusal: unavailable for now, or refused until the set-up changes.
+
+        Only Redis's error code goes into the message, never its text (which may quote keys or values).
+        """
+        code = error_code(exc)
+        if code in PASSING:
+            return CoordinatorUnavailable(f"Redis refused the command for now ({code})", where=self.where)
+        advice = _ADVICE.get(code, "Redis refused a command of the fleet; its log says why")
+        return CoordinatorRefused(advice, code=code, where=self.where)
+
     async def call(self, request: Awaitable[T]) -> T:
-        """Await one client request, translating connection failures and timeouts."""
+        """Await one client request, translating connection failures, timeouts and refusals."""
         try:
             return await request
         except UNAVAILABLE as exc:
             raise self.unavailable(exc) from None
+        except coredis.exceptions.RedisError as exc:
+            raise self.refused(exc) from None
 
     async def script(self, source: str, keys: Sequence[str], args: Sequence[str | int | float | bytes]) -> Any:
         """Run a Lua script atomically (EVALSHA, loading it again after a server restart)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import OAuthPWError
 
-__all__ = ["ClaimLost", "CoordinatorUnavailable", "FleetError", "SharedStateUnreadable"]
+__all__ = ["ClaimLost", "CoordinatorRefused", "CoordinatorUnavailable", "FleetError", "SharedStateUnreadable"]
 
 
 class FleetError(OAuthPWError):
@@ -41,6 +41,37 @@ class CoordinatorUnavailable(FleetError, ConnectionError):
 
 def _unavailable(detail: str, where: str) -> CoordinatorUnavailable:
     return CoordinatorUnavailable(detail, where=where)
+
+
+class CoordinatorRefused(FleetError):
+    """Redis answered but refused what the fleet asked, for a reason that does not pass by itself.
+
+    The credentials in the Redis URL are wrong or missing, the Redis user lacks a permission
+    (ACL), the server is older than Redis 6.2, or a key of the fleet's namespace holds other data.
+    The message says which and what to change; :attr:`code` is Redis's error code (``WRONGPASS``,
+    ``NOPERM``, ...). Like :class:`CoordinatorUnavailable`, a process keeps serving the token it
+    holds and never renews without the fleet.
+    """
+
+    #: Not a server hint: the provider backs off as for any failed renewal.
+    retry_after: float | None = None
+    #: No HTTP answer was involved.
+    status: int | None = None
+
+    def __init__(self, message: str, *, code: str, where: str) -> None:
+        #: Redis's error code (the first word of its answer), or the client's error name.
+        self.code = code
+        #: ``host:port/db`` of the Redis server (never its password).
+        self.where = where
+        self.detail = message
+        super().__init__(f"{message} (Redis at {where}, {code})")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_refused, (self.detail, self.code, self.where))
+
+
+def _refused(detail: str, code: str, where: str) -> CoordinatorRefused:
+    return CoordinatorRefused(detail, code=code, where=where)
 
 
 class SharedStateUnreadable(FleetError, ValueError):

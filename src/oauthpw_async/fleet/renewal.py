@@ -34,7 +34,7 @@ from ..errors import (
     TransientTokenError,
 )
 from ..grant import Instant, Token, build_password_request, build_refresh_request
-from .errors import CoordinatorUnavailable
+from .errors import CoordinatorRefused, CoordinatorUnavailable
 from .tokens import RefreshPermit, SharedToken
 
 if TYPE_CHECKING:
@@ -90,6 +90,9 @@ class FleetRenewal:
             except CoordinatorUnavailable:
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except CoordinatorRefused as exc:  # a set-up to fix: say so, now and then
+                log.warning("fleet watcher: %s", exc)
+                await anyio.sleep(30.0)
             except Exception:  # never let the watcher take the provider down; the slow path still reads
                 log.exception("fleet watcher failed; retrying")
                 await anyio.sleep(5.0)

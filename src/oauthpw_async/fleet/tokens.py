@@ -27,6 +27,7 @@ from typing import Any
 
 import anyio
 import attrs
+import coredis.exceptions
 import orjson
 from anyio.abc import TaskStatus
 
@@ -34,7 +35,7 @@ from .._secret import Secret
 from ..grant import Instant, Token
 from ._redis import UNAVAILABLE, RedisLink, as_text
 from .cipher import TokenCipher
-from .errors import CoordinatorUnavailable, SharedStateUnreadable
+from .errors import CoordinatorRefused, CoordinatorUnavailable, SharedStateUnreadable
 from .lease import Lease, LeaseHandle
 
 __all__ = ["PublishResult", "RefreshPermit", "SharedToken", "SharedTokenState", "token_from_record", "token_to_record"]
@@ -275,7 +276,7 @@ class _Subscription:
         self.heard = anyio.current_time()
         self.settled = anyio.Event()  # subscribed, or failed
         self.subscribed = False
-        self.failure: CoordinatorUnavailable | None = None
+        self.failure: CoordinatorUnavailable | CoordinatorRefused | None = None
 
     async def run(self) -> None:
         try:
@@ -306,8 +307,12 @@ class _Subscription:
                         continue
                     if result is not None:
                         await result
-        except UNAVAILABLE as exc:  # the client gave up reconnecting
-            self.failure = link.unavailable(exc)
+        # The client's pub/sub runs tasks of its own: its errors may come grouped (and beside a
+        # cancellation, which then goes on as it should).
+        except* UNAVAILABLE as group:  # the client gave up reconnecting
+            self.failure = self.failure or link.unavailable(_first(group))
+        except* coredis.exceptions.RedisError as group:  # refused: credentials, ACL on channels
+            self.failure = self.failure or link.refused(_first(group))
 
     async def _ping(self, scope: anyio.CancelScope) -> None:
         link = self.state._link
@@ -317,3 +322,9 @@ class _Subscription:
                 await link.call(link.client.publish(self.private, "ping"))
         log.info("token watcher heard nothing for %.0fs; subscribing again", 3 * self.heartbeat)
         scope.cancel()
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a (possibly nested) group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
