@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 import anyio
 import pytest
@@ -404,3 +405,77 @@ async def test_crawl_workers_starts_local_workers_and_fleet_status_shows_the_cra
             seen[json.loads(line)["id"]] += 1
     assert set(seen) == demo.expected_ids() and duplicates(seen) == 0
     assert state.count("password") == 1
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent]
+        found += children
+        frontier += children
+    return found
+
+
+async def test_local_workers_get_the_redis_password_in_their_environment_never_on_their_command_line(
+    private_redis: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    redis_password = "redis-pw/with:odd@chars"
+    private_redis_admin = f"redis://:{quote(redis_password, safe='')}@{private_redis.host}:{private_redis.port}/0"
+    async with RedisLink(private_redis.url) as link:
+        await link.call(link.client.config_set({"requirepass": redis_password}))
+    state, demo = strict_server(), api(latency=0.01)
+    async with LocalServer(state, api=demo) as server:
+        workers = Workers(tmp_path, server, private_redis_admin, namespace)
+        env = {**os.environ, "OAUTHPW_FLEET_KEY": TOKEN_KEY}
+        # Abbreviated as argparse allows: the password must still not reach a worker's command line.
+        argv = workers.args("--workers", "2", "--out", str(tmp_path / "records.jsonl"))
+        argv[argv.index("--coordinator")] = "--coord"
+        command_lines: dict[int, bytes] = {}
+        with open(tmp_path / "parent.out", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "oauthpw_async", *argv], cwd=ROOT, env=env, stdout=log)
+            try:
+                with anyio.fail_after(BOUND):
+                    while proc.poll() is None:
+                        for pid in descendants(proc.pid):
+                            with contextlib.suppress(OSError):
+                                command_lines.setdefault(pid, Path(f"/proc/{pid}/cmdline").read_bytes())
+                        await anyio.sleep(0.02)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+        out = (tmp_path / "parent.out").read_text()
+        assert proc.returncode == 0, out
+        workers_seen = [c for c in command_lines.values() if b"oauthpw_async" in c]
+        assert len(workers_seen) >= 2
+        for line in workers_seen:
+            assert redis_password.encode() not in line and quote(redis_password, safe="").encode() not in line
+            assert f"127.0.0.1:{private_redis.port}".encode() in line  # the URL is there, without its password
+        # The status command takes the password from the environment too.
+        shown = await anyio.run_process(
+            [
+                sys.executable, "-m", "oauthpw_async", "fleet", "status",
+                "--coordinator", private_redis.url,
+                "--namespace", namespace,
+                "--crawl-name", "items",
+                "--json",
+            ],
+            cwd=ROOT,
+            env={**env, "OAUTHPW_REDIS_PASSWORD": redis_password},
+            check=False,
+        )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert json.loads(shown.stdout)["complete"]
+    assert redis_password not in shown.stdout.decode() + shown.stderr.decode()
+    seen: Counter[int] = Counter()
+    for i in range(2):
+        for line in (tmp_path / f"records-w{i}.jsonl").read_text().splitlines():
+            seen[json.loads(line)["id"]] += 1
+    assert set(seen) == demo.expected_ids() and duplicates(seen) == 0

@@ -191,3 +191,33 @@ async def test_the_command_exits_7_naming_the_refusal_without_the_password(
     assert "Traceback" not in err
     for value in (password, state.password, state.client_secret):
         assert value not in out + err
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["localhost:6379", "127.0.0.1", "http://127.0.0.1:6379/0", "redis://", "redis://127.0.0.1:notaport/0", ""],
+)
+def test_a_coordinator_that_is_not_a_redis_url_is_a_usage_error(url: str) -> None:
+    from oauthpw_async.errors import UsageError
+    from oauthpw_async.fleet.command import redis_url
+
+    with pytest.raises(UsageError, match="takes a Redis URL: redis://"):
+        redis_url(url)
+
+
+def test_the_redis_password_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oauthpw_async.fleet.command import redis_url
+
+    monkeypatch.setenv("OAUTHPW_REDIS_PASSWORD", "p@ss/w:rd%")
+    assert redis_url("redis://127.0.0.1:6379/0") == "redis://:p%40ss%2Fw%3Ard%25@127.0.0.1:6379/0"
+    assert redis_url("rediss://fleet@[::1]:6380/2") == "rediss://fleet:p%40ss%2Fw%3Ard%25@[::1]:6380/2"
+    assert redis_url("redis://:own@127.0.0.1/0") == "redis://:own@127.0.0.1/0"  # the URL's own password wins
+    monkeypatch.delenv("OAUTHPW_REDIS_PASSWORD")
+    assert redis_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+async def test_a_percent_encoded_password_in_the_url_is_decoded(private_redis: RedisServer, namespace: str) -> None:
+    password = "p@ss/w:rd%"
+    admin(private_redis, "CONFIG", "SET", "requirepass", password)
+    async with coordinator(url_as(private_redis, "default", "p%40ss%2Fw%3Ard%25"), namespace) as fleet:
+        assert await fleet.ping() >= 0

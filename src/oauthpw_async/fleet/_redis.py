@@ -115,6 +115,7 @@ class RedisLink:
             connect_timeout=connect_timeout,
             stream_timeout=command_timeout,
             retry_policy=NoRetryPolicy(),
+            decode_components=True,  # a user name or password percent-encoded in the URL, as URLs need
         )
         self._scripts: dict[str, Script[bytes]] = {}
         self._stack: contextlib.AsyncExitStack | None = None

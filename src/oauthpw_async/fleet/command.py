@@ -5,7 +5,9 @@ Kept apart from :mod:`oauthpw_async.cli`, which calls :func:`add_crawl_options`,
 module needs no Redis client: the fleet extra is loaded only when a fleet is used.
 
 The token key that seals the shared token in Redis comes from the environment variable
-``OAUTHPW_FLEET_KEY`` (never from a file or the command line), the same on every worker.
+``OAUTHPW_FLEET_KEY`` (never from a file or the command line), the same on every worker. The
+Redis password may come from ``OAUTHPW_REDIS_PASSWORD`` instead of the URL, so that it is not in
+the process list; local workers (``--workers N``) always get it that way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import orjson
 
@@ -38,10 +41,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEY_VARIABLE",
+    "PASSWORD_VARIABLE",
     "FleetWorker",
     "add_crawl_options",
     "add_parser",
     "check_crawl_options",
+    "redis_url",
     "run",
     "run_workers",
     "worker_for",
@@ -50,6 +55,45 @@ __all__ = [
 
 #: The environment variable holding the key that seals the fleet's shared token in Redis.
 KEY_VARIABLE = "OAUTHPW_FLEET_KEY"
+#: The environment variable holding the Redis password when the ``--coordinator`` URL has none.
+PASSWORD_VARIABLE = "OAUTHPW_REDIS_PASSWORD"
+
+
+def redis_url(value: str) -> str:
+    """The ``--coordinator`` URL, checked, with the password of ``OAUTHPW_REDIS_PASSWORD`` if it has none.
+
+    Raises:
+        UsageError: not a ``redis://``, ``rediss://`` or ``unix://`` URL with a host (or a socket path).
+    """
+    try:
+        parts = urlsplit(value)
+        has_password = parts.password is not None
+        parts.port  # noqa: B018 - a malformed port raises here
+    except ValueError:
+        parts, has_password = None, False
+    if parts is None or parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise UsageError(
+            "--coordinator takes a Redis URL: redis://[user:password@]host:port/db (rediss:// for TLS, "
+            f"unix:///path/to/socket); the password may come from {PASSWORD_VARIABLE} instead"
+        )
+    password = os.environ.get(PASSWORD_VARIABLE, "")
+    if not password or has_password:
+        return value
+    where = parts.netloc.rpartition("@")[2]
+    user = quote(parts.username or "", safe="")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{where}"))
+
+
+def _without_password(value: str) -> tuple[str, str | None]:
+    """A Redis URL without its password, and the password (``None`` if it had none)."""
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value, None
+    where = parts.netloc.rpartition("@")[2]
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    netloc = f"{user}@{where}" if user else where
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.password)
+
 
 _MAKE_KEY = 'python -c "from oauthpw_async.fleet import generate_key; print(generate_key())"'
 
@@ -62,7 +106,8 @@ def _coordinator_options(p: argparse.ArgumentParser, *, required: bool) -> None:
         "--coordinator",
         required=required,
         metavar="URL",
-        help="Redis URL of the fleet (redis://host:port/db, rediss:// for TLS)"
+        help="Redis URL of the fleet (redis://[user:password@]host:port/db, rediss:// for TLS; the password "
+        f"may come from {PASSWORD_VARIABLE} instead)"
         + ("" if required else "; run as one worker of a fleet crawling the same crawl (default: one process alone)"),
     )
     p.add_argument(
@@ -141,6 +186,7 @@ def check_crawl_options(args: argparse.Namespace) -> None:
         if args.workers > 1:
             raise UsageError("--workers needs --coordinator: the workers share the crawl through Redis")
         return
+    args.coordinator = redis_url(args.coordinator)
     if args.state:
         raise UsageError("a fleet keeps its positions in Redis (--coordinator): leave out --state")
     if args.restart:
@@ -245,21 +291,25 @@ def worker_for(
 # --- several local workers ------------------------------------------------------------------------------
 
 
-def _child_argv(argv: Sequence[str], out: str) -> list[str]:
-    """``argv`` without ``--workers`` and with ``--out`` set to ``out``."""
+def _child_argv(argv: Sequence[str], out: str, coordinator: str) -> list[str]:
+    """``argv`` without ``--workers``, with ``--out`` set to ``out`` and ``--coordinator`` to ``coordinator``.
+
+    Options may be abbreviated as argparse allows (``--coord``): ``argv`` parsed already, so a
+    prefix names one option only.
+    """
+    replaced = ("--workers", "--out", "--coordinator")
     child: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
             continue
-        if arg in ("--workers", "--out"):
-            skip = True
-            continue
-        if arg.startswith(("--workers=", "--out=")):
+        name, eq, _ = arg.partition("=")
+        if len(name) > 2 and name.startswith("--") and any(option.startswith(name) for option in replaced):
+            skip = not eq
             continue
         child.append(arg)
-    return [*child, "--out", out]
+    return [*child, "--out", out, "--coordinator", coordinator]
 
 
 async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: TextIO) -> int:
@@ -270,12 +320,17 @@ async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: Tex
     when the fleet finished incomplete, else 0.
     """
     outs = [worker_output(args.out, i) for i in range(args.workers)]
+    # The Redis password goes to the workers in their environment, never on their command line.
+    coordinator, password = _without_password(args.coordinator)
+    env = dict(os.environ)
+    if password is not None:
+        env[PASSWORD_VARIABLE] = password
     procs = []
     for i, out in enumerate(outs):
-        command = [sys.executable, "-m", "oauthpw_async", *_child_argv(argv, out)]
+        command = [sys.executable, "-m", "oauthpw_async", *_child_argv(argv, out, coordinator)]
         procs.append(
             await asyncio.create_subprocess_exec(
-                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ)
+                *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
             )
         )
         print(f"[w{i}] started (pid {procs[-1].pid}): writes {out}", file=report, flush=True)
@@ -495,6 +550,7 @@ async def _reset(args: argparse.Namespace, out: TextIO) -> int:
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Run ``fleet status`` or ``fleet reset``; returns the exit code (0 once Redis answered)."""
     try:
+        args.coordinator = redis_url(args.coordinator)
         if args.fleet_command == "status":
             return asyncio.run(_status(args, out))
         return asyncio.run(_reset(args, out))
