@@ -18,7 +18,7 @@ PUBLIC = {
     "PasswordGrantConfig", "ProviderClosed", "RefreshPolicy", "RefreshTokenRejected", "RetryPolicy", "Retrying",
     "Secret", "SecretExposureError", "StateError", "SystemClock", "Token", "TokenEndpoint", "TokenError",
     "TokenEvent", "TokenProvider", "TokenRedirectError", "TokenRequest", "TokenRequestRejected", "TokenResponse",
-    "TokenResponseError", "TokenStats", "TokenStore", "TokenTransportError", "TransientTokenError",
+    "TokenResponseError", "TokenStats", "TokenStore", "TokenConnectError", "TokenTransportError", "TransientTokenError",
     "UnauthorizedError", "UnsupportedGrantType", "UsageError", "build_password_request", "build_refresh_request",
     "exchange", "load_config", "parse_token_response", "rate_limit_delay",
     "APIResponse", "AuthorizedSession", "SessionStats", "StaticToken", "TokenSource", "load_token_source",

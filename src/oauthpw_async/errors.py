@@ -48,6 +48,7 @@ __all__ = [
     "StateWriteError",
     "StaticTokenRejected",
     "StorageError",
+    "TokenConnectError",
     "TokenEndpointRateLimited",
     "TokenError",
     "TokenRedirectError",
@@ -256,9 +257,22 @@ class TransientTokenError(TokenError):
 
 
 class TokenTransportError(TransientTokenError):
-    """The token endpoint could not be reached (connection error or timeout)."""
+    """No answer came from the token endpoint: a timeout, or the connection was lost.
+
+    The request may have reached the server and been processed (:attr:`may_have_been_processed`):
+    a refresh token sent this way may already be used up, so with rotating refresh tokens it is
+    never sent again (the provider logs in with the password instead).
+    """
 
     hint = "check the Access Token URL, the network and TLS settings"
+    #: Whether the server may have received and processed the request although no answer came.
+    may_have_been_processed: bool = True
+
+
+class TokenConnectError(TokenTransportError):
+    """The token endpoint could not be connected to (refused, DNS, TLS handshake): nothing was sent."""
+
+    may_have_been_processed = False
 
 
 class CredentialsLockedOut(InvalidCredentials):

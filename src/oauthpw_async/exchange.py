@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import TokenEndpointRateLimited, TransientTokenError
+from .errors import TokenEndpointRateLimited, TokenTransportError, TransientTokenError
 from .grant import Instant, Token, TokenRequest, TokenResponse
 from .retry import RetryPolicy
 
@@ -37,8 +37,14 @@ async def exchange(
     clock: Clock = SYSTEM_CLOCK,
     rng: random.Random | None = None,
     on_send: Callable[[TokenRequest, int], None] | None = None,
+    resend_unanswered: bool = True,
 ) -> Token:
     """Send ``request`` and parse the answer, retrying transient failures per ``policy``.
+
+    With ``resend_unanswered=False`` a request that got no answer after it may have reached the
+    server (a timeout, a lost connection) is not sent again: the caller passes it for a refresh
+    token that may be single-use (rotation), since the server may have used it up already and
+    would take the second use for token theft (RFC 6819 5.2.2.3, OAuth 2.0 Security BCP 4.14).
 
     ``on_send`` is called before each send (attempt number from 0); an exception it raises
     propagates and the request is not sent. Waits between attempts are never shorter than
@@ -59,6 +65,9 @@ async def exchange(
         try:
             return parse(await endpoint.send(request), sent)
         except TransientTokenError as exc:
+            if not resend_unanswered and isinstance(exc, TokenTransportError) and exc.may_have_been_processed:
+                log.warning("token request (%s) got no answer and is not sent again: %s", request.grant, exc)
+                raise
             now = clock.monotonic()
             if retrying is None:
                 retrying = policy.start(sent.monotonic, rng)

@@ -44,11 +44,12 @@ from .errors import (
     TokenEndpointRateLimited,
     TokenError,
     TokenRequestsPaused,
+    TokenTransportError,
     TransientTokenError,
     UsageError,
 )
 from .exchange import TOKEN_RETRY, exchange
-from .fleet.errors import CoordinatorRefused, CoordinatorUnavailable
+from .fleet.errors import CoordinatorRefused, CoordinatorUnavailable, FleetError, SharedStateUnreadable
 from .grant import (
     Instant,
     Token,
@@ -79,6 +80,10 @@ _NEVER = -math.inf
 #: A stored token issued further ahead than this on the wall clock is not trusted (a clock
 #: that jumped back, or a forged file); a smaller lead is clamped to "issued now".
 STORE_FUTURE_TOLERANCE = 3600.0
+#: Seconds between looks at a fleet's "password rejected" state after a rejection (one Redis read each).
+FLEET_LATCH_RECHECK = 5.0
+#: Longest wait before asking an unreachable Redis again (it is cheap; the token endpoint is not asked).
+COORDINATOR_RETRY = 2.0
 
 
 @attrs.frozen
@@ -159,6 +164,8 @@ class TokenStats:
     invalidations: int = 0
     #: Refresh tokens the server rejected (each followed by one password login).
     refresh_rejected: int = 0
+    #: Refreshes that got no answer (a timeout, a lost connection) and were not sent again.
+    refresh_unanswered: int = 0
     #: Tokens taken from the token store instead of a login.
     restored: int = 0
     #: Tokens another process of the fleet renewed, taken from the coordinator.
@@ -246,9 +253,13 @@ class TokenProvider:
         self._refresh_at = _NEVER
         self._expires_at = _NEVER
         self._flight: _Flight | None = None
-        self._fatal: TokenError | None = None
+        self._fatal: TokenError | FleetError | None = None
+        #: When a fleet's rejected-login state is looked at again (never without a fleet).
+        self._fatal_recheck_at = math.inf
         self._failures = 0
         self._refresh_failures = 0
+        #: Whether refresh answers carried a new refresh token (``None``: no refresh answered yet).
+        self._refresh_rotates: bool | None = None
         #: No renewal starts before this (backoff after failures, and the server's windows).
         self._retry_not_before = _NEVER
         #: The end of the server's last rate-limit window (kept across reset()).
@@ -418,11 +429,11 @@ class TokenProvider:
             token = self._token
             if token is not None and now < self._expires_at:
                 # STALE: serve the still-valid token; renew in the background.
-                if self._flight is None and self._fatal is None and now >= self._retry_not_before:
+                if self._flight is None and not self._fatal_holds(now) and now >= self._retry_not_before:
                     self.stats.background_refreshes += 1
                     self._start_flight()
                 return token
-            if self._fatal is not None:
+            if self._fatal_holds(now):
                 raise self._fatal_error()
             flight = self._flight
             if flight is None:
@@ -440,7 +451,13 @@ class TokenProvider:
             hint="raise the token lifetime on the server or lower the latency to it",
         )
 
-    def _fatal_error(self) -> TokenError:
+    def _fatal_holds(self, now: float) -> bool:
+        """Whether callers get the earlier definitive error at once (else a renewal may be tried)."""
+        if self._fatal is not None and now >= self._fatal_recheck_at and self._flight is None:
+            self._fatal = None  # fleet state another process may have fixed: the renewal reads it again
+        return self._fatal is not None
+
+    def _fatal_error(self) -> TokenError | FleetError:
         fatal = self._fatal
         assert fatal is not None
         if isinstance(fatal, InvalidCredentials):
@@ -525,7 +542,7 @@ class TokenProvider:
                     f"the token expired before it arrived (lifetime {token.lifetime:.3f}s)",
                     hint="the token lifetime is shorter than a token request takes",
                 )
-        except (TokenError, CoordinatorUnavailable, CoordinatorRefused) as exc:
+        except (TokenError, FleetError) as exc:  # typed: backoff, and every waiter gets it
             self._on_failure(exc)
             flight.error = exc
         except Exception as exc:  # a bug or an unexpected failure: waiters get it, the provider lives
@@ -554,21 +571,48 @@ class TokenProvider:
             self.stats.refreshes += 1
             request = build_refresh_request(self._config, current.refresh_token)
             try:
-                return await self._exchange(request, current, self._retry), "refresh_token"
+                token = await self._exchange(request, current, self._retry, resend_unanswered=self.refresh_reusable)
             except RefreshTokenRejected as exc:
                 self.stats.refresh_rejected += 1
                 if self._token is current:  # never present a rejected refresh token again
                     self._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
                 log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
+            except TokenTransportError as exc:
+                if not exc.may_have_been_processed or self.refresh_reusable:
+                    raise
+                # No answer, but the server may have rotated it: sent again, a used refresh token
+                # would look like theft and revoke the whole token family. Log in instead.
+                self.stats.refresh_unanswered += 1
+                if self._token is current:
+                    self._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
+                log.warning("refresh got no answer (%s); logging in with the password instead", exc.detail)
             except TransientTokenError as exc:
                 # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session)
                 # is given up for a login; outages (503, 429, no connection) are not.
                 if exc.status == 500:
                     self._refresh_failures += 1
                 raise
+            else:
+                self._learn_rotation(current, token)
+                return token, "refresh_token"
         policy = self._login_policy()
         self.stats.logins += 1
         return await self._exchange(build_password_request(self._config), None, policy), "password"
+
+    @property
+    def refresh_reusable(self) -> bool:
+        """Whether the server has shown that a refresh token stays valid after use (no rotation).
+
+        ``False`` until a refresh answered with the same refresh token (or none): until then a
+        refresh that got no answer is never sent again.
+        """
+        return self._refresh_rotates is False
+
+    def _learn_rotation(self, previous: Token, renewed: Token) -> None:
+        """Note whether the server rotates refresh tokens (RFC 6749 6: it MAY issue a new one)."""
+        old, new = previous.refresh_token, renewed.refresh_token
+        if old is not None and new is not None:
+            self._refresh_rotates = new.reveal() != old.reveal()
 
     def _login_policy(self) -> RetryPolicy:
         """The retries one password login may use; raises when the login budget is spent."""
@@ -578,7 +622,9 @@ class TokenProvider:
         # Retries of a login are logins too: never more attempts than the budget has left.
         return self._retry if left >= self._retry.max_attempts else attrs.evolve(self._retry, max_attempts=left)
 
-    async def _exchange(self, request: TokenRequest, previous: Token | None, policy: RetryPolicy) -> Token:
+    async def _exchange(
+        self, request: TokenRequest, previous: Token | None, policy: RetryPolicy, *, resend_unanswered: bool = True
+    ) -> Token:
         config = self._config
         assert self._endpoint is not None
 
@@ -596,7 +642,14 @@ class TokenProvider:
             log.debug("token request: grant=%s url=%s attempt=%d", req.grant, safe_url(req.url), attempt + 1)
 
         return await exchange(
-            self._endpoint, request, parse, policy=policy, clock=self._clock, rng=self._rng, on_send=on_send
+            self._endpoint,
+            request,
+            parse,
+            policy=policy,
+            clock=self._clock,
+            rng=self._rng,
+            on_send=on_send,
+            resend_unanswered=resend_unanswered,
         )
 
     def _install(self, token: Token, source: Literal["password", "refresh_token", "store", "fleet"]) -> None:
@@ -608,6 +661,7 @@ class TokenProvider:
         self._refresh_at = refresh_at if self._tg is not None else _NEVER
         self._failures = self._refresh_failures = 0
         self._retry_not_before = _NEVER
+        self._fatal = None  # a working token: whatever was rejected before (e.g. in another process) is fixed
         log.info(
             "new token from %s: expires in %.3fs (%s), refresh in %.3fs",
             source,
@@ -621,16 +675,28 @@ class TokenProvider:
             except Exception:
                 log.exception("on_token hook failed")
 
-    def _on_failure(self, exc: TokenError | CoordinatorUnavailable | CoordinatorRefused) -> None:
+    def _on_failure(self, exc: TokenError | FleetError) -> None:
         self.stats.failures += 1
         now = self._now()
         if isinstance(exc, DefinitiveTokenError) and not isinstance(exc, RefreshTokenRejected):
             self._fatal = exc
+            # In a fleet the rejection is fleet-wide state that another process may clear (reset()
+            # after fixing the password): look at it again now and then, one Redis read, no login.
+            self._fatal_recheck_at = now + FLEET_LATCH_RECHECK if self._fleet is not None else math.inf
             log.error("token request rejected, no automatic retry: %s", exc)
             return
-        if exc.retry_after is not None and getattr(exc, "status", None) is not None:
+        if isinstance(exc, (CoordinatorRefused, SharedStateUnreadable)):
+            # The fleet's set-up is wrong (Redis refuses this process, or the key does not open the
+            # shared record): callers hear of it at once, and Redis is asked again after a growing pause.
+            self._failures += 1
+            self._fatal = exc
+            self._fatal_recheck_at = now + self._policy.backoff.backoff(self._failures - 1, self._rng)
+            log.error("the fleet cannot renew the token: %s", exc)
+            return
+        retry_after: float | None = getattr(exc, "retry_after", None)
+        if retry_after is not None and getattr(exc, "status", None) is not None:
             # The server's own window (Retry-After, a rate-limit reset): nothing is sent inside it.
-            self._rate_limited_until = max(self._rate_limited_until, now + exc.retry_after)
+            self._rate_limited_until = max(self._rate_limited_until, now + retry_after)
         if isinstance(exc, TokenRequestsPaused):
             # Nothing new was learnt about the server: no backoff step, just no attempt before then.
             self._retry_not_before = max(self._retry_not_before, now + exc.resume_in)
@@ -640,6 +706,10 @@ class TokenProvider:
         delay = self._policy.backoff.backoff(self._failures - 1, self._rng)
         if self._token is not None and now < self._expires_at:
             delay = min(delay, (self._expires_at - now) / 2)  # try again before the token runs out
+        if isinstance(exc, CoordinatorUnavailable):
+            # Redis, not the token endpoint: cheap to ask again, and callers learn of it (or of its
+            # return) within seconds instead of after a long backoff.
+            delay = min(delay, COORDINATOR_RETRY)
         delay = max(delay, self._rate_limited_until - now)
         self._retry_not_before = now + delay
         log.warning("token renewal failed, next attempt in %.2fs: %s", delay, exc)

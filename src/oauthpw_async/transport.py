@@ -19,6 +19,7 @@ from .errors import (
     ConfigError,
     FieldProblem,
     LoginResponseError,
+    TokenConnectError,
     TokenRedirectError,
     TokenResponseError,
     TokenTransportError,
@@ -119,7 +120,10 @@ class AiohttpTokenEndpoint:
                         )
                     chunks.append(chunk)
                 return TokenResponse(status=resp.status, headers=headers, body=b"".join(chunks))
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except aiohttp.ClientConnectorError as exc:  # no connection (refused, DNS, TLS): nothing was sent
+            what = f"token request to {safe_url(request.url)} could not connect ({type(exc).__name__})"
+            raise TokenConnectError(what, grant=request.grant) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:  # sent, maybe processed, no answer
             kind = "timed out" if isinstance(exc, asyncio.TimeoutError) else f"failed ({type(exc).__name__})"
             raise TokenTransportError(f"token request to {safe_url(request.url)} {kind}", grant=request.grant) from None
 

@@ -18,7 +18,7 @@ import anyio
 from ..errors import UsageError
 from ._redis import RedisLink
 from ._tasks import in_background
-from .errors import CoordinatorUnavailable
+from .errors import CoordinatorRefused, CoordinatorUnavailable
 
 __all__ = ["Lease", "LeaseHandle"]
 
@@ -139,7 +139,7 @@ class Lease:
             with (
                 anyio.CancelScope(shield=True),
                 anyio.move_on_after(self._link.command_timeout),
-                contextlib.suppress(CoordinatorUnavailable),
+                contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused),
             ):
                 await self.release(handle)
 
@@ -148,7 +148,7 @@ class Lease:
             await anyio.sleep(self.ttl / 3)
             try:
                 await self.renew(handle)
-            except CoordinatorUnavailable:
+            except (CoordinatorUnavailable, CoordinatorRefused):  # the request in flight goes on regardless
                 if anyio.current_time() >= handle.valid_until:
                     handle.lost = True
 

@@ -18,6 +18,7 @@ of reach the provider serves its valid token and then fails with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from ..errors import (
     DefinitiveTokenError,
     LoginBudgetExhausted,
     RefreshTokenRejected,
+    TokenTransportError,
     TransientTokenError,
 )
 from ..grant import Instant, Token, build_password_request, build_refresh_request
@@ -58,6 +60,10 @@ class FleetRenewal:
         #: Generation and id of the token this process holds (0 / "" before the first one).
         self.generation = 0
         self.token_id = ""
+        #: The highest generation this process has seen: a shared record below it (or at it with
+        #: another token) means Redis went back in time (a restored snapshot, a lost AOF second,
+        #: a failover to a lagging replica), and its refresh token may already be used.
+        self.high_water = 0
         #: A renewed token Redis did not take (it was unreachable), and the generation it renewed.
         self._unpublished: tuple[Token, int] | None = None
         self._published = anyio.Event()
@@ -137,7 +143,7 @@ class FleetRenewal:
 
     def _adopt(self, shared: SharedToken) -> Token:
         token = self._local(shared)
-        self.generation, self.token_id = shared.generation, shared.token_id
+        self._hold(shared.generation, shared.token_id)
         self._unpublished = None
         self._p.stats.fleet_adopted += 1
         self._p._install(token, "fleet")
@@ -178,15 +184,25 @@ class FleetRenewal:
 
     def _adopted(self, shared: SharedToken) -> tuple[Token, Source]:
         token = self._local(shared)
-        self.generation, self.token_id = shared.generation, shared.token_id
+        self._hold(shared.generation, shared.token_id)
         self._unpublished = None
         self._p.stats.fleet_adopted += 1
         return token, "fleet"
 
+    def _hold(self, generation: int, token_id: str) -> None:
+        self.generation, self.token_id = generation, token_id
+        self.high_water = max(self.high_water, generation)
+
+    def _went_back(self, shared: SharedToken) -> bool:
+        """Whether the shared record is older than one this process already saw."""
+        if shared.generation < self.high_water:
+            return True
+        return shared.generation == self.generation and bool(self.token_id) and shared.token_id != self.token_id
+
     async def _renew_holding(self, handle: LeaseHandle) -> tuple[Token, Source]:
         fleet, p = self._fleet, self._p
         shared = await fleet.tokens.read()
-        if shared is not None and self._adoptable(shared):
+        if shared is not None and self._adoptable(shared):  # a valid token, even from an older state
             return self._adopted(shared)
         base = shared.generation if shared is not None else self.generation
         token: Token | None = None
@@ -197,19 +213,20 @@ class FleetRenewal:
             and not shared.refresh_spent
             and (shared.token.refresh_expires_at is None or shared.token.refresh_expires_at > p._clock.wall())
         )
+        if rt_usable and shared is not None and self._went_back(shared):
+            log.warning(
+                "the shared token record went back from generation %d to %d (Redis restored or failed over): "
+                "its refresh token may be used already, so this process logs in instead",
+                self.high_water,
+                shared.generation,
+            )
+            rt_usable = False
         if rt_usable:
             assert shared is not None
             permit = await fleet.tokens.claim_refresh(shared.generation, fleet.lease, handle)
             if permit is RefreshPermit.GRANTED:
-                previous = self._local(shared)
-                assert previous.refresh_token is not None
-                p.stats.refreshes += 1
-                try:
-                    request = build_refresh_request(p._config, previous.refresh_token)
-                    token = await p._exchange(request, previous, p._retry)
-                except RefreshTokenRejected as exc:
-                    p.stats.refresh_rejected += 1
-                    log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
+                token = await self._refresh(shared, handle)
+                if token is None:  # rejected: another process may have rotated it meanwhile
                     again = await fleet.tokens.read()
                     if again is not None and again.generation != shared.generation and self._adoptable(again):
                         return self._adopted(again)
@@ -217,9 +234,41 @@ class FleetRenewal:
                 raise TransientTokenError("the renewal lease expired before the refresh was sent")
         if token is None:
             source = "password"
+            if not handle.valid:  # a stalled holder: its successor renews
+                raise TransientTokenError("the renewal lease expired before the login was sent")
             token = await self._login()
         await self._publish(token, base)
         return token, source
+
+    async def _refresh(self, shared: SharedToken, handle: LeaseHandle) -> Token | None:
+        """Send the shared refresh token (marked spent); ``None`` when it is used up (log in instead).
+
+        The mark is undone when the server answered without using it (5xx, 429, or no connection
+        at all), so a passing outage does not turn into password logins; it stays when the refresh
+        may have been processed without an answer coming back, as a rotated token may then be gone.
+        """
+        fleet, p = self._fleet, self._p
+        previous = self._local(shared)
+        assert previous.refresh_token is not None
+        p.stats.refreshes += 1
+        request = build_refresh_request(p._config, previous.refresh_token)
+        try:
+            token = await p._exchange(request, previous, p._retry, resend_unanswered=p.refresh_reusable)
+        except RefreshTokenRejected as exc:
+            p.stats.refresh_rejected += 1
+            log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
+            return None
+        except TransientTokenError as exc:
+            unanswered = isinstance(exc, TokenTransportError) and exc.may_have_been_processed
+            if unanswered and not p.refresh_reusable:
+                p.stats.refresh_unanswered += 1
+                log.warning("refresh got no answer (%s); logging in with the password instead", exc.detail)
+                return None
+            with contextlib.suppress(CoordinatorUnavailable):  # then it stays spent: one login at most
+                await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
+            raise
+        p._learn_rotation(previous, token)
+        return token
 
     async def _login(self) -> Token:
         fleet, p = self._fleet, self._p
@@ -257,7 +306,9 @@ class FleetRenewal:
 
     async def _publish(self, token: Token, base: int) -> None:
         try:
-            result = await self._fleet.tokens.publish(token, renewed_from=base, now_wall=self._p._clock.wall())
+            result = await self._fleet.tokens.publish(
+                token, renewed_from=base, now_wall=self._p._clock.wall(), at_least=self.high_water
+            )
         except CoordinatorUnavailable:
             # The token is good: use it here, and publish it once Redis answers again.
             self._unpublished = (token, base)
@@ -265,7 +316,7 @@ class FleetRenewal:
             log.warning("Redis unreachable: the new token is used locally and published later")
             return
         if result.published:
-            self.generation, self.token_id = result.generation, result.token_id
+            self._hold(result.generation, result.token_id)
         else:
             # Another process published first (possible only after our lease ran out): ours is
             # valid too, and the next renewal reads theirs.
@@ -280,7 +331,9 @@ class FleetRenewal:
         if token.expires_at <= self._p._now():
             self._unpublished = None
             return
-        result = await self._fleet.tokens.publish(token, renewed_from=base, now_wall=self._p._clock.wall())
+        result = await self._fleet.tokens.publish(
+            token, renewed_from=base, now_wall=self._p._clock.wall(), at_least=self.high_water
+        )
         self._unpublished = None
         if result.published:
-            self.generation, self.token_id = result.generation, result.token_id
+            self._hold(result.generation, result.token_id)

@@ -46,13 +46,20 @@ _PUBLISH = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
 local expected = tonumber(ARGV[1])
 if cur ~= 0 and cur ~= expected then return {0, cur} end
-local gen = expected + 1
+local gen = tonumber(ARGV[6])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'gen', gen, 'tid', ARGV[2], 'blob', ARGV[3], 'spent', '0')
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 redis.call('PUBLISH', ARGV[4], gen)
 return {1, gen}
+"""
+
+_UNSPEND = """
+if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'spent', '0')
+return 1
 """
 
 _CLAIM_REFRESH = """
@@ -194,21 +201,22 @@ class SharedTokenState:
             raise SharedStateUnreadable("the shared token record opened but is not a token record") from None
         return SharedToken(generation, as_text(tid or b""), token, refresh_spent=as_text(spent or b"0") == "1")
 
-    async def publish(self, token: Token, *, renewed_from: int, now_wall: float) -> PublishResult:
+    async def publish(self, token: Token, *, renewed_from: int, now_wall: float, at_least: int = 0) -> PublishResult:
         """Write ``token`` as the next generation if ``renewed_from`` is still current (or no record exists).
 
         ``renewed_from`` is the generation the caller read before renewing (0: none). When another
         process published first, nothing is written and the result names the newer generation:
-        read it and use that token instead.
+        read it and use that token instead. The new generation is above ``at_least`` too: after
+        Redis went back to an older state, generations keep rising past every one already seen.
         """
-        generation = renewed_from + 1
+        generation = max(renewed_from, at_least) + 1
         blob = self._cipher.seal(token_to_record(token), credential_key=self.credential_key, generation=generation)
         ttl = record_ttl(token, now_wall)
         tid = secrets.token_hex(8)
         ok, gen = await self._link.script(
             _PUBLISH,
             [self.key],
-            [renewed_from, tid, blob, self.channel, 0 if ttl is None else max(1, math.ceil(ttl * 1000))],
+            [renewed_from, tid, blob, self.channel, 0 if ttl is None else max(1, math.ceil(ttl * 1000)), generation],
         )
         return PublishResult(bool(ok), int(gen), tid if ok else "")
 
@@ -220,6 +228,14 @@ class SharedTokenState:
         """
         code = await self._link.script(_CLAIM_REFRESH, [self.key, lease.key], [generation, handle.value])
         return RefreshPermit(int(code))
+
+    async def unspend(self, generation: int, lease: Lease, handle: LeaseHandle) -> bool:
+        """Undo :meth:`claim_refresh` when the server answered without using the refresh token (5xx, 429).
+
+        Fenced like the claim: only while ``handle`` holds ``lease`` and ``generation`` is current.
+        Returns whether the mark was cleared.
+        """
+        return bool(await self._link.script(_UNSPEND, [self.key, lease.key], [generation, handle.value]))
 
     async def clear(self) -> None:
         """Delete the shared token (e.g. after the credential's password changed)."""

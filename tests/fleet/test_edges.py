@@ -1,0 +1,205 @@
+"""The fleet's token lifecycle at the edges, over real HTTP and a real Redis: a refresh without an
+answer, a refresh answered 503, a shared record that went back in time, a wrong token key, a rejected
+password fixed in another process, and Redis out of reach. Each: 0 reuse detections, at most one
+extra token request per fault, typed errors, and no long waits for callers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+import anyio
+import pytest
+
+from oauthpw_async import (
+    CredentialsLockedOut,
+    InvalidCredentials,
+    PasswordGrantConfig,
+    TokenProvider,
+    TransientTokenError,
+)
+from oauthpw_async import provider as provider_module
+from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable, SharedStateUnreadable, generate_key
+from oauthpw_async.testing import AuthServerState, FakeClock, Fault, InMemoryEndpoint, LocalServer, Quirks
+
+from .helpers import TOKEN_KEY
+from .redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 0.3  # seconds a token request may take; a delayed answer comes after LATE
+LATE = 1.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the local server runs on aiohttp in this process
+
+
+def strict() -> AuthServerState:
+    return AuthServerState(quirks=Quirks(rotate_refresh_tokens=True, reuse_detection=True))
+
+
+def no_reuse(state: AuthServerState) -> bool:
+    return state.count(outcome="reuse") == 0 and state.count("refresh_token", "invalid_grant") == 0
+
+
+async def test_a_holders_refresh_without_answer_is_followed_by_a_login_and_the_fleet_adopts_it(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    state = strict()
+    async with LocalServer(state) as server:
+        config = server.config(timeout=TIMEOUT)
+        async with contextlib.AsyncExitStack() as stack:
+            fleets = [
+                await stack.enter_async_context(
+                    Coordinator.for_config(config, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
+                )
+                for _ in range(2)
+            ]
+            a = await stack.enter_async_context(TokenProvider(config, coordinator=fleets[0]))
+            b = await stack.enter_async_context(TokenProvider(config, coordinator=fleets[1]))
+            first = await a.get()
+            assert (await b.get()).access_token.reveal() == first.access_token.reveal()
+            state.inject(Fault("delay", delay=LATE))  # the server rotates, its answer comes too late
+            a.invalidate(first)
+            renewed = await a.get()
+            b.invalidate(first)
+            assert (await b.get()).access_token.reveal() == renewed.access_token.reveal()
+            a.invalidate(renewed)
+            await a.get()  # the login's refresh token works: its family was never revoked
+    assert state.count(grant="refresh_token") == 2 and state.count("refresh_token", "ok") == 2
+    assert state.count("password") == 2  # the first login, and the one that replaced the lost refresh
+    assert a.stats.refresh_unanswered == 1 and no_reuse(state)
+
+
+async def test_a_refresh_answered_503_leaves_the_refresh_token_to_the_fleet(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    state = strict()
+    async with LocalServer(state) as server:
+        config = server.config()
+        fleet = Coordinator.for_config(config, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
+        async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
+            first = await tokens.get()
+            retries = tokens._retry.max_attempts
+            state.inject(*[Fault("status", status=503)] * retries)  # every attempt of one renewal
+            tokens.invalidate(first)
+            with pytest.raises(TransientTokenError) as caught:
+                await tokens.get()
+            assert caught.value.status == 503
+            shared = await fleet.tokens.read()
+            assert shared is not None and not shared.refresh_spent  # given back: it was never used
+            for _ in range(100):  # the next renewal, after a short backoff, is a refresh again
+                with contextlib.suppress(Exception):
+                    if (await tokens.get()).access_token.reveal() != first.access_token.reveal():
+                        break
+                await anyio.sleep(0.1)
+    assert state.count("password") == 1 and state.count("refresh_token", "ok") == 1 and no_reuse(state)
+
+
+async def test_a_shared_record_that_went_back_in_time_is_not_refreshed(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    state = strict()
+    async with LocalServer(state) as server:
+        config = server.config()
+        fleet = Coordinator.for_config(config, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
+        async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
+            client = fleet.link.client
+            token = await tokens.get()
+            snapshot = await client.dump(fleet.tokens.key)  # generation 1, as a backup would keep it
+            assert snapshot is not None
+            for _ in range(2):  # generations 2 and 3: generation 1's refresh token is used up
+                tokens.invalidate(token)
+                token = await tokens.get()
+            await client.restore(fleet.tokens.key, 0, snapshot, replace=True)  # Redis restored from the backup
+            tokens.invalidate(token)
+            old = await tokens.get()  # generation 1's access token is still good: taken, no request
+            assert state.token_requests == 3
+            tokens.invalidate(old)
+            await tokens.get()
+            after = await fleet.tokens.read()
+    assert no_reuse(state) and state.count("password") == 2  # a login, not generation 1's refresh token
+    assert after is not None and after.generation > 3  # generations keep rising past every one seen
+
+
+async def test_a_wrong_token_key_is_a_typed_error_with_backoff(redis_server: RedisServer, namespace: str) -> None:
+    state = strict()
+    async with LocalServer(state) as server:
+        config = server.config()
+        right = Coordinator.for_config(config, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
+        async with right, TokenProvider(config, coordinator=right) as tokens:
+            await tokens.get()  # the fleet's record, sealed with the right key
+        wrong = Coordinator.for_config(config, redis_server.url, token_key=generate_key(), namespace=namespace)
+        async with wrong, TokenProvider(config, coordinator=wrong) as other:
+            errors = 0
+            for _ in range(50):
+                with pytest.raises(SharedStateUnreadable):
+                    await other.get()
+                errors += 1
+                await anyio.sleep(0.01)
+            renewals = other.stats.failures
+    assert errors == 50 and renewals <= 8  # backed off: not one renewal (and log line) per call
+    assert state.count("password") == 1  # never a login that would overwrite the fleet's record
+
+
+async def test_a_rejected_password_fixed_in_another_process_unlocks_every_process(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_module, "FLEET_LATCH_RECHECK", 0.05)
+    state = strict()
+    async with LocalServer(state) as server:
+        good = server.config()
+        bad = server.config(password="not the password")
+        async with contextlib.AsyncExitStack() as stack:
+            fa, fb = [
+                await stack.enter_async_context(
+                    Coordinator.for_config(good, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
+                )
+                for _ in range(2)
+            ]
+            a = await stack.enter_async_context(TokenProvider(bad, coordinator=fa))
+            b = await stack.enter_async_context(TokenProvider(bad, coordinator=fb))
+            with pytest.raises(InvalidCredentials):
+                await a.get()
+            with pytest.raises(CredentialsLockedOut):  # the fleet's latch: no request of its own
+                await b.get()
+            a.reset(good)
+            fixed = await a.get()
+            got = None
+            for _ in range(200):  # b learns of it (the publish, or its next look at the latch)
+                try:
+                    got = await b.get()
+                    break
+                except CredentialsLockedOut:
+                    await anyio.sleep(0.02)
+    assert got is not None and got.access_token.reveal() == fixed.access_token.reveal()
+    assert state.count("password", "invalid_grant") == 1 and state.count("password", "ok") == 1
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_with_redis_out_of_reach_callers_hear_of_it_within_seconds(anyio_backend: str) -> None:
+    with socket.socket() as s:  # nobody listens: every Redis call is refused at once
+        s.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    state = strict()
+    clock = FakeClock()
+    config = PasswordGrantConfig(
+        access_token_url="https://auth.example.com/token",
+        client_id=state.client_id,
+        client_secret=state.client_secret,
+        username=state.username,
+        password=state.password,
+    )
+    fleet = Coordinator.for_config(config, url, token_key=TOKEN_KEY, namespace="unreachable")
+    provider = TokenProvider(config, endpoint=InMemoryEndpoint(state), coordinator=fleet, clock=clock)
+    async with fleet, provider, clock.autojump():
+        start = clock.monotonic()
+        for _ in range(10):
+            with pytest.raises(CoordinatorUnavailable):
+                await provider.get()
+        waited = clock.monotonic() - start
+    # Each attempt waits at most COORDINATOR_RETRY for the next: not a backoff growing to a minute.
+    assert waited <= 10 * provider_module.COORDINATOR_RETRY + 1
+    assert state.token_requests == 0

@@ -1,0 +1,90 @@
+"""A refresh that got no answer is never sent again to a server that may rotate refresh tokens.
+
+The server may have processed it (and rotated the refresh token) before the answer was lost: a
+second use of that refresh token looks like theft to servers with reuse detection (Okta, Auth0),
+which then revoke the whole token family. The provider logs in with the password instead, unless
+the server has shown that its refresh tokens are reusable. A refresh that never reached the server
+(connection refused) is retried as before. Real HTTP against the local server.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from oauthpw_async import TokenConnectError, TokenProvider, TokenTransportError
+from oauthpw_async.testing import AuthServerState, Fault, LocalServer, Quirks
+
+pytestmark = pytest.mark.anyio
+
+#: Seconds the client waits for a token answer; the delayed answer comes well after it.
+TIMEOUT = 0.3
+LATE = 1.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the local server runs on aiohttp in this process
+
+
+def refreshes(state: AuthServerState) -> int:
+    """Refresh requests the server received (answered in time or not)."""
+    return state.count(grant="refresh_token")
+
+
+async def test_a_rotating_refresh_that_timed_out_is_not_sent_again_and_a_login_follows() -> None:
+    state = AuthServerState(quirks=Quirks(rotate_refresh_tokens=True, reuse_detection=True))
+    async with LocalServer(state) as server, TokenProvider(server.config(timeout=TIMEOUT)) as tokens:
+        first = await tokens.get()
+        state.inject(Fault("delay", delay=LATE))  # processed (rotated) at once, answered too late
+        tokens.invalidate(first)
+        second = await tokens.get()
+        assert second.access_token.reveal() != first.access_token.reveal()
+        assert refreshes(state) == 1  # sent once, never again
+        assert state.count("password", "ok") == 2  # the login that replaced it
+        assert state.count(outcome="reuse") == state.count(outcome="invalid_grant") == 0
+        assert tokens.stats.refresh_unanswered == 1
+        # The new login's refresh token works: the family was never revoked.
+        tokens.invalidate(second)
+        await tokens.get()
+        assert state.count("refresh_token", "ok") == 2 and state.count(outcome="reuse") == 0
+
+
+async def test_a_refresh_token_shown_to_be_reusable_is_sent_again_after_a_timeout() -> None:
+    state = AuthServerState(quirks=Quirks(rotate_refresh_tokens=False))
+    async with LocalServer(state) as server, TokenProvider(server.config(timeout=TIMEOUT)) as tokens:
+        tokens.invalidate(await tokens.get())
+        token = await tokens.get()  # one refresh answered with the same refresh token: not rotating
+        assert tokens.refresh_reusable
+        state.inject(Fault("delay", delay=LATE))
+        tokens.invalidate(token)
+        await tokens.get()
+    assert state.count("password") == 1  # no login: the refresh was simply sent again
+    assert refreshes(state) == 3 and tokens.stats.refresh_unanswered == 0
+
+
+async def test_until_a_refresh_was_answered_the_provider_assumes_rotation() -> None:
+    state = AuthServerState(quirks=Quirks(rotate_refresh_tokens=False))
+    async with LocalServer(state) as server, TokenProvider(server.config(timeout=TIMEOUT)) as tokens:
+        assert not tokens.refresh_reusable
+        state.inject(Fault("delay", delay=LATE))
+        tokens.invalidate(await tokens.get())
+        await tokens.get()
+    assert refreshes(state) == 1 and state.count("password") == 2
+
+
+async def test_a_refresh_that_could_not_connect_keeps_its_refresh_token() -> None:
+    with socket.socket() as s:  # a port nobody listens on: connection refused, nothing sent
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/token"
+    state = AuthServerState(quirks=Quirks(rotate_refresh_tokens=True, reuse_detection=True))
+    async with LocalServer(state) as server:
+        config = server.config(timeout=TIMEOUT, refresh_token_url=closed)
+        async with TokenProvider(config) as tokens:
+            tokens.invalidate(await tokens.get())
+            with pytest.raises(TokenConnectError) as caught:
+                await tokens.get()
+    assert isinstance(caught.value, TokenTransportError) and not caught.value.may_have_been_processed
+    assert tokens.stats.refresh_unanswered == 0
+    assert state.count("password") == 1  # the refresh token was kept: no login replaced it
