@@ -22,6 +22,7 @@ from oauthpw_async import TokenProvider
 from oauthpw_async.crawler import ListSink, Partition
 from oauthpw_async.crawler.checkpoint import fingerprint
 from oauthpw_async.crawler.pagination import resolve
+from oauthpw_async.errors import UsageError
 from oauthpw_async.fleet import FleetCheckpoints, FleetCrawl
 from oauthpw_async.fleet.partitions import Claim, FleetStatus
 from oauthpw_async.testing import AuthServerState, LocalServer
@@ -99,6 +100,22 @@ async def test_a_worker_cancelled_while_holding_claims_gives_every_one_back(
         other = await _joined(fleet, "next", partitions_at_once=len(PROJECTS))
         assert sorted(c.partition for c in await other.queue.claim(len(PROJECTS))) == sorted(PROJECTS)
     assert set(walked) <= {c.partition for c in granted}
+
+
+async def test_claims_a_worker_never_starts_are_given_back(redis_server: RedisServer, namespace: str) -> None:
+    """The fleet hands out a partition this worker cannot walk: it stops before starting any of its batch."""
+    async with coordinator(redis_server.url, namespace) as fleet:
+        cp = await _joined(fleet, "odd", partitions_at_once=4)
+        walked: list[str] = []
+
+        async def walk(partition: Partition) -> None:
+            walked.append(partition.name)
+
+        with pytest.RaisesGroup(pytest.RaisesExc(UsageError, match="does not have"), flatten_subgroups=True):
+            await cp.walk_partitions(_partitions()[1:], walk)  # the queue's first partition is not among them
+        status = await cp.queue.status()
+    assert walked == [] and _stuck(status) == []
+    assert {p.state for p in status.partitions} == {"queued"} and {p.claims for p in status.partitions} == {0}
 
 
 async def test_a_worker_stopped_by_its_own_error_claims_nothing_more_and_gives_its_claim_back(
