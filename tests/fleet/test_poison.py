@@ -10,8 +10,12 @@ partition's or the worker's: the claim counts, so ``max_claims`` bounds the work
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -29,7 +33,8 @@ from oauthpw_async.testing import AuthServerState, LocalServer
 from oauthpw_async.testing.api import DemoAPI
 
 from .crawlers import PAGE, PROJECTS, FleetItems
-from .helpers import coordinator
+from .helpers import TOKEN_KEY, coordinator
+from .procs import ROOT
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -350,3 +355,68 @@ async def test_a_requeued_partition_walked_to_its_end_is_read_from_its_start(
     assert by_name["p0"].state == "queued" and by_name["p0"].position is None
     assert by_name["p2"].state == "failed"
     assert Counter(r["project"] for r in sink.records) == {"p0": 2 * PAGE, "p1": 2 * PAGE}
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+async def _command(*args: str) -> tuple[int, str, str]:
+    proc = await anyio.run_process(
+        [sys.executable, "-m", "oauthpw_async", *args],
+        cwd=ROOT,
+        env={**os.environ, "OAUTHPW_FLEET_KEY": TOKEN_KEY},
+        check=False,
+    )
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+@ON_ASYNCIO
+async def test_command_workers_exit_incomplete_and_fleet_status_names_the_failure(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    api = demo_api()
+    async with LocalServer(AuthServerState(), api=api) as server:
+        a = server.auth
+        config = tmp_path / "connection.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "Access Token URL": server.token_url,
+                    "Client Id": a.client_id,
+                    "Client Secret": a.client_secret,
+                    "Username": a.username,
+                    "Password": a.password,
+                }
+            )
+        )
+        where = ["--coordinator", redis_server.url, "--namespace", namespace, "--crawl-name", "items"]
+        with anyio.fail_after(BOUND * 2):
+            code, out, err = await _command(
+                "crawl", "--config", str(config), "--crawler", "tests.fleet.test_poison:PoisonedItems",
+                "--base-url", server.base_url, *where, "--idle-timeout", str(IDLE), "--partitions-at-once", "2",
+                "--workers", "2", "--out", str(tmp_path / "records.jsonl"),
+            )  # fmt: skip
+            assert code == 8, out + err
+            assert "exited with [8, 8]" in out
+            code, text, _ = await _command("fleet", "status", *where)
+            code_json, doc_text, _ = await _command("fleet", "status", *where, "--json")
+            code_reset, reset_out, reset_err = await _command("fleet", "reset", *where, "--failed")
+            _, after_text, _ = await _command("fleet", "status", *where, "--json")
+        secrets = [a.password, a.client_secret, *a._access, *a._refresh_tokens]
+        assert not any(s in out + err + text + doc_text + reset_out for s in secrets)
+    assert code == code_json == 0
+    assert "finished INCOMPLETE (2 partition(s) missing records)" in text
+    lines = text.splitlines()
+    gone = next(i for i, line in enumerate(lines) if line.split()[:2] == ["gone", "failed"])
+    assert "problem: HTTPStatusError: request failed: HTTP 404" in lines[gone + 1]
+    doc = json.loads(doc_text)
+    failed = {p["name"]: p for p in doc["partitions"] if p["state"] == "failed"}
+    assert set(failed) == {"gone", BROKEN} and doc["finished"] and not doc["complete"]
+    assert all("HTTP 404" in p["reason"] and p["owner"] is None and p["claims"] == 1 for p in failed.values())
+    assert code_reset == 0, reset_err
+    assert "queued 2 failed partition(s) again" in reset_out
+    after = json.loads(after_text)
+    assert {p["name"]: p["state"] for p in after["partitions"] if p["state"] != "done"} == {
+        "gone": "queued",
+        BROKEN: "queued",
+    }
