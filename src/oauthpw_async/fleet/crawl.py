@@ -119,7 +119,8 @@ _PARTITION_ERRORS: tuple[type[Exception], ...] = (HTTPStatusError, PageShapeErro
 _WORKER_ERRORS: tuple[type[Exception], ...] = (OAuthPWError, OSError, MemoryError)
 
 _REASON_LIMIT = 500
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+[\w\-.~+/=]+")
+#: An Authorization value (RFC 6750 / RFC 7617 token68), told from prose by a digit or a sign in it.
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+(?=[\w\-.~+/=]*[\d\-.~+/=])[\w\-.~+/=]{8,}")
 
 Failure = Literal["partition", "worker", "unknown"]
 
