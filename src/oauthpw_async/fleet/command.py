@@ -168,6 +168,12 @@ def add_parser(sub: Any, formatter_class: type[argparse.HelpFormatter] = argpars
     )
     _coordinator_options(reset, required=True)
     reset.add_argument("--crawler", metavar="MODULE:CLASS", help="the crawler (names the crawl) (default: none)")
+    reset.add_argument(
+        "--failed",
+        action="store_true",
+        help="only queue the failed partitions again (from where they failed; ones walked to their end "
+        "from their start), once what failed them is fixed; running workers pick them up (default: whole crawl)",
+    )
 
 
 def crawl_name(args: argparse.Namespace) -> str:
@@ -533,6 +539,13 @@ async def _reset(args: argparse.Namespace, out: TextIO) -> int:
 
     name = crawl_name(args)
     link = RedisLink(args.coordinator, namespace=args.namespace)
+    if getattr(args, "failed", False):
+        async with link:
+            queued = await FleetCrawl(link, name).requeue_failed()
+        shown = ", ".join(queued[:10]) + (", ..." if len(queued) > 10 else "")
+        print(f"queued {len(queued)} failed partition(s) again{f' ({shown})' if queued else ''}; running workers "
+              "pick them up, or start workers", file=out)  # fmt: skip
+        return 0
     async with link:
         crawl = FleetCrawl(link, name)
         running = [p.name for p in (await crawl.status()).partitions if p.state == "running"]

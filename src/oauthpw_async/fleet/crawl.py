@@ -10,6 +10,11 @@ claims the next, until the queue is drained and no partition is running anywhere
 stalled worker's partitions are taken over after the idle timeout from their last checkpoint,
 so only pages in flight at the death are written twice.
 
+A partition the API refuses for good (a 404, retries run out) is marked failed with the error,
+once, and the worker goes on: the crawl finishes incomplete, and
+:meth:`FleetCrawl.requeue_failed` queues it again once fixed. A worker that stops (its own error,
+a cancellation) claims nothing more and gives back every claim it holds, started or not.
+
 :class:`SharedHostGovernor` plugs the fleet-wide rate limit and the shared 429/503 pause
 (:class:`~oauthpw_async.fleet.HostRateLimiter`) into the engine's per-host governor.
 
@@ -26,18 +31,29 @@ import functools
 import logging
 import math
 import os
+import re
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 import orjson
 
 from .._api import HostGovernor
+from .._httputil import scrub
 from ..clock import SYSTEM_CLOCK, Clock
 from ..crawler.pagination import PageRequest
-from ..errors import CrawlError, StateMismatch, UsageError
+from ..errors import (
+    CrawlError,
+    ForeignOriginError,
+    HTTPStatusError,
+    OAuthPWError,
+    PageShapeError,
+    StateMismatch,
+    UnauthorizedError,
+    UsageError,
+)
 from ._redis import RedisLink, as_text
 from ._tasks import in_background
 from .errors import ClaimLost, CoordinatorUnavailable, FleetError
@@ -93,6 +109,63 @@ class CrawlStateLost(FleetError, CrawlError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (CrawlStateLost, (self.crawl, self.where))
+
+
+#: Errors that say a partition cannot be walked, whichever worker tries: the API refused one of its
+#: requests for good (or its retries ran out), a page is not shaped as declared, or a link leads to a
+#: foreign origin. The partition is marked failed with the error, and the worker goes on.
+_PARTITION_ERRORS: tuple[type[Exception], ...] = (HTTPStatusError, PageShapeError, ForeignOriginError)
+#: Errors of the worker or its surroundings, not of a partition: another worker may well walk it.
+_WORKER_ERRORS: tuple[type[Exception], ...] = (OAuthPWError, OSError, MemoryError)
+
+_REASON_LIMIT = 500
+#: An Authorization value (RFC 6750 / RFC 7617 token68), told from prose by a digit or a sign in it.
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)\s+(?=[\w\-.~+/=]*[\d\-.~+/=])[\w\-.~+/=]{8,}")
+
+Failure = Literal["partition", "worker", "unknown"]
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _failure(exc: BaseException) -> Failure:
+    """What a walk's error says: ``partition`` (fails it for good), ``worker`` (give it back), or ``unknown``.
+
+    Unknown errors (the crawler's own code raised) may be the partition's or the worker's: the
+    partition is given back and the claim counts, so ``max_claims`` bounds the workers it can stop.
+    """
+    real = [e for e in _leaves(exc) if not isinstance(e, anyio.get_cancelled_exc_class())]
+    if not real or any(not isinstance(e, Exception) for e in real):
+        return "worker"  # a cancellation (a stop signal), KeyboardInterrupt, SystemExit
+    kinds: set[Failure] = set()
+    for e in real:
+        if isinstance(e, _PARTITION_ERRORS) and not isinstance(e, UnauthorizedError):
+            kinds.add("partition")  # (a 401 after renewals is the account's, not the partition's)
+        elif isinstance(e, _WORKER_ERRORS):
+            kinds.add("worker")
+        else:
+            kinds.add("unknown")
+    return "worker" if "worker" in kinds else "unknown" if "unknown" in kinds else "partition"
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's type and message for the fleet's record, bounded and without credentials."""
+    leaves = [e for e in _leaves(exc) if not isinstance(e, anyio.get_cancelled_exc_class())] or [exc]
+    first = leaves[0]
+    text = f"{type(first).__name__}: {first}" if str(first) else type(first).__name__
+    if not isinstance(first, OAuthPWError):
+        # This package's messages are scrubbed where they are made; another library's may quote anything.
+        text = _CREDENTIAL.sub(r"\1 ***", scrub(text))
+    text = " ".join(text.split())
+    return text if len(text) <= _REASON_LIMIT else text[:_REASON_LIMIT] + "..."
+
+
+def _walked_to_end(position: Any) -> bool:
+    """Whether a partition's last page was committed (a walk from there would read nothing)."""
+    return isinstance(position, dict) and "pages" in position and position.get("next") is None
 
 
 def default_consumer() -> str:
@@ -154,6 +227,9 @@ class FleetCheckpoints:
         self.finished: list[str] = []
         #: Partitions this worker stopped because another worker had taken them over.
         self.taken_over: list[str] = []
+        #: Partitions this worker marked failed because their walk failed for good (see :attr:`last_status`).
+        self.failed: list[str] = []
+        self._stopping = False  # a walk failed or was cancelled: claim nothing more
         #: The last fleet status read (after :meth:`walk_partitions`: the final one).
         self.last_status: FleetStatus | None = None
 
@@ -273,7 +349,11 @@ class FleetCheckpoints:
         """Claim partitions and ``walk`` each, ``partitions_at_once`` at a time, until the fleet has none left.
 
         Returns once every partition is done or failed fleet-wide (so the worker may exit), with
-        :attr:`last_status` and :meth:`is_done` reflecting the whole fleet.
+        :attr:`last_status` and :meth:`is_done` reflecting the whole fleet. A walk that fails for
+        good (the API refused the partition, see :data:`_PARTITION_ERRORS`) marks its partition
+        failed with the error and the worker goes on with the others. Any other failure, or a
+        cancellation, stops the worker: it claims nothing more and gives back every claim it holds
+        (so no partition waits for the idle timeout), then raises.
 
         Raises:
             CrawlStateLost: the crawl vanished from Redis (restarted without persistence).
@@ -281,11 +361,16 @@ class FleetCheckpoints:
         """
         by_name = {p.name: p for p in partitions}
         running: set[str] = set()
+        # Claims obtained whose walk has not begun: a worker that stops (an error elsewhere, a
+        # cancellation) before it starts them gives them back below, however it stops.
+        unstarted: dict[str, Claim] = {}
         changed = anyio.Event()
         poll = min(1.0, self.queue.idle_timeout / 4)
+        self._stopping = False
 
         async def run(claim: Claim) -> None:
             nonlocal changed
+            unstarted.pop(claim.partition, None)  # from here on _walk_claim gives it back or finishes it
             try:
                 await self._walk_claim(claim, by_name[claim.partition], walk)
             finally:
@@ -293,26 +378,35 @@ class FleetCheckpoints:
                 self._claims.pop(claim.partition, None)
                 changed.set()
 
-        async with anyio.create_task_group() as tg:
-            while True:
-                free = self.partitions_at_once - len(running)
-                claims = await self._patient(functools.partial(self.queue.claim, free)) if free > 0 else []
-                for claim in claims:
-                    if claim.partition not in by_name:  # cannot happen with matching fingerprints
-                        await self.queue.release(claim)
-                        raise UsageError(f"the fleet handed out {claim.partition!r}, which this crawler does not have")
-                    self._adopt(claim)
-                    running.add(claim.partition)
-                    tg.start_soon(run, claim)
-                if claims:
-                    continue
-                if not running:
-                    status = await self.refresh()
-                    if status.finished:
-                        break
-                changed = anyio.Event()
-                with anyio.move_on_after(poll):
-                    await changed.wait()
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    free = self.partitions_at_once - len(running)
+                    claims = []
+                    if free > 0 and not self._stopping:
+                        claims = await self._patient(functools.partial(self._claim, free, unstarted))
+                    for claim in claims:
+                        if claim.partition not in by_name:  # cannot happen with matching fingerprints
+                            raise UsageError(
+                                f"the fleet handed out {claim.partition!r}, which this crawler does not have"
+                            )
+                        self._adopt(claim)
+                        running.add(claim.partition)
+                        tg.start_soon(run, claim)
+                    if claims:
+                        continue
+                    if not running:
+                        status = await self.refresh()
+                        if status.finished:
+                            break
+                    changed = anyio.Event()
+                    with anyio.move_on_after(poll):
+                        await changed.wait()
+        finally:
+            if unstarted:
+                await self._give_back(list(unstarted.values()))
+                for name in unstarted:
+                    self._claims.pop(name, None)
         await self.refresh()
 
     async def refresh(self) -> FleetStatus:
@@ -346,19 +440,53 @@ class FleetCheckpoints:
                 self.pages(claim.partition),
             )
 
+    async def _claim(self, count: int, into: dict[str, Claim]) -> list[Claim]:
+        """Up to ``count`` claims, noted in ``into`` before a cancellation can strike.
+
+        Shielded: a claim is granted in Redis the moment the script runs, so a cancellation
+        while waiting for the answer would leave this worker owning partitions it never heard
+        of, stuck until the idle timeout.
+        """
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + self._link.command_timeout + 1
+            claims = await self.queue.claim(count)
+            for claim in claims:
+                into[claim.partition] = claim
+            return claims
+        raise self._link.unavailable(TimeoutError())  # the backstop deadline passed
+
+    async def _give_back(self, claims: Sequence[Claim], error: str | None = None) -> None:
+        """Release ``claims`` (shielded, bounded): another worker resumes them from their last checkpoint now."""
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._link.command_timeout + 1):
+            for claim in claims:
+                try:
+                    await self.queue.release(claim, error=error)
+                except FleetError:
+                    pass  # lost, or Redis down: the idle timeout hands it on
+
     async def _walk_claim(
         self, claim: Claim, partition: Partition, walk: Callable[[Partition], Awaitable[None]]
     ) -> None:
         name = claim.partition
         position = self._positions.get(name)
         try:
-            if position is None or position.get("next") is not None or "pages" not in position:
-                with anyio.CancelScope() as scope:
-                    async with in_background(lambda: self._heartbeat(claim, scope)):
-                        await walk(partition)
-                if scope.cancelled_caught:
-                    raise ClaimLost(name)
-            # else: its last page was committed and its worker stopped before marking it done
+            try:
+                if not _walked_to_end(position):
+                    with anyio.CancelScope() as scope:
+                        async with in_background(lambda: self._heartbeat(claim, scope)):
+                            await walk(partition)
+                    if scope.cancelled_caught:
+                        raise ClaimLost(name)
+                # else: its last page was committed and its worker stopped before marking it done
+            except Exception as exc:
+                if isinstance(exc, ClaimLost) or _failure(exc) != "partition":
+                    raise
+                # It fails the same way for every worker: record why, once, and go on with the others.
+                reason = _reason(exc)
+                log.warning("partition %s failed: %s; marked failed for the fleet", name, reason)
+                await self._patient(lambda: self.queue.fail(claim, reason))
+                self.failed.append(name)
+                return
             problems = self.problems(name)
             if problems:
                 await self._patient(lambda: self.queue.fail(claim, "; ".join(problems)))
@@ -369,14 +497,13 @@ class FleetCheckpoints:
             self.taken_over.append(name)
             log.warning("partition %s: stopped, another worker has taken it over", name)
             await self._check_epoch()  # lost because Redis lost the crawl: that ends this worker
-        except BaseException:
-            # Failed or cancelled (a stop signal): give it back so another worker resumes it from its
-            # last checkpoint now, not after the idle timeout.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._link.command_timeout + 1):
-                try:
-                    await self.queue.release(claim)
-                except FleetError:
-                    pass
+        except BaseException as exc:
+            # The worker stops (its own error, a cancellation, or one that may be the partition's):
+            # claim nothing more, and give this one back so another worker resumes it from its last
+            # checkpoint now, not after the idle timeout. An unknown error counts as a claim, so a
+            # partition that stops every worker fails after max_claims, naming the error.
+            self._stopping = True
+            await self._give_back([claim], _reason(exc) if _failure(exc) == "unknown" else None)
             raise
 
     async def _heartbeat(self, claim: Claim, scope: anyio.CancelScope) -> None:
@@ -556,6 +683,19 @@ class FleetCrawl:
     async def status(self) -> FleetStatus:
         """The fleet's view of the crawl: every partition's state, position, owner and claims."""
         return await self.checkpoints.queue.status()
+
+    async def requeue_failed(self, names: Iterable[str] | None = None) -> list[str]:
+        """Queue the crawl's failed partitions (or those of ``names`` that failed) again; returns their names.
+
+        Fix what failed them first. A partition that failed mid-walk (an API error) resumes from
+        its last checkpoint, so the records already written are not read again; one walked to its
+        end but incomplete (a page budget, a loop) is read again from its start. Claim counts and
+        reasons are cleared. Safe while workers run (they claim them); otherwise start workers again.
+        """
+        wanted = None if names is None else set(names)
+        status = await self.status()
+        failed = [p for p in status.partitions if p.state == "failed" and (wanted is None or p.name in wanted)]
+        return await self.checkpoints.queue.requeue((p.name, _walked_to_end(p.position)) for p in failed)
 
     async def drop(self) -> None:
         """Forget the crawl in Redis (queue, positions, its fingerprint), to run it again from the start.

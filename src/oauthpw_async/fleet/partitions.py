@@ -11,7 +11,8 @@ partition and every write (checkpoint, done, failed, give back) is a Lua script 
 checks it. A worker that lost its claim therefore can never move a partition's position
 again: its write raises :class:`ClaimLost`. Positions are committed after the page's records
 reached the sink, so a takeover repeats at most the pages after the last checkpoint
-(at-least-once), and never loses one.
+(at-least-once), and never loses one. A failed partition stays failed (the crawl finishes
+incomplete) until :meth:`PartitionQueue.requeue` queues it again.
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ local function take(id, pid)
   if st ~= 'queued' and st ~= 'running' then finish(id) return end
   local tries = redis.call('HINCRBY', KEYS[6], pid, 1)
   if tries > tonumber(ARGV[5]) then
+    local why = 'claimed ' .. (tries - 1) .. ' times without finishing (workers died or stalled on it)'
+    local last = redis.call('HGET', KEYS[7], pid)
+    if last then why = why .. '; last error: ' .. last end
     redis.call('HSET', KEYS[2], pid, 'failed')
-    redis.call('HSET', KEYS[7], pid,
-               'claimed ' .. (tries - 1) .. ' times without finishing (workers died or stalled on it)')
+    redis.call('HSET', KEYS[7], pid, why)
     redis.call('HDEL', KEYS[3], pid)
     finish(id) return
   end
@@ -98,19 +101,43 @@ redis.call('XCLAIM', KEYS[3], ARGV[4], ARGV[5], 0, ARGV[6], 'JUSTID')
 return 1
 """
 
-# KEYS: owner, state, stream, reason, tries. ARGV: name, owner value, group, entry, final state, reason.
+# KEYS: owner, state, stream, reason, tries.
+# ARGV: name, owner value, group, entry, final state, reason, '1' if a give-back counts as a claim.
+# A reason given with a give-back is the attempt's error, shown until the partition is done.
 _FINISH = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
 redis.call('XDEL', KEYS[3], ARGV[4])
 if ARGV[5] == 'queued' then
-  redis.call('HINCRBY', KEYS[5], ARGV[1], -1)
+  if ARGV[7] ~= '1' then redis.call('HINCRBY', KEYS[5], ARGV[1], -1) end
   redis.call('XADD', KEYS[3], '*', 'p', ARGV[1])
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[5])
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[4], ARGV[1], ARGV[6]) end
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[1], ARGV[6])
+elseif ARGV[5] == 'done' then
+  redis.call('HDEL', KEYS[4], ARGV[1])
+end
 return 1
+"""
+
+# KEYS: state, reason, tries, owner, pos, stream. ARGV: group, then name / '1' to forget its position pairs.
+_REQUEUE = """
+local out = {}
+for i = 2, #ARGV, 2 do
+  local name = ARGV[i]
+  if redis.call('HGET', KEYS[1], name) == 'failed' then
+    redis.call('HSET', KEYS[1], name, 'queued')
+    redis.call('HDEL', KEYS[2], name)
+    redis.call('HDEL', KEYS[3], name)
+    redis.call('HDEL', KEYS[4], name)
+    if ARGV[i + 1] == '1' then redis.call('HDEL', KEYS[5], name) end
+    redis.call('XADD', KEYS[6], '*', 'p', name)
+    table.insert(out, name)
+  end
+end
+return out
 """
 
 # KEYS: specs, state, pos, owner, tries, reason, sealed.
@@ -162,6 +189,7 @@ class PartitionStatus:
     owner: str | None
     fence: int
     claims: int
+    #: Why it failed; while queued, the error of its last failed attempt (if that attempt counted).
     reason: str | None
 
 
@@ -296,9 +324,32 @@ class PartitionQueue:
         """Mark the partition failed for good (it counts as incomplete); ``reason`` must hold no secret."""
         await self._finish(claim, "failed", reason)
 
-    async def release(self, claim: Claim) -> None:
-        """Give the partition back (e.g. on shutdown): another worker resumes it from its last checkpoint."""
-        await self._finish(claim, "queued", "")
+    async def release(self, claim: Claim, *, error: str | None = None) -> None:
+        """Give the partition back: another worker resumes it from its last checkpoint.
+
+        Without ``error`` (a shutdown, a lost connection) the claim does not count toward
+        ``max_claims``. With ``error`` (the attempt failed in a way that may be the partition's
+        own) it counts, and ``error`` (no secret in it) is kept as the partition's reason until it is
+        done, and named when ``max_claims`` fails it.
+        """
+        await self._finish(claim, "queued", error or "", counted=error is not None)
+
+    async def requeue(self, partitions: Iterable[tuple[str, bool]]) -> list[str]:
+        """Queue failed partitions again: ``(name, from_start)`` pairs; returns the names queued.
+
+        Their claim counts and reasons are cleared; those with ``from_start`` also lose their
+        position. Partitions not failed are left alone. Safe while workers run: they claim them.
+        """
+        items = list(partitions)
+        queued: list[str] = []
+        batch = 500  # bounded script arguments
+        keys = [self._state, self._reason, self._tries, self._owner, self._pos, self._stream]
+        for start in range(0, len(items), batch):
+            args: list[str | bytes] = [_GROUP]
+            for name, from_start in items[start : start + batch]:
+                args += [name, "1" if from_start else "0"]
+            queued += [as_text(n) for n in await self._link.script(_REQUEUE, keys, args)]
+        return queued
 
     async def status(self) -> FleetStatus:
         """Every partition's state, position, owner and fence."""
@@ -348,11 +399,11 @@ class PartitionQueue:
             claim.lost = True
             raise ClaimLost(claim.partition)
 
-    async def _finish(self, claim: Claim, final: str, reason: str) -> None:
+    async def _finish(self, claim: Claim, final: str, reason: str, *, counted: bool = False) -> None:
         ok = await self._link.script(
             _FINISH,
             [self._owner, self._state, self._stream, self._reason, self._tries],
-            [claim.partition, claim.owner, _GROUP, claim.entry, final, reason],
+            [claim.partition, claim.owner, _GROUP, claim.entry, final, reason, "1" if counted else "0"],
         )
         if not ok:
             claim.lost = True
