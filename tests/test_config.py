@@ -183,6 +183,27 @@ def test_credential_key_is_stable_and_secret_free() -> None:
     assert a.credential_key == b.credential_key and PASSWORD not in a.credential_key
 
 
+def test_configs_that_ask_for_other_tokens_never_share_one_but_share_their_account() -> None:
+    import attrs
+
+    base = load_config(ADMIN_FORM)
+    others = [
+        attrs.evolve(base, body_parameters={"scope": "write"}),
+        attrs.evolve(base, body_parameters={"audience": "https://api.example.com"}),
+        attrs.evolve(base, refresh_token_url="https://auth.example.com/refresh"),
+        attrs.evolve(base, grant_type="http://auth0.com/oauth/grant-type/password-realm"),
+    ]
+    keys = {c.credential_key for c in [base, *others]}
+    assert len(keys) == 5  # each asks for another token: none shares a stored or a fleet's token
+    assert {c.account_key for c in [base, *others]} == {base.account_key}  # one user: one login budget
+    # A secret in Body Parameters is no part of any digest; the password never is.
+    with_secret = attrs.evolve(base, body_parameters={**base.body_parameters, "client_assertion": "s3cr3t-value"})
+    assert with_secret.credential_key == base.credential_key
+    assert attrs.evolve(base, password="another").credential_key == base.credential_key
+    other_user = attrs.evolve(base, username="someone.else@example.com")
+    assert other_user.account_key != base.account_key and other_user.credential_key != base.credential_key
+
+
 def test_ca_bundle_is_checked_when_used_not_when_built(tmp_path) -> None:
     from oauthpw_async.transport import ssl_context
 

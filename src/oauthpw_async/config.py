@@ -213,7 +213,25 @@ class PasswordGrantConfig:
 
     @property
     def credential_key(self) -> str:
-        """A stable, secret-free identifier of this credential (URL, client, user)."""
+        """A stable, secret-free identifier of the token this configuration obtains.
+
+        The account (:attr:`account_key`) plus what shapes the token: Grant Type, Refresh Token
+        URL and Body Parameters (a ``scope``, an ``audience``...; secret-bearing names left out).
+        Configurations that differ in any of these never share a stored or a fleet's token.
+        """
+        shaping = {k: v for k, v in self.body_parameters.items() if k.lower() not in _SECRET_BODY_NAMES}
+        raw = "\0".join(
+            [self.account_key, self.grant_type, self.refresh_token_url or "", repr(sorted(shaping.items()))]
+        )
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    @property
+    def account_key(self) -> str:
+        """A stable, secret-free identifier of the account (URL, client, user).
+
+        What login budgets and the "password rejected" state are counted by: a server's lockout
+        counts the user's logins whatever scope they ask for.
+        """
         raw = f"{self.access_token_url}\0{self.client_id or ''}\0{self.username or ''}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
@@ -254,6 +272,9 @@ class PasswordGrantConfig:
 
 _REQUIRED_TEXT = ("access_token_url", "grant_type", "auth_scheme", "token_path")
 _OPTIONAL_TEXT = ("client_id", "username", "refresh_token_url", "scope", "ca_bundle")
+#: Body Parameters that may carry a secret: never part of a digest.
+_SECRET_BODY_NAMES = frozenset({"client_secret", "password", "client_assertion", "refresh_token", "assertion"})
+
 _BOOLS = ("use_raw_token", "verify_tls", "allow_insecure_http", "body_parameters_on_refresh")
 _CHOICES: Mapping[str, tuple[str, ...]] = {
     "client_auth": CLIENT_AUTH_CHOICES,

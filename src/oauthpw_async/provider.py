@@ -341,12 +341,13 @@ class TokenProvider:
         """Allow logins again after a rejected password, optionally with a new configuration.
 
         The login budget and the server's rate-limit window stay as they are (they are about
-        requests already sent), unless ``config`` is another credential.
+        requests already sent), unless ``config`` is another account.
         """
         if config is not None:
-            if config.credential_key != self._config.credential_key:
+            if config.account_key != self._config.account_key:
                 self._login_times.clear()
                 self._rate_limited_until = _NEVER
+            if config.credential_key != self._config.credential_key:
                 self._generation = 0
             self._config = config
             self._token = None

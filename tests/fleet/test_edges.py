@@ -203,3 +203,67 @@ async def test_with_redis_out_of_reach_callers_hear_of_it_within_seconds(anyio_b
     # Each attempt waits at most COORDINATOR_RETRY for the next: not a backoff growing to a minute.
     assert waited <= 10 * provider_module.COORDINATOR_RETRY + 1
     assert state.token_requests == 0
+
+
+async def test_a_token_renewed_locally_while_redis_was_away_is_published_when_it_returns(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    state = strict()
+    config = PasswordGrantConfig(
+        access_token_url="https://auth.example.com/token",
+        client_id=state.client_id,
+        client_secret=state.client_secret,
+        username=state.username,
+        password=state.password,
+    )
+    await anyio.to_thread.run_sync(private_redis.stop)
+    options = {"token_key": TOKEN_KEY, "namespace": namespace, "connect_timeout": 0.3, "command_timeout": 0.5}
+    local = Coordinator.for_config(config, private_redis.url, on_unavailable="renew_locally", **options)
+    async with local, TokenProvider(config, endpoint=InMemoryEndpoint(state), coordinator=local) as alone:
+        mine = await alone.get()  # renewed alone, as chosen
+        await anyio.to_thread.run_sync(private_redis.start)
+        shared = None
+        for _ in range(300):  # the watcher reconnects and publishes what was renewed meanwhile
+            with contextlib.suppress(CoordinatorUnavailable):
+                shared = await local.tokens.read()
+            if shared is not None:
+                break
+            await anyio.sleep(0.05)
+        assert shared is not None and shared.token.access_token.reveal() == mine.access_token.reveal()
+        other = Coordinator.for_config(config, private_redis.url, **options)
+        async with other, TokenProvider(config, endpoint=InMemoryEndpoint(state), coordinator=other) as tokens:
+            assert (await tokens.get()).access_token.reveal() == mine.access_token.reveal()
+    assert state.count("password") == 1 and state.count("refresh_token") == 0
+
+
+async def test_tokens_of_other_scopes_are_not_shared_but_the_accounts_login_budget_is(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    import attrs
+
+    state = strict()
+    base = PasswordGrantConfig(
+        access_token_url="https://auth.example.com/token",
+        client_id=state.client_id,
+        client_secret=state.client_secret,
+        username=state.username,
+        password=state.password,
+    )
+    configs = [attrs.evolve(base, body_parameters={"scope": scope}) for scope in ("read", "write")]
+    async with contextlib.AsyncExitStack() as stack:
+        fleets, providers = [], []
+        for config in configs:
+            fleet = Coordinator.for_config(
+                config, redis_server.url, token_key=TOKEN_KEY, namespace=namespace, login_limit=5
+            )
+            fleets.append(await stack.enter_async_context(fleet))
+            providers.append(
+                await stack.enter_async_context(
+                    TokenProvider(config, endpoint=InMemoryEndpoint(state), coordinator=fleet)
+                )
+            )
+        read, write = [await p.get() for p in providers]
+        assert read.access_token.reveal() != write.access_token.reveal()  # one login per scope
+        assert fleets[0].tokens.key != fleets[1].tokens.key and fleets[0].logins.key == fleets[1].logins.key
+        assert await fleets[0].logins.used() == 2  # both logins count against the user's one budget
+    assert state.count("password", "ok") == 2

@@ -32,7 +32,10 @@ class Coordinator:
 
     Args:
         url: the Redis URL (``redis://[user:password@]host:port/db``, ``rediss://`` for TLS).
-        credential_key: :attr:`PasswordGrantConfig.credential_key` (a digest; never the password).
+        credential_key: :attr:`PasswordGrantConfig.credential_key` (a digest; never the password):
+            whose token, lease and renewals are shared.
+        account_key: :attr:`PasswordGrantConfig.account_key`: whose login budget and "password
+            rejected" state are shared (by every token of the same user); default ``credential_key``.
         token_key: the key sealing tokens at rest (:func:`generate_key`), or several (newest first).
         namespace: prefix of every Redis key (several fleets may share one Redis).
         lease_ttl: seconds a renewing process keeps the lease without renewing it.
@@ -49,6 +52,7 @@ class Coordinator:
         *,
         credential_key: str,
         token_key: str | bytes | Sequence[str | bytes] | TokenCipher,
+        account_key: str | None = None,
         namespace: str = "oauthpw",
         lease_ttl: float = 15.0,
         login_limit: int = 5,
@@ -57,14 +61,17 @@ class Coordinator:
         connect_timeout: float = 2.0,
         command_timeout: float = 2.0,
     ) -> None:
-        if not credential_key or "{" in credential_key or "}" in credential_key:
-            raise UsageError("credential_key must be PasswordGrantConfig.credential_key (no braces)")
+        account_key = account_key or credential_key
+        for key in (credential_key, account_key):
+            if not key or "{" in key or "}" in key:
+                raise UsageError("credential_key and account_key come from PasswordGrantConfig (no braces)")
         if on_unavailable not in ("fail", "renew_locally"):
             raise UsageError('on_unavailable must be "fail" or "renew_locally"')
         self.link = RedisLink(
             url, namespace=namespace, connect_timeout=connect_timeout, command_timeout=command_timeout
         )
         self.credential_key = credential_key
+        self.account_key = account_key
         self.on_unavailable: OnUnavailable = on_unavailable
         cipher = token_key if isinstance(token_key, TokenCipher) else TokenCipher(token_key)
         scope = f"cred:{credential_key}"
@@ -72,10 +79,11 @@ class Coordinator:
         self.tokens = SharedTokenState(self.link, credential_key, cipher)
         #: Who may renew the token right now.
         self.lease = Lease(self.link, scope, ttl=lease_ttl)
-        #: Password logins per window, fleet-wide.
-        self.logins = LoginBudget(self.link, scope, limit=login_limit, window=login_window)
+        account = f"acct:{account_key}"
+        #: Password logins per window, fleet-wide, for every token of the account.
+        self.logins = LoginBudget(self.link, account, limit=login_limit, window=login_window)
         #: Closed after a rejected password; only an explicit reset reopens it.
-        self.rejected = CredentialsLatch(self.link, scope, channel=self.tokens.channel)
+        self.rejected = CredentialsLatch(self.link, account, channel=self.tokens.channel)
 
     @classmethod
     def for_config(
@@ -86,8 +94,14 @@ class Coordinator:
         token_key: str | bytes | Sequence[str | bytes] | TokenCipher,
         **options: object,
     ) -> Coordinator:
-        """A coordinator for the credential of ``config`` (keyed by its digest)."""
-        return cls(url, credential_key=config.credential_key, token_key=token_key, **options)  # type: ignore[arg-type]
+        """A coordinator for the token and account of ``config`` (keyed by their digests)."""
+        return cls(
+            url,
+            credential_key=config.credential_key,
+            account_key=config.account_key,
+            token_key=token_key,
+            **options,  # type: ignore[arg-type]
+        )
 
     def __repr__(self) -> str:
         return f"Coordinator(redis={self.link.where!r}, credential_key={self.credential_key!r})"

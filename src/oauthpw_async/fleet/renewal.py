@@ -84,6 +84,9 @@ class FleetRenewal:
             if self._fleet.on_unavailable == "renew_locally":
                 log.warning("Redis unreachable: renewing locally, as configured")
                 token, source = await self._p._renew()
+                # Published once Redis answers, so that no process presents the refresh token used here.
+                self._unpublished = (token, self.generation)
+                self.token_id = ""
                 return token, source
             raise
 
@@ -232,6 +235,10 @@ class FleetRenewal:
                         return self._adopted(again)
             elif permit is RefreshPermit.NOT_HOLDER:
                 raise TransientTokenError("the renewal lease expired before the refresh was sent")
+            elif permit is RefreshPermit.CHANGED:  # published meanwhile (a holder without lease): take it
+                again = await fleet.tokens.read()
+                if again is not None and self._adoptable(again):
+                    return self._adopted(again)
         if token is None:
             source = "password"
             if not handle.valid:  # a stalled holder: its successor renews
