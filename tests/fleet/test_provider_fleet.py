@@ -56,13 +56,13 @@ class Fleet:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "tests.fleet.workers", "provider", self.redis_url, self.namespace, self.token_url]
 
-    def start(self, seconds: float) -> None:
+    def start(self, seconds: float, *extra: str) -> None:
         for i in range(WORKERS):
             out = open(self.tmp / f"w{i}.jsonl", "wb")  # noqa: SIM115 - closed by the child's exit
             err = open(self.tmp / f"w{i}.err", "wb")  # noqa: SIM115
             self.procs.append(
                 subprocess.Popen(
-                    [*self.command, str(seconds)],
+                    [*self.command, str(seconds), *extra],
                     cwd=ROOT,
                     stdout=out,
                     stderr=err,
@@ -190,6 +190,47 @@ async def test_a_lease_holder_killed_mid_refresh_costs_one_login_and_no_reuse(
     assert_no_reuse(state)
     assert state.count("password", "ok") == 2  # the first login, and one in place of the lost refresh
     assert all(r["errors"] == {} for r in survivors), survivors  # they waited, nobody failed
+    assert state.token_requests <= renewals_bound(elapsed) + 1
+
+
+async def test_a_lease_holder_frozen_mid_refresh_never_sends_its_refresh_token_again(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    state = strict_server()
+    async with (
+        LocalServer(state) as server,
+        coordinator(redis_server.url, namespace, credential_key=server.config().credential_key) as probe,
+    ):
+        fleet = Fleet(tmp_path, redis_server.url, namespace, server.token_url)
+        fleet.start(14.0, "2.0")  # a token request times out after 2 s
+        try:
+            await fleet.wait_ready()
+            await wait_for(lambda: state.count("refresh_token", "ok") >= 1)
+            # The next refresh is used up by the server at once and answered after 6 s; its holder
+            # is frozen past its lease and its timeout, so on waking its timeout fires first.
+            refreshed = state.count("refresh_token", "ok")
+            state.inject(Fault("delay", delay=6.0))
+            await wait_for(lambda: state.count("refresh_token", "ok") > refreshed)
+            lease = await probe.link.client.get(probe.lease.key)
+            assert lease is not None
+            holder = int(lease.decode().split("-", 1)[0])
+            victim = next(p for p in fleet.procs if p.pid == holder)
+            os.kill(victim.pid, signal.SIGSTOP)
+            try:
+                await anyio.sleep(4.0)  # past the 1-s lease and the 2-s timeout: the others renew
+            finally:
+                os.kill(victim.pid, signal.SIGCONT)
+            reports = await fleet.finish()
+        finally:
+            fleet.kill_all()
+    elapsed = fleet.window()
+    report("holder frozen mid-refresh", state, elapsed)
+    assert_no_reuse(state)  # the woken holder did not send its refresh token again
+    assert state.count("password", "ok") == 2  # the first login, and one in place of the lost refresh
+    index = fleet.procs.index(victim)
+    assert all(r is not None and r["errors"] == {} for i, r in enumerate(reports) if i != index), reports
+    frozen = reports[index]
+    assert frozen is not None and set(frozen["errors"]) <= {"TransientTokenError", "TokenTransportError"}
     assert state.token_requests <= renewals_bound(elapsed) + 1
 
 

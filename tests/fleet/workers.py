@@ -111,7 +111,7 @@ async def crawl_role(url: str, namespace: str, out_path: str, stop_mid_page: int
     emit(finished=True, pages=written)
 
 
-async def provider_role(url: str, namespace: str, token_url: str, seconds: float) -> None:
+async def provider_role(url: str, namespace: str, token_url: str, seconds: float, timeout: float = 30.0) -> None:
     """Ask a fleet-coordinated TokenProvider for a token every 20 ms for ``seconds``; report what happened."""
     import logging
     import time
@@ -130,6 +130,7 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
         client_secret=server.client_secret,
         username=server.username,
         password=server.password,
+        timeout=timeout,
     )
     errors: dict[str, int] = {}
     gets = ok_after_error = 0
@@ -168,7 +169,8 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
 def main() -> None:
     role, url, namespace, *rest = sys.argv[1:]
     if role == "provider":
-        anyio.run(provider_role, url, namespace, rest[0], float(rest[1]), backend="asyncio")
+        timeout = float(rest[2]) if len(rest) > 2 else 30.0
+        anyio.run(provider_role, url, namespace, rest[0], float(rest[1]), timeout, backend="asyncio")
         return
     if role == "crawl":
         anyio.run(crawl_role, url, namespace, rest[0], int(rest[1]), float(rest[2]))
