@@ -192,9 +192,12 @@ def test_configs_that_ask_for_other_tokens_never_share_one_but_share_their_accou
         attrs.evolve(base, body_parameters={"audience": "https://api.example.com"}),
         attrs.evolve(base, refresh_token_url="https://auth.example.com/refresh"),
         attrs.evolve(base, grant_type="http://auth0.com/oauth/grant-type/password-realm"),
+        attrs.evolve(base, scope="admin"),
+        attrs.evolve(base, use_raw_token=True),
+        attrs.evolve(base, token_path="data.token"),
     ]
     keys = {c.credential_key for c in [base, *others]}
-    assert len(keys) == 5  # each asks for another token: none shares a stored or a fleet's token
+    assert len(keys) == 1 + len(others)  # each asks for another token: none shares a stored or a fleet's token
     assert {c.account_key for c in [base, *others]} == {base.account_key}  # one user: one login budget
     # A secret in Body Parameters is no part of any digest; the password never is.
     with_secret = attrs.evolve(base, body_parameters={**base.body_parameters, "client_assertion": "s3cr3t-value"})

@@ -44,7 +44,7 @@ async def test_a_rotating_refresh_that_timed_out_is_not_sent_again_and_a_login_f
         assert refreshes(state) == 1  # sent once, never again
         assert state.count("password", "ok") == 2  # the login that replaced it
         assert state.count(outcome="reuse") == state.count(outcome="invalid_grant") == 0
-        assert tokens.stats.refresh_unanswered == 1
+        assert tokens.stats.refresh_unconfirmed == 1
         # The new login's refresh token works: the family was never revoked.
         tokens.invalidate(second)
         await tokens.get()
@@ -61,7 +61,7 @@ async def test_a_refresh_token_shown_to_be_reusable_is_sent_again_after_a_timeou
         tokens.invalidate(token)
         await tokens.get()
     assert state.count("password") == 1  # no login: the refresh was simply sent again
-    assert refreshes(state) == 3 and tokens.stats.refresh_unanswered == 0
+    assert refreshes(state) == 3 and tokens.stats.refresh_unconfirmed == 0
 
 
 async def test_until_a_refresh_was_answered_the_provider_assumes_rotation() -> None:
@@ -86,5 +86,33 @@ async def test_a_refresh_that_could_not_connect_keeps_its_refresh_token() -> Non
             with pytest.raises(TokenConnectError) as caught:
                 await tokens.get()
     assert isinstance(caught.value, TokenTransportError) and not caught.value.may_have_been_processed
-    assert tokens.stats.refresh_unanswered == 0
+    assert tokens.stats.refresh_unconfirmed == 0
     assert state.count("password") == 1  # the refresh token was kept: no login replaced it
+
+
+@pytest.mark.parametrize(
+    ("fault", "resent"),
+    [
+        (Fault("status", status=502), False),  # a gateway: the server behind it may have acted
+        (Fault("status", status=504), False),
+        (Fault("status", status=500), False),
+        (Fault("malformed"), False),  # a 200 that is no token: it may have been used
+        (Fault("status", status=503), True),  # 503, 429, 408: not acted on, sent again
+        (Fault("status", status=429, retry_after="0"), True),
+        (Fault("status", status=408), True),
+    ],
+    ids=["502", "504", "500", "malformed-200", "503", "429", "408"],
+)
+async def test_only_answers_that_say_the_refresh_was_not_used_let_it_be_sent_again(fault: Fault, resent: bool) -> None:
+    state = AuthServerState(quirks=Quirks(rotate_refresh_tokens=True, reuse_detection=True))
+    async with LocalServer(state) as server, TokenProvider(server.config()) as tokens:
+        first = await tokens.get()
+        state.inject(fault)  # on the refresh that follows
+        tokens.invalidate(first)
+        await tokens.get()
+    if resent:  # the retry was a refresh, answered: no login
+        assert state.count("refresh_token", "ok") == 1 and state.count("password") == 1
+    else:  # never sent again: a login instead (the fault answered the one refresh sent)
+        assert state.count("refresh_token") == 0 and state.count("password") == 2
+        assert tokens.stats.refresh_unconfirmed == 1
+    assert state.count(outcome="reuse") == 0

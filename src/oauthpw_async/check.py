@@ -284,7 +284,12 @@ async def _step(
     grant = request.grant
     url = safe_url(request.url)
     try:
-        token = await exchange(endpoint, request, parse, policy=retry, clock=clock, on_send=on_send)
+        # A refresh that may have been used without an answer is not sent again: with rotation the
+        # second use would revoke the whole token family (the check then reports the failure).
+        resend = grant != "refresh_token"
+        token = await exchange(
+            endpoint, request, parse, policy=retry, clock=clock, on_send=on_send, resend_unanswered=resend
+        )
     except TokenError as exc:
         seconds = round(clock.monotonic() - started, 6)
         log.debug("token request: grant=%s failed after %d attempt(s): %s", grant, attempts, type(exc).__name__)

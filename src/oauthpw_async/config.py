@@ -215,13 +215,23 @@ class PasswordGrantConfig:
     def credential_key(self) -> str:
         """A stable, secret-free identifier of the token this configuration obtains.
 
-        The account (:attr:`account_key`) plus what shapes the token: Grant Type, Refresh Token
-        URL and Body Parameters (a ``scope``, an ``audience``...; secret-bearing names left out).
-        Configurations that differ in any of these never share a stored or a fleet's token.
+        The account (:attr:`account_key`) plus what shapes the token or its header: Grant Type,
+        Scope, Refresh Token URL, Body Parameters (an ``audience``...; secret-bearing names left
+        out), the header's form (Use Raw Token, ``auth_scheme``) and where the token is read from
+        (``token_path``, ``token_response``). Configurations that differ in any of these never share
+        a stored or a fleet's token.
         """
         shaping = {k: v for k, v in self.body_parameters.items() if k.lower() not in _SECRET_BODY_NAMES}
         raw = "\0".join(
-            [self.account_key, self.grant_type, self.refresh_token_url or "", repr(sorted(shaping.items()))]
+            [
+                self.account_key,
+                self.grant_type,
+                self.scope or "",
+                self.refresh_token_url or "",
+                repr(sorted(shaping.items())),
+                f"{self.use_raw_token}:{self.auth_scheme}",
+                f"{self.token_path}:{self.token_response}",
+            ]
         )
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

@@ -255,24 +255,39 @@ class TransientTokenError(TokenError):
     transient = True
     hint = "the server is unavailable or throttling; the request is retried with backoff"
 
+    @property
+    def may_have_been_processed(self) -> bool:
+        """Whether the server may have acted on the request although it failed.
+
+        408, 429 and 503 say the request was not acted on (RFC 9110 15.5.9, 15.6.4; RFC 6585 4);
+        a 500, 502 or 504 may come after the work was done (a gateway timing out on it, say).
+        """
+        return self.status not in (408, 429, 503)
+
 
 class TokenTransportError(TransientTokenError):
     """No answer came from the token endpoint: a timeout, or the connection was lost.
 
     The request may have reached the server and been processed (:attr:`may_have_been_processed`):
-    a refresh token sent this way may already be used up, so with rotating refresh tokens it is
-    never sent again (the provider logs in with the password instead).
+    a refresh token sent this way may already be used up, so while the server may rotate refresh
+    tokens it is never sent again (the provider logs in with the password instead).
     """
 
     hint = "check the Access Token URL, the network and TLS settings"
-    #: Whether the server may have received and processed the request although no answer came.
-    may_have_been_processed: bool = True
+
+    @property
+    def may_have_been_processed(self) -> bool:
+        """The request may have reached the server: no answer says it was not acted on."""
+        return True
 
 
 class TokenConnectError(TokenTransportError):
     """The token endpoint could not be connected to (refused, DNS, TLS handshake): nothing was sent."""
 
-    may_have_been_processed = False
+    @property
+    def may_have_been_processed(self) -> bool:
+        """Nothing was sent."""
+        return False
 
 
 class CredentialsLockedOut(InvalidCredentials):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import TokenEndpointRateLimited, TokenTransportError, TransientTokenError
+from .errors import TokenEndpointRateLimited, TransientTokenError
 from .grant import Instant, Token, TokenRequest, TokenResponse
 from .retry import RetryPolicy
 
@@ -41,10 +41,11 @@ async def exchange(
 ) -> Token:
     """Send ``request`` and parse the answer, retrying transient failures per ``policy``.
 
-    With ``resend_unanswered=False`` a request that got no answer after it may have reached the
-    server (a timeout, a lost connection) is not sent again: the caller passes it for a refresh
-    token that may be single-use (rotation), since the server may have used it up already and
-    would take the second use for token theft (RFC 6819 5.2.2.3, OAuth 2.0 Security BCP 4.14).
+    With ``resend_unanswered=False`` a request that failed after the server may have acted on it
+    (no answer, a 500, 502 or 504: :attr:`TransientTokenError.may_have_been_processed`) is not
+    sent again: the caller passes it for a refresh token that may be single-use (rotation), since
+    the server may have used it up already and would take the second use for token theft (RFC 6819
+    5.2.2.3, OAuth 2.0 Security BCP 4.14). 408, 429, 503 and failures to connect are retried.
 
     ``on_send`` is called before each send (attempt number from 0); an exception it raises
     propagates and the request is not sent. Waits between attempts are never shorter than
@@ -65,8 +66,8 @@ async def exchange(
         try:
             return parse(await endpoint.send(request), sent)
         except TransientTokenError as exc:
-            if not resend_unanswered and isinstance(exc, TokenTransportError) and exc.may_have_been_processed:
-                log.warning("token request (%s) got no answer and is not sent again: %s", request.grant, exc)
+            if not resend_unanswered and exc.may_have_been_processed:
+                log.warning("token request (%s) may have been processed and is not sent again: %s", request.grant, exc)
                 raise
             now = clock.monotonic()
             if retrying is None:

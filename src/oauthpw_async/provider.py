@@ -44,7 +44,7 @@ from .errors import (
     TokenEndpointRateLimited,
     TokenError,
     TokenRequestsPaused,
-    TokenTransportError,
+    TokenResponseError,
     TransientTokenError,
     UsageError,
 )
@@ -164,8 +164,9 @@ class TokenStats:
     invalidations: int = 0
     #: Refresh tokens the server rejected (each followed by one password login).
     refresh_rejected: int = 0
-    #: Refreshes that got no answer (a timeout, a lost connection) and were not sent again.
-    refresh_unanswered: int = 0
+    #: Refreshes the server may have used without a usable answer (a timeout, a lost connection, a
+    #: 500/502/504, a page that is no token): not sent again while the server may rotate refresh tokens.
+    refresh_unconfirmed: int = 0
     #: Tokens taken from the token store instead of a login.
     restored: int = 0
     #: Tokens another process of the fleet renewed, taken from the coordinator.
@@ -256,6 +257,8 @@ class TokenProvider:
         self._fatal: TokenError | FleetError | None = None
         #: When a fleet's rejected-login state is looked at again (never without a fleet).
         self._fatal_recheck_at = math.inf
+        #: A definitive rejection in a fleet: no login until reset() here or a token from another process.
+        self._rejected_in_fleet: TokenError | None = None
         self._failures = 0
         self._refresh_failures = 0
         #: Whether refresh answers carried a new refresh token (``None``: no refresh answered yet).
@@ -343,6 +346,16 @@ class TokenProvider:
         The login budget and the server's rate-limit window stay as they are (they are about
         requests already sent), unless ``config`` is another account.
         """
+        fleet = self._coordinator
+        if (
+            config is not None
+            and fleet is not None
+            and (config.credential_key, config.account_key) != (fleet.credential_key, fleet.account_key)
+        ):
+            raise UsageError(
+                "reset() with a configuration for another token or account cannot keep this provider's "
+                "fleet coordinator: make a Coordinator.for_config(new_config, ...) and a new TokenProvider"
+            )
         if config is not None:
             if config.account_key != self._config.account_key:
                 self._login_times.clear()
@@ -353,7 +366,7 @@ class TokenProvider:
             self._token = None
             self._refresh_at = self._expires_at = _NEVER
             self._warn_insecure_tls()
-        self._fatal = None
+        self._fatal = self._rejected_in_fleet = None
         self._failures = self._refresh_failures = 0
         self._retry_not_before = self._rate_limited_until
         if self._fleet is not None:
@@ -455,11 +468,13 @@ class TokenProvider:
     def _fatal_holds(self, now: float) -> bool:
         """Whether callers get the earlier definitive error at once (else a renewal may be tried)."""
         if self._fatal is not None and now >= self._fatal_recheck_at and self._flight is None:
-            self._fatal = None  # fleet state another process may have fixed: the renewal reads it again
+            # Fleet state another process may have fixed: the renewal reads it again (and adopts a
+            # token published since); it does not log in while the rejection stands here.
+            self._fatal = None
         return self._fatal is not None
 
-    def _fatal_error(self) -> TokenError | FleetError:
-        fatal = self._fatal
+    def _fatal_error(self, fatal: TokenError | FleetError | None = None) -> TokenError | FleetError:
+        fatal = fatal or self._fatal
         assert fatal is not None
         if isinstance(fatal, InvalidCredentials):
             return CredentialsLockedOut(
@@ -578,21 +593,22 @@ class TokenProvider:
                 if self._token is current:  # never present a rejected refresh token again
                     self._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
                 log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
-            except TokenTransportError as exc:
-                if not exc.may_have_been_processed or self.refresh_reusable:
+            except (TransientTokenError, TokenResponseError) as exc:
+                maybe_used = isinstance(exc, TokenResponseError) or exc.may_have_been_processed
+                if maybe_used and not self.refresh_reusable:
+                    # No usable answer (none at all, a 500/502/504, a page that is no token), but the
+                    # server may have rotated it: sent again, a used refresh token looks like theft and
+                    # revokes the whole token family (Okta, Auth0). Log in instead.
+                    self.stats.refresh_unconfirmed += 1
+                    if self._token is current:
+                        self._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
+                    log.warning("refresh may have been used without an answer (%s); logging in instead", exc.detail)
+                else:
+                    # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session)
+                    # is given up for a login; outages (503, 429, no connection) are not.
+                    if exc.status == 500:
+                        self._refresh_failures += 1
                     raise
-                # No answer, but the server may have rotated it: sent again, a used refresh token
-                # would look like theft and revoke the whole token family. Log in instead.
-                self.stats.refresh_unanswered += 1
-                if self._token is current:
-                    self._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
-                log.warning("refresh got no answer (%s); logging in with the password instead", exc.detail)
-            except TransientTokenError as exc:
-                # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session)
-                # is given up for a login; outages (503, 429, no connection) are not.
-                if exc.status == 500:
-                    self._refresh_failures += 1
-                raise
             else:
                 self._learn_rotation(current, token)
                 return token, "refresh_token"
@@ -662,7 +678,7 @@ class TokenProvider:
         self._refresh_at = refresh_at if self._tg is not None else _NEVER
         self._failures = self._refresh_failures = 0
         self._retry_not_before = _NEVER
-        self._fatal = None  # a working token: whatever was rejected before (e.g. in another process) is fixed
+        self._fatal = self._rejected_in_fleet = None  # a working token: what was rejected before is fixed
         log.info(
             "new token from %s: expires in %.3fs (%s), refresh in %.3fs",
             source,
@@ -681,9 +697,10 @@ class TokenProvider:
         now = self._now()
         if isinstance(exc, DefinitiveTokenError) and not isinstance(exc, RefreshTokenRejected):
             self._fatal = exc
-            # In a fleet the rejection is fleet-wide state that another process may clear (reset()
-            # after fixing the password): look at it again now and then, one Redis read, no login.
+            # In a fleet another process may log in after the password was fixed (reset() there):
+            # look at the shared token again now and then, one Redis read, never a login of our own.
             self._fatal_recheck_at = now + FLEET_LATCH_RECHECK if self._fleet is not None else math.inf
+            self._rejected_in_fleet = exc if self._fleet is not None else None
             log.error("token request rejected, no automatic retry: %s", exc)
             return
         if isinstance(exc, (CoordinatorRefused, SharedStateUnreadable)):

@@ -17,6 +17,7 @@ from oauthpw_async import (
     PasswordGrantConfig,
     TokenProvider,
     TransientTokenError,
+    UsageError,
 )
 from oauthpw_async import provider as provider_module
 from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable, SharedStateUnreadable, generate_key
@@ -70,7 +71,7 @@ async def test_a_holders_refresh_without_answer_is_followed_by_a_login_and_the_f
             await a.get()  # the login's refresh token works: its family was never revoked
     assert state.count(grant="refresh_token") == 2 and state.count("refresh_token", "ok") == 2
     assert state.count("password") == 2  # the first login, and the one that replaced the lost refresh
-    assert a.stats.refresh_unanswered == 1 and no_reuse(state)
+    assert a.stats.refresh_unconfirmed == 1 and no_reuse(state)
 
 
 async def test_a_refresh_answered_503_leaves_the_refresh_token_to_the_fleet(
@@ -267,3 +268,36 @@ async def test_tokens_of_other_scopes_are_not_shared_but_the_accounts_login_budg
         assert fleets[0].tokens.key != fleets[1].tokens.key and fleets[0].logins.key == fleets[1].logins.key
         assert await fleets[0].logins.used() == 2  # both logins count against the user's one budget
     assert state.count("password", "ok") == 2
+
+
+async def test_a_rejection_is_not_forgotten_when_redis_loses_the_latch(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(provider_module, "FLEET_LATCH_RECHECK", 0.05)
+    state = strict()
+    async with LocalServer(state) as server:
+        bad = server.config(password="not the password")
+        fleet = Coordinator.for_config(bad, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
+        async with fleet, TokenProvider(bad, coordinator=fleet) as tokens:
+            with pytest.raises(InvalidCredentials):
+                await tokens.get()
+            assert await fleet.rejected.state() is not None
+            await fleet.rejected.reset()  # as if Redis had lost it (a restart without persistence)
+            for _ in range(5):
+                await anyio.sleep(0.06)  # past the recheck: the shared state is read again
+                with pytest.raises(CredentialsLockedOut):
+                    await tokens.get()
+            with pytest.raises(UsageError, match="another token or account"):
+                tokens.reset(server.config(scope="other"))  # the coordinator is for this token only
+    assert state.count("password") == 1  # the wrong password was sent once, never again
+
+
+def test_a_refusal_worded_without_its_code_is_still_named() -> None:
+    import coredis.exceptions
+
+    from oauthpw_async.fleet._redis import error_code
+
+    wording = "The user executing the script can't publish to the channel mentioned in the command"
+    assert error_code(coredis.exceptions.ResponseError(wording)) == "NOPERM"
+    assert error_code(coredis.exceptions.WrongTypeError("Operation against a key")) == "WRONGTYPE"
+    assert error_code(coredis.exceptions.ResponseError("OOM command not allowed")) == "OOM"

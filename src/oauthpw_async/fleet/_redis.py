@@ -73,8 +73,13 @@ def error_code(exc: BaseException) -> str:
     for word in words:
         if word in _ADVICE or word in PASSING:
             return word
-    if "unknown command" in text.lower():
+    lowered = text.lower()
+    if "unknown command" in lowered:
         return "UNKNOWN"
+    # Redis 7 words an ACL refusal inside a script without its code: "The user executing the
+    # script can't publish to the channel ...", "... no permissions to access ...".
+    if "can't publish" in lowered or "can't access" in lowered or "no permissions" in lowered:
+        return "NOPERM"
     first = words[0] if words else ""
     return first if first.isupper() and first.isalpha() else type(exc).__name__
 

@@ -32,7 +32,7 @@ from ..errors import (
     DefinitiveTokenError,
     LoginBudgetExhausted,
     RefreshTokenRejected,
-    TokenTransportError,
+    TokenResponseError,
     TransientTokenError,
 )
 from ..grant import Instant, Token, build_password_request, build_refresh_request
@@ -83,7 +83,13 @@ class FleetRenewal:
         except CoordinatorUnavailable:
             if self._fleet.on_unavailable == "renew_locally":
                 log.warning("Redis unreachable: renewing locally, as configured")
-                token, source = await self._p._renew()
+                p = self._p
+                current = p._token
+                if current is not None and current.refresh_token is not None and not p.refresh_reusable:
+                    # The fleet may have spent this refresh token already (sent by a holder without an
+                    # answer): while rotation is possible, the local renewal is a password login.
+                    p._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
+                token, source = await p._renew()
                 # Published once Redis answers, so that no process presents the refresh token used here.
                 self._unpublished = (token, self.generation)
                 self.token_id = ""
@@ -250,9 +256,9 @@ class FleetRenewal:
     async def _refresh(self, shared: SharedToken, handle: LeaseHandle) -> Token | None:
         """Send the shared refresh token (marked spent); ``None`` when it is used up (log in instead).
 
-        The mark is undone when the server answered without using it (5xx, 429, or no connection
+        The mark is undone when the server said it did not use it (408, 429, 503, or no connection
         at all), so a passing outage does not turn into password logins; it stays when the refresh
-        may have been processed without an answer coming back, as a rotated token may then be gone.
+        may have been processed without a usable answer, as a rotated token may then be gone.
         """
         fleet, p = self._fleet, self._p
         previous = self._local(shared)
@@ -265,20 +271,25 @@ class FleetRenewal:
             p.stats.refresh_rejected += 1
             log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
             return None
-        except TransientTokenError as exc:
-            unanswered = isinstance(exc, TokenTransportError) and exc.may_have_been_processed
-            if unanswered and not p.refresh_reusable:
-                p.stats.refresh_unanswered += 1
-                log.warning("refresh got no answer (%s); logging in with the password instead", exc.detail)
+        except (TransientTokenError, TokenResponseError) as exc:
+            maybe_used = isinstance(exc, TokenResponseError) or exc.may_have_been_processed
+            if maybe_used and not p.refresh_reusable:
+                p.stats.refresh_unconfirmed += 1
+                log.warning("refresh may have been used without an answer (%s); logging in instead", exc.detail)
                 return None
-            with contextlib.suppress(CoordinatorUnavailable):  # then it stays spent: one login at most
-                await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
+            if not maybe_used:  # 408, 429, 503 or no connection: the token was not used, give it back
+                with contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused):  # else it stays spent
+                    await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
             raise
         p._learn_rotation(previous, token)
         return token
 
     async def _login(self) -> Token:
         fleet, p = self._fleet, self._p
+        if p._rejected_in_fleet is not None:
+            # Rejected before, and not reset() here: only a token another process published (read
+            # above) ends it. Not the latch's absence alone: Redis may have lost it.
+            raise p._fatal_error(p._rejected_in_fleet)
         if self._reset_latch:
             await fleet.rejected.reset()
             self._reset_latch = False
@@ -316,8 +327,8 @@ class FleetRenewal:
             result = await self._fleet.tokens.publish(
                 token, renewed_from=base, now_wall=self._p._clock.wall(), at_least=self.high_water
             )
-        except CoordinatorUnavailable:
-            # The token is good: use it here, and publish it once Redis answers again.
+        except (CoordinatorUnavailable, CoordinatorRefused):
+            # The token is good: use it here, and publish it once Redis answers (or allows it) again.
             self._unpublished = (token, base)
             self.token_id = ""
             log.warning("Redis unreachable: the new token is used locally and published later")
