@@ -116,3 +116,22 @@ async def test_only_answers_that_say_the_refresh_was_not_used_let_it_be_sent_aga
         assert state.count("refresh_token") == 0 and state.count("password") == 2
         assert tokens.stats.refresh_unconfirmed == 1
     assert state.count(outcome="reuse") == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "maybe"),
+    [
+        (500, None, True),
+        (502, None, True),
+        (504, None, True),
+        (503, None, False),
+        (429, None, False),
+        (408, None, False),
+        (500, "temporarily_unavailable", False),  # RFC 6749: the server says it did not act
+        (400, "slow_down", False),
+    ],
+)
+def test_which_failures_may_have_been_processed(status: int, code: str | None, maybe: bool) -> None:
+    from oauthpw_async import TransientTokenError
+
+    assert TransientTokenError("x", status=status, error_code=code).may_have_been_processed is maybe

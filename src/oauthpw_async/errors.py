@@ -259,9 +259,13 @@ class TransientTokenError(TokenError):
     def may_have_been_processed(self) -> bool:
         """Whether the server may have acted on the request although it failed.
 
-        408, 429 and 503 say the request was not acted on (RFC 9110 15.5.9, 15.6.4; RFC 6585 4);
-        a 500, 502 or 504 may come after the work was done (a gateway timing out on it, say).
+        408, 429 and 503 say the request was not acted on (RFC 9110 15.5.9, 15.6.4; RFC 6585 4), as
+        do the OAuth codes ``temporarily_unavailable`` (RFC 6749 4.1.2.1) and ``slow_down`` (RFC 8628
+        3.5), whatever the status; a 500, 502 or 504 may come after the work was done (a gateway
+        timing out on it, say).
         """
+        if self.error_code in ("temporarily_unavailable", "slow_down"):
+            return False
         return self.status not in (408, 429, 503)
 
 

@@ -346,11 +346,10 @@ class TokenProvider:
         The login budget and the server's rate-limit window stay as they are (they are about
         requests already sent), unless ``config`` is another account.
         """
-        fleet = self._coordinator
         if (
             config is not None
-            and fleet is not None
-            and (config.credential_key, config.account_key) != (fleet.credential_key, fleet.account_key)
+            and self._coordinator is not None
+            and (config.credential_key, config.account_key) != (self._config.credential_key, self._config.account_key)
         ):
             raise UsageError(
                 "reset() with a configuration for another token or account cannot keep this provider's "
@@ -474,7 +473,8 @@ class TokenProvider:
         return self._fatal is not None
 
     def _fatal_error(self, fatal: TokenError | FleetError | None = None) -> TokenError | FleetError:
-        fatal = fatal or self._fatal
+        if fatal is None:
+            fatal = self._fatal
         assert fatal is not None
         if isinstance(fatal, InvalidCredentials):
             return CredentialsLockedOut(

@@ -301,3 +301,44 @@ def test_a_refusal_worded_without_its_code_is_still_named() -> None:
     assert error_code(coredis.exceptions.ResponseError(wording)) == "NOPERM"
     assert error_code(coredis.exceptions.WrongTypeError("Operation against a key")) == "WRONGTYPE"
     assert error_code(coredis.exceptions.ResponseError("OOM command not allowed")) == "OOM"
+
+
+async def test_a_reusable_refresh_token_is_given_back_after_a_500(redis_server: RedisServer, namespace: str) -> None:
+    state = AuthServerState(quirks=Quirks(rotate_refresh_tokens=False))
+    async with LocalServer(state) as server:
+        config = server.config()
+        fleet = Coordinator.for_config(config, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
+        async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
+            tokens.invalidate(await tokens.get())
+            token = await tokens.get()  # a refresh answered with the same refresh token: reusable
+            assert tokens.refresh_reusable
+            state.inject(*[Fault("status", status=500)] * tokens._retry.max_attempts)
+            tokens.invalidate(token)
+            with pytest.raises(TransientTokenError):
+                await tokens.get()
+            shared = await fleet.tokens.read()
+            assert shared is not None and not shared.refresh_spent  # reusable: given back, no login needed
+    assert state.count("password") == 1
+
+
+async def test_a_process_renewing_locally_refreshes_its_own_unshared_token(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    state = strict()
+    config = PasswordGrantConfig(
+        access_token_url="https://auth.example.com/token",
+        client_id=state.client_id,
+        client_secret=state.client_secret,
+        username=state.username,
+        password=state.password,
+    )
+    await anyio.to_thread.run_sync(private_redis.stop)
+    local = Coordinator.for_config(
+        config, private_redis.url, token_key=TOKEN_KEY, namespace=namespace, on_unavailable="renew_locally",
+        connect_timeout=0.3, command_timeout=0.5,
+    )  # fmt: skip
+    async with local, TokenProvider(config, endpoint=InMemoryEndpoint(state), coordinator=local) as alone:
+        for _ in range(3):  # its own login's refresh token, never shared: refreshed, not logged in again
+            alone.invalidate(await alone.get())
+        await alone.get()
+    assert state.count("password") == 1 and state.count("refresh_token", "ok") == 3 and no_reuse(state)

@@ -142,11 +142,7 @@ def _failure(exc: BaseException) -> Failure:
         return "worker"  # a cancellation (a stop signal), KeyboardInterrupt, SystemExit
     kinds: set[Failure] = set()
     for e in real:
-        if isinstance(e, HTTPStatusError) and (e.status >= 500 or e.status in (408, 429)):
-            # Retries ran out on an outage or a throttle: likely the API's, not the partition's. The
-            # claim counts, so max_claims still bounds a partition that always fails this way.
-            kinds.add("unknown")
-        elif isinstance(e, _PARTITION_ERRORS) and not isinstance(e, UnauthorizedError):
+        if isinstance(e, _PARTITION_ERRORS) and not isinstance(e, UnauthorizedError):
             kinds.add("partition")  # (a 401 after renewals is the account's, not the partition's)
         elif isinstance(e, _WORKER_ERRORS):
             kinds.add("worker")

@@ -85,7 +85,8 @@ class FleetRenewal:
                 log.warning("Redis unreachable: renewing locally, as configured")
                 p = self._p
                 current = p._token
-                if current is not None and current.refresh_token is not None and not p.refresh_reusable:
+                own = self._unpublished is not None and self._unpublished[0] is current  # never shared
+                if current is not None and current.refresh_token is not None and not p.refresh_reusable and not own:
                     # The fleet may have spent this refresh token already (sent by a holder without an
                     # answer): while rotation is possible, the local renewal is a password login.
                     p._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
@@ -150,8 +151,17 @@ class FleetRenewal:
         policy = self._p._policy
         return token.expires_at - policy.skew(token.lifetime) > self._p._now()
 
+    def _learn_from(self, adopted: Token) -> None:
+        """A published token with the refresh token this process held: the server does not rotate."""
+        held = self._p._token
+        old = held.refresh_token if held is not None else None
+        new = adopted.refresh_token
+        if old is not None and new is not None and old.reveal() == new.reveal():
+            self._p._refresh_rotates = False
+
     def _adopt(self, shared: SharedToken) -> Token:
         token = self._local(shared)
+        self._learn_from(token)
         self._hold(shared.generation, shared.token_id)
         self._unpublished = None
         self._p.stats.fleet_adopted += 1
@@ -193,6 +203,7 @@ class FleetRenewal:
 
     def _adopted(self, shared: SharedToken) -> tuple[Token, Source]:
         token = self._local(shared)
+        self._learn_from(token)
         self._hold(shared.generation, shared.token_id)
         self._unpublished = None
         self._p.stats.fleet_adopted += 1
@@ -277,7 +288,7 @@ class FleetRenewal:
                 p.stats.refresh_unconfirmed += 1
                 log.warning("refresh may have been used without an answer (%s); logging in instead", exc.detail)
                 return None
-            if not maybe_used:  # 408, 429, 503 or no connection: the token was not used, give it back
+            if not maybe_used or p.refresh_reusable:  # not used, or reusable anyway: give it back
                 with contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused):  # else it stays spent
                     await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
             raise
