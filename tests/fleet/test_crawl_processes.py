@@ -38,8 +38,9 @@ pytestmark = pytest.mark.anyio
 CRAWLER = "tests.fleet.crawlers:FleetItems"
 PER_PROJECT = 20 * PAGE  # 20 pages per partition, 160 pages in all
 LATENCY = 0.03  # seconds per API answer: a worker is mid-partition for a while
-#: Until the fault: slow enough that one worker cannot finish alone before the next one has started.
-SETUP_LATENCY = 0.1
+#: Until the fault: slow enough that the workers already walking cannot finish the crawl before the
+#: next one has started, however slowly a process starts on a loaded machine (a partition takes 8 s).
+SETUP_LATENCY = 0.4
 LIFETIME = 3.0  # seconds: tokens are refreshed (rotating) during the crawl
 #: A token turns stale no earlier than this into its life (skew 5 %, margin at most 25 % + 20 % jitter).
 EARLIEST_RENEWAL = LIFETIME * (1 - 0.05 - 0.25 * 1.2)
