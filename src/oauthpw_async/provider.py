@@ -590,25 +590,16 @@ class TokenProvider:
                 token = await self._exchange(request, current, self._retry, resend_unanswered=self.refresh_reusable)
             except RefreshTokenRejected as exc:
                 self.stats.refresh_rejected += 1
-                if self._token is current:  # never present a rejected refresh token again
-                    self._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
+                self._drop_refresh_token(current)  # never present a rejected refresh token again
                 log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
             except (TransientTokenError, TokenResponseError) as exc:
-                maybe_used = isinstance(exc, TokenResponseError) or exc.may_have_been_processed
-                if maybe_used and not self.refresh_reusable:
-                    # No usable answer (none at all, a 500/502/504, a page that is no token), but the
-                    # server may have rotated it: sent again, a used refresh token looks like theft and
-                    # revokes the whole token family (Okta, Auth0). Log in instead.
-                    self.stats.refresh_unconfirmed += 1
-                    if self._token is current:
-                        self._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
-                    log.warning("refresh may have been used without an answer (%s); logging in instead", exc.detail)
-                else:
+                if not self._refresh_maybe_spent(exc):
                     # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session)
                     # is given up for a login; outages (503, 429, no connection) are not.
                     if exc.status == 500:
                         self._refresh_failures += 1
                     raise
+                self._drop_refresh_token(current)
             else:
                 self._learn_rotation(current, token)
                 return token, "refresh_token"
@@ -624,6 +615,25 @@ class TokenProvider:
         refresh that got no answer is never sent again.
         """
         return self._refresh_rotates is False
+
+    def _refresh_maybe_spent(self, exc: TransientTokenError | TokenResponseError) -> bool:
+        """Whether a failed refresh may have used its refresh token up, so that it is never sent again.
+
+        No usable answer (none at all, a 500/502/504, a page that is no token) while the server may
+        rotate refresh tokens: sent again, a used one looks like theft and revokes the whole token
+        family (Okta, Auth0), so a password login follows instead.
+        """
+        maybe_used = isinstance(exc, TokenResponseError) or exc.may_have_been_processed
+        if not maybe_used or self.refresh_reusable:
+            return False
+        self.stats.refresh_unconfirmed += 1
+        log.warning("refresh may have been used without an answer (%s); logging in instead", exc.detail)
+        return True
+
+    def _drop_refresh_token(self, token: Token | None) -> None:
+        """Never present ``token``'s refresh token again (if it is still the current token)."""
+        if token is not None and self._token is token:
+            self._token = attrs.evolve(token, refresh_token=None, refresh_expires_at=None)
 
     def _learn_rotation(self, previous: Token, renewed: Token) -> None:
         """Note whether the server rotates refresh tokens (RFC 6749 6: it MAY issue a new one)."""

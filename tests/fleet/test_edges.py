@@ -14,7 +14,6 @@ import pytest
 from oauthpw_async import (
     CredentialsLockedOut,
     InvalidCredentials,
-    PasswordGrantConfig,
     TokenProvider,
     TransientTokenError,
     UsageError,
@@ -23,7 +22,7 @@ from oauthpw_async import provider as provider_module
 from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable, SharedStateUnreadable, generate_key
 from oauthpw_async.testing import AuthServerState, FakeClock, Fault, InMemoryEndpoint, LocalServer, Quirks
 
-from .helpers import TOKEN_KEY
+from .helpers import TOKEN_KEY, config_for
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -186,13 +185,7 @@ async def test_with_redis_out_of_reach_callers_hear_of_it_within_seconds(anyio_b
         url = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
     state = strict()
     clock = FakeClock()
-    config = PasswordGrantConfig(
-        access_token_url="https://auth.example.com/token",
-        client_id=state.client_id,
-        client_secret=state.client_secret,
-        username=state.username,
-        password=state.password,
-    )
+    config = config_for(state)
     fleet = Coordinator.for_config(config, url, token_key=TOKEN_KEY, namespace="unreachable")
     provider = TokenProvider(config, endpoint=InMemoryEndpoint(state), coordinator=fleet, clock=clock)
     async with fleet, provider, clock.autojump():
@@ -210,13 +203,7 @@ async def test_a_token_renewed_locally_while_redis_was_away_is_published_when_it
     private_redis: RedisServer, namespace: str
 ) -> None:
     state = strict()
-    config = PasswordGrantConfig(
-        access_token_url="https://auth.example.com/token",
-        client_id=state.client_id,
-        client_secret=state.client_secret,
-        username=state.username,
-        password=state.password,
-    )
+    config = config_for(state)
     await anyio.to_thread.run_sync(private_redis.stop)
     options = {"token_key": TOKEN_KEY, "namespace": namespace, "connect_timeout": 0.3, "command_timeout": 0.5}
     local = Coordinator.for_config(config, private_redis.url, on_unavailable="renew_locally", **options)
@@ -243,13 +230,7 @@ async def test_tokens_of_other_scopes_are_not_shared_but_the_accounts_login_budg
     import attrs
 
     state = strict()
-    base = PasswordGrantConfig(
-        access_token_url="https://auth.example.com/token",
-        client_id=state.client_id,
-        client_secret=state.client_secret,
-        username=state.username,
-        password=state.password,
-    )
+    base = config_for(state)
     configs = [attrs.evolve(base, body_parameters={"scope": scope}) for scope in ("read", "write")]
     async with contextlib.AsyncExitStack() as stack:
         fleets, providers = [], []
@@ -325,13 +306,7 @@ async def test_a_process_renewing_locally_refreshes_its_own_unshared_token(
     private_redis: RedisServer, namespace: str
 ) -> None:
     state = strict()
-    config = PasswordGrantConfig(
-        access_token_url="https://auth.example.com/token",
-        client_id=state.client_id,
-        client_secret=state.client_secret,
-        username=state.username,
-        password=state.password,
-    )
+    config = config_for(state)
     await anyio.to_thread.run_sync(private_redis.stop)
     local = Coordinator.for_config(
         config, private_redis.url, token_key=TOKEN_KEY, namespace=namespace, on_unavailable="renew_locally",

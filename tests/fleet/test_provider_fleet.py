@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 import pytest
 
+from oauthpw_async.fleet import Coordinator
 from oauthpw_async.testing import AuthServerState, Fault, LocalServer, Quirks
 
 from .helpers import coordinator
@@ -114,6 +115,19 @@ async def wait_for(predicate: Any) -> None:
             await anyio.sleep(0.02)
 
 
+async def holder_of_a_late_refresh(fleet: Fleet, state: AuthServerState, probe: Coordinator) -> subprocess.Popen[bytes]:
+    """Once the fleet refreshes, make its next refresh late (used up at once, answered after 6 s): its holder."""
+    await fleet.wait_ready()
+    await wait_for(lambda: state.count("refresh_token", "ok") >= 1)
+    refreshed = state.count("refresh_token", "ok")
+    state.inject(Fault("delay", delay=6.0))
+    await wait_for(lambda: state.count("refresh_token", "ok") > refreshed)
+    lease = await probe.link.client.get(probe.lease.key)
+    assert lease is not None
+    holder = int(lease.decode().split("-", 1)[0])
+    return next(p for p in fleet.procs if p.pid == holder)
+
+
 def renewals_bound(elapsed: float) -> int:
     """The most renewals one process would make in ``elapsed`` seconds: the fleet must do no more."""
     return math.ceil(elapsed / EARLIEST_RENEWAL) + 1
@@ -168,17 +182,8 @@ async def test_a_lease_holder_killed_mid_refresh_costs_one_login_and_no_reuse(
         fleet = Fleet(tmp_path, redis_server.url, namespace, server.token_url)
         fleet.start(seconds=14.0)
         try:
-            await fleet.wait_ready()
-            await wait_for(lambda: state.count("refresh_token", "ok") >= 1)
-            # The next refresh is answered late: its holder is killed after the server used the
-            # refresh token up and before the answer arrives.
-            refreshed = state.count("refresh_token", "ok")
-            state.inject(Fault("delay", delay=6.0))
-            await wait_for(lambda: state.count("refresh_token", "ok") > refreshed)
-            lease = await probe.link.client.get(probe.lease.key)
-            assert lease is not None
-            holder = int(lease.decode().split("-", 1)[0])
-            victim = next(p for p in fleet.procs if p.pid == holder)
+            # Its holder is killed after the server used the refresh token up, before the answer arrives.
+            victim = await holder_of_a_late_refresh(fleet, state, probe)
             os.kill(victim.pid, signal.SIGKILL)
             reports = await fleet.finish()
         finally:
@@ -204,17 +209,8 @@ async def test_a_lease_holder_frozen_mid_refresh_never_sends_its_refresh_token_a
         fleet = Fleet(tmp_path, redis_server.url, namespace, server.token_url)
         fleet.start(14.0, "2.0")  # a token request times out after 2 s
         try:
-            await fleet.wait_ready()
-            await wait_for(lambda: state.count("refresh_token", "ok") >= 1)
-            # The next refresh is used up by the server at once and answered after 6 s; its holder
-            # is frozen past its lease and its timeout, so on waking its timeout fires first.
-            refreshed = state.count("refresh_token", "ok")
-            state.inject(Fault("delay", delay=6.0))
-            await wait_for(lambda: state.count("refresh_token", "ok") > refreshed)
-            lease = await probe.link.client.get(probe.lease.key)
-            assert lease is not None
-            holder = int(lease.decode().split("-", 1)[0])
-            victim = next(p for p in fleet.procs if p.pid == holder)
+            # Its holder is frozen past its lease and its timeout, so on waking its timeout fires first.
+            victim = await holder_of_a_late_refresh(fleet, state, probe)
             os.kill(victim.pid, signal.SIGSTOP)
             try:
                 await anyio.sleep(4.0)  # past the 1-s lease and the 2-s timeout: the others renew

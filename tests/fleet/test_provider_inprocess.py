@@ -12,7 +12,7 @@ from oauthpw_async import CredentialsLockedOut, InvalidCredentials, PasswordGran
 from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable
 from oauthpw_async.testing import AuthServerState, InMemoryEndpoint, Quirks
 
-from .helpers import coordinator
+from .helpers import config_for, coordinator
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -22,16 +22,6 @@ N = 5
 
 def strict_state() -> AuthServerState:
     return AuthServerState(quirks=Quirks(rotate_refresh_tokens=True, reuse_detection=True))
-
-
-def config_for(state: AuthServerState, *, password: str | None = None) -> PasswordGrantConfig:
-    return PasswordGrantConfig(
-        access_token_url="https://auth.example.com/oauth/token",
-        client_id=state.client_id,
-        client_secret=state.client_secret,
-        username=state.username,
-        password=password or state.password,
-    )
 
 
 def fleet_for(url: str, namespace: str, config: PasswordGrantConfig, **options: object) -> Coordinator:

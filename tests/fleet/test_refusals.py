@@ -15,11 +15,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from oauthpw_async import PasswordGrantConfig, TokenProvider
+from oauthpw_async import TokenProvider
 from oauthpw_async.fleet import Coordinator, CoordinatorRefused, CoordinatorUnavailable, FleetError
 from oauthpw_async.testing import AuthServerState, InMemoryEndpoint
 
-from .helpers import TOKEN_KEY, coordinator
+from .helpers import TOKEN_KEY, config_for, coordinator
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -42,16 +42,6 @@ def admin(server: RedisServer, *args: str) -> bytes:
 
 def url_as(server: RedisServer, user: str, password: str) -> str:
     return f"redis://{user}:{password}@{server.host}:{server.port}/0"
-
-
-def config_for(state: AuthServerState) -> PasswordGrantConfig:
-    return PasswordGrantConfig(
-        access_token_url="https://auth.example.com/oauth/token",
-        client_id=state.client_id,
-        client_secret=state.client_secret,
-        username=state.username,
-        password=state.password,
-    )
 
 
 def assert_no_secret(exc: BaseException, *secret_values: str) -> None:

@@ -84,12 +84,11 @@ class FleetRenewal:
             if self._fleet.on_unavailable == "renew_locally":
                 log.warning("Redis unreachable: renewing locally, as configured")
                 p = self._p
-                current = p._token
-                own = self._unpublished is not None and self._unpublished[0] is current  # never shared
-                if current is not None and current.refresh_token is not None and not p.refresh_reusable and not own:
+                own = self._unpublished is not None and self._unpublished[0] is p._token  # never shared
+                if not own and not p.refresh_reusable:
                     # The fleet may have spent this refresh token already (sent by a holder without an
                     # answer): while rotation is possible, the local renewal is a password login.
-                    p._token = attrs.evolve(current, refresh_token=None, refresh_expires_at=None)
+                    p._drop_refresh_token(p._token)
                 token, source = await p._renew()
                 # Published once Redis answers, so that no process presents the refresh token used here.
                 self._unpublished = (token, self.generation)
@@ -283,14 +282,11 @@ class FleetRenewal:
             log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
             return None
         except (TransientTokenError, TokenResponseError) as exc:
-            maybe_used = isinstance(exc, TokenResponseError) or exc.may_have_been_processed
-            if maybe_used and not p.refresh_reusable:
-                p.stats.refresh_unconfirmed += 1
-                log.warning("refresh may have been used without an answer (%s); logging in instead", exc.detail)
-                return None
-            if not maybe_used or p.refresh_reusable:  # not used, or reusable anyway: give it back
-                with contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused):  # else it stays spent
-                    await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
+            if p._refresh_maybe_spent(exc):
+                return None  # stays marked spent: the holder logs in
+            # Not used, or reusable anyway: give it back to the fleet (else it stays spent: one login).
+            with contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused):
+                await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
             raise
         p._learn_rotation(previous, token)
         return token
