@@ -122,6 +122,8 @@ class RequestStats:
     unauthorized: int = 0
     #: Times a 429/503 paused every request to a host.
     rate_limit_pauses: int = 0
+    #: Redirect hops followed.
+    redirects: int = 0
 
 
 def token_excerpt(body: bytes, token: Token | None) -> str:

@@ -1,6 +1,7 @@
 """AuthorizedSession: aiohttp requests that carry the token, for everything that is not a crawl.
 
-The rules are the crawler's, for single API calls and workflows:
+The rules are the crawler's, for single API calls and workflows; they live in one place,
+:mod:`oauthpw_async.pipeline`, which sends every request of both:
 
 * The ``Authorization`` header is taken only once the request may be sent: each request first
   waits for a slot (a FIFO :class:`anyio.Semaphore` as large as the connection pool), then
@@ -24,36 +25,25 @@ already done by then.
 from __future__ import annotations
 
 import logging
-import random
 import re
-import ssl
 from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urljoin
 
 import aiohttp
 import anyio
 import attrs
 import orjson
 
-from ._api import (
-    MAX_REDIRECTS,
-    HostGovernor,
-    Origins,
-    RefusedTokens,
-    RequestStats,
-    resolve_url,
-    token_excerpt,
-)
+from ._api import HostGovernor, Origins, RequestStats, resolve_url, token_excerpt
 from ._httputil import origin, safe_url
 from .clock import Clock
-from .errors import CrawlError, ForeignOriginError, HTTPStatusError, UsageError
+from .errors import HTTPStatusError, UsageError
 from .grant import Token
-from .responses import classify_api_response
-from .retry import Retrying, RetryPolicy
+from .headers import checked_headers
+from .pipeline import RequestPipeline, tls_of
+from .retry import RetryPolicy
 from .sources import TokenSource
-from .transport import ssl_context
 
 __all__ = ["IDEMPOTENT_METHODS", "SESSION_RETRY", "APIResponse", "AuthorizedSession", "SessionStats"]
 
@@ -71,16 +61,10 @@ DEFAULT_LIMIT = 100
 Params = Mapping[str, str | int | float] | Sequence[tuple[str, str | int | float]] | str
 Body = bytes | str | Mapping[str, str] | Sequence[tuple[str, str]]
 
-# Headers that must not follow a redirect to an origin the token may not go to.
-_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
-
 
 @attrs.define
 class SessionStats(RequestStats):
     """Counters of an :class:`AuthorizedSession` (plain ints; reading is free)."""
-
-    #: Redirect hops followed.
-    redirects: int = 0
 
 
 class APIResponse:
@@ -206,6 +190,9 @@ class AuthorizedSession:
             or return the response.
         rate: requests per second per host (default: no limit).
         clock: time source for backoff; the token source's clock by default.
+        sensitive_headers: headers never sent to a foreign origin; only content-negotiation and
+            caching headers (:data:`~oauthpw_async.headers.FORWARDABLE_HEADERS`) ever go there,
+            so this matters only for those.
     """
 
     def __init__(
@@ -224,6 +211,7 @@ class AuthorizedSession:
         raise_for_status: bool = True,
         rate: float | None = None,
         clock: Clock | None = None,
+        sensitive_headers: Iterable[str] = (),
     ) -> None:
         if base_url is not None and origin(base_url) == "null":
             raise UsageError(f"base_url must be an absolute http(s) URL, got {safe_url(base_url)!r}")
@@ -239,27 +227,22 @@ class AuthorizedSession:
         self.stats = SessionStats()
         self._origins = Origins(allowed)
         self._foreign = foreign_origins
-        self._headers = self._check_headers(headers)
+        self._headers = self._check_headers(headers, "AuthorizedSession headers")
+        self._sensitive = tuple(sensitive_headers)
         self._session = session
         self._owns_session = session is None
         self._limit = limit or (self._pool_size(session) if session is not None else DEFAULT_LIMIT)
-        self._slots: anyio.Semaphore | None = None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._retry = retry or SESSION_RETRY
         self._retry_methods = frozenset(m.upper() for m in retry_methods)
         self._raise = raise_for_status
         self._rate = rate
         self._clock: Clock = clock or tokens.clock
-        self._rng = random.Random()
-        self._hosts: dict[str, HostGovernor] = {}
-        # URL as given -> (absolute URL, may it have the token, its host's governor): most
-        # programs call a handful of URLs many times, so each is resolved and checked once.
-        self._routes: dict[str, tuple[str, bool, HostGovernor]] = {}
-        self._refused = RefusedTokens()  # the 401 rule: a renewal per rejected token, bounded
+        # URL as given -> absolute URL: most programs call a handful of URLs many times.
+        self._absolutes: dict[str, str] = {}
+        self._pipeline: RequestPipeline | None = None  # made in the event loop (its semaphore needs one)
         self._closed = False
-        config = getattr(tokens, "config", None)
-        # The connection's TLS settings (verify_tls, ca_bundle) apply to its API requests too.
-        self._ssl: ssl.SSLContext | bool = ssl_context(config) if config is not None else True
+        self._tls = tls_of(tokens)  # an unusable CA bundle is refused here, not at the first request
 
     @staticmethod
     def _pool_size(session: aiohttp.ClientSession) -> int:
@@ -268,8 +251,8 @@ class AuthorizedSession:
         return min(sizes) if sizes else DEFAULT_LIMIT
 
     @staticmethod
-    def _check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-        out = dict(headers or {})
+    def _check_headers(headers: Mapping[str, str] | None, where: str) -> dict[str, str]:
+        out = checked_headers(headers, where=where)
         if any(k.lower() == "authorization" for k in out):
             raise UsageError("the session sets Authorization itself; remove it from headers")
         return out
@@ -291,15 +274,30 @@ class AuthorizedSession:
     async def close(self) -> None:
         """Close the aiohttp session if this one made it; the token source stays open."""
         self._closed = True
+        if self._pipeline is not None:
+            await self._pipeline.aclose()
         if self._owns_session and self._session is not None:
             await self._session.close()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._closed:
             raise UsageError("this AuthorizedSession is closed")
-        if self._slots is None:
+        if self._pipeline is None:
             # Made inside the event loop (anyio needs one); FIFO, so requests are served in turn.
-            self._slots = anyio.Semaphore(self._limit, fast_acquire=True)
+            self._pipeline = RequestPipeline(
+                self.tokens,
+                origins=self._origins,
+                foreign_origins=self._foreign,
+                slots=anyio.Semaphore(self._limit, fast_acquire=True),
+                retry=self._retry,
+                timeout=self._timeout,
+                clock=self._clock,
+                governor=lambda host: HostGovernor(self._rate, self._clock),
+                stats=self.stats,
+                fix_hint="pass foreign_origins='follow_without_token' to the session",
+                sensitive_headers=self._sensitive,
+                tls=self._tls,
+            )
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit)
@@ -394,35 +392,14 @@ class AuthorizedSession:
 
     # --- one request -------------------------------------------------------------------------------
 
-    def _with_token(self, url: str) -> bool:
-        if self._origins.allows(url):
-            return True
-        if self._foreign == "follow_without_token":
-            return False
-        foreign = origin(url)
-        raise ForeignOriginError(
-            f"{safe_url(url)} is on {foreign}, not an origin the token may be sent to; "
-            f"add {foreign!r} to allowed_origins if it is yours, or pass "
-            "foreign_origins='follow_without_token' to the session to read it without credentials",
-            origin=foreign,
-        )
-
-    def _governor(self, url: str) -> HostGovernor:
-        host = url.split("/", 3)[2]
-        gov = self._hosts.get(host)
-        if gov is None:
-            gov = self._hosts[host] = HostGovernor(self._rate, self._clock)
-        return gov
-
-    def _route(self, url: str) -> tuple[str, bool, HostGovernor]:
-        route = self._routes.get(url)
-        if route is None:
+    def _absolute(self, url: str) -> str:
+        absolute = self._absolutes.get(url)
+        if absolute is None:
             absolute = self._resolve(url)
-            route = (absolute, self._origins.allows(absolute), self._governor(absolute))
-            if len(self._routes) >= 4096:
-                self._routes.clear()
-            self._routes[url] = route
-        return route
+            if len(self._absolutes) >= 4096:
+                self._absolutes.clear()
+            self._absolutes[url] = absolute
+        return absolute
 
     def _resolve(self, url: str) -> str:
         if self.base_url is not None:
@@ -463,139 +440,37 @@ class AuthorizedSession:
         idempotent: bool | None,
         timeout: float | None,
     ) -> APIResponse:
+        pipeline = self._pipeline
         session = self._session
-        slots = self._slots
-        if session is None or slots is None or self._closed:
+        if pipeline is None or session is None or self._closed:
             session = self._client()
-            slots = self._slots
-            assert slots is not None
-        clock = self._clock
-        tokens = self.tokens
-        stats = self.stats
-        base_headers = self._headers  # shared, never changed: copied before any change below
+            pipeline = self._pipeline
+            assert pipeline is not None
+        send_headers = self._headers  # shared, never changed: copied before any change below
         if headers or json is not None:
-            base_headers = {**base_headers, **self._check_headers(headers)}
-        body = None if json is None and data is None else self._body(json, data, base_headers)
-        attempt_timeout = self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
-        url, allowed, gov = self._route(url)
-        with_token = allowed or self._with_token(url)  # refuses a foreign origin, unless told to go on
-        query: Params | None = params
-        retrying: Retrying | None = None  # made at the first failure: the happy path reads no clock
-        renewals = redirects = 0
-        while True:
-            if gov.paused_until or gov.interval:
-                await gov.wait()
-            problem = ""
-            token: Token | None = None
-            async with slots:
-                # The header is taken only now that the request can be sent: a request never
-                # waits for a connection while holding a token that may expire meanwhile.
-                if with_token:
-                    token = await tokens.get()
-                    send_headers = {**base_headers, "Authorization": token.authorization}
-                else:
-                    send_headers = base_headers
-                stats.requests += 1
-                try:
-                    async with session.request(
-                        method,
-                        url,
-                        params=query,
-                        data=body,
-                        headers=send_headers,
-                        allow_redirects=False,
-                        timeout=attempt_timeout,
-                        ssl=self._ssl,
-                    ) as resp:
-                        status = resp.status
-                        reason = resp.reason
-                        resp_headers: Mapping[str, str] = resp.headers
-                        content = await resp.read()
-                        final_url: object = resp.url
-                except aiohttp.ClientConnectorCertificateError as exc:
-                    raise CrawlError(
-                        f"TLS certificate of {safe_url(url)} was not accepted "
-                        f"({type(exc.certificate_error).__name__}); check verify_tls and ca_bundle in the connection"
-                    ) from None
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    status, reason, content, final_url = 0, None, b"", url
-                    resp_headers = {}
-                    problem = type(exc).__name__
-            verdict = classify_api_response(status, resp_headers, clock.wall())
-            action = verdict.action
-            if action == "ok":
-                self._refused.succeeded()
-                return APIResponse(method, final_url, status, reason, resp_headers, content, token)
-            if action == "renew" and token is not None:
-                # Sent again whatever the method: the server refused the credentials, it did not act.
-                stats.unauthorized += 1
-                self._refused.refused(token, renewals, url, content)
-                renewals += 1
-                tokens.invalidate(token)
-                continue
-            if action == "redirect" and allow_redirects:
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    raise HTTPStatusError(f"more than {MAX_REDIRECTS} redirects", status=status, url=safe_url(url))
-                stats.redirects += 1
-                url = urljoin(str(final_url), resp_headers.get("Location") or "")
-                query = None  # the Location carries its own query
-                base_headers = dict(base_headers)
-                method, body = self._redirected(status, method, body, base_headers)
-                allowed = self._origins.allows(url)
-                with_token = self._with_token(url)
-                if not allowed:
-                    base_headers = {k: v for k, v in base_headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
-                gov = self._governor(url)
-                continue
-            retriable = idempotent if idempotent is not None else method in self._retry_methods
-            if action in ("pause", "retry") and retriable:
-                if retrying is None:
-                    retrying = self._retry.start(clock.monotonic(), self._rng)
-                delay = retrying.next_delay(clock.monotonic(), verdict.wait)
-                if delay is not None:
-                    stats.retries += 1
-                    if action == "pause":
-                        gov.pause(delay)  # every request to this host waits, not only this one
-                        stats.rate_limit_pauses += 1
-                        log.info("rate limited by %s (HTTP %d); pausing the host %.2fs", safe_url(url), status, delay)
-                    else:
-                        log.info("retrying %s %s in %.2fs: %s", method, safe_url(url), delay, problem or status)
-                        await clock.sleep(delay)
-                    continue
-            if status == 0:
-                why = retrying.stop_reason if retrying is not None else self._not_retried(method, idempotent)
-                raise HTTPStatusError(f"{method} got no answer ({problem}); {why}", status=0, url=safe_url(url))
-            response = APIResponse(method, final_url, status, reason, resp_headers, content, token)
-            if raise_for_status and status >= 400:
-                if retrying is not None:
-                    why = retrying.stop_reason
-                elif action in ("pause", "retry"):
-                    why = self._not_retried(method, idempotent)
-                else:
-                    why = "not retried"
-                raise HTTPStatusError(
-                    f"{method} failed ({why})",
-                    status=status,
-                    url=safe_url(url),
-                    excerpt=token_excerpt(content, token),
-                )
-            return response
+            send_headers = {**send_headers, **self._check_headers(headers, "request headers")}
+        body = None if json is None and data is None else self._body(json, data, send_headers)
+        retriable = idempotent if idempotent is not None else method in self._retry_methods
+        answer = await pipeline.send(
+            session,
+            method,
+            self._absolute(url),
+            headers=send_headers,
+            params=params,
+            body=body,
+            allow_redirects=allow_redirects,
+            retriable=retriable,
+            not_retried=self._not_retried(method, idempotent),
+            timeout=None if timeout is None else aiohttp.ClientTimeout(total=timeout),
+        )
+        if raise_for_status and answer.status >= 400:
+            raise answer.error(f"{answer.method} failed" + ("" if answer.why else " (not retried)"))
+        return APIResponse(
+            answer.method, answer.url, answer.status, answer.reason, answer.headers, answer.body, answer.token
+        )
 
     @staticmethod
     def _not_retried(method: str, idempotent: bool | None) -> str:
         if idempotent is False:
             return "not retried (idempotent=False)"
         return f"not retried: {method} may not be safe to repeat (pass idempotent=True if it is)"
-
-    @staticmethod
-    def _redirected(
-        status: int, method: str, body: bytes | str | Body | None, headers: dict[str, str]
-    ) -> tuple[str, bytes | str | Body | None]:
-        # RFC 9110 §15.4: 303 turns any method but HEAD into GET; 301/302 turn POST into GET
-        # (what every client does); 307/308 keep the method and the body.
-        if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
-            for k in [k for k in headers if k.lower() in ("content-type", "content-length")]:
-                del headers[k]
-            return "GET", None
-        return method, body

@@ -79,6 +79,10 @@ class Crawler:
     #: A link or redirect to any other origin: ``"fail"`` the partition (default) or follow it
     #: ``"follow_without_token"``. The token never goes there either way.
     foreign_origins: ClassVar[Literal["fail", "follow_without_token"]] = "fail"
+    #: Headers never sent to a foreign origin. Only content-negotiation and caching headers
+    #: (:data:`~oauthpw_async.headers.FORWARDABLE_HEADERS`) ever go there; name one of those here
+    #: to hold it back too (a ``User-Agent`` that identifies the tenant, say).
+    sensitive_headers: ClassVar[Sequence[str]] = ()
 
     #: A record field (dotted path) that identifies a record. When set, a record whose key was
     #: already written in this run, or is already in the sink when a partition is read again

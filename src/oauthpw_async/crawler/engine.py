@@ -1,8 +1,8 @@
-"""The crawl engine: concurrency, rate limits, retries, 401 handling, origins, sinks, checkpoints.
+"""The crawl engine: partitions, pages, read-ahead, completeness, de-duplication, sinks, checkpoints.
 
-What an answer means is decided by :func:`oauthpw_async.responses.classify_api_response`; how
-long to wait by :class:`oauthpw_async.retry.RetryPolicy`; time comes from the provider's clock.
-This module only acts on those decisions.
+Every API request goes through :class:`oauthpw_async.pipeline.RequestPipeline` (origins,
+redirects, retries, rate limits, 401 renewal, the token); this module decodes pages and keeps
+positions. Time comes from the provider's clock.
 """
 
 from __future__ import annotations
@@ -11,36 +11,24 @@ import asyncio
 import collections
 import logging
 import os
-import random
-import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import anyio
 import attrs
 import orjson
 
-from .._api import (
-    MAX_REDIRECTS,
-    Governor,
-    HostGovernor,
-    Origins,
-    RefusedTokens,
-    RequestStats,
-    resolve_url,
-    token_excerpt,
-)
-from .._httputil import origin, safe_url
+from .._api import Governor, HostGovernor, Origins, RequestStats, resolve_url
+from .._httputil import safe_url
 from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
-from ..errors import CrawlError, ForeignOriginError, HTTPStatusError, UsageError
-from ..responses import classify_api_response
-from ..retry import Retrying, RetryPolicy
+from ..errors import CrawlError, HTTPStatusError, UsageError
+from ..headers import checked_headers
+from ..pipeline import RequestPipeline
+from ..retry import RetryPolicy
 from ..sources import TokenSource
-from ..transport import ssl_context
 from .checkpoint import Checkpoints, PartitionSource, PositionStore, fingerprint
 from .incremental import IncrementalSync, RunKeys, SyncStats, key_digest
 from .pagination import Page, PageRequest, Paginator, resolve
@@ -295,13 +283,12 @@ class CrawlEngine:
         self._on_progress = on_progress
         self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._hosts: dict[str, Governor] = {}
         self._paginator: Paginator = resolve(crawler.pagination)
-        self._rng = random.Random()
-        self._origins: Origins | None = None
-        self._ssl: ssl.SSLContext | bool = True
-        self._refused = RefusedTokens()  # the 401 rule: a renewal per rejected token, bounded
-        self._headers = {"Accept": "application/json", **crawler.headers}
+        self._pipeline: RequestPipeline | None = None  # made once the base URL (and so the origins) is known
+        self._headers = {
+            "Accept": "application/json",
+            **checked_headers(crawler.headers, where=f"{type(crawler).__name__}.headers"),
+        }
         # Primary keys written in this run (digests), when the crawler declares a primary key.
         self._keys: set[bytes] | RunKeys | None = set() if crawler.primary_key is not None else None
         self._keys_loaded = False
@@ -316,9 +303,6 @@ class CrawlEngine:
 
     async def run(self, sink: Sink) -> CrawlStats:
         """Crawl every partition into ``sink``; returns the final counters."""
-        config = getattr(self.tokens, "config", None)
-        if config is not None:
-            self._ssl = ssl_context(config)
         own = self._session is None
         state_open = False
         session = self._session or aiohttp.ClientSession(
@@ -326,7 +310,19 @@ class CrawlEngine:
         )
         try:
             base = await self._base_url()
-            self._origins = Origins([base, *self.crawler.allowed_origins])
+            self._pipeline = RequestPipeline(
+                self.tokens,
+                origins=Origins([base, *self.crawler.allowed_origins]),
+                foreign_origins=self.crawler.foreign_origins,
+                slots=self._slots,
+                retry=self._retry,
+                timeout=self._timeout,
+                clock=self._clock,
+                governor=self._new_governor,
+                stats=self.stats,
+                fix_hint="set foreign_origins = 'follow_without_token' on the crawler",
+                sensitive_headers=self.crawler.sensitive_headers,
+            )
             partitions = list(self.crawler.partitions())
             names = [p.name for p in partitions]
             if len(set(names)) != len(names):
@@ -365,6 +361,8 @@ class CrawlEngine:
         finally:
             if state_open:  # a refused open must not release the lock of the crawl that holds it
                 self._checkpoints.close()
+            if self._pipeline is not None:
+                await self._pipeline.aclose()
             if own:
                 await session.close()
         self._progress()
@@ -590,29 +588,8 @@ class CrawlEngine:
 
     # --- one request -------------------------------------------------------------------------------
 
-    def _governor(self, url: str) -> Governor:
-        host = url.split("/", 3)[2] if "://" in url else urlsplit(url).netloc
-        gov = self._hosts.get(host)
-        if gov is None:
-            gov = self._hosts[host] = (
-                self._governors(host) if self._governors is not None else HostGovernor(self._rate, self._clock)
-            )
-        return gov
-
-    def _authorize(self, url: str) -> bool:
-        """Whether ``url`` may be sent the token; raises when it may not and must not be followed."""
-        assert self._origins is not None
-        if self._origins.allows(url):
-            return True
-        if self.crawler.foreign_origins == "follow_without_token":
-            return False
-        foreign = origin(url)
-        raise ForeignOriginError(
-            f"{safe_url(url)} is on {foreign}, not an origin the token may be sent to; "
-            f"add {foreign!r} to allowed_origins if it is yours, or set "
-            "foreign_origins = 'follow_without_token' to read it without credentials",
-            origin=foreign,
-        )
+    def _new_governor(self, host: str) -> Governor:
+        return self._governors(host) if self._governors is not None else HostGovernor(self._rate, self._clock)
 
     async def _request(
         self,
@@ -621,96 +598,13 @@ class CrawlEngine:
         params: Sequence[tuple[str, str]],
         headers: Mapping[str, str],
     ) -> tuple[int, Mapping[str, str], Any, str]:
-        """One API GET, followed through redirects and retried per the policy; the decoded body."""
-        clock = self._clock
-        retrying: Retrying | None = None  # made at the first failure: the happy path reads no clock
-        renewals = 0
-        redirects = 0
-        query: Sequence[tuple[str, str]] | None = list(params) or None
-        with_token = self._authorize(url)
-        gov = self._governor(url)
-        while True:
-            await gov.wait()
-            problem = ""
-            token = None
-            async with self._slots:
-                # The header is taken only now that the request has its slot, so no request
-                # queues while holding a token that may expire meanwhile.
-                if with_token:
-                    token = await self.tokens.get()
-                    send_headers = {**headers, "Authorization": token.authorization}
-                else:
-                    send_headers = dict(headers)
-                self.stats.requests += 1
-                try:
-                    async with session.get(
-                        url,
-                        params=query,
-                        timeout=self._timeout,
-                        allow_redirects=False,
-                        headers=send_headers,
-                        ssl=self._ssl,
-                    ) as resp:
-                        status = resp.status
-                        resp_headers: Mapping[str, str] = resp.headers
-                        body = await resp.read()
-                        final_url = str(resp.url)
-                except aiohttp.ClientConnectorCertificateError as exc:
-                    raise CrawlError(
-                        f"TLS certificate of {safe_url(url)} was not accepted "
-                        f"({type(exc.certificate_error).__name__}); check verify_tls and ca_bundle in the connection"
-                    ) from None
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    status, resp_headers, body, final_url = 0, {}, b"", url
-                    problem = type(exc).__name__
-            verdict = classify_api_response(status, resp_headers, clock.wall())
-            action = verdict.action
-            if action == "ok":
-                self._refused.succeeded()
-                try:
-                    return status, resp_headers, orjson.loads(body) if body.strip() else None, final_url
-                except orjson.JSONDecodeError:
-                    raise HTTPStatusError(
-                        "the API answered with something that is not JSON",
-                        status=status,
-                        url=safe_url(url),
-                        excerpt=token_excerpt(body, token),
-                    ) from None
-            if action == "renew" and token is not None:
-                self.stats.unauthorized += 1
-                self._refused.refused(token, renewals, url, body)
-                renewals += 1
-                self.tokens.invalidate(token)
-                continue
-            if action == "redirect":
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    raise HTTPStatusError(f"more than {MAX_REDIRECTS} redirects", status=status, url=safe_url(url))
-                url = urljoin(final_url, resp_headers.get("Location") or "")
-                query = None  # the Location carries its own query
-                with_token = self._authorize(url)
-                gov = self._governor(url)
-                continue
-            if action in ("pause", "retry"):
-                if retrying is None:
-                    retrying = self._retry.start(clock.monotonic(), self._rng)
-                delay = retrying.next_delay(clock.monotonic(), verdict.wait)
-                if delay is None:
-                    raise HTTPStatusError(
-                        f"{retrying.stop_reason} ({problem or f'HTTP {status}'})",
-                        status=status,
-                        url=safe_url(url),
-                        excerpt=token_excerpt(body, token),
-                    )
-                self.stats.retries += 1
-                if action == "pause":
-                    gov.pause(delay)  # every task on this host waits, not only this one
-                    self.stats.rate_limit_pauses += 1
-                    log.info("rate limited by %s (HTTP %d); pausing the host %.2fs", safe_url(url), status, delay)
-                else:
-                    log.info("retrying %s in %.2fs: %s", safe_url(url), delay, problem or f"HTTP {status}")
-                    await clock.sleep(delay)
-                continue
-            raise HTTPStatusError(
-                "request failed", status=status, url=safe_url(url), excerpt=token_excerpt(body, token), data=_json(body)
-            )
+        """One API GET through the request pipeline; the decoded body."""
+        assert self._pipeline is not None
+        answer = await self._pipeline.send(session, "GET", url, headers=headers, params=list(params) or None)
+        body = answer.body
+        if answer.status >= 300:
+            raise answer.error("request failed", data=_json(body))
+        try:
+            return answer.status, answer.headers, orjson.loads(body) if body.strip() else None, str(answer.url)
+        except orjson.JSONDecodeError:
+            raise answer.error("the API answered with something that is not JSON") from None

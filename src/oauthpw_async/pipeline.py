@@ -1,0 +1,371 @@
+"""The one way an API request is sent, for the crawler and the authorized session alike.
+
+Layered the way httpx's client is, outermost first; each rule lives here once:
+
+1. **Redirects** (:meth:`RequestPipeline.send`): every hop is followed by hand. Before a hop is
+   sent its origin is checked (:class:`~oauthpw_async._api.Origins`): the token goes only to
+   the configured origins. A foreign hop is refused (:class:`ForeignOriginError`) or, in
+   ``follow_without_token`` mode, sent with nothing credential-like: no ``Authorization``, no
+   cookie from any jar (foreign hops go through a cookie-less client on the same connection
+   pool), and of the request's headers only :data:`~oauthpw_async.headers.FORWARDABLE_HEADERS`.
+   The method rules of RFC 9110 §15.4 apply (303, and 301/302 after a POST, become a GET
+   without a body). A URL with ``user:password@`` in it is refused: the SDK sends the token only.
+2. **Retries**: what an answer means is :func:`~oauthpw_async.responses.classify_api_response`;
+   how long to wait is the one :class:`~oauthpw_async.retry.RetryPolicy`. A 429/503 pauses every
+   request to the host (its governor), other transient failures back off this request only.
+   A request the caller did not mark retriable is not sent again after a transient failure.
+3. **Auth**: a request first waits for its host's governor and a slot, *then* takes the token, so
+   no request queues while holding a token that may expire meanwhile. A 401 renews the refused
+   token and sends again, within the bounds of :class:`~oauthpw_async._api.RefusedTokens`.
+4. **One send**: aiohttp, with the connection's TLS settings; every aiohttp exception maps to
+   either "no answer" (retried as above) or a typed error here, never a builtin.
+
+What the callers keep is theirs alone: the engine decodes pages and keeps positions, the session
+builds bodies and response objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from random import Random
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+import anyio
+import attrs
+
+from ._api import MAX_REDIRECTS, Governor, Origins, RefusedTokens, RequestStats, token_excerpt
+from ._httputil import origin, safe_url
+from .clock import Clock
+from .errors import CrawlError, ForeignOriginError, HTTPStatusError
+from .grant import Token
+from .headers import foreign_hop_headers
+from .responses import classify_api_response
+from .retry import Retrying, RetryPolicy
+from .sources import TokenSource
+from .transport import ssl_context
+
+__all__ = ["Answer", "RequestPipeline", "redirected_method", "tls_of"]
+
+_log = logging.getLogger("oauthpw_async.requests")
+
+Query = Any  # what aiohttp accepts as params (a mapping, pairs or a string)
+Body = Any  # bytes, str or a form (mapping or pairs): replayable
+
+#: Routes (scheme://host:port prefix -> decisions) remembered per pipeline before starting over.
+_ROUTES_MAX = 4096
+
+
+@attrs.define(slots=True)
+class Answer:
+    """The last answer of one request, after redirects, renewals and retries.
+
+    ``why`` is empty for a success or a definitive failure; for a transient failure that was not
+    sent again it says why (retries ran out, or the request was not retriable).
+    """
+
+    method: str
+    url: Any  # aiohttp's URL object (or the URL text): made a string only when asked for
+    status: int
+    reason: str | None
+    headers: Mapping[str, str]
+    body: bytes
+    token: Token | None
+    why: str = ""
+
+    def error(self, message: str, *, data: object = None) -> HTTPStatusError:
+        """An :class:`HTTPStatusError` for this answer; the body excerpt never holds the token."""
+        if self.why:
+            message = f"{message} ({self.why})"
+        return HTTPStatusError(
+            message,
+            status=self.status,
+            url=safe_url(str(self.url)),
+            excerpt=token_excerpt(self.body, self.token),
+            data=data,
+        )
+
+
+@attrs.define(slots=True)
+class _Route:
+    """What is decided once per origin: may it have the token, and its host's governor."""
+
+    allowed: bool
+    governor: Governor
+
+
+def tls_of(tokens: TokenSource) -> ssl.SSLContext | bool:
+    """The TLS settings of API requests: the connection's (``verify_tls``, ``ca_bundle``), else the default.
+
+    Raises :class:`~oauthpw_async.errors.ConfigError` for an unusable CA bundle.
+    """
+    config = getattr(tokens, "config", None)
+    return ssl_context(config) if config is not None else True
+
+
+def redirected_method(status: int, method: str) -> bool:
+    """Whether a redirect with ``status`` turns ``method`` into a GET without a body (RFC 9110 §15.4).
+
+    303 turns any method but HEAD into GET; 301/302 turn POST into GET (what every client does);
+    307/308 keep the method and the body.
+    """
+    return (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST")
+
+
+class RequestPipeline:
+    """Sends API requests with a token source's token, by the rules in this module's docstring.
+
+    One per crawl or session: it owns the host governors, the 401 bookkeeping and a cookie-less
+    client for foreign hops (closed by :meth:`aclose`). The caller owns the aiohttp session.
+
+    Args:
+        tokens: where the token comes from.
+        origins: the origins that may receive the token.
+        foreign_origins: ``"fail"`` or ``"follow_without_token"``.
+        slots: requests in flight at once (a FIFO semaphore).
+        retry: the retry policy of one request.
+        timeout: the default time one attempt may take.
+        clock: time for backoff and pauses.
+        governor: a new governor for a host (``"host:port"``).
+        stats: counters to keep (requests, retries, 401s, pauses, redirects).
+        fix_hint: how the user lets a foreign origin through, for :class:`ForeignOriginError`.
+        sensitive_headers: headers never sent to a foreign origin, beyond the ones that are not
+            forwardable anyway.
+        tls: the TLS settings (default: :func:`tls_of` the token source).
+    """
+
+    def __init__(
+        self,
+        tokens: TokenSource,
+        *,
+        origins: Origins,
+        foreign_origins: str,
+        slots: anyio.Semaphore,
+        retry: RetryPolicy,
+        timeout: aiohttp.ClientTimeout,
+        clock: Clock,
+        governor: Callable[[str], Governor],
+        stats: RequestStats,
+        fix_hint: str,
+        sensitive_headers: Sequence[str] = (),
+        tls: ssl.SSLContext | bool | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.origins = origins
+        self.stats = stats
+        self._follow_foreign = foreign_origins == "follow_without_token"
+        self._slots = slots
+        self._retry = retry
+        self._timeout = timeout
+        self._clock = clock
+        self._new_governor = governor
+        self._fix_hint = fix_hint
+        self._sensitive = tuple(sensitive_headers)
+        self._rng = Random()
+        self._refused = RefusedTokens()
+        self._routes: dict[str, _Route] = {}
+        self._hosts: dict[str, Governor] = {}
+        self._bare: aiohttp.ClientSession | None = None  # cookie-less, for foreign hops
+        self._ssl = tls_of(tokens) if tls is None else tls
+        # The last headers with a token: reused while the token and the base headers are the same.
+        self._auth_cache: tuple[Mapping[str, str] | None, Token | None, dict[str, str]] = (None, None, {})
+
+    async def aclose(self) -> None:
+        """Close the cookie-less client of foreign hops (the shared connection pool stays open)."""
+        if self._bare is not None:
+            bare, self._bare = self._bare, None
+            await bare.close()
+
+    # --- per origin ----------------------------------------------------------------------------------
+
+    def route(self, url: str) -> _Route:
+        """The decisions for ``url``'s origin; refuses a foreign origin unless told to follow it."""
+        scheme_end = url.find("://")
+        netloc_end = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
+        prefix = url if netloc_end < 0 else url[:netloc_end]
+        route = self._routes.get(prefix)
+        if route is None:
+            route = self._new_route(url, prefix)
+        elif not route.allowed and not self._follow_foreign:
+            self._refuse(url)
+        return route
+
+    def _new_route(self, url: str, prefix: str) -> _Route:
+        netloc = prefix.partition("://")[2]
+        if "@" in netloc:
+            raise CrawlError(
+                f"{safe_url(url)} carries a user name or password in its address (user:password@host); "
+                "the SDK authenticates with the token alone and never sends such a URL: fix the link "
+                "or the base URL"
+            )
+        if origin(url) == "null":
+            raise CrawlError(f"{safe_url(url)} is not an absolute http(s) URL that can be requested")
+        allowed = self.origins.allows(url)
+        if not allowed and not self._follow_foreign:
+            self._refuse(url)
+        host = netloc.lower()
+        gov = self._hosts.get(host)
+        if gov is None:
+            gov = self._hosts[host] = self._new_governor(host)
+        route = _Route(allowed, gov)
+        if len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+        self._routes[prefix] = route
+        return route
+
+    def _refuse(self, url: str) -> None:
+        foreign = origin(url)
+        raise ForeignOriginError(
+            f"{safe_url(url)} is on {foreign}, not an origin the token may be sent to; "
+            f"add {foreign!r} to allowed_origins if it is yours, or {self._fix_hint} to read it without credentials",
+            origin=foreign,
+        )
+
+    def _foreign_client(self, session: aiohttp.ClientSession) -> aiohttp.ClientSession:
+        # Same pool, no cookie jar: a foreign origin gets no cookie of the API's (aiohttp's jar
+        # ignores ports and follows https -> http), and what it sets is not kept.
+        if self._bare is None or self._bare.connector is not session.connector:
+            self._bare = aiohttp.ClientSession(
+                connector=session.connector, connector_owner=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
+        return self._bare
+
+    def _with_token(self, headers: Mapping[str, str], token: Token) -> dict[str, str]:
+        base, cached_token, cached = self._auth_cache
+        if base is headers and cached_token is token:
+            return cached
+        out = {**headers, "Authorization": token.authorization}
+        self._auth_cache = (headers, token, out)
+        return out
+
+    # --- one request ---------------------------------------------------------------------------------
+
+    async def send(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        params: Query | None = None,
+        body: Body | None = None,
+        allow_redirects: bool = True,
+        retriable: bool = True,
+        not_retried: str = "not retried",
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Answer:
+        """Send one request through redirects, 401 renewals and retries; the last answer.
+
+        ``headers`` must be checked already (:func:`~oauthpw_async.headers.checked_headers`) and
+        are never changed. ``url`` is absolute. Raises :class:`HTTPStatusError` when no answer
+        came, :class:`ForeignOriginError`, :class:`UnauthorizedError`, :class:`CrawlError` for
+        TLS and unusable URLs, and whatever the token source raises.
+        """
+        clock = self._clock
+        tokens = self.tokens
+        stats = self.stats
+        slots = self._slots
+        attempt_timeout = timeout or self._timeout
+        route = self.route(url)
+        client = session if route.allowed else self._foreign_client(session)
+        if not route.allowed:
+            headers = foreign_hop_headers(headers, self._sensitive)
+        query = params
+        retrying: Retrying | None = None  # made at the first failure: the happy path reads no clock
+        renewals = redirects = 0
+        while True:
+            await route.governor.wait()
+            problem = ""
+            token: Token | None = None
+            async with slots:
+                if route.allowed:
+                    # Only now that the request can be sent: see the module docstring.
+                    token = await tokens.get()
+                    send_headers = self._with_token(headers, token)
+                else:
+                    send_headers = dict(headers)
+                stats.requests += 1
+                try:
+                    async with client.request(
+                        method,
+                        url,
+                        params=query,
+                        data=body,
+                        headers=send_headers,
+                        allow_redirects=False,
+                        timeout=attempt_timeout,
+                        ssl=self._ssl,
+                    ) as resp:
+                        status = resp.status
+                        reason = resp.reason
+                        resp_headers: Mapping[str, str] = resp.headers
+                        content = await resp.read()
+                        final_url: Any = resp.url
+                except aiohttp.ClientConnectorCertificateError as exc:
+                    raise CrawlError(
+                        f"TLS certificate of {safe_url(url)} was not accepted "
+                        f"({type(exc.certificate_error).__name__}); check verify_tls and ca_bundle in the connection"
+                    ) from None
+                except aiohttp.InvalidURL:
+                    raise CrawlError(f"{safe_url(url)} is not a URL that can be requested") from None
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    status, reason, content, final_url, resp_headers = 0, None, b"", url, {}
+                    problem = type(exc).__name__
+                except ValueError as exc:  # aiohttp refuses what it cannot put on the wire
+                    raise CrawlError(
+                        f"{method} {safe_url(url)} could not be sent ({type(exc).__name__}): a header, the "
+                        "query or the body holds something HTTP cannot carry"
+                    ) from None
+            verdict = classify_api_response(status, resp_headers, clock.wall())
+            action = verdict.action
+            if action == "ok":
+                self._refused.succeeded()
+                return Answer(method, final_url, status, reason, resp_headers, content, token)
+            if action == "renew" and token is not None:
+                # Sent again whatever the method: the server refused the credentials, it did not act.
+                stats.unauthorized += 1
+                self._refused.refused(token, renewals, url, content)
+                renewals += 1
+                tokens.invalidate(token)
+                continue
+            if action == "redirect" and allow_redirects:
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise HTTPStatusError(f"more than {MAX_REDIRECTS} redirects", status=status, url=safe_url(url))
+                stats.redirects += 1
+                url = urljoin(str(final_url), resp_headers.get("Location") or "")
+                query = None  # the Location carries its own query
+                if redirected_method(status, method):
+                    method, body = "GET", None
+                    headers = {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")}
+                route = self.route(url)
+                if not route.allowed:  # and it stays that way for the rest of the chain
+                    headers = foreign_hop_headers(headers, self._sensitive)
+                    client = self._foreign_client(session)
+                else:
+                    client = session  # the API's own origin: its cookies may go along
+                continue
+            if action in ("pause", "retry") and retriable:
+                if retrying is None:
+                    retrying = self._retry.start(clock.monotonic(), self._rng)
+                delay = retrying.next_delay(clock.monotonic(), verdict.wait)
+                if delay is not None:
+                    stats.retries += 1
+                    what = problem or f"HTTP {status}"
+                    if action == "pause":
+                        route.governor.pause(delay)  # every request to this host waits, not only this one
+                        stats.rate_limit_pauses += 1
+                        _log.info("rate limited by %s (%s); pausing the host %.2fs", safe_url(url), what, delay)
+                    else:
+                        _log.info("retrying %s %s in %.2fs: %s", method, safe_url(url), delay, what)
+                        await clock.sleep(delay)
+                    continue
+            why = ""
+            if action in ("pause", "retry"):
+                why = retrying.stop_reason if retrying is not None else not_retried
+            if status == 0:
+                raise HTTPStatusError(f"{method} got no answer ({problem}); {why}", status=0, url=safe_url(url))
+            return Answer(method, final_url, status, reason, resp_headers, content, token, why)
