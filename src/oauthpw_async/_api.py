@@ -74,6 +74,11 @@ class HostGovernor:
             if slot > now:
                 await clock.sleep(slot - now)
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to wait for: no pause was ever set and no rate applies."""
+        return not self.paused_until and not self.interval
+
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self.clock.monotonic() + seconds)
 

@@ -37,7 +37,7 @@ import aiohttp
 import anyio
 import attrs
 
-from ._api import MAX_REDIRECTS, Governor, Origins, RefusedTokens, RequestStats, token_excerpt
+from ._api import MAX_REDIRECTS, Governor, HostGovernor, Origins, RefusedTokens, RequestStats, token_excerpt
 from ._httputil import origin, safe_url
 from .clock import Clock
 from .errors import CrawlError, ForeignOriginError, HTTPStatusError
@@ -254,12 +254,13 @@ class RequestPipeline:
         body: Body | None = None,
         allow_redirects: bool = True,
         retriable: bool = True,
-        not_retried: str = "not retried",
+        not_retried: Callable[[], str] | None = None,
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> Answer:
         """Send one request through redirects, 401 renewals and retries; the last answer.
 
-        ``headers`` must be checked already (:func:`~oauthpw_async.headers.checked_headers`) and
+        ``not_retried`` says why a transient failure was not sent again, when ``retriable`` is false
+        (called only then). ``headers`` must be checked already (:func:`~oauthpw_async.headers.checked_headers`) and
         are never changed. ``url`` is absolute. Raises :class:`HTTPStatusError` when no answer
         came, :class:`ForeignOriginError`, :class:`UnauthorizedError`, :class:`CrawlError` for
         TLS and unusable URLs, and whatever the token source raises.
@@ -277,7 +278,9 @@ class RequestPipeline:
         retrying: Retrying | None = None  # made at the first failure: the happy path reads no clock
         renewals = redirects = 0
         while True:
-            await route.governor.wait()
+            gov = route.governor
+            if not (type(gov) is HostGovernor and gov.idle):  # an idle local governor has nothing to wait for
+                await gov.wait()
             problem = ""
             token: Token | None = None
             async with slots:
@@ -356,7 +359,7 @@ class RequestPipeline:
                     stats.retries += 1
                     what = problem or f"HTTP {status}"
                     if action == "pause":
-                        route.governor.pause(delay)  # every request to this host waits, not only this one
+                        gov.pause(delay)  # every request to this host waits, not only this one
                         stats.rate_limit_pauses += 1
                         _log.info("rate limited by %s (%s); pausing the host %.2fs", safe_url(url), what, delay)
                     else:
@@ -365,7 +368,10 @@ class RequestPipeline:
                     continue
             why = ""
             if action in ("pause", "retry"):
-                why = retrying.stop_reason if retrying is not None else not_retried
+                if retrying is not None:
+                    why = retrying.stop_reason
+                else:
+                    why = not_retried() if not_retried is not None else "not retried"
             if status == 0:
                 raise HTTPStatusError(f"{method} got no answer ({problem}); {why}", status=0, url=safe_url(url))
             return Answer(method, final_url, status, reason, resp_headers, content, token, why)
