@@ -166,7 +166,8 @@ class RequestPipeline:
         self._sensitive = tuple(sensitive_headers)
         self._rng = Random()
         self._refused = RefusedTokens()
-        self._routes: dict[str, _Route] = {}
+        self._routes: dict[str, _Route] = {}  # by scheme://host:port as written
+        self._by_url: dict[str, _Route] = {}  # by whole URL, for URLs called again and again
         self._hosts: dict[str, Governor] = {}
         self._bare: aiohttp.ClientSession | None = None  # cookie-less, for foreign hops
         self._ssl = tls_of(tokens) if tls is None else tls
@@ -183,9 +184,24 @@ class RequestPipeline:
 
     def route(self, url: str) -> _Route:
         """The decisions for ``url``'s origin; refuses a foreign origin unless told to follow it."""
+        route = self._by_url.get(url)  # most programs call a handful of URLs many times
+        if route is not None and route.allowed:
+            return route
+        route = self._origin_route(url)
+        if len(self._by_url) >= _ROUTES_MAX:
+            self._by_url.clear()
+        self._by_url[url] = route
+        return route
+
+    def _origin_route(self, url: str) -> _Route:
         scheme_end = url.find("://")
-        netloc_end = url.find("/", scheme_end + 3) if scheme_end > 0 else -1
-        prefix = url if netloc_end < 0 else url[:netloc_end]
+        netloc_end = len(url)
+        if scheme_end > 0:
+            for mark in "/?#":
+                at = url.find(mark, scheme_end + 3)
+                if 0 <= at < netloc_end:
+                    netloc_end = at
+        prefix = url[:netloc_end]
         route = self._routes.get(prefix)
         if route is None:
             route = self._new_route(url, prefix)

@@ -460,7 +460,7 @@ class AuthorizedSession:
             body=body,
             allow_redirects=allow_redirects,
             retriable=retriable,
-            not_retried=lambda: self._not_retried(method, idempotent),
+            not_retried=None if retriable else lambda: self._not_retried(method, idempotent),
             timeout=None if timeout is None else aiohttp.ClientTimeout(total=timeout),
         )
         if raise_for_status and answer.status >= 400:
