@@ -45,6 +45,7 @@ from .check import CheckResult, ExitCode, check_connection, exit_code_for
 from .config import load_config
 from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink, StreamSink
 from .crawler.checkpoint import Checkpoints
+from .crawler.sinks import STREAM
 from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenError, UsageError
 from .fleet import command as fleet_command  # imports no Redis client until a fleet is used
 from .fleet.errors import FleetError
@@ -65,6 +66,25 @@ from .store import FileTokenStore
 __all__ = ["build_parser", "main"]
 
 log = logging.getLogger("oauthpw_async.cli")
+
+#: The logger of the crawl engine, incremental sync and checkpoints: its warnings concern the data.
+DATA_LOGGER = "oauthpw_async.crawler"
+
+
+class _DataWarnings(logging.Handler):
+    """Keeps the warnings about the data a crawl logged, for its summary (bounded; the log has them all)."""
+
+    LIMIT = 100
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.messages) < self.LIMIT:
+            self.messages.append(record.getMessage())
 
 
 def _err(message: str) -> None:
@@ -133,11 +153,14 @@ class _Before:
 
     resumed: bool = False
     done: int = 0
+    #: Incremental crawlers: the number of the run that begins now (``None``: a resume, or not incremental).
+    incremental_run: int | None = None
 
 
-def _state_before(state: str | None, names: Sequence[str]) -> _Before:
+def _state_before(state: str | None, names: Sequence[str], *, incremental: bool, out: Path | None) -> _Before:
+    """What the state file says before this run: a resume, or (incremental crawlers) a new run and its number."""
     if not state or not Path(state).exists():
-        return _Before()
+        return _Before(incremental_run=1 if incremental else None)
     try:
         cp = Checkpoints(state)
         cp.read()
@@ -145,7 +168,16 @@ def _state_before(state: str | None, names: Sequence[str]) -> _Before:
         return _Before()  # the crawl itself reports it, with what to do
     done = sum(1 for n in names if cp.is_done(n))
     started = any(cp.is_done(n) or cp.pages(n) or cp.resume_from(n) is not None for n in names)
-    return _Before(resumed=started, done=done)
+    recorded = cp.document()["fingerprint"].get("output")
+    moved_output = out is not None and recorded not in (None, STREAM, str(out.resolve()))
+    if not incremental:
+        if moved_output and done == len(names):  # a finished crawl, now into a new output: it starts anew
+            return _Before()
+        return _Before(resumed=started, done=done)
+    runs = max((int((cp.cursor(n) or {}).get("runs", 0)) for n in names), default=0)
+    if not started or done == len(names) or moved_output:  # a new run begins (into a new output, maybe)
+        return _Before(incremental_run=runs + 1)
+    return _Before(resumed=True, done=done)
 
 
 def _count_records(path: Path) -> int:
@@ -191,7 +223,7 @@ class _CrawlJob:
 async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None, TokenProvider | StaticToken | None]:
     """Run one crawl with signal handling, print its summary; returns (exit code, stats, provider)."""
     names = [p.name for p in job.crawler.partitions()]
-    before = _state_before(None if job.fresh else job.state, names)
+    before = _state_before(None if job.fresh else job.state, names, incremental=job.crawler.is_incremental, out=job.out)
     out_name = str(job.out) if job.out is not None else "stdout"
     if job.state and names and before.done == len(names) and not job.crawler.is_incremental:
         total = _count_records(job.out) if job.out is not None and job.out.exists() else None
@@ -224,6 +256,8 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
             pass
     sink: Sink | None = None
     tokens = job.tokens
+    data_warnings = _DataWarnings()
+    logging.getLogger(DATA_LOGGER).addHandler(data_warnings)
     progress = Progress(tokens, live=sys.stderr.isatty())
     started = time.monotonic()
     stats: CrawlStats | None = None
@@ -266,6 +300,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
         outcome = "failed"
         code = exit_code_for(exc)
     finally:
+        logging.getLogger(DATA_LOGGER).removeHandler(data_warnings)
         if isinstance(sink, JsonLinesSink):
             sink.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -287,6 +322,9 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
             resumed=before.resumed,
             already_done=before.done,
             outcome=outcome,
+            data_warnings=tuple(data_warnings.messages),
+            data_warning_count=data_warnings.count,
+            incremental_run=before.incremental_run,
         )
         print_lines(format_summary(summary), report)
         for key, value in state_cli.cursor_rows(shown):  # incremental crawlers: cursor before -> after
@@ -504,7 +542,8 @@ def _add_verbose(parser: argparse.ArgumentParser, *, default: object) -> None:
         "--verbose",
         action="store_true",
         default=default,
-        help="log each token request (grant, URL without query, attempt) and each retry; never a secret",
+        help="log each token request (grant, URL without query, attempt) and each retry; never a secret "
+        "(warnings about the data are shown without it)",
     )
 
 
@@ -651,6 +690,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("oauthpw_async").setLevel(logging.ERROR)
+        # What concerns the data (a partition restarted or incomplete, records moved or dropped as already
+        # written, cursors ignored) always reaches stderr: -v adds detail, it does not unlock these.
+        logging.getLogger(DATA_LOGGER).setLevel(logging.WARNING)
         # The Redis client logs its connection failures with tracebacks; the fleet reports them typed.
         logging.getLogger("coredis").setLevel(logging.CRITICAL)
     logging.getLogger("aiohttp").setLevel(logging.ERROR)

@@ -156,6 +156,12 @@ class RunSummary:
     already_done: int = 0
     #: ``"finished"``, ``"interrupted"``, ``"failed"`` or ``"output closed"``.
     outcome: str = "finished"
+    #: Warnings about the data logged during the run (a partition restarted or incomplete, records moved...).
+    data_warnings: tuple[str, ...] = ()
+    #: How many there were (``data_warnings`` may hold only the first ones).
+    data_warning_count: int = 0
+    #: Incremental crawlers: the run's number when a new run began (``None``: not incremental, or resumed).
+    incremental_run: int | None = None
 
 
 def completeness_lines(stats: CrawlStats) -> list[str]:
@@ -176,7 +182,11 @@ def format_summary(s: RunSummary) -> list[str]:
     """The summary printed after a crawl (also after an interrupted or failed one)."""
     stats, t = s.stats, s.tokens
     lines = ["summary:" if s.outcome == "finished" else f"summary ({s.outcome}):"]
-    if s.resumed:
+    if s.incremental_run is not None:
+        n = s.incremental_run
+        begun = "the first (no cursor yet)" if n == 1 else f"from the cursors of run {n - 1}"
+        lines.append(row("run", f"incremental run {n}, {begun}"))
+    elif s.resumed:
         lines.append(row("resumed", f"yes: {s.already_done} of {stats.partitions_total} partition(s) already done"))
     lines += [
         row("records", f"{stats.records:,} this run"),
@@ -195,7 +205,17 @@ def format_summary(s: RunSummary) -> list[str]:
         lines.append(row("output", f"{s.output} ({s.output_records:,} records in total)"))
     if s.outcome == "finished":
         lines += completeness_lines(stats)
+    if s.data_warnings:
+        shown = s.data_warnings[:_WARNINGS_SHOWN]
+        total = max(s.data_warning_count, len(s.data_warnings))
+        more = f" ({total - len(shown)} more above)" if total > len(shown) else ""
+        lines.append(row("warnings", f"{total} about the data{more}"))
+        lines += [row("", w) for w in shown]
     return lines
+
+
+#: How many warnings about the data the summary repeats (all of them were logged as they happened).
+_WARNINGS_SHOWN = 5
 
 
 def format_nothing_to_do(

@@ -342,17 +342,56 @@ class Checkpoints:
         if not differences:
             self._data = partitions
             return False
+        if set(differences) == {"output"} and self._new_output(partitions, *differences["output"]):
+            return True
         what = "; ".join(_describe(k, old, new) for k, (old, new) in differences.items())
         if self.on_mismatch == "restart":
             log.warning("state file %s belongs to another crawl (%s); starting over as asked", self.path, what)
             self._data, self._cursors, self._runs = {}, {}, {}
             return True
+        if set(differences) == {"output"}:
+            old, new = differences["output"]
+            raise StateMismatch(
+                f"state file {self.path} holds the unfinished positions of a crawl into another output "
+                f"({_describe('output', old, new)}); resuming from them would skip records in the new one. "
+                f"Continue it into {old}, or start a new crawl into {new} with restart=True (the command "
+                "line's --restart), or give it another state file",
+                differences=differences,
+            )
         raise StateMismatch(
             f"state file {self.path} belongs to another crawl ({what}); resuming from it would skip records. "
             "Resume with the crawl it belongs to, or start over: delete it (and the output), or open it with "
             "restart=True",
             differences=differences,
         )
+
+    def _new_output(self, partitions: dict[str, Any], old: object, new: object) -> bool:
+        """A crawl into another output: positions belong to an output, cursors to the crawl.
+
+        An incremental crawl (it has cursors or a run in flight) may write each run to a new output
+        (a daily file): the cursors stay, the positions and the run in flight of the old output are
+        dropped, so every partition reads from its committed cursor (an unfinished run's partitions
+        too: what they wrote to the old output is written again). A full crawl may start into a new
+        output once every partition is done. ``False``: the state holds a full crawl's unfinished
+        positions, which only the old output can finish.
+        """
+        unfinished = sorted(name for name, entry in partitions.items() if not entry.get("done"))
+        incremental = bool(self._cursors or self._runs)
+        if unfinished and not incremental:
+            return False
+        if unfinished:
+            log.warning(
+                "state file %s: the run in flight wrote %s into %s; its partitions are read again from their "
+                "committed cursors into %s",
+                self.path,
+                ", ".join(unfinished),
+                old,
+                new,
+            )
+        else:
+            log.info("state file %s: a new run into %s (the last one wrote to %s)", self.path, new, old)
+        self._data, self._runs = {}, {}
+        return True
 
     def _load_cursors_only(self) -> None:
         """On a restart: keep the committed cursors (``--full-refresh`` is what ignores them)."""

@@ -162,10 +162,39 @@ def announced_total(data: Any, headers: Mapping[str, str], total_path: Path | No
     return None
 
 
+def _next_link_lookalike(data: Any) -> str:
+    """A field of the page (top level or one below) named like a next link and holding a string, or ``""``.
+
+    A one-page partition whose strategy treats a missing link as the end is still reported when the
+    page holds such a field: the strategy's path is then probably wrong.
+    """
+    if not isinstance(data, dict):
+        return ""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for inner, v in value.items():
+                if isinstance(inner, str) and "next" in inner.lower() and isinstance(v, str) and v:
+                    return f"{key}.{inner}"
+        elif isinstance(key, str) and "next" in key.lower() and isinstance(value, str) and value:
+            return key
+    return ""
+
+
 class _Completeness:
     """What one partition's pages showed about whether it got everything."""
 
-    __slots__ = ("_crawler", "_ended", "_locator", "_locator_seen", "_pages", "_records_seen", "_stop", "_total")
+    __slots__ = (
+        "_crawler",
+        "_ended",
+        "_locator",
+        "_locator_seen",
+        "_lookalike",
+        "_missing_is_end",
+        "_pages",
+        "_records_seen",
+        "_stop",
+        "_total",
+    )
 
     def __init__(self, crawler: Crawler, paginator: Paginator) -> None:
         self._crawler = crawler
@@ -176,10 +205,14 @@ class _Completeness:
         self._locator_seen = False
         self._total: int | None = None
         self._stop = ""
+        self._missing_is_end: bool = getattr(paginator, "missing_is_end", False)
+        self._lookalike = ""
 
     def saw(self, page: Page) -> None:
         self._pages += 1
         data = page.data
+        if self._pages == 1 and self._missing_is_end and self._locator is not None:
+            self._lookalike = _next_link_lookalike(data)
         if not self._records_seen and lookup(data, self._crawler.records_path) is not MISSING:
             self._records_seen = True
         if (
@@ -212,11 +245,18 @@ class _Completeness:
         if self._total is not None and committed < self._total:
             out.append(f"{committed} of {self._total} announced records were read")
         if self._locator is not None and not self._locator_seen and self._pages == 1 and committed:
-            out.append(
-                f"the next-page locator {self._locator!r} was never on a page, so only the first page was read; "
-                "if the source has one page only, tell the strategy how it signals the end "
-                "(has_more_path or done_path)"
-            )
+            if not self._missing_is_end:
+                out.append(
+                    f"the next-page locator {self._locator!r} was never on a page, so only the first page was "
+                    "read; if the source has one page only, tell the strategy how it signals the end "
+                    "(has_more_path, done_path, or missing_is_end=True)"
+                )
+            elif self._lookalike:
+                out.append(
+                    f"the next-page locator {self._locator!r} was not on the page, but {self._lookalike!r} holds "
+                    "what looks like a next link, so only the first page may have been read: check the "
+                    "strategy's path"
+                )
         return out
 
 

@@ -108,6 +108,10 @@ class NextUrl(_NoStart):
     base_path: Path | None = None
     #: A field that says "this was the last page" (Salesforce ``done``), for the completeness check.
     done_path: Path | None = None
+    #: A page without the next link is the last one (Graph, Confluence and most next-link APIs leave it
+    #: out there), so a one-page partition is complete. ``False``: the strategy also needs the link (or
+    #: ``done_path``) on some page, and a single page without it is reported as possibly incomplete.
+    missing_is_end: bool = True
 
     @property
     def locator_path(self) -> Path:
@@ -144,6 +148,10 @@ class Cursor(_NoStart):
     cursor_path: Path = "next_cursor"
     param: str = "cursor"
     has_more_path: Path | None = None
+    #: A page without the cursor field is the last one. ``False`` (the default: cursor APIs send a null
+    #: or empty cursor on their last page): a single page without the field is reported as possibly
+    #: incomplete, since the field's path may be wrong.
+    missing_is_end: bool = False
 
     @property
     def locator_path(self) -> Path:
