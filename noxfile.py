@@ -1,4 +1,4 @@
-"""Sessions users and CI rely on: tests, lint, typecheck, bench, bench-peers, demo."""
+"""Sessions users and CI rely on: tests, lint, typecheck, docs, bench, bench-peers, demo."""
 
 from __future__ import annotations
 
@@ -33,6 +33,13 @@ def typecheck(session: nox.Session) -> None:
     """Mypy strict over the package."""
     session.install("-e", ".[test]", "mypy==2.4.1")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site with mkdocs in strict mode (a warning fails it) into build/site."""
+    session.install("-e", ".[docs,fleet]")
+    session.run("mkdocs", "build", "--strict", "-d", "build/site", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 #: The clients compared with in benchmarks/peers.py, pinned; never runtime dependencies.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -43,7 +44,16 @@ if TYPE_CHECKING:
     from .store import TokenStore
     from .transport import TokenEndpoint
 
-__all__ = ["CHECK_RETRY", "CheckResult", "CheckStep", "ExitCode", "check_connection", "exit_code_for"]
+__all__ = [
+    "CHECK_RETRY",
+    "EXIT_CODE_MEANINGS",
+    "CheckResult",
+    "CheckStep",
+    "ExitCode",
+    "check_connection",
+    "exit_code_for",
+    "exit_codes_text",
+]
 
 log = logging.getLogger("oauthpw_async.check")
 
@@ -52,9 +62,10 @@ CHECK_RETRY = RetryPolicy(max_attempts=2, base_delay=0.5, max_delay=5.0, max_wai
 
 
 class ExitCode(enum.IntEnum):
-    """Exit codes of the ``oauthpw-async`` command (the table is in :mod:`oauthpw_async.cli`)."""
+    """Exit codes of the ``oauthpw-async`` command; what each means is :data:`EXIT_CODE_MEANINGS`."""
 
     OK = 0
+    UNEXPECTED = 1
     USAGE = 2
     CREDENTIALS = 3
     CLIENT = 4
@@ -65,6 +76,35 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130
     BROKEN_PIPE = 141
     TERMINATED = 143
+
+
+EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success; for a crawl: finished and complete (or nothing left to do)",
+    ExitCode.UNEXPECTED: "an unexpected error (a bug in a crawler or in this package): the traceback says where",
+    ExitCode.USAGE: "bad configuration or usage (connection file, options, --crawler)",
+    ExitCode.CREDENTIALS: "credentials rejected (username or password, or the account is locked)",
+    ExitCode.CLIENT: "client rejected (client id or secret, client authentication method)",
+    ExitCode.SERVER: "token server unreachable or failing (5xx, 429, timeout, unusable answer, login budget spent)",
+    ExitCode.REJECTED: "token request rejected otherwise (grant type, scope, parameters, a redirect)",
+    ExitCode.CRAWL_FAILED: "crawl failed (an API request failed for good, a damaged state file, a bad page)",
+    ExitCode.INCOMPLETE: "crawl finished but INCOMPLETE (a page budget, a cycle, fewer records than announced); "
+    "the summary names each partition and why; --allow-incomplete exits 0 instead",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); positions saved: the same command resumes",
+    ExitCode.BROKEN_PIPE: "stdout closed by its reader (| head), as for a process ended by SIGPIPE; positions saved: "
+    "the same command resumes",
+    ExitCode.TERMINATED: "terminated (SIGTERM); positions saved: the same command resumes",
+}
+"""What each exit code means: the one table that ``--help`` prints and the docs are generated from."""
+
+
+def exit_codes_text(width: int = 96) -> str:
+    """The exit-code table as plain text, for ``--help``."""
+    lines = []
+    for code, meaning in EXIT_CODE_MEANINGS.items():
+        wrapped = textwrap.wrap(meaning, width - 7) or [""]
+        lines.append(f"  {int(code):<4} {wrapped[0]}")
+        lines += [f"       {more}" for more in wrapped[1:]]
+    return "\n".join(lines)
 
 
 def exit_code_for(error: BaseException | None) -> ExitCode:

@@ -1,23 +1,8 @@
 """The ``oauthpw-async`` command: check a connection, run a crawler, run the demo, serve the test server.
 
 Records go to stdout as JSON Lines unless --out names a file; progress, logs and summaries go
-to stderr whenever stdout carries records. Secrets never appear in any output.
-
-Exit codes (every subcommand):
-  0    success; for a crawl: finished and complete (or nothing left to do)
-  1    an unexpected error (a bug in a crawler or in this package): the traceback says where
-  2    bad configuration or usage (connection file, options, --crawler)
-  3    credentials rejected (username or password, or the account is locked)
-  4    client rejected (client id or secret, client authentication method)
-  5    token server unreachable or failing (5xx, 429, timeout, unusable answer, login budget)
-  6    token request rejected otherwise (grant type, scope, parameters, a redirect)
-  7    crawl failed (an API request failed for good, a damaged state file, a bad page)
-  8    crawl finished but INCOMPLETE (a page budget, a cycle, fewer records than announced);
-       the summary names each partition and why; --allow-incomplete exits 0 instead
-  130  interrupted (Ctrl-C); positions saved: the same command resumes
-  141  stdout closed by its reader (e.g. `| head`), as for a process ended by SIGPIPE;
-       positions saved: the same command resumes
-  143  terminated (SIGTERM); positions saved: the same command resumes
+to stderr whenever stdout carries records. Secrets never appear in any output. The exit codes
+are :data:`oauthpw_async.check.EXIT_CODE_MEANINGS` (``--help`` prints them).
 """
 
 from __future__ import annotations
@@ -41,7 +26,7 @@ import attrs
 import orjson
 
 from . import state_cli
-from .check import CheckResult, ExitCode, check_connection, exit_code_for
+from .check import CheckResult, ExitCode, check_connection, exit_code_for, exit_codes_text
 from .config import load_config
 from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink, StreamSink
 from .crawler.checkpoint import Checkpoints
@@ -532,6 +517,13 @@ Fault switches: --token-fault, --api-fault, --token-latency, --api-latency, --lo
 """
 
 
+_DESCRIPTION = (
+    "Check a connection, run a crawler, show or reset its state, run one worker of a fleet, run the demo, "
+    "or serve the test server. Records go to stdout as JSON Lines unless --out names a file; progress, logs "
+    "and summaries go to stderr whenever stdout carries records. Secrets never appear in any output."
+)
+
+
 def _para(text: str) -> str:
     return textwrap.fill(text, width=96)
 
@@ -549,9 +541,14 @@ def _add_verbose(parser: argparse.ArgumentParser, *, default: object) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also documents every option)."""
-    parser = argparse.ArgumentParser(prog="oauthpw-async", description=__doc__, formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="oauthpw-async",
+        description=_para(_DESCRIPTION),
+        epilog="exit codes (every subcommand):\n" + exit_codes_text(),
+        formatter_class=_HelpFormatter,
+    )
     _add_verbose(parser, default=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{check,crawl,demo,serve}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{check,crawl,state,fleet,demo,serve}")
     # On a subcommand, -v must not reset a -v given before it: its default is "not given".
     quiet = argparse.SUPPRESS
 
