@@ -171,8 +171,12 @@ async def test_a_taken_over_partition_is_stopped_and_its_late_write_refused(
 ) -> None:
     """A worker whose claim was taken over stops that partition at its next write; the new owner's position stands."""
     async with coordinator(redis_server.url, namespace) as fleet:
-        slow = FleetCheckpoints(fleet.link, "items", consumer="slow", idle_timeout=0.2, partitions_at_once=1)
-        fast = FleetCheckpoints(fleet.link, "items", consumer="fast", idle_timeout=0.2, partitions_at_once=1)
+        slow = FleetCheckpoints(
+            fleet.link, "items", cipher=fleet.cipher, consumer="slow", idle_timeout=0.2, partitions_at_once=1
+        )
+        fast = FleetCheckpoints(
+            fleet.link, "items", cipher=fleet.cipher, consumer="fast", idle_timeout=0.2, partitions_at_once=1
+        )
         crawler = FleetItems(base_url="http://127.0.0.1:9")
         fp = fingerprint(crawler, resolve(crawler.pagination), list(PROJECTS), ListSink())
         await slow.open(fp)
