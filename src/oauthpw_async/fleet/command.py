@@ -413,7 +413,7 @@ async def _token_state(args: argparse.Namespace) -> dict[str, Any] | None:
     from ..sources import StaticToken, load_token_source
     from .cipher import generate_key
     from .coordinator import Coordinator
-    from .errors import SharedStateUnreadable
+    from .errors import FleetKeyMismatch, damaged
 
     source = load_token_source(args.config)
     if isinstance(source, StaticToken):
@@ -430,8 +430,10 @@ async def _token_state(args: argparse.Namespace) -> dict[str, Any] | None:
         if gen is not None and key:
             try:
                 opens = await fleet.tokens.read() is not None
-            except SharedStateUnreadable:
+            except FleetKeyMismatch:
                 opens = False
+        if gen is not None and not gen.isdigit():
+            raise damaged("the shared token record's generation")
         lease = await fleet.link.call(client.get(fleet.lease.key))
         lease_ttl = await fleet.link.call(client.pttl(fleet.lease.key))
         latch = await fleet.rejected.state()
