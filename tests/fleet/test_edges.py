@@ -349,3 +349,37 @@ async def test_a_process_renewing_locally_refreshes_its_own_unshared_token(
             alone.invalidate(await alone.get())
         await alone.get()
     assert state.count("password") == 1 and state.count("refresh_token", "ok") == 3 and no_reuse(state)
+
+
+async def test_a_redis_stall_after_the_token_arrived_is_named_to_waiting_callers(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    """Not "the token lifetime is shorter than a token request takes": Redis stalled, and that is what to check."""
+    state = AuthServerState(token_lifetime=3.0, quirks=Quirks(rotate_refresh_tokens=True, reuse_detection=True))
+    async with LocalServer(state) as server:
+        config = server.config(timeout=10.0)
+        fleet = Coordinator.for_config(
+            config, private_redis.url, token_key=TOKEN_KEY, namespace=namespace, command_timeout=1.0,
+            connect_timeout=1.0,
+        )  # fmt: skip
+        async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
+            first = await tokens.get()
+            refreshes = state.count("refresh_token")
+            state.inject(Fault("delay", delay=2.5))  # the refresh is answered in 2.5 s, of a 3-s lifetime
+
+            async def stall_redis_once_the_refresh_is_sent() -> None:
+                while state.count("refresh_token") == refreshes:
+                    await anyio.sleep(0.005)
+                private_redis.freeze()  # the publish and the release now wait for Redis
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stall_redis_once_the_refresh_is_sent)
+                    tokens.invalidate(first)
+                    with pytest.raises(CoordinatorUnavailable) as caught:
+                        await tokens.get()
+            finally:
+                private_redis.thaw()
+    message = str(caught.value)
+    assert "Redis stalled" in message and "expired meanwhile" in message and "latency" in message
+    assert "lifetime is shorter" not in message and state.count("refresh_token", "ok") == refreshes + 1
