@@ -138,6 +138,10 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
     longest = 0.0
     # The lease ttl is the default, derived from the timeouts (lease_ttl_for).
     key = os.environ.get("FLEET_TEST_TOKEN_KEY") or TOKEN_KEY
+    if os.environ.get("FLEET_TEST_KEY_WAIT"):  # as monkeypatch would, in this process
+        from oauthpw_async.fleet import renewal
+
+        renewal.KEY_MAJORITY_WAIT = float(os.environ["FLEET_TEST_KEY_WAIT"])
     fleet = Coordinator.for_config(
         config, url, token_key=key, namespace=namespace, command_timeout=0.5, connect_timeout=0.5
     )
