@@ -424,7 +424,7 @@ async def _token_state(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     async with fleet:
         client = fleet.link.client
-        gen, spent = await fleet.link.call(client.hmget(fleet.tokens.key, ["gen", "spent"]))
+        gen, spent, kid, by = await fleet.link.call(client.hmget(fleet.tokens.key, ["gen", "spent", "kid", "by"]))
         record_ttl = await fleet.link.call(client.pttl(fleet.tokens.key))
         opens: bool | None = None
         if gen is not None and key:
@@ -445,6 +445,9 @@ async def _token_state(args: argparse.Namespace) -> dict[str, Any] | None:
             "refresh_token_spent": (spent or b"0") == b"1" if gen is not None else None,
             "record_expires_in": round(record_ttl / 1000, 1) if record_ttl and record_ttl > 0 else None,
             "opens_with_key": opens,
+            "sealed_with_key_id": kid.decode(errors="replace") if kid else None,
+            "sealed_by": by.decode(errors="replace") if by else None,
+            "key_id": fleet.cipher.key_id if key else None,
             "lease_holder": holder or None,
             "lease_fence": int(fence) if fence.isdigit() else None,
             "lease_expires_in": round(lease_ttl / 1000, 1) if lease and lease_ttl > 0 else None,
@@ -469,8 +472,11 @@ def _token_lines(info: dict[str, Any] | None) -> list[str]:
             token += "; its refresh token was sent (a renewal is under way or its sender died)"
         if info["record_expires_in"] is not None:
             token += f"; record kept {info['record_expires_in']}s more"
+        if info["sealed_with_key_id"]:
+            token += f"; sealed with key id {info['sealed_with_key_id']} by {info['sealed_by']}"
         if info["opens_with_key"] is not None:
-            token += f"; opens with {KEY_VARIABLE}: {'yes' if info['opens_with_key'] else 'NO (another key)'}"
+            token += f"; opens with {KEY_VARIABLE} (key id {info['key_id']}): "
+            token += "yes" if info["opens_with_key"] else "NO (another key: see `fleet reset --tokens`)"
     lease = "free"
     if info["lease_holder"]:
         lease = f"held by {info['lease_holder']} (fence {info['lease_fence']}), {info['lease_expires_in']}s left"
