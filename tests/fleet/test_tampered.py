@@ -237,3 +237,12 @@ def test_fleet_status_on_a_tampered_generation_is_a_typed_error_and_reset_tokens
     assert not anyio.run(record_exists, key)
     for text in (out, err):
         assert state.password not in text and TOKEN_KEY not in text
+
+
+def test_the_command_refuses_an_unencoded_redis_password_quoting_none_of_it() -> None:
+    code, out, err = _command(
+        "fleet", "status", "--coordinator", "redis://:hunter/two@127.0.0.1:6379/0", "--crawl-name", "c"
+    )
+    assert code == 2 and "Traceback" not in err, err
+    assert "percent-encode" in err and "OAUTHPW_REDIS_PASSWORD" in err
+    assert "hunter" not in out + err and "two@" not in out + err
