@@ -10,6 +10,12 @@ changes:
    fleet-wide login budget and stopped by the fleet-wide "password rejected" latch;
 3. the new token is published by compare-and-set; when another process won, its token is used.
 
+A shared record sealed with another key (a worker given the wrong ``OAUTHPW_FLEET_KEY``) is
+replaced the same way, with one login under the lease, by the processes whose key more live
+processes hold; a process in the minority gets :class:`FleetKeyMismatch` and sends nothing.
+A token that arrived usable but expired while Redis stalled the publish is reported as that
+stall (:class:`CoordinatorUnavailable`), not as a lifetime shorter than a request.
+
 A watcher task installs every newer generation as soon as it is published. With Redis out
 of reach the provider serves its valid token and then fails with
 :class:`CoordinatorUnavailable`; it never renews without the lease unless the coordinator says
