@@ -1,8 +1,8 @@
 """Fleet records in a real Redis that something else wrote: hostile values in the shared token record (its
 generation, ids, spent mark, key id, sealed token, and sealed tokens whose fields cannot go into a header),
-the rejected-password latch and crawl positions. Only typed errors (``OAuthPWError``) come out, naming what
-to clear, never a secret; and a Redis URL whose password is not percent-encoded is a ``ConfigError``
-that quotes no part of it."""
+the rejected-password latch and crawl positions, and those keys holding another type. Only typed errors
+(``OAuthPWError``) come out, naming what to clear, never a secret; and a Redis URL whose password is not
+percent-encoded is a ``ConfigError`` that quotes no part of it."""
 
 from __future__ import annotations
 
@@ -69,7 +69,13 @@ def sealed_plaintexts(draw: st.DrawFn) -> bytes:
 @st.composite
 def tamperings(draw: st.DrawFn) -> tuple[str, str, bytes]:
     """(what, field, value): a field of the token record, the sealed token, the latch, or a position."""
-    what = draw(st.sampled_from(["token-field", "sealed-token", "latch", "position"]))
+    what = draw(st.sampled_from(["token-field", "sealed-token", "latch", "position", "shape"]))
+    if what == "shape":  # a key of the fleet holding another type (a string, a list, a hash)
+        return (
+            what,
+            draw(st.sampled_from(["token", "latch", "pos"])),
+            draw(st.sampled_from([b"string", b"list", b"hash"])),
+        )
     if what == "token-field":
         return what, draw(st.sampled_from(["gen", "tid", "blob", "spent", "kid", "by"])), draw(_HOSTILE)
     if what == "sealed-token":
@@ -115,6 +121,15 @@ async def _tamper_and_use(url: str, namespace: str, tampering: tuple[str, str, b
             await client.hset(fleet.tokens.key, {"blob": blob})
         elif what == "latch":
             await client.set(fleet.rejected.key, value)
+        elif what == "shape":
+            key = {"token": fleet.tokens.key, "latch": fleet.rejected.key, "pos": queue._pos}[field]
+            await client.delete([key])
+            if value == b"string":
+                await client.set(key, SECRET)
+            elif value == b"list":
+                await client.rpush(key, [SECRET])
+            else:
+                await client.hset(key, {"gen": SECRET})
         else:
             await client.hset(queue._pos, {field: value})
         await attempt(fleet.tokens.read)

@@ -50,7 +50,10 @@ _ADVICE = {
         "streams, sorted sets, pub/sub, scripts) on the keys and channels of the fleet's namespace"
     ),
     "UNKNOWN": "Redis does not know a command the fleet uses: run Redis 6.2 or later",
-    "WRONGTYPE": "a key of the fleet's namespace holds other data: give the fleet a namespace of its own",
+    "WRONGTYPE": (
+        "a key of the fleet's namespace holds other data: give the fleet a namespace of its own, or clear the "
+        "fleet's records there (`oauthpw-async fleet reset --tokens`, `fleet reset` for a crawl)"
+    ),
 }
 
 #: The client library raises these classes for these codes, taking the code off the text.
