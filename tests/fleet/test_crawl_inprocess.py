@@ -5,6 +5,7 @@ The multi-process scenarios (kill -9, SIGSTOP, Redis restarted) are in test_craw
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from oauthpw_async.testing import AuthServerState, LocalServer
 from oauthpw_async.testing.api import ApiFault, DemoAPI
 
 from .crawlers import PAGE, PROJECTS, BudgetedFleetItems, FleetItems, OtherItems
-from .helpers import coordinator
+from .helpers import TOKEN_KEY, coordinator
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -171,8 +172,12 @@ async def test_a_taken_over_partition_is_stopped_and_its_late_write_refused(
 ) -> None:
     """A worker whose claim was taken over stops that partition at its next write; the new owner's position stands."""
     async with coordinator(redis_server.url, namespace) as fleet:
-        slow = FleetCheckpoints(fleet.link, "items", consumer="slow", idle_timeout=0.2, partitions_at_once=1)
-        fast = FleetCheckpoints(fleet.link, "items", consumer="fast", idle_timeout=0.2, partitions_at_once=1)
+        slow = FleetCheckpoints(
+            fleet.link, "items", cipher=fleet.cipher, consumer="slow", idle_timeout=0.2, partitions_at_once=1
+        )
+        fast = FleetCheckpoints(
+            fleet.link, "items", cipher=fleet.cipher, consumer="fast", idle_timeout=0.2, partitions_at_once=1
+        )
         crawler = FleetItems(base_url="http://127.0.0.1:9")
         fp = fingerprint(crawler, resolve(crawler.pagination), list(PROJECTS), ListSink())
         await slow.open(fp)
@@ -189,6 +194,36 @@ async def test_a_taken_over_partition_is_stopped_and_its_late_write_refused(
             await slow.save(claim.partition, PageRequest("/page2b"), 2, records=40)
         await fast.refresh()
         assert fast.resume_from(claim.partition) == PageRequest("/page3") and fast.pages(claim.partition) == 2
+
+
+async def test_positions_are_sealed_at_rest_and_resume_in_another_worker(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A next link that echoes a token (Graph-style ``access_token=``) is unreadable in Redis, yet resumes whole."""
+    secret = "EAAGm0PX4ZCpsBA-echoed-token-0123456789"
+    nxt = PageRequest("https://graph.example.com/v19/items", (("access_token", secret), ("after", "QVFIUj")))
+    async with coordinator(redis_server.url, namespace) as fleet:
+        crawler = FleetItems(base_url="http://127.0.0.1:9")
+        fp = fingerprint(crawler, resolve(crawler.pagination), list(PROJECTS), ListSink())
+        first = FleetCheckpoints(fleet.link, "items", cipher=fleet.cipher, consumer="first", idle_timeout=60.0)
+        await first.open(fp)
+        (claim,) = await first.queue.claim()
+        first._adopt(claim)
+        await first.save(claim.partition, nxt, 3, records=60)
+        raw = b"".join((await fleet.link.client.hgetall(first.queue._pos)).values())
+        for form in (secret.encode(), base64.b64encode(secret.encode()), secret.encode().hex().encode(), b"QVFIUj"):
+            assert form not in raw
+        await first.queue.release(claim)  # handed on: another worker resumes it from the sealed position
+        second = FleetCheckpoints(fleet.link, "items", cipher=fleet.cipher, consumer="second", idle_timeout=60.0)
+        await second.open(fp)
+        (taken,) = [c for c in await second.queue.claim(len(PROJECTS)) if c.partition == claim.partition]
+        second._adopt(taken)
+        assert second.resume_from(taken.partition) == nxt
+        assert second.pages(taken.partition) == 3 and second.records(taken.partition) == 60
+        status = await FleetCrawl(fleet.link, "items", token_key=TOKEN_KEY).status()  # what `fleet status` reads
+        assert next(p for p in status.partitions if p.name == claim.partition).position["pages"] == 3
+        with pytest.raises(UsageError, match="seals its positions"):
+            FleetCrawl(fleet.link, "items")  # a plain link and no key: refused, never stored in plain
 
 
 async def test_incremental_crawlers_are_refused_as_fleet_workers(redis_server: RedisServer, namespace: str) -> None:

@@ -169,7 +169,7 @@ class Workers:
 
 async def status(url: str, namespace: str) -> FleetStatus:
     async with RedisLink(url, namespace=namespace) as link:
-        return await FleetCrawl(link, "items").status()
+        return await FleetCrawl(link, "items", token_key=TOKEN_KEY).status()
 
 
 def owned_by(proc: subprocess.Popen[bytes], owner: str | None) -> bool:

@@ -19,7 +19,8 @@ from oauthpw_async import (
     UsageError,
 )
 from oauthpw_async import provider as provider_module
-from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable, SharedStateUnreadable, generate_key
+from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable, FleetKeyMismatch, generate_key
+from oauthpw_async.fleet import renewal as renewal_module
 from oauthpw_async.testing import AuthServerState, FakeClock, Fault, InMemoryEndpoint, LocalServer, Quirks
 
 from .helpers import TOKEN_KEY, config_for
@@ -124,24 +125,55 @@ async def test_a_shared_record_that_went_back_in_time_is_not_refreshed(
     assert after is not None and after.generation > 3  # generations keep rising past every one seen
 
 
-async def test_a_wrong_token_key_is_a_typed_error_with_backoff(redis_server: RedisServer, namespace: str) -> None:
+async def test_a_process_with_another_key_than_the_live_fleet_gets_a_typed_error_naming_both_keys(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(renewal_module, "KEY_MAJORITY_WAIT", 0.2)
     state = strict()
     async with LocalServer(state) as server:
         config = server.config()
         right = Coordinator.for_config(config, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
-        async with right, TokenProvider(config, coordinator=right) as tokens:
-            await tokens.get()  # the fleet's record, sealed with the right key
         wrong = Coordinator.for_config(config, redis_server.url, token_key=generate_key(), namespace=namespace)
-        async with wrong, TokenProvider(config, coordinator=wrong) as other:
-            errors = 0
-            for _ in range(50):
-                with pytest.raises(SharedStateUnreadable):
-                    await other.get()
-                errors += 1
-                await anyio.sleep(0.01)
-            renewals = other.stats.failures
+        async with right, TokenProvider(config, coordinator=right) as tokens:
+            await tokens.get()  # the fleet's record, sealed with the right key; this process stays live
+            async with wrong, TokenProvider(config, coordinator=wrong) as other:
+                errors = 0
+                for _ in range(50):
+                    with pytest.raises(FleetKeyMismatch) as caught:
+                        await other.get()
+                    errors += 1
+                    await anyio.sleep(0.01)
+                renewals = other.stats.failures
+            assert (await right.tokens.read()) is not None  # the fleet's record was left alone
     assert errors == 50 and renewals <= 8  # backed off: not one renewal (and log line) per call
     assert state.count("password") == 1  # never a login that would overwrite the fleet's record
+    message = str(caught.value)
+    assert right.cipher.key_id in message and wrong.cipher.key_id in message and "like 1 live" in message
+    assert TOKEN_KEY not in message and "OAUTHPW_FLEET_KEY" in message and "fleet reset --tokens" in message
+
+
+async def test_a_record_sealed_with_a_key_no_live_process_holds_is_replaced_with_one_login(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    state = strict()
+    async with LocalServer(state) as server:
+        config = server.config()
+        wrong = Coordinator.for_config(config, redis_server.url, token_key=generate_key(), namespace=namespace)
+        async with wrong, TokenProvider(config, coordinator=wrong) as first:
+            await first.get()  # sealed with the wrong key, by a process that then exits
+        async with contextlib.AsyncExitStack() as stack:
+            providers = []
+            for _ in range(3):
+                fleet = Coordinator.for_config(config, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
+                await stack.enter_async_context(fleet)
+                providers.append(await stack.enter_async_context(TokenProvider(config, coordinator=fleet)))
+            async with anyio.create_task_group() as tg:  # all at once: one of them replaces it, under the lease
+                for p in providers:
+                    tg.start_soon(p.get)
+            got = {(await p.get()).access_token.reveal() for p in providers}
+            shared = await fleet.tokens.read()
+    assert len(got) == 1 and shared is not None and shared.token.access_token.reveal() in got
+    assert state.count("password") == 2  # the wrong-key login, and one replacement for all three
 
 
 async def test_a_rejected_password_fixed_in_another_process_unlocks_every_process(
@@ -317,3 +349,37 @@ async def test_a_process_renewing_locally_refreshes_its_own_unshared_token(
             alone.invalidate(await alone.get())
         await alone.get()
     assert state.count("password") == 1 and state.count("refresh_token", "ok") == 3 and no_reuse(state)
+
+
+async def test_a_redis_stall_after_the_token_arrived_is_named_to_waiting_callers(
+    private_redis: RedisServer, namespace: str
+) -> None:
+    """Not "the token lifetime is shorter than a token request takes": Redis stalled, and that is what to check."""
+    state = AuthServerState(token_lifetime=3.0, quirks=Quirks(rotate_refresh_tokens=True, reuse_detection=True))
+    async with LocalServer(state) as server:
+        config = server.config(timeout=10.0)
+        fleet = Coordinator.for_config(
+            config, private_redis.url, token_key=TOKEN_KEY, namespace=namespace, command_timeout=1.0,
+            connect_timeout=1.0,
+        )  # fmt: skip
+        async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
+            first = await tokens.get()
+            refreshes = state.count("refresh_token")
+            state.inject(Fault("delay", delay=2.5))  # the refresh is answered in 2.5 s, of a 3-s lifetime
+
+            async def stall_redis_once_the_refresh_is_sent() -> None:
+                while state.count("refresh_token") == refreshes:
+                    await anyio.sleep(0.005)
+                private_redis.freeze()  # the publish and the release now wait for Redis
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stall_redis_once_the_refresh_is_sent)
+                    tokens.invalidate(first)
+                    with pytest.raises(CoordinatorUnavailable) as caught:
+                        await tokens.get()
+            finally:
+                private_redis.thaw()
+    message = str(caught.value)
+    assert "Redis stalled" in message and "expired meanwhile" in message and "latency" in message
+    assert "lifetime is shorter" not in message and state.count("refresh_token", "ok") == refreshes + 1

@@ -63,7 +63,7 @@ def _partitions() -> list[Partition]:
 
 
 async def _joined(fleet: Any, consumer: str, **options: Any) -> FleetCheckpoints:
-    cp = FleetCheckpoints(fleet.link, "items", consumer=consumer, idle_timeout=IDLE, **options)
+    cp = FleetCheckpoints(fleet.link, "items", cipher=fleet.cipher, consumer=consumer, idle_timeout=IDLE, **options)
     crawler = FleetItems(base_url="http://127.0.0.1:9")
     await cp.open(fingerprint(crawler, resolve(crawler.pagination), list(PROJECTS), ListSink()))
     return cp

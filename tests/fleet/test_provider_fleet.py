@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ import anyio
 import pytest
 
 from oauthpw_async.fleet import Coordinator
+from oauthpw_async.fleet.coordinator import lease_ttl_for
+from oauthpw_async.fleet.renewal import LEASE_POLL_MAX
 from oauthpw_async.testing import AuthServerState, Fault, LocalServer, Quirks
 
 from .helpers import coordinator
@@ -33,6 +36,28 @@ LIFETIME = 3.0  # seconds: several renewals per run
 EARLIEST_RENEWAL = LIFETIME * (1 - 0.05 - 0.25 * 1.2)
 WORKERS = 3
 BOUND = 300.0  # seconds: only a hang hits this
+#: The workers' Redis command timeout (tests/fleet/workers.py); their token request timeout is 30 s unless given.
+COMMAND_TIMEOUT = 0.5
+
+
+def takeover_bound(request_timeout: float) -> float:
+    """How soon after its holder died or froze a successor must have published, from the workers' config.
+
+    The lease's remaining ttl, one poll step, and the successor's Redis calls (read, acquire, claim, publish).
+    """
+    return lease_ttl_for(COMMAND_TIMEOUT, request_timeout) + LEASE_POLL_MAX + 4 * COMMAND_TIMEOUT
+
+
+async def generation(probe: Coordinator) -> int:
+    return int(await probe.link.client.hget(probe.tokens.key, "gen") or b"0")
+
+
+async def seconds_until_published_past(probe: Coordinator, gen: int, since: float) -> float:
+    """Seconds from ``since`` (``time.monotonic()``) until a generation past ``gen`` is in Redis."""
+    with anyio.fail_after(BOUND):
+        while await generation(probe) <= gen:
+            await anyio.sleep(0.01)
+    return time.monotonic() - since
 
 
 @pytest.fixture
@@ -184,14 +209,21 @@ async def test_a_lease_holder_killed_mid_refresh_costs_one_login_and_no_reuse(
         try:
             # Its holder is killed after the server used the refresh token up, before the answer arrives.
             victim = await holder_of_a_late_refresh(fleet, state, probe)
+            before = await generation(probe)
+            killed = time.monotonic()
             os.kill(victim.pid, signal.SIGKILL)
+            takeover = await seconds_until_published_past(probe, before, killed)
             reports = await fleet.finish()
         finally:
             fleet.kill_all()
     elapsed = fleet.window()
     report("holder killed mid-refresh", state, elapsed)
+    bound = takeover_bound(30.0)
+    print(f"takeover after SIGKILL: {takeover:.2f}s (bound {bound:.2f}s from the config)")
+    assert takeover <= bound
     survivors = [r for r in reports if r is not None]
     assert len(survivors) == WORKERS - 1
+    assert all(r["longest_get"] <= bound for r in survivors), survivors  # no caller waited longer
     assert_no_reuse(state)
     assert state.count("password", "ok") == 2  # the first login, and one in place of the lost refresh
     assert all(r["errors"] == {} for r in survivors), survivors  # they waited, nobody failed
@@ -211,9 +243,12 @@ async def test_a_lease_holder_frozen_mid_refresh_never_sends_its_refresh_token_a
         try:
             # Its holder is frozen past its lease and its timeout, so on waking its timeout fires first.
             victim = await holder_of_a_late_refresh(fleet, state, probe)
+            before = await generation(probe)
+            frozen_at = time.monotonic()
             os.kill(victim.pid, signal.SIGSTOP)
             try:
-                await anyio.sleep(4.0)  # past the 1-s lease and the 2-s timeout: the others renew
+                takeover = await seconds_until_published_past(probe, before, frozen_at)
+                await anyio.sleep(max(0.0, 4.0 - (time.monotonic() - frozen_at)))  # past its lease and 2-s timeout
             finally:
                 os.kill(victim.pid, signal.SIGCONT)
             reports = await fleet.finish()
@@ -221,12 +256,16 @@ async def test_a_lease_holder_frozen_mid_refresh_never_sends_its_refresh_token_a
             fleet.kill_all()
     elapsed = fleet.window()
     report("holder frozen mid-refresh", state, elapsed)
+    bound = takeover_bound(2.0)
+    print(f"takeover after SIGSTOP: {takeover:.2f}s (bound {bound:.2f}s from the config)")
+    assert takeover <= bound
     assert_no_reuse(state)  # the woken holder did not send its refresh token again
     assert state.count("password", "ok") == 2  # the first login, and one in place of the lost refresh
     index = fleet.procs.index(victim)
     assert all(r is not None and r["errors"] == {} for i, r in enumerate(reports) if i != index), reports
     frozen = reports[index]
     assert frozen is not None and set(frozen["errors"]) <= {"TransientTokenError", "TokenTransportError"}
+    assert all(r is not None and r["longest_get"] <= bound for i, r in enumerate(reports) if i != index), reports
     assert state.token_requests <= renewals_bound(elapsed) + 1
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from oauthpw_async.fleet import (
     CoordinatorUnavailable,
+    FleetKeyMismatch,
     RefreshPermit,
     SharedStateUnreadable,
     TokenCipher,
@@ -92,15 +93,17 @@ async def test_a_record_opens_only_with_its_key_credential_and_generation(
         now = make_token().issued.wall
         await fleet.tokens.publish(make_token(1), renewed_from=0, now_wall=now)
         async with coordinator(redis_server.url, namespace, token_key=generate_key()) as other:
-            with pytest.raises(SharedStateUnreadable, match="same token key"):
+            with pytest.raises(FleetKeyMismatch, match="needs the same OAUTHPW_FLEET_KEY") as caught:
                 await other.tokens.read()
+            assert caught.value.record_key_id == fleet.cipher.key_id != caught.value.key_id == other.cipher.key_id
         # Key rotation: the new key first, the old one still accepted for reading.
         async with coordinator(redis_server.url, namespace, token_key=[generate_key(), fleet_key()]) as rotated:
             assert (await rotated.tokens.read()) is not None
         # A record copied under another generation does not open (bound as associated data).
         await fleet.link.client.hset(fleet.tokens.key, {"gen": "2"})
-        with pytest.raises(SharedStateUnreadable):
+        with pytest.raises(SharedStateUnreadable, match="fleet reset --tokens") as damaged:
             await fleet.tokens.read()
+        assert not isinstance(damaged.value, FleetKeyMismatch)  # our key sealed it: damaged, not foreign
 
 
 def fleet_key() -> str:

@@ -119,8 +119,8 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
     # The provider's own log on stderr (kept in a file by the test, shown when it fails).
     logging.basicConfig(level=logging.INFO, format="%(created).3f %(process)d %(name)s %(levelname)s %(message)s")
 
-    from oauthpw_async import PasswordGrantConfig, TokenError, TokenProvider
-    from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable
+    from oauthpw_async import OAuthPWError, PasswordGrantConfig, TokenProvider
+    from oauthpw_async.fleet import Coordinator
     from oauthpw_async.testing import AuthServerState
 
     server = AuthServerState()  # only for its default client and account
@@ -133,21 +133,32 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
         timeout=timeout,
     )
     errors: dict[str, int] = {}
+    messages: dict[str, str] = {}
     gets = ok_after_error = 0
+    longest = 0.0
+    # The lease ttl is the default, derived from the timeouts (lease_ttl_for).
+    key = os.environ.get("FLEET_TEST_TOKEN_KEY") or TOKEN_KEY
+    if os.environ.get("FLEET_TEST_KEY_WAIT"):  # as monkeypatch would, in this process
+        from oauthpw_async.fleet import renewal
+
+        renewal.KEY_MAJORITY_WAIT = float(os.environ["FLEET_TEST_KEY_WAIT"])
     fleet = Coordinator.for_config(
-        config, url, token_key=TOKEN_KEY, namespace=namespace, lease_ttl=1.0, command_timeout=0.5, connect_timeout=0.5
+        config, url, token_key=key, namespace=namespace, command_timeout=0.5, connect_timeout=0.5
     )
     async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
-        emit(pid=os.getpid())
+        emit(pid=os.getpid(), lease_ttl=fleet.lease.ttl, key_id=fleet.cipher.key_id)
         end = time.monotonic() + seconds
         while time.monotonic() < end:
+            asked = time.monotonic()
             try:
                 token = await tokens.get()
-            except (TokenError, CoordinatorUnavailable) as exc:
+            except OAuthPWError as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                messages[type(exc).__name__] = str(exc)
                 ok_after_error = 0
                 await anyio.sleep(0.05)
                 continue
+            longest = max(longest, time.monotonic() - asked)
             gets += 1
             ok_after_error += 1
             if gets == 1:
@@ -158,6 +169,8 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
             wall=time.time(),
             gets=gets,
             errors=errors,
+            messages=messages,
+            longest_get=longest,
             ok_after_last_error=ok_after_error,
             logins=s.logins,
             refreshes=s.refreshes,

@@ -20,7 +20,14 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import ClaimLost, CoordinatorRefused, CoordinatorUnavailable, FleetError, SharedStateUnreadable
+from .errors import (
+    ClaimLost,
+    CoordinatorRefused,
+    CoordinatorUnavailable,
+    FleetError,
+    FleetKeyMismatch,
+    SharedStateUnreadable,
+)
 
 if TYPE_CHECKING:
     from .cipher import TokenCipher, generate_key
@@ -79,6 +86,7 @@ __all__ = [
     "FleetCheckpoints",
     "FleetCrawl",
     "FleetError",
+    "FleetKeyMismatch",
     "FleetStatus",
     "HostRateLimiter",
     "LatchState",

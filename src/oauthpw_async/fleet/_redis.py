@@ -19,9 +19,12 @@ import coredis.exceptions
 from coredis.commands.script import Script
 from coredis.retry import NoRetryPolicy
 
+from ..errors import ConfigError, FieldProblem
+from ._url import check_credentials, with_env_password
 from .errors import CoordinatorRefused, CoordinatorUnavailable
 
 __all__ = ["PASSING", "UNAVAILABLE", "RedisLink", "as_text", "error_code", "redis_where"]
+
 
 T = TypeVar("T")
 
@@ -47,7 +50,10 @@ _ADVICE = {
         "streams, sorted sets, pub/sub, scripts) on the keys and channels of the fleet's namespace"
     ),
     "UNKNOWN": "Redis does not know a command the fleet uses: run Redis 6.2 or later",
-    "WRONGTYPE": "a key of the fleet's namespace holds other data: give the fleet a namespace of its own",
+    "WRONGTYPE": (
+        "a key of the fleet's namespace holds other data: give the fleet a namespace of its own, or clear the "
+        "fleet's records there (`oauthpw-async fleet reset --tokens`, `fleet reset` for a crawl)"
+    ),
 }
 
 #: The client library raises these classes for these codes, taking the code off the text.
@@ -88,12 +94,18 @@ def redis_where(url: str) -> str:
     """``host:port/db`` of a Redis URL, without user name or password (for messages)."""
     parts = urlsplit(url)
     host = parts.hostname or "localhost"
-    port = parts.port or 6379
+    try:
+        port: int | str = parts.port or 6379
+    except ValueError:
+        port = "?"
     return f"{host}:{port}{parts.path or ''}"
 
 
 class RedisLink:
     """A coredis client opened for the life of a coordinator, plus the fleet's key scheme.
+
+    The password comes from the URL (percent-encoded, :func:`check_credentials`) or, when the URL has
+    none, from the environment variable ``OAUTHPW_REDIS_PASSWORD``.
 
     Commands are not retried by the client library: a fleet operation such as a budget
     charge or a fencing increment must not run twice because a reply was lost. Callers
@@ -111,17 +123,28 @@ class RedisLink:
         connect_timeout: float = 2.0,
         command_timeout: float = 2.0,
     ) -> None:
+        check_credentials(url)
+        url = with_env_password(url)
         self.url = url
         self.where = redis_where(url)
         self.namespace = namespace
         self.command_timeout = command_timeout
-        self.client: coredis.Redis[bytes] = coredis.Redis.from_url(
-            url,
-            connect_timeout=connect_timeout,
-            stream_timeout=command_timeout,
-            retry_policy=NoRetryPolicy(),
-            decode_components=True,  # a user name or password percent-encoded in the URL, as URLs need
-        )
+        try:
+            self.client: coredis.Redis[bytes] = coredis.Redis.from_url(
+                url,
+                connect_timeout=connect_timeout,
+                stream_timeout=command_timeout,
+                retry_policy=NoRetryPolicy(),
+                decode_components=True,  # a user name or password percent-encoded in the URL, as URLs need
+            )
+        except ValueError:  # the client's message may quote the URL
+            raise ConfigError(
+                [
+                    FieldProblem(
+                        "Redis URL", "cannot be read as redis://[user:password@]host:port/db (rediss:// for TLS)"
+                    )
+                ]
+            ) from None
         self._scripts: dict[str, Script[bytes]] = {}
         self._stack: contextlib.AsyncExitStack | None = None
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 from collections.abc import Sequence
 
@@ -21,9 +23,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import UsageError
-from .errors import SharedStateUnreadable
+from .errors import CLEAR_TOKENS, SharedStateUnreadable
 
-__all__ = ["TokenCipher", "generate_key"]
+__all__ = ["TokenCipher", "generate_key", "key_id"]
 
 _VERSION = b"\x01"
 _NONCE = 12  # bytes: the size AES-GCM is specified for (NIST SP 800-38D)
@@ -32,6 +34,15 @@ _NONCE = 12  # bytes: the size AES-GCM is specified for (NIST SP 800-38D)
 def generate_key() -> str:
     """A new random 256-bit key, URL-safe base64 (put it in a secret store, not in the config file)."""
     return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a 32-byte key: the same on every process holding it, useless to find the key.
+
+    An HMAC of a fixed label under the key (the key itself is 256 random bits: nothing to guess from 64
+    bits of a keyed digest), so that a record and a process can say which key they use without showing it.
+    """
+    return hmac.new(key, b"oauthpw-fleet-key-id", hashlib.sha256).hexdigest()[:16]
 
 
 def _key_bytes(key: str | bytes) -> bytes:
@@ -58,16 +69,24 @@ class TokenCipher:
             add the new key in front, and drop the old one once every record was rewritten).
     """
 
-    __slots__ = ("_aeads",)
+    __slots__ = ("_aeads", "key_ids")
 
     def __init__(self, keys: str | bytes | Sequence[str | bytes]) -> None:
         listed = [keys] if isinstance(keys, str | bytes) else list(keys)
         if not listed:
             raise UsageError("TokenCipher needs at least one key")
-        self._aeads = [AESGCM(_key_bytes(k)) for k in listed]
+        raw = [_key_bytes(k) for k in listed]
+        self._aeads = [AESGCM(k) for k in raw]
+        #: A public name of each key, current first (:func:`key_id`): records say which key sealed them.
+        self.key_ids: tuple[str, ...] = tuple(key_id(k) for k in raw)
 
     def __repr__(self) -> str:
-        return f"TokenCipher(<{len(self._aeads)} key(s)>)"
+        return f"TokenCipher(<{len(self._aeads)} key(s)>, key_id={self.key_id!r})"
+
+    @property
+    def key_id(self) -> str:
+        """The public name of the current key (the one :meth:`seal` uses)."""
+        return self.key_ids[0]
 
     @staticmethod
     def associated_data(credential_key: str, generation: int) -> bytes:
@@ -76,9 +95,24 @@ class TokenCipher:
 
     def seal(self, plaintext: bytes, *, credential_key: str, generation: int) -> bytes:
         """Encrypt ``plaintext`` for ``credential_key`` at ``generation`` with the current key."""
+        return self.seal_for(plaintext, self.associated_data(credential_key, generation))
+
+    def seal_for(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        """Encrypt ``plaintext`` bound to ``associated_data`` (what the record may not be moved away from)."""
         nonce = os.urandom(_NONCE)  # random 96-bit nonces: safe for far more records than a fleet writes
-        aad = self.associated_data(credential_key, generation)
-        return _VERSION + nonce + self._aeads[0].encrypt(nonce, plaintext, aad)
+        return _VERSION + nonce + self._aeads[0].encrypt(nonce, plaintext, associated_data)
+
+    def open_for(self, blob: bytes, associated_data: bytes) -> bytes | None:
+        """Decrypt what :meth:`seal_for` sealed with ``associated_data``; ``None`` if no key opens it."""
+        if len(blob) < 1 + _NONCE + 16 or blob[:1] != _VERSION:
+            return None
+        nonce, body = blob[1 : 1 + _NONCE], blob[1 + _NONCE :]
+        for aead in self._aeads:
+            try:
+                return aead.decrypt(nonce, body, associated_data)
+            except InvalidTag:
+                continue
+        return None
 
     def open(self, blob: bytes, *, credential_key: str, generation: int) -> bytes:
         """Decrypt a sealed record, trying each key in turn.
@@ -88,15 +122,12 @@ class TokenCipher:
                 or a damaged record).
         """
         if len(blob) < 1 + _NONCE + 16 or blob[:1] != _VERSION:
-            raise SharedStateUnreadable("the shared token record is damaged or of an unknown format")
-        nonce, body = blob[1 : 1 + _NONCE], blob[1 + _NONCE :]
-        aad = self.associated_data(credential_key, generation)
-        for aead in self._aeads:
-            try:
-                return aead.decrypt(nonce, body, aad)
-            except InvalidTag:
-                continue
-        raise SharedStateUnreadable(
-            "the shared token record cannot be opened with the configured key(s): every process of a fleet "
-            "needs the same token key (after a key change, list the old key after the new one)"
-        )
+            raise SharedStateUnreadable(f"the shared token record is damaged or of an unknown format; {CLEAR_TOKENS}")
+        plaintext = self.open_for(blob, self.associated_data(credential_key, generation))
+        if plaintext is None:
+            raise SharedStateUnreadable(
+                "the shared token record cannot be opened with the configured key(s): every process of a fleet "
+                "needs the same token key (after a key change, list the old key after the new one); "
+                f"{CLEAR_TOKENS}"
+            )
+        return plaintext

@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
 from ..errors import OAuthPWError, UsageError
+from ._url import PASSWORD_VARIABLE, check_credentials, with_env_password
 
 if TYPE_CHECKING:
     from ..crawler import Crawler, CrawlStats, Sink
@@ -55,33 +56,27 @@ __all__ = [
 
 #: The environment variable holding the key that seals the fleet's shared token in Redis.
 KEY_VARIABLE = "OAUTHPW_FLEET_KEY"
-#: The environment variable holding the Redis password when the ``--coordinator`` URL has none.
-PASSWORD_VARIABLE = "OAUTHPW_REDIS_PASSWORD"
 
 
 def redis_url(value: str) -> str:
     """The ``--coordinator`` URL, checked, with the password of ``OAUTHPW_REDIS_PASSWORD`` if it has none.
 
     Raises:
+        ConfigError: the URL holds a user name or password that is not percent-encoded.
         UsageError: not a ``redis://``, ``rediss://`` or ``unix://`` URL with a host (or a socket path).
     """
+    check_credentials(value)
     try:
         parts = urlsplit(value)
-        has_password = parts.password is not None
         parts.port  # noqa: B018 - a malformed port raises here
     except ValueError:
-        parts, has_password = None, False
+        parts = None
     if parts is None or parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
         raise UsageError(
             "--coordinator takes a Redis URL: redis://[user:password@]host:port/db (rediss:// for TLS, "
             f"unix:///path/to/socket); the password may come from {PASSWORD_VARIABLE} instead"
         )
-    password = os.environ.get(PASSWORD_VARIABLE, "")
-    if not password or has_password:
-        return value
-    where = parts.netloc.rpartition("@")[2]
-    user = quote(parts.username or "", safe="")
-    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{where}"))
+    return with_env_password(value)
 
 
 def _without_password(value: str) -> tuple[str, str | None]:
@@ -163,7 +158,8 @@ def add_parser(sub: Any, formatter_class: type[argparse.HelpFormatter] = argpars
     status.add_argument("--json", action="store_true", help="print one JSON document (nothing secret in it)")
     reset = commands.add_parser(
         "reset",
-        help="forget the crawl's partitions and positions in Redis, so it runs again from the start",
+        help="forget the crawl's partitions and positions in Redis, so it runs again from the start (the "
+        "shared tokens, login budget and rejected-password latch are kept unless --tokens)",
         formatter_class=formatter_class,
     )
     _coordinator_options(reset, required=True)
@@ -173,6 +169,14 @@ def add_parser(sub: Any, formatter_class: type[argparse.HelpFormatter] = argpars
         action="store_true",
         help="only queue the failed partitions again (from where they failed; ones walked to their end "
         "from their start), once what failed them is fixed; running workers pick them up (default: whole crawl)",
+    )
+    reset.add_argument(
+        "--tokens",
+        action="store_true",
+        help="clear the namespace's shared token records (e.g. one sealed by a worker with the wrong "
+        "OAUTHPW_FLEET_KEY): the next worker that needs a token logs in once; the login budget and the "
+        "rejected-password latch are kept; with --crawler or --crawl-name the crawl is reset too "
+        "(default: tokens kept)",
     )
 
 
@@ -275,11 +279,10 @@ def worker_for(
     from .crawl import FleetCrawl
 
     name = crawl_name(args)
+    key = _token_key()  # seals the shared token and the crawl's positions
     connection: Coordinator | RedisLink
     if isinstance(tokens, TokenProvider):
-        fleet = Coordinator.for_config(
-            tokens.config, args.coordinator, token_key=_token_key(), namespace=args.namespace
-        )
+        fleet = Coordinator.for_config(tokens.config, args.coordinator, token_key=key, namespace=args.namespace)
         tokens = TokenProvider(tokens.config, store=store, coordinator=fleet)
         connection = fleet
     else:  # a static token: nothing to renew, only the crawl is shared
@@ -290,6 +293,7 @@ def worker_for(
         rate=args.rate,
         idle_timeout=args.idle_timeout,
         partitions_at_once=args.partitions_at_once,
+        token_key=None if isinstance(connection, Coordinator) else key,
     )
     return FleetWorker(connection, crawl, f"Redis at {redis_where(args.coordinator)}, crawl {name}"), tokens
 
@@ -409,7 +413,7 @@ async def _token_state(args: argparse.Namespace) -> dict[str, Any] | None:
     from ..sources import StaticToken, load_token_source
     from .cipher import generate_key
     from .coordinator import Coordinator
-    from .errors import SharedStateUnreadable
+    from .errors import FleetKeyMismatch, damaged
 
     source = load_token_source(args.config)
     if isinstance(source, StaticToken):
@@ -420,14 +424,16 @@ async def _token_state(args: argparse.Namespace) -> dict[str, Any] | None:
     )
     async with fleet:
         client = fleet.link.client
-        gen, spent = await fleet.link.call(client.hmget(fleet.tokens.key, ["gen", "spent"]))
+        gen, spent, kid, by = await fleet.link.call(client.hmget(fleet.tokens.key, ["gen", "spent", "kid", "by"]))
         record_ttl = await fleet.link.call(client.pttl(fleet.tokens.key))
         opens: bool | None = None
         if gen is not None and key:
             try:
                 opens = await fleet.tokens.read() is not None
-            except SharedStateUnreadable:
+            except FleetKeyMismatch:
                 opens = False
+        if gen is not None and not gen.isdigit():
+            raise damaged("the shared token record's generation")
         lease = await fleet.link.call(client.get(fleet.lease.key))
         lease_ttl = await fleet.link.call(client.pttl(fleet.lease.key))
         latch = await fleet.rejected.state()
@@ -439,6 +445,9 @@ async def _token_state(args: argparse.Namespace) -> dict[str, Any] | None:
             "refresh_token_spent": (spent or b"0") == b"1" if gen is not None else None,
             "record_expires_in": round(record_ttl / 1000, 1) if record_ttl and record_ttl > 0 else None,
             "opens_with_key": opens,
+            "sealed_with_key_id": kid.decode(errors="replace") if kid else None,
+            "sealed_by": by.decode(errors="replace") if by else None,
+            "key_id": fleet.cipher.key_id if key else None,
             "lease_holder": holder or None,
             "lease_fence": int(fence) if fence.isdigit() else None,
             "lease_expires_in": round(lease_ttl / 1000, 1) if lease and lease_ttl > 0 else None,
@@ -463,8 +472,11 @@ def _token_lines(info: dict[str, Any] | None) -> list[str]:
             token += "; its refresh token was sent (a renewal is under way or its sender died)"
         if info["record_expires_in"] is not None:
             token += f"; record kept {info['record_expires_in']}s more"
+        if info["sealed_with_key_id"]:
+            token += f"; sealed with key id {info['sealed_with_key_id']} by {info['sealed_by']}"
         if info["opens_with_key"] is not None:
-            token += f"; opens with {KEY_VARIABLE}: {'yes' if info['opens_with_key'] else 'NO (another key)'}"
+            token += f"; opens with {KEY_VARIABLE} (key id {info['key_id']}): "
+            token += "yes" if info["opens_with_key"] else "NO (another key: see `fleet reset --tokens`)"
     lease = "free"
     if info["lease_holder"]:
         lease = f"held by {info['lease_holder']} (fence {info['lease_fence']}), {info['lease_expires_in']}s left"
@@ -488,7 +500,7 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
     name = crawl_name(args)
     link = RedisLink(args.coordinator, namespace=args.namespace)
     async with link:
-        status = await FleetCrawl(link, name).status()
+        status = await FleetCrawl(link, name, token_key=_token_key()).status()
     tokens = await _token_state(args)
     if args.json:
         doc = {
@@ -535,29 +547,52 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _reset(args: argparse.Namespace, out: TextIO) -> int:
     from ._redis import RedisLink, redis_where
+    from .cipher import generate_key
     from .crawl import FleetCrawl
 
+    if args.tokens:
+        await _reset_tokens(args, out)
+        if not (args.crawl_name or args.crawler):
+            return 0
     name = crawl_name(args)
     link = RedisLink(args.coordinator, namespace=args.namespace)
     if getattr(args, "failed", False):
         async with link:
-            queued = await FleetCrawl(link, name).requeue_failed()
+            queued = await FleetCrawl(link, name, token_key=_token_key()).requeue_failed()
         shown = ", ".join(queued[:10]) + (", ..." if len(queued) > 10 else "")
         print(f"queued {len(queued)} failed partition(s) again{f' ({shown})' if queued else ''}; running workers "
               "pick them up, or start workers", file=out)  # fmt: skip
         return 0
     async with link:
-        crawl = FleetCrawl(link, name)
-        running = [p.name for p in (await crawl.status()).partitions if p.state == "running"]
+        crawl = FleetCrawl(link, name, token_key=generate_key())  # positions are dropped unread
+        running = [p for p, state in (await crawl.checkpoints.queue.states()).items() if state == "running"]
         await crawl.drop()
     print(f"reset crawl {name} in Redis at {redis_where(args.coordinator)}: the next workers start it over", file=out)
     if running:
         print(
-            f"warning: {len(running)} partition(s) were running ({', '.join(running[:5])}); their workers stop at "
-            "their next checkpoint",
+            f"warning: {len(running)} partition(s) were running ({', '.join(running[:5])}); their "
+            "workers stop at their next checkpoint",
             file=out,
         )
     return 0
+
+
+async def _reset_tokens(args: argparse.Namespace, out: TextIO) -> None:
+    """Delete every shared token record of the namespace (each credential's next renewal logs in once)."""
+    from ._redis import RedisLink, redis_where
+
+    link = RedisLink(args.coordinator, namespace=args.namespace)
+    async with link:
+        pattern = link.key("cred:*", "token")
+        cleared = 0
+        async for key in link.client.scan_iter(match=pattern, count=500):
+            cleared += int(await link.call(link.client.delete([key])))
+    print(
+        f"cleared {cleared} shared token record(s) in Redis at {redis_where(args.coordinator)} (namespace "
+        f"{args.namespace}): the next worker that needs a token logs in once; the login budget and a "
+        "rejected-password latch are kept",
+        file=out,
+    )
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:

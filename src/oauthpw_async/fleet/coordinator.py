@@ -18,9 +18,23 @@ from .partitions import PartitionQueue
 from .ratelimit import HostRateLimiter
 from .tokens import SharedTokenState
 
-__all__ = ["Coordinator"]
+__all__ = ["Coordinator", "lease_ttl_for"]
 
 OnUnavailable = Literal["fail", "renew_locally"]
+
+
+def lease_ttl_for(command_timeout: float, request_timeout: float | None = None) -> float:
+    """The renewal lease's default ttl: how long a dead or frozen holder keeps the fleet waiting.
+
+    A live holder renews the lease every third of its ttl, whatever its token request takes, so
+    the ttl needs room for two Redis round trips only: ``3 * command_timeout``. And a holder silent
+    for longer than one token request may take (``request_timeout``, the connection's Timeout) is
+    dead or frozen, not slow: the ttl is never longer than that.
+    """
+    ttl = 3 * command_timeout
+    if request_timeout is not None:
+        ttl = min(ttl, request_timeout)
+    return max(ttl, 0.1)
 
 
 class Coordinator:
@@ -38,7 +52,10 @@ class Coordinator:
             rejected" state are shared (by every token of the same user); default ``credential_key``.
         token_key: the key sealing tokens at rest (:func:`generate_key`), or several (newest first).
         namespace: prefix of every Redis key (several fleets may share one Redis).
-        lease_ttl: seconds a renewing process keeps the lease without renewing it.
+        lease_ttl: seconds a renewing process keeps the lease without renewing it, i.e. how long a dead
+            or frozen holder keeps callers without a valid token waiting. Default
+            :func:`lease_ttl_for` (``min(3 * command_timeout, request_timeout)``: 6 s by default).
+        request_timeout: the token request timeout (:meth:`for_config` takes the connection's).
         login_limit, login_window: password logins allowed per window, fleet-wide.
         on_unavailable: ``"fail"`` (default): with Redis unreachable, a process serves its valid
             token and then fails with :class:`CoordinatorUnavailable`; ``"renew_locally"``: it
@@ -54,7 +71,8 @@ class Coordinator:
         token_key: str | bytes | Sequence[str | bytes] | TokenCipher,
         account_key: str | None = None,
         namespace: str = "oauthpw",
-        lease_ttl: float = 15.0,
+        lease_ttl: float | None = None,
+        request_timeout: float | None = None,
         login_limit: int = 5,
         login_window: float = 900.0,
         on_unavailable: OnUnavailable = "fail",
@@ -74,11 +92,17 @@ class Coordinator:
         self.account_key = account_key
         self.on_unavailable: OnUnavailable = on_unavailable
         cipher = token_key if isinstance(token_key, TokenCipher) else TokenCipher(token_key)
+        #: Seals the shared token and the crawl positions at rest.
+        self.cipher = cipher
         scope = f"cred:{credential_key}"
         #: The shared token record (read, compare-and-set publish, watch).
         self.tokens = SharedTokenState(self.link, credential_key, cipher)
         #: Who may renew the token right now.
-        self.lease = Lease(self.link, scope, ttl=lease_ttl)
+        self.lease = Lease(
+            self.link,
+            scope,
+            ttl=lease_ttl if lease_ttl is not None else lease_ttl_for(command_timeout, request_timeout),
+        )
         account = f"acct:{account_key}"
         #: Password logins per window, fleet-wide, for every token of the account.
         self.logins = LoginBudget(self.link, account, limit=login_limit, window=login_window)
@@ -94,7 +118,11 @@ class Coordinator:
         token_key: str | bytes | Sequence[str | bytes] | TokenCipher,
         **options: object,
     ) -> Coordinator:
-        """A coordinator for the token and account of ``config`` (keyed by their digests)."""
+        """A coordinator for the token and account of ``config`` (keyed by their digests).
+
+        The lease ttl derives from the connection's Timeout unless ``lease_ttl`` is given.
+        """
+        options.setdefault("request_timeout", config.timeout)
         return cls(
             url,
             credential_key=config.credential_key,
@@ -131,5 +159,7 @@ class Coordinator:
     def partitions(
         self, crawl: str, *, consumer: str | None = None, idle_timeout: float = 60.0, max_claims: int = 5
     ) -> PartitionQueue:
-        """The shared partition queue of the crawl named ``crawl``."""
-        return PartitionQueue(self.link, crawl, consumer=consumer, idle_timeout=idle_timeout, max_claims=max_claims)
+        """The shared partition queue of the crawl named ``crawl`` (positions sealed with the token key)."""
+        return PartitionQueue(
+            self.link, crawl, consumer=consumer, idle_timeout=idle_timeout, max_claims=max_claims, cipher=self.cipher
+        )

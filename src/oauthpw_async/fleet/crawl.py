@@ -56,6 +56,7 @@ from ..errors import (
 )
 from ._redis import RedisLink, as_text
 from ._tasks import in_background
+from .cipher import TokenCipher
 from .errors import ClaimLost, CoordinatorUnavailable, FleetError
 from .partitions import Claim, FleetStatus, PartitionQueue, PartitionStatus
 from .ratelimit import HostRateLimiter
@@ -182,12 +183,13 @@ class FleetCheckpoints:
     """The engine's position store and partition source for one worker of a fleet.
 
     Pass it as ``state=`` to :class:`~oauthpw_async.crawler.engine.CrawlEngine` (or use
-    :class:`FleetCrawl`). Positions are JSON in Redis (``{"next", "pages", "records", "problems"}``),
-    written after the page's records reached this worker's sink.
+    :class:`FleetCrawl`). Positions are JSON (``{"next", "pages", "records", "problems"}``) sealed with
+    the fleet's key in Redis, written after the page's records reached this worker's sink.
 
     Args:
         link: the coordinator's Redis connection (``Coordinator.link``).
         crawl: the crawl's name: every worker of one crawl uses the same; one queue per name.
+        cipher: seals positions at rest (``Coordinator.cipher``, or a :class:`TokenCipher` of the fleet's key).
         consumer: this worker's name (default: host, pid and a random suffix).
         idle_timeout: seconds without a checkpoint or heartbeat after which another worker takes a
             partition over. Keep it well above the time one page takes (heartbeats every third of it).
@@ -201,12 +203,18 @@ class FleetCheckpoints:
         link: RedisLink,
         crawl: str,
         *,
+        cipher: TokenCipher | None = None,
         consumer: str | None = None,
         idle_timeout: float = 60.0,
         max_claims: int = 5,
         partitions_at_once: int = 4,
         unavailable_grace: float = 30.0,
     ) -> None:
+        if cipher is None:
+            raise UsageError(
+                "a fleet crawl seals its positions with the fleet's key: pass cipher=coordinator.cipher "
+                "(or FleetCrawl(..., token_key=KEY) with a plain Redis link)"
+            )
         if partitions_at_once < 1:
             raise UsageError("partitions_at_once must be at least 1")
         if not crawl or "{" in crawl or "}" in crawl:
@@ -214,7 +222,12 @@ class FleetCheckpoints:
         self._link = link
         self.crawl = crawl
         self.queue = PartitionQueue(
-            link, crawl, consumer=consumer or default_consumer(), idle_timeout=idle_timeout, max_claims=max_claims
+            link,
+            crawl,
+            consumer=consumer or default_consumer(),
+            idle_timeout=idle_timeout,
+            max_claims=max_claims,
+            cipher=cipher,
         )
         self.partitions_at_once = partitions_at_once
         self.unavailable_grace = unavailable_grace
@@ -600,8 +613,10 @@ class FleetCrawl:
     """Run a crawler as one worker of a fleet: claimed partitions, positions and politeness shared in Redis.
 
     Args:
-        fleet: an open :class:`~oauthpw_async.fleet.Coordinator` (or its ``link``).
+        fleet: an open :class:`~oauthpw_async.fleet.Coordinator`, or a plain Redis link (a static token:
+            nothing to renew) with ``token_key``.
         crawl: the crawl's name, the same on every worker.
+        token_key: the fleet's key (or keys, newest first) sealing positions, when ``fleet`` is a link.
         rate: requests per second per host for the whole fleet (``None``: no limit, pauses still shared).
         burst: requests per host that may go at once after a quiet spell.
         idle_timeout, max_claims, partitions_at_once, unavailable_grace, consumer: see :class:`FleetCheckpoints`.
@@ -619,13 +634,24 @@ class FleetCrawl:
         partitions_at_once: int = 4,
         unavailable_grace: float = 30.0,
         consumer: str | None = None,
+        token_key: str | bytes | Sequence[str | bytes] | TokenCipher | None = None,
     ) -> None:
         self.link = fleet if isinstance(fleet, RedisLink) else fleet.link
+        if isinstance(fleet, RedisLink):
+            if token_key is None:
+                raise UsageError(
+                    "a fleet crawl seals its positions with the fleet's key: pass token_key= (the key every "
+                    "worker has in OAUTHPW_FLEET_KEY), or a Coordinator"
+                )
+            cipher = token_key if isinstance(token_key, TokenCipher) else TokenCipher(token_key)
+        else:
+            cipher = fleet.cipher
         self.crawl = crawl
         self.rate = rate
         self.checkpoints = FleetCheckpoints(
             self.link,
             crawl,
+            cipher=cipher,
             consumer=consumer,
             idle_timeout=idle_timeout,
             max_claims=max_claims,

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from ..errors import OAuthPWError
 
-__all__ = ["ClaimLost", "CoordinatorRefused", "CoordinatorUnavailable", "FleetError", "SharedStateUnreadable"]
+__all__ = [
+    "CLEAR_TOKENS",
+    "ClaimLost",
+    "CoordinatorRefused",
+    "CoordinatorUnavailable",
+    "FleetError",
+    "FleetKeyMismatch",
+    "SharedStateUnreadable",
+    "damaged",
+]
 
 
 class FleetError(OAuthPWError):
@@ -75,11 +84,69 @@ def _refused(detail: str, code: str, where: str) -> CoordinatorRefused:
 
 
 class SharedStateUnreadable(FleetError, ValueError):
-    """A token record in Redis cannot be decrypted with the configured key(s).
+    """A record of the fleet in Redis cannot be opened or is not what the fleet writes there.
 
-    Every process of a fleet needs the same token key; after changing it, pass the old
-    key too (``keys=[new, old]``) until the next renewal rewrote the record.
+    A token record sealed with another key (see :class:`FleetKeyMismatch`), or a record that was
+    damaged or written by something else (a generation that is not a number, a latch that is not
+    JSON, a token that cannot go into a header, a position that does not open). The message says
+    which record; ``oauthpw-async fleet reset --tokens`` clears the shared token records (the next
+    worker logs in once), ``fleet reset`` a crawl's partitions and positions.
     """
+
+    def __init__(self, message: str) -> None:
+        self.detail = message
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.detail,))
+
+
+#: What every message about an unreadable token record ends with.
+CLEAR_TOKENS = "clear it with `oauthpw-async fleet reset --tokens` (the next worker that needs a token logs in once)"
+
+
+def damaged(what: str, *, clear: str = CLEAR_TOKENS) -> SharedStateUnreadable:
+    """The error for a fleet record that is not what the fleet writes (``what`` names it, never its value)."""
+    return SharedStateUnreadable(f"{what} in Redis is damaged or was written by something else: {clear}")
+
+
+class FleetKeyMismatch(SharedStateUnreadable):
+    """The shared token record is sealed with another fleet key than this process holds.
+
+    Every process of a fleet needs the same key (``OAUTHPW_FLEET_KEY``). The processes holding the
+    key most live processes hold replace a record sealed with another key, with one login under
+    the lease; a process in the minority gets this error, which names both keys by their public
+    ids (:func:`~oauthpw_async.fleet.cipher.key_id`, never the keys) and who sealed the record.
+    After a key change, list the old key after the new one (``keys=[new, old]``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key_id: str,
+        record_key_id: str,
+        sealed_by: str,
+        generation: int = 0,
+    ) -> None:
+        #: The public id of this process's current key.
+        self.key_id = key_id
+        #: The public id of the key that sealed the record ("" for a record that does not say).
+        self.record_key_id = record_key_id
+        #: The process that sealed the record (host and pid), if the record says.
+        self.sealed_by = sealed_by
+        #: The record's generation.
+        self.generation = generation
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_mismatch, (self.detail, self.key_id, self.record_key_id, self.sealed_by, self.generation))
+
+
+def _mismatch(detail: str, key_id: str, record_key_id: str, sealed_by: str, generation: int) -> FleetKeyMismatch:
+    return FleetKeyMismatch(
+        detail, key_id=key_id, record_key_id=record_key_id, sealed_by=sealed_by, generation=generation
+    )
 
 
 class ClaimLost(FleetError):

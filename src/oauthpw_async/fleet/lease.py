@@ -136,12 +136,13 @@ class Lease:
             async with in_background(lambda: self._renew_loop(handle)):
                 yield handle
         finally:
-            with (
-                anyio.CancelScope(shield=True),
-                anyio.move_on_after(self._link.command_timeout),
-                contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused),
-            ):
-                await self.release(handle)
+            if not handle.lost:  # a lost lease is someone else's, or lapses by itself: no wait for a stalled Redis
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(self._link.command_timeout),
+                    contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused),
+                ):
+                    await self.release(handle)
 
     async def _renew_loop(self, handle: LeaseHandle) -> None:
         while not handle.lost:

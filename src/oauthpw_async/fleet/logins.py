@@ -15,6 +15,7 @@ import orjson
 
 from ..errors import UsageError
 from ._redis import RedisLink
+from .errors import damaged
 
 __all__ = ["CredentialsLatch", "LatchState", "LoginBudget"]
 
@@ -120,10 +121,17 @@ class CredentialsLatch:
         raw = await self._link.call(self._link.client.get(self.key))
         if raw is None:
             return None
-        text = raw.decode()
-        info, _, since = text.rpartition("|")
-        data = orjson.loads(info)
-        return LatchState(data.get("status"), data.get("error_code"), float(since), str(data.get("by", "")))
+        try:  # still closed if unreadable: a latch is never taken as open because it was tampered with
+            info, _, since = raw.decode().rpartition("|")
+            data = orjson.loads(info)
+            status, code = data.get("status"), data.get("error_code")
+            if not (status is None or type(status) is int) or not (code is None or isinstance(code, str)):
+                raise TypeError("not a latch")
+            return LatchState(status, code, float(since), str(data.get("by", "")))
+        except (ValueError, TypeError, AttributeError):
+            raise damaged(
+                "the fleet's rejected-password latch", clear="check the password, then call reset() on a provider"
+            ) from None
 
     async def reset(self) -> bool:
         """Allow logins again (after the credentials were fixed); ``True`` if the latch was closed."""

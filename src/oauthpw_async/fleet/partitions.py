@@ -11,7 +11,9 @@ partition and every write (checkpoint, done, failed, give back) is a Lua script 
 checks it. A worker that lost its claim therefore can never move a partition's position
 again: its write raises :class:`ClaimLost`. Positions are committed after the page's records
 reached the sink, so a takeover repeats at most the pages after the last checkpoint
-(at-least-once), and never loses one. A failed partition stays failed (the crawl finishes
+(at-least-once), and never loses one. With a :class:`TokenCipher` (a coordinator's queues have
+one) positions are sealed at rest like the shared token, bound to their crawl and partition: a
+next-page link that echoes a token is never readable in Redis. A failed partition stays failed (the crawl finishes
 incomplete) until :meth:`PartitionQueue.requeue` queues it again.
 """
 
@@ -30,11 +32,13 @@ import orjson
 from ..errors import UsageError
 from ._redis import RedisLink, as_text
 from ._tasks import in_background
-from .errors import ClaimLost, CoordinatorUnavailable
+from .cipher import TokenCipher
+from .errors import ClaimLost, CoordinatorUnavailable, SharedStateUnreadable, damaged
 
 __all__ = ["Claim", "FleetStatus", "PartitionQueue", "PartitionStatus"]
 
 _GROUP = "workers"
+_RESET = "run `oauthpw-async fleet reset` (the crawl starts over)"
 
 # KEYS: specs, state, stream, sealed. ARGV: group, seal flag, then name/spec pairs.
 _ENQUEUE = """
@@ -221,6 +225,13 @@ class FleetStatus:
         return self.sealed and all(p.state in ("done", "failed") for p in self.partitions)
 
 
+def _spec(name: str, raw: bytes | str | None) -> Any:
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        raise damaged(f"what was enqueued for partition {name!r}", clear=_RESET) from None
+
+
 def _pairs(flat: list[Any]) -> dict[str, bytes]:
     return {as_text(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
 
@@ -237,6 +248,7 @@ class PartitionQueue:
             claims in the background.
         max_claims: claims of one partition before it is marked failed (a partition that kills
             every worker that tries it must not take the fleet down one by one).
+        cipher: seals positions at rest (``None``: plain JSON, for positions that can hold nothing secret).
     """
 
     def __init__(
@@ -247,6 +259,7 @@ class PartitionQueue:
         consumer: str | None = None,
         idle_timeout: float = 60.0,
         max_claims: int = 5,
+        cipher: TokenCipher | None = None,
     ) -> None:
         if idle_timeout <= 0 or max_claims < 1:
             raise UsageError("a partition queue needs a positive idle_timeout and max_claims >= 1")
@@ -261,6 +274,33 @@ class PartitionQueue:
         self._specs, self._state, self._pos = k(scope, "specs"), k(scope, "state"), k(scope, "pos")
         self._owner, self._fence, self._tries = k(scope, "owner"), k(scope, "fence"), k(scope, "claims")
         self._reason, self._sealed = k(scope, "reason"), k(scope, "sealed")
+        self._cipher = cipher
+
+    def _seal(self, partition: str, position: Any) -> bytes:
+        data = orjson.dumps(position)
+        if self._cipher is None:
+            return data
+        return self._cipher.seal_for(data, self._bound_to(partition))
+
+    def _open(self, partition: str, raw: bytes | str | None) -> Any:
+        """A stored position (``None`` for none); a typed error for one that does not open or parse."""
+        if not raw:
+            return None
+        stored = raw.encode() if isinstance(raw, str) else raw
+        data = stored if self._cipher is None else self._cipher.open_for(stored, self._bound_to(partition))
+        try:
+            if data is None:
+                raise ValueError("does not open")
+            return orjson.loads(data)
+        except ValueError:
+            raise damaged(
+                f"the position of partition {partition!r} of crawl {self.crawl!r}",
+                clear="check that every worker has the same OAUTHPW_FLEET_KEY, or run `oauthpw-async fleet "
+                "reset` (the crawl starts over)",
+            ) from None
+
+    def _bound_to(self, partition: str) -> bytes:
+        return f"oauthpw-fleet-position\0{self.crawl}\0{partition}".encode()
 
     async def enqueue(self, partitions: Mapping[str, Any] | Iterable[tuple[str, Any]], *, seal: bool = True) -> int:
         """Add partitions (name -> spec, any JSON value) not enqueued before; returns how many were new.
@@ -294,8 +334,8 @@ class PartitionQueue:
             claims.append(
                 Claim(
                     name,
-                    orjson.loads(spec) if spec else None,
-                    orjson.loads(pos) if pos else None,
+                    _spec(name, spec),
+                    self._open(name, pos),
                     int(fence_s),
                     entry_s,
                     f"{self.consumer}|{fence_s}|{entry_s}",
@@ -310,7 +350,9 @@ class PartitionQueue:
         Raises:
             ClaimLost: another worker took the partition over; stop working on it.
         """
-        await self._fenced(_CHECKPOINT, claim, [self._owner, self._pos, self._stream], orjson.dumps(position))
+        await self._fenced(
+            _CHECKPOINT, claim, [self._owner, self._pos, self._stream], self._seal(claim.partition, position)
+        )
 
     async def touch(self, claim: Claim) -> None:
         """Keep the claim alive without moving its position (a long page in progress)."""
@@ -359,19 +401,29 @@ class PartitionQueue:
         claims, reasons = _pairs(tries), _pairs(reason)
         out = []
         for name in sorted(_pairs(specs)):
-            own = as_text(owners[name]).split("|") if name in owners else None
-            out.append(
-                PartitionStatus(
-                    name=name,
-                    state=as_text(states.get(name, b"queued")),
-                    position=orjson.loads(positions[name]) if name in positions else None,
-                    owner=own[0] if own else None,
-                    fence=int(own[1]) if own else 0,
-                    claims=int(claims.get(name, b"0")),
-                    reason=as_text(reasons[name]) if name in reasons else None,
+            try:
+                own = as_text(owners[name]).split("|") if name in owners else None
+                out.append(
+                    PartitionStatus(
+                        name=name,
+                        state=as_text(states.get(name, b"queued")),
+                        position=self._open(name, positions.get(name)),
+                        owner=own[0] if own else None,
+                        fence=int(own[1]) if own else 0,
+                        claims=int(claims.get(name, b"0")),
+                        reason=as_text(reasons[name]) if name in reasons else None,
+                    )
                 )
-            )
+            except SharedStateUnreadable:
+                raise
+            except (ValueError, IndexError):  # a number that is not one, text that is not UTF-8
+                raise damaged(f"the state of partition {name!r} of crawl {self.crawl!r}", clear=_RESET) from None
         return FleetStatus(sealed=as_text(sealed) == "1", partitions=tuple(out))
+
+    async def states(self) -> dict[str, str]:
+        """Each partition's state (``queued``, ``running``, ``done``, ``failed``), without opening positions."""
+        raw = await self._link.call(self._link.client.hgetall(self._state))
+        return {as_text(k): as_text(v) for k, v in raw.items()}
 
     async def drop(self) -> None:
         """Delete the crawl's queue and positions (to start the crawl over)."""

@@ -10,6 +10,12 @@ changes:
    fleet-wide login budget and stopped by the fleet-wide "password rejected" latch;
 3. the new token is published by compare-and-set; when another process won, its token is used.
 
+A shared record sealed with another key (a worker given the wrong ``OAUTHPW_FLEET_KEY``) is
+replaced the same way, with one login under the lease, by the processes whose key more live
+processes hold; a process in the minority gets :class:`FleetKeyMismatch` and sends nothing.
+A token that arrived usable but expired while Redis stalled the publish is reported as that
+stall (:class:`CoordinatorUnavailable`), not as a lifetime shorter than a request.
+
 A watcher task installs every newer generation as soon as it is published. With Redis out
 of reach the provider serves its valid token and then fails with
 :class:`CoordinatorUnavailable`; it never renews without the lease unless the coordinator says
@@ -36,7 +42,7 @@ from ..errors import (
     TransientTokenError,
 )
 from ..grant import Instant, Token, build_password_request, build_refresh_request
-from .errors import CoordinatorRefused, CoordinatorUnavailable
+from .errors import CoordinatorRefused, CoordinatorUnavailable, FleetKeyMismatch
 from .tokens import RefreshPermit, SharedToken
 
 if TYPE_CHECKING:
@@ -44,11 +50,18 @@ if TYPE_CHECKING:
     from .coordinator import Coordinator
     from .lease import LeaseHandle
 
-__all__ = ["FleetRenewal"]
+__all__ = ["KEY_MAJORITY_WAIT", "LEASE_POLL_MAX", "FleetRenewal"]
 
 log = logging.getLogger("oauthpw_async.fleet")
 
 Source = Literal["password", "refresh_token", "fleet"]
+
+#: Longest step (seconds) between two looks at a lease held by another process, when no publish wakes us.
+LEASE_POLL_MAX = 0.5
+#: Seconds a process finding the shared record sealed with another key waits for its own key to be held
+#: by more live processes than that key (workers of one fleet start at about the same time), before it
+#: calls itself the one with the wrong key.
+KEY_MAJORITY_WAIT = 10.0
 
 
 class FleetRenewal:
@@ -69,6 +82,12 @@ class FleetRenewal:
         self._published = anyio.Event()
         self._reset_latch = False
         self._me = f"{socket.gethostname()} pid {os.getpid()}"
+        #: Set once this process's watcher is subscribed (and so counted as a holder of its key).
+        self._subscribed = anyio.Event()
+        #: The generation of a record sealed with another key that this process replaces (0: none).
+        self._replacing = 0
+        #: When this renewal's token request was answered (``None``: no request, e.g. an adopted token).
+        self._arrived: float | None = None
 
     # --- hooks called by the provider -----------------------------------------------------------
 
@@ -78,8 +97,9 @@ class FleetRenewal:
 
     async def renew(self) -> tuple[Token, Source]:
         """One renewal for the provider's single flight."""
+        self._arrived = None
         try:
-            return await self._renew()
+            token, source = await self._renew()
         except CoordinatorUnavailable:
             if self._fleet.on_unavailable == "renew_locally":
                 log.warning("Redis unreachable: renewing locally, as configured")
@@ -95,6 +115,22 @@ class FleetRenewal:
                 self.token_id = ""
                 return token, source
             raise
+        self._check_not_stalled(token)
+        return token, source
+
+    def _check_not_stalled(self, token: Token) -> None:
+        """Name Redis when a token that arrived usable expired while the fleet's writes waited for Redis."""
+        p, arrived = self._p, self._arrived
+        usable_until = token.expires_at - p._policy.skew(token.lifetime)
+        if arrived is None or usable_until > p._now() or usable_until <= arrived:
+            return  # usable, or no request of ours, or already too late on arrival (the server's or the network's)
+        raise CoordinatorUnavailable(
+            f"Redis stalled for {p._now() - arrived:.1f}s after the new token arrived (its publish and the "
+            f"lease's release waited for Redis), and the token (lifetime {token.lifetime:g}s) expired meanwhile; "
+            "check Redis's latency (redis-cli --latency, SLOWLOG GET, LATENCY DOCTOR), the load of its host and "
+            "the network to it",
+            where=self._fleet.link.where,
+        )
 
     async def watch(self) -> None:
         """Install every newer published token at once; runs in the provider's task group."""
@@ -115,6 +151,8 @@ class FleetRenewal:
     # --- internals ------------------------------------------------------------------------------
 
     async def _on_published(self, generation: int | None) -> None:
+        if generation is None:
+            self._subscribed.set()
         self._published.set()
         self._published = anyio.Event()
         if generation is not None and generation == self.generation:
@@ -167,14 +205,23 @@ class FleetRenewal:
         self._p._install(token, "fleet")
         return token
 
+    def _wait_bound(self) -> float:
+        """Seconds a caller without a token waits for another holder: as long as a live holder may take.
+
+        A live holder renews the lease while its request runs, for at most one request's retries
+        (:meth:`_renew` shields it that long); a dead or frozen one loses it within the lease ttl.
+        """
+        p = self._p
+        return p._retry.deadline + 2 * p._config.timeout + self._fleet.lease.ttl
+
     async def _renew(self) -> tuple[Token, Source]:
         fleet = self._fleet
         if self._unpublished is not None:
             await self._publish_pending()
-        deadline = anyio.current_time() + 4 * fleet.lease.ttl
+        deadline = anyio.current_time() + self._wait_bound()
         step = 0.02
         while True:
-            shared = await fleet.tokens.read()
+            shared = await self._read()
             if shared is not None and self._adoptable(shared):
                 return self._adopted(shared)
             handle, remaining = await fleet.lease.try_acquire()
@@ -187,9 +234,10 @@ class FleetRenewal:
                     hint="check the other workers (a stalled one keeps the lease until it expires)",
                 )
             # Wake up on the holder's publish, or poll: a message can be missed across reconnects.
+            # A dead or frozen holder's lease runs out after `remaining`: look again right then.
             with anyio.move_on_after(min(step, max(remaining, 0.005), left)):
                 await self._published.wait()
-            step = min(step * 2, 0.5)
+            step = min(step * 2, LEASE_POLL_MAX)
         # A holder whose provider closes mid-renewal still finishes it and publishes: a rotating
         # refresh token sent and never published would cost the fleet a password login. Bounded
         # by what one token request may take with its retries; never reached otherwise.
@@ -199,6 +247,59 @@ class FleetRenewal:
             async with fleet.lease.keep(handle):
                 return await self._renew_holding(handle)
         raise TransientTokenError("the renewal under the fleet's lease did not finish in time")
+
+    async def _read(self) -> SharedToken | None:
+        """The shared record; one sealed with another key reads as none once this process may replace it."""
+        try:
+            return await self._fleet.tokens.read()
+        except FleetKeyMismatch as exc:
+            if exc.generation != self._replacing:
+                await self._claim_majority(exc)
+                self._replacing = exc.generation  # what the replacement renews from
+            return None
+
+    async def _claim_majority(self, exc: FleetKeyMismatch) -> None:
+        """Return if this process's key is held by more live processes than the key that sealed the record.
+
+        Raises:
+            FleetKeyMismatch: it is not, within :data:`KEY_MAJORITY_WAIT` seconds: this process (or the
+                other one) has the wrong key; the message names both keys by id and who sealed the record.
+        """
+        tokens = self._fleet.tokens
+        with anyio.move_on_after(self._fleet.link.command_timeout):
+            await self._subscribed.wait()  # counted as a holder of our key
+        deadline = anyio.current_time() + KEY_MAJORITY_WAIT
+        ours_id, theirs_id = tokens.key_id, exc.record_key_id
+        while True:
+            counts = await tokens.key_holders(ours_id, *([theirs_id] if theirs_id else []))
+            ours, theirs = max(1, counts.get(ours_id, 0)), counts.get(theirs_id, 0)
+            if ours > theirs:
+                log.warning(
+                    "the shared token record (generation %d) is sealed with fleet key id %s by %s, held by %d live "
+                    "process(es) against %d holding this process's key id %s: replacing it with one login; "
+                    "give %s the fleet's OAUTHPW_FLEET_KEY",
+                    exc.generation,
+                    theirs_id or "unknown",
+                    exc.sealed_by or "an unknown process",
+                    theirs,
+                    ours,
+                    ours_id,
+                    exc.sealed_by or "every process holding that key",
+                )
+                return
+            if anyio.current_time() >= deadline:
+                raise FleetKeyMismatch(
+                    f"this process ({tokens.writer}) holds fleet key id {ours_id}, like {ours} live process(es); "
+                    f"the shared token record (generation {exc.generation}) is sealed with key id "
+                    f"{theirs_id or 'unknown'} by {exc.sealed_by or 'an unknown process'}, held by {theirs} live "
+                    "process(es): give this process the fleet's OAUTHPW_FLEET_KEY (if it is the other key that is "
+                    "wrong, stop or fix the processes holding it and run `oauthpw-async fleet reset --tokens`)",
+                    key_id=ours_id,
+                    record_key_id=theirs_id,
+                    sealed_by=exc.sealed_by,
+                    generation=exc.generation,
+                )
+            await anyio.sleep(0.25)
 
     def _adopted(self, shared: SharedToken) -> tuple[Token, Source]:
         token = self._local(shared)
@@ -220,10 +321,10 @@ class FleetRenewal:
 
     async def _renew_holding(self, handle: LeaseHandle) -> tuple[Token, Source]:
         fleet, p = self._fleet, self._p
-        shared = await fleet.tokens.read()
+        shared = await self._read()
         if shared is not None and self._adoptable(shared):  # a valid token, even from an older state
             return self._adopted(shared)
-        base = shared.generation if shared is not None else self.generation
+        base = shared.generation if shared is not None else max(self.generation, self._replacing)
         token: Token | None = None
         source: Source = "refresh_token"
         rt_usable = (
@@ -245,6 +346,7 @@ class FleetRenewal:
             permit = await fleet.tokens.claim_refresh(shared.generation, fleet.lease, handle)
             if permit is RefreshPermit.GRANTED:
                 token = await self._refresh(shared, handle)
+                self._arrived = p._now()
                 if token is None:  # rejected: another process may have rotated it meanwhile
                     again = await fleet.tokens.read()
                     if again is not None and again.generation != shared.generation and self._adoptable(again):
@@ -260,6 +362,7 @@ class FleetRenewal:
             if not handle.valid:  # a stalled holder: its successor renews
                 raise TransientTokenError("the renewal lease expired before the login was sent")
             token = await self._login()
+            self._arrived = p._now()
         await self._publish(token, base)
         return token, source
 
@@ -342,6 +445,7 @@ class FleetRenewal:
             return
         if result.published:
             self._hold(result.generation, result.token_id)
+            self._replacing = 0
         else:
             # Another process published first (possible only after our lease ran out): ours is
             # valid too, and the next renewal reads theirs.

@@ -1,6 +1,6 @@
 """The token a fleet shares: one encrypted record per credential, written by compare-and-set.
 
-The record is a Redis hash ``{gen, tid, blob, spent}``:
+The record is a Redis hash ``{gen, tid, blob, spent, kid, by}``:
 
 * ``gen``: the generation, +1 on every publish; a writer names the generation its token was
   renewed from, and the write succeeds only if that is still the current one (or the record is
@@ -10,6 +10,10 @@ The record is a Redis hash ``{gen, tid, blob, spent}``:
 * ``spent``: set by the lease holder just before it sends this generation's refresh token. A
   holder that died mid-refresh may have used it, and with rotating refresh tokens a second use
   revokes the whole session (reuse detection): its successor logs in with the password instead.
+* ``kid`` and ``by``: the public id of the key that sealed it (:func:`~oauthpw_async.fleet.cipher.key_id`)
+  and the process that wrote it (host and pid), so that a process holding another key can tell a
+  record sealed elsewhere from a damaged one, and name who sealed it. Every watcher also subscribes
+  to a channel named after its key id, so ``PUBSUB NUMSUB`` counts the live processes per key.
 
 Every publish also sends the new generation on a pub/sub channel, in the same Lua call, so
 watchers learn of it at once; a watcher that was disconnected re-reads the record.
@@ -21,7 +25,9 @@ import contextlib
 import enum
 import logging
 import math
+import os
 import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,9 +39,10 @@ from anyio.abc import TaskStatus
 
 from .._secret import Secret
 from ..grant import Instant, Token
+from ..headers import header_problem
 from ._redis import UNAVAILABLE, RedisLink, as_text
 from .cipher import TokenCipher
-from .errors import CoordinatorRefused, CoordinatorUnavailable, SharedStateUnreadable
+from .errors import CoordinatorRefused, CoordinatorUnavailable, FleetKeyMismatch, damaged
 from .lease import Lease, LeaseHandle
 
 __all__ = ["PublishResult", "RefreshPermit", "SharedToken", "SharedTokenState", "token_from_record", "token_to_record"]
@@ -43,12 +50,17 @@ __all__ = ["PublishResult", "RefreshPermit", "SharedToken", "SharedTokenState", 
 log = logging.getLogger("oauthpw_async.fleet")
 
 _PUBLISH = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+local raw = redis.call('HGET', KEYS[1], 'gen')
+local cur = 0
+if raw then
+  cur = tonumber(raw)
+  if not cur then return {-1, 0} end
+end
 local expected = tonumber(ARGV[1])
 if cur ~= 0 and cur ~= expected then return {0, cur} end
 local gen = tonumber(ARGV[6])
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'gen', gen, 'tid', ARGV[2], 'blob', ARGV[3], 'spent', '0')
+redis.call('HSET', KEYS[1], 'gen', gen, 'tid', ARGV[2], 'blob', ARGV[3], 'spent', '0', 'kid', ARGV[7], 'by', ARGV[8])
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
 redis.call('PUBLISH', ARGV[4], gen)
@@ -135,22 +147,51 @@ def token_to_record(token: Token) -> bytes:
     )
 
 
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return float(value)
+
+
 def token_from_record(blob: bytes) -> Token:
-    """The token of a record written by :func:`token_to_record` (wall-clock times, see :class:`SharedToken`)."""
-    rec: dict[str, Any] = orjson.loads(blob)
-    rt = rec.get("refresh_token")
-    return Token(
-        access_token=Secret(str(rec["access_token"])),
-        authorization=str(rec["authorization"]),
-        token_type=str(rec["token_type"]),
-        issued=Instant(math.nan, float(rec["issued_wall"])),
-        lifetime=float(rec["lifetime"]),
-        lifetime_source=str(rec.get("lifetime_source", "default")),
-        refresh_token=Secret(rt) if isinstance(rt, str) and rt else None,
-        refresh_expires_at=rec.get("refresh_expires_wall"),
-        scope=rec.get("scope"),
-        extra=rec.get("extra") or {},
-    )
+    """The token of a record written by :func:`token_to_record` (wall-clock times, see :class:`SharedToken`).
+
+    Raises:
+        SharedStateUnreadable: the record is not one :func:`token_to_record` writes (a field missing or of
+            another type, a token or header value that cannot go into an ``Authorization`` header).
+    """
+    try:
+        rec = orjson.loads(blob)
+        if not isinstance(rec, dict):
+            raise TypeError("not an object")
+        access, authorization, token_type = rec["access_token"], rec["authorization"], rec["token_type"]
+        rt, scope, extra = rec.get("refresh_token"), rec.get("scope"), rec.get("extra") or {}
+        source = rec.get("lifetime_source", "default")
+        if not all(isinstance(v, str) and v for v in (access, authorization, token_type)):
+            raise TypeError("token fields must be text")
+        if not (rt is None or isinstance(rt, str)) or not (scope is None or isinstance(scope, str)):
+            raise TypeError("refresh token and scope must be text")
+        if not isinstance(extra, dict) or not isinstance(source, str):
+            raise TypeError("extra must be an object")
+        for value in (access, authorization, rt or ""):
+            if header_problem("Authorization", value) is not None:
+                raise ValueError("cannot go into a header")
+        rexp = rec.get("refresh_expires_wall")
+        token = Token(
+            access_token=Secret(access),
+            authorization=authorization,
+            token_type=token_type,
+            issued=Instant(math.nan, _number(rec["issued_wall"])),
+            lifetime=_number(rec["lifetime"]),
+            lifetime_source=source,
+            refresh_token=Secret(rt) if rt else None,
+            refresh_expires_at=None if rexp is None else _number(rexp),
+            scope=scope,
+            extra=extra,
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise damaged("the shared token record opened, but its token") from None
+    return token
 
 
 def record_ttl(token: Token, now_wall: float) -> float | None:
@@ -180,26 +221,61 @@ class SharedTokenState:
         self._cipher = cipher
         self.key = link.key(f"cred:{credential_key}", "token")
         self.channel = link.channel(f"cred:{credential_key}", "token-published")
+        #: Written into every record this process publishes (never a secret).
+        self.writer = f"{socket.gethostname()} pid {os.getpid()}"
+
+    @property
+    def key_id(self) -> str:
+        """The public id of the key this process seals with."""
+        return self._cipher.key_id
+
+    def key_channel(self, key_id: str) -> str:
+        """The channel every watcher holding the key ``key_id`` subscribes to (to be counted, never published on)."""
+        return self._link.channel(f"cred:{self.credential_key}", f"key:{key_id}")
+
+    async def key_holders(self, *key_ids: str) -> dict[str, int]:
+        """Live watchers per key id (``PUBSUB NUMSUB`` on their key channels)."""
+        channels = {self.key_channel(k): k for k in key_ids}
+        counts = await self._link.call(self._link.client.pubsub_numsub(*channels))
+        return {channels[as_text(c)]: int(n) for c, n in counts.items() if as_text(c) in channels}
 
     async def read(self) -> SharedToken | None:
         """The current shared token, or ``None`` if there is none (never published, expired, or lost).
 
         Raises:
             CoordinatorUnavailable: Redis did not answer.
-            SharedStateUnreadable: the record does not open with the configured key(s).
+            FleetKeyMismatch: the record was sealed with a key this process does not hold.
+            SharedStateUnreadable: the record is damaged or was written by something else.
         """
-        gen, tid, blob, spent = await self._link.call(
-            self._link.client.hmget(self.key, ["gen", "tid", "blob", "spent"])
+        gen, tid, blob, spent, kid, by = await self._link.call(
+            self._link.client.hmget(self.key, ["gen", "tid", "blob", "spent", "kid", "by"])
         )
-        if gen is None or blob is None:
+        if gen is None and blob is None:
             return None
-        generation = int(gen)
-        plaintext = self._cipher.open(blob, credential_key=self.credential_key, generation=generation)
         try:
-            token = token_from_record(plaintext)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise SharedStateUnreadable("the shared token record opened but is not a token record") from None
-        return SharedToken(generation, as_text(tid or b""), token, refresh_spent=as_text(spent or b"0") == "1")
+            gen_text, tid_text, spent_text = as_text(gen or b""), as_text(tid or b""), as_text(spent or b"0")
+            kid_text, by_text = as_text(kid or b""), as_text(by or b"")
+        except UnicodeDecodeError:
+            raise damaged("the shared token record") from None
+        if not gen_text.isascii() or not gen_text.isdigit() or blob is None or spent_text not in ("0", "1"):
+            raise damaged("the shared token record (its generation, spent mark or sealed token)")
+        generation = int(gen_text)
+        plaintext = self._cipher.open_for(blob, self._cipher.associated_data(self.credential_key, generation))
+        if plaintext is None:
+            if kid_text in self._cipher.key_ids:  # sealed with our key, yet it does not open
+                raise damaged(f"the shared token record (generation {generation})")
+            raise FleetKeyMismatch(
+                f"the shared token record (generation {generation}) is sealed with fleet key id "
+                f"{kid_text or 'unknown'}{f' by {by_text}' if by_text else ''}, and this process "
+                f"({self.writer}) holds key id {self.key_id}: every process of a fleet needs the same "
+                "OAUTHPW_FLEET_KEY",
+                key_id=self.key_id,
+                record_key_id=kid_text,
+                sealed_by=by_text,
+                generation=generation,
+            )
+        token = token_from_record(plaintext)
+        return SharedToken(generation, tid_text, token, refresh_spent=spent_text == "1")
 
     async def publish(self, token: Token, *, renewed_from: int, now_wall: float, at_least: int = 0) -> PublishResult:
         """Write ``token`` as the next generation if ``renewed_from`` is still current (or no record exists).
@@ -213,11 +289,14 @@ class SharedTokenState:
         blob = self._cipher.seal(token_to_record(token), credential_key=self.credential_key, generation=generation)
         ttl = record_ttl(token, now_wall)
         tid = secrets.token_hex(8)
+        ttl_ms = 0 if ttl is None else max(1, math.ceil(ttl * 1000))
         ok, gen = await self._link.script(
             _PUBLISH,
             [self.key],
-            [renewed_from, tid, blob, self.channel, 0 if ttl is None else max(1, math.ceil(ttl * 1000)), generation],
+            [renewed_from, tid, blob, self.channel, ttl_ms, generation, self.key_id, self.writer],
         )
+        if int(ok) < 0:
+            raise damaged("the shared token record's generation")
         return PublishResult(bool(ok), int(gen), tid if ok else "")
 
     async def claim_refresh(self, generation: int, lease: Lease, handle: LeaseHandle) -> RefreshPermit:
@@ -306,11 +385,12 @@ class _Subscription:
     async def _listen(self) -> None:
         link = self.state._link
         try:
-            async with link.client.pubsub(channels=[self.state.channel, self.private]) as pubsub:
+            channels = [self.state.channel, self.private, self.state.key_channel(self.state.key_id)]
+            async with link.client.pubsub(channels=channels) as pubsub:
                 async for message in pubsub:
                     self.heard = anyio.current_time()
-                    if as_text(message["channel"]) == self.private:
-                        continue
+                    if as_text(message["channel"]) != self.state.channel:
+                        continue  # its own ping, or the key channel (only there to be counted)
                     kind = message["type"]
                     if kind == "subscribe":
                         result = self.on_change(None)
