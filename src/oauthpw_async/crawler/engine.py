@@ -397,6 +397,8 @@ class CrawlEngine:
         if self._sync is not None:
             start = self._sync.start(partition, start, ps)  # the since-filter or the delta token
         request = self._checkpoints.resume_from(partition.name) or start
+        if self._sync is not None:
+            request = self._sync.resume(partition, request)  # a position inside a tie group restarts it
         committed = self._checkpoints.records(partition.name)  # records in the sink, all runs
         try:
             await self._pages(session, base, headers, partition, sink, request, committed)
@@ -503,7 +505,12 @@ class CrawlEngine:
                     # during the crawl (a grown total) are still read.
                     nxt = paginator.next(page, records)
                     if sync is not None:
-                        nxt = sync.next_request(partition, nxt)  # seeks by update time when it can
+                        # seeks by update time when it can
+                        nxt = sync.next_request(
+                            partition, nxt, announced_total(page.data, page.headers, crawler.total_path)
+                        )
+                        if nxt is not None and sync.rewound(partition.name):
+                            seen.discard(nxt.key())  # read again on purpose, not a loop
                 index += 1
                 committed += len(records)  # read: duplicates dropped by primary key are in the sink already
                 await sink.flush()  # records are durable before the position moves past them

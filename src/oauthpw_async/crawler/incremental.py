@@ -194,6 +194,9 @@ def _time_or_none(value: Any, what: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+#: How many times one partition's run reads a tie group again because rows may have shifted under its offsets.
+MAX_REWINDS = 8
+
 #: Recent keys are stored packed: 16-byte key digest, 8-byte update time (µs), 8-byte content digest.
 _ENTRY = 32
 
@@ -517,8 +520,8 @@ class _DeltaEnds:
 
 
 class _Tracker:
-    __slots__ = ("distinct", "heap", "last", "name", "ordered", "origin", "previous", "problems", "run", "seeking",
-                 "stats")  # fmt: skip
+    __slots__ = ("chain_total", "count", "distinct", "expect", "heap", "last", "last_key", "name", "ordered", "origin",
+                 "previous", "problems", "rewind", "rewinds", "rewound", "run", "seeking", "stats")  # fmt: skip
 
     def __init__(self, name: str, previous: CursorState, run: RunState, stats: SyncStats) -> None:
         self.name = name
@@ -532,6 +535,13 @@ class _Tracker:
         self.last: int | None = None  # the last page's last update time (µs), when it had one
         self.ordered = True  # the last page was in update-time order
         self.problems: list[str] = []
+        self.chain_total: int | None = None  # the total the filter read by offsets announced last
+        self.rewind: datetime | None = None  # read again from here: rows there may have been skipped
+        self.rewinds = 0
+        self.rewound = False
+        self.last_key: bytes | None = None  # the key of the last record of the last page
+        self.expect: bytes | None = None  # the key the next page must start with (it overlaps by one row)
+        self.count = 0  # records on the last page
 
 
 def _may_shift(paginator: Paginator) -> bool:
@@ -570,6 +580,7 @@ class IncrementalSync:
             pagination, (Offset, PageNumber, LinkHeader)
         )
         self._shifts = _may_shift(resolve(pagination))
+        self._back: Any = None
         if crawler.primary_key is None and crawler.delta_path is None and offset_like:
             log.warning(
                 "%s: incremental sync over offset pagination without a primary_key: a record updated during a "
@@ -580,6 +591,7 @@ class IncrementalSync:
 
     def paginator(self, paginator: Paginator) -> Paginator:
         """The crawler's strategy, knowing that a page with the delta token is a last page."""
+        self._back = getattr(paginator, "back", None)  # overlaps pages inside a tie group (offsets)
         if self.crawler.delta_path is None:
             return paginator
         return _DeltaEnds(paginator, self.crawler.delta_path)
@@ -628,6 +640,8 @@ class IncrementalSync:
             # count rows, the resumed pages can skip records ordered after the saved position. Only a
             # position that counts rows inside one update time (seeking) or any position (counting from
             # the run's filter) is exposed; the next run reads again from where the exposure starts.
+            # With seeking, a position inside a tie group restarts the group (resume()); moves before
+            # the stop in groups read by offsets can no longer be recognised (this run's keys are gone).
             exposed = run.exposed if seeking else (run.since or EPOCH)
             if exposed is not None:
                 run.floor = exposed if run.floor is None else min(run.floor, exposed)
@@ -671,7 +685,7 @@ class IncrementalSync:
         """Why the partition may be missing records, as incremental sync saw it."""
         return list(self._trackers[name].problems)
 
-    def next_request(self, partition: Partition, proposed: PageRequest | None) -> PageRequest | None:
+    def next_request(self, partition: Partition, proposed: PageRequest | None, total: int | None) -> PageRequest | None:
         """The page after the last one: ``proposed`` (the strategy's), or a seek from the last update time.
 
         Seeking (``ordered_by_updated``): the next page is the first of ``changed_since(T)``, with
@@ -679,15 +693,20 @@ class IncrementalSync:
         read yet is ordered after the last one delivered, so it is in that filter whatever rows
         before it were deleted or moved: nothing is skipped, and the records at ``T`` already
         delivered are dropped as the same version. When ``T`` is the filter being read (a tie
-        group larger than a page), the strategy's offsets go on inside it.
+        group larger than a page), the strategy's offsets go on inside it; if rows may have
+        shifted under them meanwhile (the count the filter announces, ``total``, changed or is not
+        announced, or a record read there moved), the group is read again from its first row, at
+        most :data:`MAX_REWINDS` times a run (then the next run reads again from it).
         """
         tracker = self._trackers[partition.name]
         run = tracker.run
-        if proposed is None or not tracker.seeking:
+        tracker.rewound = False
+        if not tracker.seeking or tracker.origin is None:
             return proposed
-        if not tracker.ordered:
+        if not tracker.ordered and proposed is not None:
             tracker.seeking, run.grouped = False, True
             run.exposed = run.since or EPOCH
+            run.floor = run.exposed if run.floor is None else min(run.floor, run.exposed)
             problem = (
                 "records were not in update-time order although ordered_by_updated is set: order the listing "
                 "and changed_since() by the update time, or set ordered_by_updated = False"
@@ -696,22 +715,66 @@ class IncrementalSync:
             log.warning("partition %s: %s", partition.name, problem)
             self._checkpoints.set_run(partition.name, run.to_json())
             return proposed
-        if tracker.last is None or tracker.origin is None:
-            run.grouped = True  # an empty page: the strategy steps over it
+        crawler = self.crawler
+        since = (
+            None
+            if tracker.last is None
+            else next_since(EPOCH + _US * tracker.last, timedelta(0), crawler.filter_precision)
+        )
+        grouped = proposed is not None and (since is None or (run.seek is not None and since <= run.seek))
+        if grouped and run.grouped and (total is None or total != tracker.chain_total) and run.seek is not None:
+            self._shifted(tracker, run.seek)  # rows may have moved under the offsets of this group
+        if tracker.rewind is not None:
+            back, tracker.rewind = tracker.rewind, None
+            tracker.rewinds += 1
+            tracker.rewound, tracker.chain_total = True, None
+            run.seek, run.grouped = next_since(back, timedelta(0), crawler.filter_precision), False
+            self._checkpoints.set_run(partition.name, run.to_json())
+            return tracker.origin.with_params(**crawler.changed_since(partition, run.seek))
+        if proposed is None:
+            return None
+        if grouped:
+            tracker.chain_total = total
+            run.grouped = True
             exposed = run.seek or EPOCH
             run.exposed = exposed if run.exposed is None else min(run.exposed, exposed)
+            if self._back is not None and tracker.last_key is not None and tracker.count > 1:
+                # One row of overlap: the next page starts with this page's last record unless rows
+                # before it shifted (then the group is read again from its first row).
+                proposed, tracker.expect = self._back(proposed), tracker.last_key
+            else:  # nothing shows a shift here: the next run reads this group again
+                run.floor = exposed if run.floor is None else min(run.floor, exposed)
             self._checkpoints.set_run(partition.name, run.to_json())
             return proposed
-        crawler = self.crawler
-        since = next_since(EPOCH + _US * tracker.last, timedelta(0), crawler.filter_precision)
-        if run.seek is not None and since <= run.seek:
-            run.grouped = True
-            run.exposed = run.seek if run.exposed is None else min(run.exposed, run.seek)
-            self._checkpoints.set_run(partition.name, run.to_json())
-            return proposed
+        assert since is not None
+        tracker.chain_total = None
         run.seek, run.grouped = since, False
         self._checkpoints.set_run(partition.name, run.to_json())
         return tracker.origin.with_params(**crawler.changed_since(partition, since))
+
+    def rewound(self, name: str) -> bool:
+        """Whether the last :meth:`next_request` went back to read a group again (its page is read anew)."""
+        return self._trackers[name].rewound
+
+    def _shifted(self, tracker: _Tracker, moment: datetime) -> None:
+        """Rows at or after ``moment`` may have been skipped: read again from there (or in the next run)."""
+        run = tracker.run
+        if tracker.rewinds < MAX_REWINDS:
+            tracker.rewind = moment if tracker.rewind is None else min(tracker.rewind, moment)
+        else:
+            run.floor = moment if run.floor is None else min(run.floor, moment)
+
+    def resume(self, partition: Partition, request: PageRequest) -> PageRequest:
+        """Where a resumed partition goes on: a position inside a tie group restarts that group."""
+        tracker = self._trackers[partition.name]
+        run = tracker.run
+        if not tracker.stats.resumed or not tracker.seeking or not run.grouped:
+            return request
+        if run.seek is None or tracker.origin is None:
+            return request
+        run.grouped = False  # rows may have moved while the crawl was stopped: the group from its first row
+        self._checkpoints.set_run(partition.name, run.to_json())
+        return tracker.origin.with_params(**self.crawler.changed_since(partition, run.seek))
 
     # --- per page --------------------------------------------------------------------------------------
 
@@ -733,6 +796,9 @@ class IncrementalSync:
         out: list[Any] = []
         previous: int | None = None
         tracker.ordered, tracker.last = True, None
+        expect, tracker.expect, tracker.last_key, tracker.count = tracker.expect, None, None, len(records)
+        if expect is not None and keys is not None and (not records or key_digest(dig(records[0], key_path)) != expect):
+            self._shifted(tracker, tracker.run.seek or EPOCH)  # rows shifted under the offsets of this group
         for record in records:
             try:
                 moment = crawler.parse_updated(record)
@@ -751,7 +817,7 @@ class IncrementalSync:
             key_value: Any = None
             if keys is not None:
                 key_value = dig(record, key_path)
-                digest = key_digest(key_value)
+                digest = tracker.last_key = key_digest(key_value)
                 content = content_digest(record)
                 seen, first, written = keys.written(digest)
                 if not seen:
@@ -771,8 +837,10 @@ class IncrementalSync:
                             # offsets (a tie group) at or before the old place can have skipped one.
                             stats.moves += 1
                             old = EPOCH + _US * first
-                            if not tracker.seeking or (run.exposed is not None and old >= run.exposed):
+                            if not tracker.seeking:
                                 run.floor = old if run.floor is None else min(run.floor, old)
+                            elif run.exposed is not None and old >= run.exposed:
+                                self._shifted(tracker, old)
                 keys.add(digest, updated, content)
                 if updated is not None:
                     entry = (updated, digest, content)

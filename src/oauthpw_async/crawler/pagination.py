@@ -223,6 +223,11 @@ class Offset:
         params = dict(request.params)
         return int(params.get(self.offset_param, self.start_at)), int(params.get(self.limit_param, self.page_size))
 
+    def back(self, request: PageRequest, rows: int = 1) -> PageRequest:
+        """The same page started ``rows`` rows earlier (an overlap that shows whether rows shifted)."""
+        offset, _ = self.asked(request)
+        return request.with_params(**{self.offset_param: max(self.start_at, offset - rows)})
+
     def jumped(self, empty: PageRequest, step: int) -> list[PageRequest]:
         """The requests for the rows a step over the empty page ``empty`` jumped, now that ``step`` is known.
 

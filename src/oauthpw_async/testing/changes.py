@@ -310,6 +310,12 @@ class ChangesAPI:
         changes = {"update": list(update), "create": create, "delete": list(delete), "kill": kill}
         self._script.setdefault(request, []).append(changes)
 
+    def clear_schedule(self) -> int:
+        """Forget the changes scheduled with :meth:`at` that no request reached yet; returns how many."""
+        pending = sum(len(v) for v in self._script.values())
+        self._script.clear()
+        return pending
+
     def expire_positions(self, count: int = 1) -> None:
         """Refuse the next ``count`` requests that carry a saved position, as expired.
 
