@@ -489,13 +489,32 @@ async def test_offset_paging_a_move_is_detected_and_the_next_run_recovers_the_sk
         first, stats = await runs.run()
         # Three moves shifted the rest back by three: the offset walked past 30, 31 and 32.
         assert set(range(100)) - set(ids(first)) == {30, 31, 32}
-        sync = only(stats).sync
-        assert sync.moves == 3
-        first_seen = datetime.fromtimestamp(api.base_updated(5), UTC)
-        assert sync.cursor_after == format_time(first_seen)  # lowered to where record 5 was first seen
+        ps = only(stats)
+        assert ps.sync.moves == 3
+        # 100 rows were read, but only 97 distinct records against the 100 announced: incomplete
+        assert ps.problems == ["97 of 100 announced records were read"] and not ps.sync.committed
         api.on_request = None
         second, _ = await runs.run()
-        assert ids(second) == [30, 31, 32]  # and nothing read before was written again
+        assert {30, 31, 32} <= set(ids(second))
+        assert api.differences(runs.held(), deletions=False) == []
+
+
+class SeekingTen(ByTimeTen):
+    ordered_by_updated = True
+
+
+async def test_offset_paging_that_seeks_by_update_time_skips_nothing_when_records_move(tmp_path: Path) -> None:
+    _, clock = frozen(1_715_000_000)
+    api = ChangesAPI(records=100, paging="offset", now=clock)
+    move_during_the_crawl(api)
+    async with serving(api) as (server, tokens):
+        runs = Runs(SeekingTen, server, tokens, tmp_path / "state.json")
+        first, stats = await runs.run()
+        assert set(ids(first)) == set(range(100))  # nothing skipped
+        ps = only(stats)
+        assert ps.sync.moves == 3 and ps.complete and ps.sync.committed
+        # the moves could not skip (each page starts a filter at its first row): the cursor is not lowered
+        assert ps.sync.cursor_after == format_time(datetime.fromtimestamp(1_715_000_000, UTC))
         assert api.differences(runs.held(), deletions=False) == []
 
 

@@ -114,6 +114,10 @@ class Crawler:
     deleted_path: ClassVar[Path | None] = None
     #: Primary keys remembered per partition to drop the lookback's re-deliveries across runs.
     max_recent_keys: ClassVar[int] = 50_000
+    #: The listing and the :meth:`changed_since` answers are ordered by update time, oldest first
+    #: (``ORDER BY updated``), and every record has one. Offset-like paging then seeks from the
+    #: last update time delivered instead of counting rows, so deletions during a crawl skip nothing.
+    ordered_by_updated: ClassVar[bool] = False
 
     @property
     def is_incremental(self) -> bool:

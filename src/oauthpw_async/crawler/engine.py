@@ -437,6 +437,8 @@ class CrawlEngine:
         if self._sync is not None:
             start = self._sync.start(partition, start, ps)  # the since-filter or the delta token
         request = self._checkpoints.resume_from(partition.name) or start
+        if self._sync is not None:
+            request = self._sync.resume(partition, request)  # a position inside a tie group restarts it
         committed = self._checkpoints.records(partition.name)  # records in the sink, all runs
         try:
             await self._pages(session, base, headers, partition, sink, request, committed)
@@ -450,7 +452,11 @@ class CrawlEngine:
             )
             ps.restarts += 1
             ps.reemitted_from = committed
-            if self._keys is not None and not self._keys_loaded:
+            if self._sync is not None:
+                # The sink's keys carry no version: a changed record would be taken for one already
+                # written. Incremental sync compares versions, with this run's keys and the last run's.
+                self._sync.restart(partition.name)
+            elif self._keys is not None and not self._keys_loaded:
                 await self._load_sink_keys(sink)
             try:
                 await self._pages(session, base, headers, partition, sink, start, 0, restarted=True)
@@ -471,13 +477,21 @@ class CrawlEngine:
     ) -> None:
         """Walk a partition's pages from ``request``: emit, flush, then checkpoint each in order."""
         ps = self.stats.partitions[partition.name]
-        crawler, paginator = self.crawler, self._paginator
+        crawler, paginator, sync = self.crawler, self._paginator, self._sync
         watch = _Completeness(crawler, paginator)
         seen: set[str] = set()
         index = 0 if restarted else ps.pages
         max_pages = crawler.max_pages
-        plan = getattr(paginator, "plan", None) if crawler.parallel_pages > 1 else None
+        seeking = sync is not None and sync.seeking(partition.name)
+        plan = getattr(paginator, "plan", None) if crawler.parallel_pages > 1 and not seeking else None
         planned: collections.deque[PageRequest] | None = None  # known pages not started yet
+        # Offsets stepped over empty pages by the size asked, and the ranges found jumped once the
+        # server's real (capped) step shows: read before going on.
+        jumped = getattr(paginator, "jumped", None)
+        asked: Callable[[PageRequest], tuple[int, int]] | None = getattr(paginator, "asked", None)
+        empties: list[PageRequest] = []
+        gaps: collections.deque[PageRequest] = collections.deque()
+        resumed_from = committed
         inflight: collections.deque[tuple[PageRequest, asyncio.Future[tuple[Page, list[Any]]]]] = collections.deque()
         try:
             while request is not None:
@@ -504,8 +518,16 @@ class CrawlEngine:
                 if planned is None and plan is not None:
                     known = plan(page, records)
                     planned = collections.deque(known) if known is not None else None
+                if jumped is not None and asked is not None and watch.total is not None:
+                    found = self._jumped(jumped, asked, empties, request, records, watch.total)
+                    if found:
+                        if not planned and not inflight and (cont := paginator.next(page, records)) is not None:
+                            found.append(cont)  # then on from this page
+                        gaps.extend(found)
                 nxt: PageRequest | None
-                if planned:
+                if gaps:
+                    nxt = gaps.popleft()
+                elif planned:
                     # Totals are known: keep up to parallel_pages pages in flight, emit them in order.
                     # Only while request slots are free: when the crawl already fills them, pages read
                     # ahead would just queue for slots (and cost CPU) without reading anything sooner.
@@ -522,6 +544,13 @@ class CrawlEngine:
                     # Sequential, or past the planned pages: ask the strategy, so records added
                     # during the crawl (a grown total) are still read.
                     nxt = paginator.next(page, records)
+                    if sync is not None:
+                        # seeks by update time when it can
+                        nxt = sync.next_request(
+                            partition, nxt, announced_total(page.data, page.headers, crawler.total_path)
+                        )
+                        if nxt is not None and sync.rewound(partition.name):
+                            seen.discard(nxt.key())  # read again on purpose, not a loop
                 index += 1
                 committed += len(records)  # read: duplicates dropped by primary key are in the sink already
                 await sink.flush()  # records are durable before the position moves past them
@@ -536,7 +565,14 @@ class CrawlEngine:
                 unread.cancel()
             if inflight:
                 await asyncio.gather(*(f for _, f in inflight), return_exceptions=True)
-        problems = watch.problems(committed)
+        counted = committed
+        if sync is not None and (distinct := sync.distinct(partition.name)) is not None:
+            # Distinct keys, not rows read: a record read twice (moved, or re-read where a seek
+            # overlaps) must not make up for one never read.
+            counted = (0 if restarted else resumed_from) + distinct
+        problems = watch.problems(counted)
+        if sync is not None:
+            problems += sync.problems(partition.name)
         if restarted:
             log.warning(
                 "partition %s was read again from its start: %d records re-emitted, %d dropped as already written",
@@ -554,6 +590,29 @@ class CrawlEngine:
         ps.done = True
         self.stats.partitions_done += 1
         self._progress()
+
+    @staticmethod
+    def _jumped(
+        jumped: Callable[[PageRequest, int], list[PageRequest]],
+        asked: Callable[[PageRequest], tuple[int, int]],
+        empties: list[PageRequest],
+        request: PageRequest,
+        records: Sequence[Any],
+        total: int,
+    ) -> list[PageRequest]:
+        """Requests for rows an earlier step over an empty page jumped, once this page shows the real step."""
+        offset, limit = asked(request)
+        if not records:
+            empties.append(request)
+            return []
+        if len(records) >= limit:
+            empties.clear()  # the server serves what is asked: the steps over empty pages were right
+            return []
+        if offset + len(records) >= total or not empties:
+            return []  # the last page: no smaller step is known
+        found = [r for empty in empties for r in jumped(empty, len(records))]
+        empties.clear()
+        return found
 
     def _unseen(self, records: list[Any], ps: PartitionStats) -> list[Any]:
         """``records`` less those whose primary key was already written (by this run or the sink)."""

@@ -42,7 +42,7 @@ from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
 from ..errors import PageShapeError, StateError, UsageError
 from .checkpoint import Checkpoints
-from .pagination import Offset, Page, PageNumber, PageRequest, Paginator
+from .pagination import Cursor, LinkHeader, Offset, Page, PageNumber, PageRequest, Paginator, resolve
 
 if TYPE_CHECKING:
     from .base import Crawler, Partition
@@ -194,6 +194,9 @@ def _time_or_none(value: Any, what: str) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
+#: How many times one partition's run reads a tie group again because rows may have shifted under its offsets.
+MAX_REWINDS = 8
+
 #: Recent keys are stored packed: 16-byte key digest, 8-byte update time (µs), 8-byte content digest.
 _ENTRY = 32
 
@@ -288,11 +291,17 @@ class RunState:
     max_seen: datetime | None = None
     floor: datetime | None = None
     token: str | None = None
+    #: The filter of the pages being read now, when the crawl seeks by update time.
+    seek: datetime | None = None
+    #: The saved position counts rows inside one update time (a tie group larger than a page).
+    grouped: bool = False
+    #: The earliest filter whose pages were counted by offsets in this run (moves there skip rows).
+    exposed: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The state file's form."""
-        out: dict[str, Any] = {"mode": self.mode, "token": self.token}
-        for name in ("since", "server_start", "max_seen", "floor"):
+        out: dict[str, Any] = {"mode": self.mode, "token": self.token, "grouped": self.grouped}
+        for name in ("since", "server_start", "max_seen", "floor", "seek", "exposed"):
             value = getattr(self, name)
             out[name] = format_time(value) if value is not None else None
         return out
@@ -311,6 +320,9 @@ class RunState:
             max_seen=_time_or_none(data.get("max_seen"), "largest update time"),
             floor=_time_or_none(data.get("floor"), "floor"),
             token=str(token) if token is not None else None,
+            seek=_time_or_none(data.get("seek"), "seek"),
+            grouped=data.get("grouped") is True,
+            exposed=_time_or_none(data.get("exposed"), "exposed"),
         )
 
 
@@ -508,7 +520,8 @@ class _DeltaEnds:
 
 
 class _Tracker:
-    __slots__ = ("heap", "name", "previous", "run", "stats")
+    __slots__ = ("chain_total", "count", "distinct", "expect", "heap", "last", "last_key", "name", "ordered", "origin",
+                 "previous", "problems", "rewind", "rewinds", "rewound", "run", "seeking", "stats")  # fmt: skip
 
     def __init__(self, name: str, previous: CursorState, run: RunState, stats: SyncStats) -> None:
         self.name = name
@@ -516,6 +529,24 @@ class _Tracker:
         self.run = run
         self.stats = stats
         self.heap: list[tuple[int, bytes, int]] = []  # the newest delivered (update µs, key, content)
+        self.distinct = 0  # primary keys first delivered in this run by this process
+        self.seeking = False  # pages are read by seeking from the last update time delivered
+        self.origin: PageRequest | None = None  # the partition's first request, before any filter
+        self.last: int | None = None  # the last page's last update time (µs), when it had one
+        self.ordered = True  # the last page was in update-time order
+        self.problems: list[str] = []
+        self.chain_total: int | None = None  # the total the filter read by offsets announced last
+        self.rewind: datetime | None = None  # read again from here: rows there may have been skipped
+        self.rewinds = 0
+        self.rewound = False
+        self.last_key: bytes | None = None  # the key of the last record of the last page
+        self.expect: bytes | None = None  # the key the next page must start with (it overlaps by one row)
+        self.count = 0  # records on the last page
+
+
+def _may_shift(paginator: Paginator) -> bool:
+    """Whether rows can move under the strategy's positions (offsets, or next links that may hide one)."""
+    return not isinstance(paginator, (Cursor, ExportCursor))
 
 
 class IncrementalSync:
@@ -546,8 +577,10 @@ class IncrementalSync:
             log.warning("%s is incremental but has no state file: every run reads everything", name)
         pagination = crawler.pagination
         offset_like = pagination in ("offset", "page_number", "link_header") or isinstance(
-            pagination, (Offset, PageNumber)
+            pagination, (Offset, PageNumber, LinkHeader)
         )
+        self._shifts = _may_shift(resolve(pagination))
+        self._back: Any = None
         if crawler.primary_key is None and crawler.delta_path is None and offset_like:
             log.warning(
                 "%s: incremental sync over offset pagination without a primary_key: a record updated during a "
@@ -558,6 +591,7 @@ class IncrementalSync:
 
     def paginator(self, paginator: Paginator) -> Paginator:
         """The crawler's strategy, knowing that a page with the delta token is a last page."""
+        self._back = getattr(paginator, "back", None)  # overlaps pages inside a tie group (offsets)
         if self.crawler.delta_path is None:
             return paginator
         return _DeltaEnds(paginator, self.crawler.delta_path)
@@ -593,7 +627,32 @@ class IncrementalSync:
             run = RunState("incremental", since=next_since(previous.cursor, crawler.lookback, crawler.filter_precision))
         else:
             run = RunState("full")
+        seeking = (
+            crawler.ordered_by_updated
+            and run.mode != "delta"
+            and crawler.updated_field is not None
+            and _overrides(crawler, "changed_since")
+        )
+        if saved is None:
+            run.seek = run.since
+        if resumed and self._shifts and run.mode != "delta":
+            # Rows may have moved while the crawl was stopped (deletions, updates): under positions that
+            # count rows, the resumed pages can skip records ordered after the saved position. Only a
+            # position that counts rows inside one update time (seeking) or any position (counting from
+            # the run's filter) is exposed; the next run reads again from where the exposure starts.
+            # With seeking, a position inside a tie group restarts the group (resume()); moves before
+            # the stop in groups read by offsets can no longer be recognised (this run's keys are gone).
+            exposed = run.exposed if seeking else (run.since or EPOCH)
+            if exposed is not None:
+                run.floor = exposed if run.floor is None else min(run.floor, exposed)
+                log.warning(
+                    "partition %s resumed from a position that counts rows: records may have moved while the "
+                    "crawl was stopped, so the next run reads again from %s",
+                    name,
+                    format_time(exposed),
+                )
         cp.set_run(name, run.to_json())
+        origin = request
         if run.mode == "delta" and previous.token is not None:
             request = crawler.delta_request(partition, request, previous.token)
         elif run.mode == "incremental" and run.since is not None:
@@ -604,9 +663,118 @@ class IncrementalSync:
             since=format_time(run.since) if run.since else None,
             cursor_before=previous.describe(),
         )
-        self._trackers[name] = _Tracker(name, previous, run, stats)
+        tracker = self._trackers[name] = _Tracker(name, previous, run, stats)
+        tracker.seeking, tracker.origin = seeking, origin
         ps.sync = stats
         return request
+
+    def seeking(self, name: str) -> bool:
+        """Whether the partition's pages are read by seeking from the last update time delivered."""
+        return self._trackers[name].seeking
+
+    def restart(self, name: str) -> None:
+        """The partition is read again from its start (its saved position expired): seek from its filter."""
+        tracker = self._trackers[name]
+        tracker.run.seek, tracker.run.grouped = tracker.run.since, False
+
+    def distinct(self, name: str) -> int | None:
+        """Primary keys first delivered in this run by this process (``None`` without a primary key)."""
+        return self._trackers[name].distinct if self.keys is not None else None
+
+    def problems(self, name: str) -> list[str]:
+        """Why the partition may be missing records, as incremental sync saw it."""
+        return list(self._trackers[name].problems)
+
+    def next_request(self, partition: Partition, proposed: PageRequest | None, total: int | None) -> PageRequest | None:
+        """The page after the last one: ``proposed`` (the strategy's), or a seek from the last update time.
+
+        Seeking (``ordered_by_updated``): the next page is the first of ``changed_since(T)``, with
+        ``T`` the last update time delivered floored to the filter's precision. Every record not
+        read yet is ordered after the last one delivered, so it is in that filter whatever rows
+        before it were deleted or moved: nothing is skipped, and the records at ``T`` already
+        delivered are dropped as the same version. When ``T`` is the filter being read (a tie
+        group larger than a page), the strategy's offsets go on inside it; if rows may have
+        shifted under them meanwhile (the count the filter announces, ``total``, changed or is not
+        announced, or a record read there moved), the group is read again from its first row, at
+        most :data:`MAX_REWINDS` times a run (then the next run reads again from it).
+        """
+        tracker = self._trackers[partition.name]
+        run = tracker.run
+        tracker.rewound = False
+        if not tracker.seeking or tracker.origin is None:
+            return proposed
+        if not tracker.ordered and proposed is not None:
+            tracker.seeking, run.grouped = False, True
+            run.exposed = run.since or EPOCH
+            run.floor = run.exposed if run.floor is None else min(run.floor, run.exposed)
+            problem = (
+                "records were not in update-time order although ordered_by_updated is set: order the listing "
+                "and changed_since() by the update time, or set ordered_by_updated = False"
+            )
+            tracker.problems.append(problem)
+            log.warning("partition %s: %s", partition.name, problem)
+            self._checkpoints.set_run(partition.name, run.to_json())
+            return proposed
+        crawler = self.crawler
+        since = (
+            None
+            if tracker.last is None
+            else next_since(EPOCH + _US * tracker.last, timedelta(0), crawler.filter_precision)
+        )
+        grouped = proposed is not None and (since is None or (run.seek is not None and since <= run.seek))
+        if grouped and run.grouped and (total is None or total != tracker.chain_total) and run.seek is not None:
+            self._shifted(tracker, run.seek)  # rows may have moved under the offsets of this group
+        if tracker.rewind is not None:
+            back, tracker.rewind = tracker.rewind, None
+            tracker.rewinds += 1
+            tracker.rewound, tracker.chain_total = True, None
+            run.seek, run.grouped = next_since(back, timedelta(0), crawler.filter_precision), False
+            self._checkpoints.set_run(partition.name, run.to_json())
+            return tracker.origin.with_params(**crawler.changed_since(partition, run.seek))
+        if proposed is None:
+            return None
+        if grouped:
+            tracker.chain_total = total
+            run.grouped = True
+            exposed = run.seek or EPOCH
+            run.exposed = exposed if run.exposed is None else min(run.exposed, exposed)
+            if self._back is not None and tracker.last_key is not None and tracker.count > 1:
+                # One row of overlap: the next page starts with this page's last record unless rows
+                # before it shifted (then the group is read again from its first row).
+                proposed, tracker.expect = self._back(proposed), tracker.last_key
+            else:  # nothing shows a shift here: the next run reads this group again
+                run.floor = exposed if run.floor is None else min(run.floor, exposed)
+            self._checkpoints.set_run(partition.name, run.to_json())
+            return proposed
+        assert since is not None
+        tracker.chain_total = None
+        run.seek, run.grouped = since, False
+        self._checkpoints.set_run(partition.name, run.to_json())
+        return tracker.origin.with_params(**crawler.changed_since(partition, since))
+
+    def rewound(self, name: str) -> bool:
+        """Whether the last :meth:`next_request` went back to read a group again (its page is read anew)."""
+        return self._trackers[name].rewound
+
+    def _shifted(self, tracker: _Tracker, moment: datetime) -> None:
+        """Rows at or after ``moment`` may have been skipped: read again from there (or in the next run)."""
+        run = tracker.run
+        if tracker.rewinds < MAX_REWINDS:
+            tracker.rewind = moment if tracker.rewind is None else min(tracker.rewind, moment)
+        else:
+            run.floor = moment if run.floor is None else min(run.floor, moment)
+
+    def resume(self, partition: Partition, request: PageRequest) -> PageRequest:
+        """Where a resumed partition goes on: a position inside a tie group restarts that group."""
+        tracker = self._trackers[partition.name]
+        run = tracker.run
+        if not tracker.stats.resumed or not tracker.seeking or not run.grouped:
+            return request
+        if run.seek is None or tracker.origin is None:
+            return request
+        run.grouped = False  # rows may have moved while the crawl was stopped: the group from its first row
+        self._checkpoints.set_run(partition.name, run.to_json())
+        return tracker.origin.with_params(**self.crawler.changed_since(partition, run.seek))
 
     # --- per page --------------------------------------------------------------------------------------
 
@@ -626,6 +794,11 @@ class IncrementalSync:
         heap, limit = tracker.heap, crawler.max_recent_keys
         top = run.max_seen
         out: list[Any] = []
+        previous: int | None = None
+        tracker.ordered, tracker.last = True, None
+        expect, tracker.expect, tracker.last_key, tracker.count = tracker.expect, None, None, len(records)
+        if expect is not None and keys is not None and (not records or key_digest(dig(records[0], key_path)) != expect):
+            self._shifted(tracker, tracker.run.seek or EPOCH)  # rows shifted under the offsets of this group
         for record in records:
             try:
                 moment = crawler.parse_updated(record)
@@ -638,15 +811,20 @@ class IncrementalSync:
             elif top is None or moment > top:
                 top = moment
             updated = micros(moment) if moment is not None else None
+            if updated is None or (previous is not None and updated < previous):
+                tracker.ordered = False
+            previous = updated
             key_value: Any = None
             if keys is not None:
                 key_value = dig(record, key_path)
-                digest = key_digest(key_value)
+                digest = tracker.last_key = key_digest(key_value)
                 content = content_digest(record)
                 seen, first, written = keys.written(digest)
-                if seen:
-                    if written is None or content == written:
-                        ps.duplicates += 1  # the same version again (or one already in the sink)
+                if not seen:
+                    tracker.distinct += 1
+                elif written is not None:  # an unknown version (a key from the sink) is never a match
+                    if content == written:
+                        ps.duplicates += 1  # the same version again
                         continue
                     if updated is not None and first is not None:
                         if updated < first:
@@ -655,9 +833,14 @@ class IncrementalSync:
                         if updated > first:
                             # Updated during the crawl: it moved, and under offset paging the move
                             # skipped a record ordered after its old place (whose time is >= first).
+                            # Seeking restarts each filter at its first row: only a filter counted by
+                            # offsets (a tie group) at or before the old place can have skipped one.
                             stats.moves += 1
                             old = EPOCH + _US * first
-                            run.floor = old if run.floor is None else min(run.floor, old)
+                            if not tracker.seeking:
+                                run.floor = old if run.floor is None else min(run.floor, old)
+                            elif run.exposed is not None and old >= run.exposed:
+                                self._shifted(tracker, old)
                 keys.add(digest, updated, content)
                 if updated is not None:
                     entry = (updated, digest, content)
@@ -674,6 +857,7 @@ class IncrementalSync:
             else:
                 out.append(record)
         run.max_seen = top
+        tracker.last = previous if tracker.ordered else None
         self._checkpoints.set_run(name, run.to_json())  # saved with this page's position
         return out
 

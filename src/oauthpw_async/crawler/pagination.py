@@ -226,6 +226,32 @@ class Offset:
             return None
         return page.request.with_params(**{self.offset_param: offset + len(records), self.limit_param: limit})
 
+    def asked(self, request: PageRequest) -> tuple[int, int]:
+        """The ``(offset, limit)`` a request asks for."""
+        params = dict(request.params)
+        return int(params.get(self.offset_param, self.start_at)), int(params.get(self.limit_param, self.page_size))
+
+    def back(self, request: PageRequest, rows: int = 1) -> PageRequest:
+        """The same page started ``rows`` rows earlier (an overlap that shows whether rows shifted)."""
+        offset, _ = self.asked(request)
+        return request.with_params(**{self.offset_param: max(self.start_at, offset - rows)})
+
+    def jumped(self, empty: PageRequest, step: int) -> list[PageRequest]:
+        """The requests for the rows a step over the empty page ``empty`` jumped, now that ``step`` is known.
+
+        Over an empty page the offset moves by the limit asked, as nothing tells a capped server
+        from an honest one. When a later page shows the server's real step (100 served of 500
+        asked), the empty page covered only ``step`` rows: the rest of what the larger step passed
+        is read with these requests.
+        """
+        offset, limit = self.asked(empty)
+        if step <= 0 or step >= limit:
+            return []
+        return [
+            empty.with_params(**{self.offset_param: o, self.limit_param: step})
+            for o in range(offset + step, offset + limit, step)
+        ]
+
 
 @attrs.frozen
 class PageNumber:

@@ -159,7 +159,12 @@ class ChangesAPI:
         #: Optional hook called with the number of data requests served so far (before answering):
         #: make changes *during* a crawl from it.
         self.on_request: Callable[[int], None] | None = None
-        #: Requests by outcome: ``"servicenow"``, ``"graph"``, ``"control"``, ``"401"``...
+        #: Called when a scheduled kill (:meth:`at` with ``kill=True``) is reached: stop the crawl from it
+        #: (cancel its scope, or kill its process), as a SIGKILL would, before the answer is read.
+        self.on_kill: Callable[[], None] | None = None
+        self._script: dict[int, list[dict[str, Any]]] = {}
+        self._expiring = 0
+        #: Requests by outcome: ``"servicenow"``, ``"graph"``, ``"control"``, ``"401"``, ``"expired"``...
         self.counts: collections.Counter[str] = collections.Counter()
         #: Data requests being answered now.
         self.inflight = 0
@@ -285,6 +290,49 @@ class ChangesAPI:
             self._put(RecordState(i, now, state.version + 1, True, self.seq))
             done.append(i)
         return done
+
+    def at(
+        self,
+        request: int,
+        *,
+        update: Sequence[int] = (),
+        create: int = 0,
+        delete: Sequence[int] = (),
+        kill: bool = False,
+    ) -> None:
+        """Before answering data request number ``request`` (0-based, every style counted): change the data.
+
+        Changes between pages (deletions that shift offsets, updates that move records, creations)
+        and, with ``kill``, a call of :attr:`on_kill` after them. Several calls for one request add up.
+        """
+        if request < 0 or create < 0:
+            raise ValueError("request and create must be >= 0")
+        changes = {"update": list(update), "create": create, "delete": list(delete), "kill": kill}
+        self._script.setdefault(request, []).append(changes)
+
+    def clear_schedule(self) -> int:
+        """Forget the changes scheduled with :meth:`at` that no request reached yet; returns how many."""
+        pending = sum(len(v) for v in self._script.values())
+        self._script.clear()
+        return pending
+
+    def expire_positions(self, count: int = 1) -> None:
+        """Refuse the next ``count`` requests that carry a saved position, as expired.
+
+        A position is an offset past the first row, a keyset or export cursor or a skip token;
+        the answer is Salesforce's for an expired query locator: 400 with
+        ``[{"errorCode": "INVALID_QUERY_LOCATOR", ...}]``. First pages are still answered.
+        """
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        self._expiring += count
+
+    @staticmethod
+    def _carries_position(query: Any) -> bool:
+        for name in ("sysparm_offset", "startAt"):
+            if query.get(name, "0") not in ("", "0"):
+                return True
+        return any(query.get(name) for name in ("sysparm_after", "cursor", "$skiptoken"))
 
     def apply(self, changes: dict[str, Any]) -> dict[str, Any]:
         """``{"update": [ids], "create": n, "delete": [ids]}`` -> what was done (the control API)."""
@@ -472,6 +520,10 @@ class ChangesAPI:
                 served = sum(v for k, v in self.counts.items() if k != "control")
                 if self.on_request is not None:
                     self.on_request(served)
+                for changes in self._script.pop(served, ()):
+                    self.apply(changes)
+                    if changes["kill"] and self.on_kill is not None:
+                        self.on_kill()
                 if self.latency:
                     await asyncio.sleep(self.latency)
                 if not self._authorized(request):
@@ -479,6 +531,10 @@ class ChangesAPI:
                     return self._json(
                         {"error": "invalid_token"}, 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
                     )
+                if self._expiring and self._carries_position(request.query):
+                    self._expiring -= 1
+                    self.counts["expired"] += 1
+                    return self._json([{"errorCode": "INVALID_QUERY_LOCATOR", "message": "invalid query locator"}], 400)
                 self.counts[style] += 1
                 try:
                     return handler(request)

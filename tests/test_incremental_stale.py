@@ -1,0 +1,177 @@
+"""Incremental sync keeps no stale record when rows vanish mid-crawl, a crawl is killed, or a position expires.
+
+Over real HTTP against the mutable local API, whose clock the tests move by hand: deletions and
+creations between the pages of an offset-paged run, changes while a killed crawl is stopped, and
+a saved position refused as expired on the resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from oauthpw_async.crawler import Crawler, JsonLinesSink
+from oauthpw_async.testing.changes import ChangesAPI, replay
+
+from .test_incremental import Jira, Runs, ServiceNow, Zendesk, frozen, ids, only, serving
+
+pytestmark = pytest.mark.anyio
+
+START = 1_715_000_000
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class SeekingServiceNow(ServiceNow):
+    ordered_by_updated = True
+
+
+class SeekingJira(Jira):
+    ordered_by_updated = True
+
+
+def expired(status: int, data: Any) -> bool:
+    return status == 400 and isinstance(data, list) and data[0].get("errorCode") == "INVALID_QUERY_LOCATOR"
+
+
+class ExpiringServiceNow(ServiceNow):
+    def position_expired(self, status: int, data: Any) -> bool:
+        return expired(status, data)
+
+
+class ExpiringZendesk(Zendesk):
+    def position_expired(self, status: int, data: Any) -> bool:
+        return expired(status, data)
+
+
+def spaced_updates(api: ChangesAPI, now: list[float], record_ids: range, gap: int = 30) -> list[int]:
+    """Update these records one after another, ``gap`` seconds apart on the server's clock."""
+    done = []
+    for i in record_ids:
+        now[0] += gap
+        done += api.update([i])
+    return done
+
+
+def served(api: ChangesAPI) -> int:
+    return sum(v for k, v in api.counts.items() if k != "control")
+
+
+# --- 1. deletions during an offset-paged incremental run -----------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [SeekingServiceNow, SeekingJira], ids=["servicenow-link", "jira-offset"])
+async def test_deletions_and_creations_between_pages_skip_no_record(tmp_path: Path, cls: type[Crawler]) -> None:
+    now, clock = frozen(START)
+    api = ChangesAPI(records=300, spacing=10, now=clock)
+    async with serving(api) as (server, tokens):
+        runs = Runs(cls, server, tokens, tmp_path / "state.json")
+        await runs.run()
+        changed = spaced_updates(api, now, range(0, 300, 3))  # 100 changes, pages of 20
+        first = served(api)
+        for k in (1, 2, 3):  # after each of run 2's first three pages: two records it read vanish, two appear
+            api.at(first + k, delete=changed[2 * k - 2 : 2 * k], create=2)
+        second, stats = await runs.run()
+        ps = only(stats)
+        assert ps.complete and ps.sync.committed
+        # every record changed before run 2, and the six created during it, are written by run 2
+        assert api.differences(runs.held(), deletions=False) == []
+        assert set(changed[6:]) <= set(ids(second))
+
+
+async def test_records_out_of_update_time_order_make_a_seeking_run_incomplete(tmp_path: Path, caplog: Any) -> None:
+    class Misdeclared(SeekingServiceNow):  # says it is ordered by update time, but is ordered by id
+        params = {"sysparm_limit": "20", "sysparm_query": "ORDERBYsys_id"}
+
+        def changed_since(self, partition: Any, since: Any) -> dict[str, str]:
+            return {"sysparm_query": f"sys_updated_on>={since:%Y-%m-%d %H:%M:%S}^ORDERBYsys_id"}
+
+    now, clock = frozen(START)
+    api = ChangesAPI(records=100, now=clock)
+    async with serving(api) as (server, tokens):
+        runs = Runs(Misdeclared, server, tokens, tmp_path / "state.json")
+        await runs.run()
+        spaced_updates(api, now, range(5, 100, 7))
+        api.update([1])  # the newest change has the smallest id: the first page is out of order
+        _, stats = await runs.run()
+        ps = only(stats)
+        assert not ps.sync.committed and any("not in update-time order" in p for p in ps.problems)
+        assert "set ordered_by_updated = False" in caplog.text
+        assert api.differences(runs.held(), deletions=False) == []
+
+
+# --- 2. changes between a kill and the resume ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [ServiceNow, SeekingServiceNow], ids=["offsets", "seeking"])
+async def test_changes_while_a_killed_run_is_stopped_are_not_skipped(tmp_path: Path, cls: type[Crawler]) -> None:
+    now, clock = frozen(START)
+    api = ChangesAPI(records=300, spacing=10, now=clock)
+    state = tmp_path / "state.json"
+    async with serving(api) as (server, tokens):
+        runs = Runs(cls, server, tokens, state)
+        await runs.run()
+        changed = spaced_updates(api, now, range(0, 300, 3))
+        scope = anyio.CancelScope()
+        api.on_kill = scope.cancel
+        api.at(served(api) + 3, kill=True)  # run 2 stops with three pages written
+        with scope:
+            await runs.run()
+        assert scope.cancelled_caught and not orjson.loads(state.read_bytes())["partitions"]["default"]["done"]
+        written = set(ids(runs.sinks[-1].records))
+        # While it is stopped: six records it wrote are deleted, three updated (they move to the end).
+        gone = [i for i in changed if i in written][:9]
+        api.delete(gone[:6])
+        now[0] += 30
+        api.update(gone[6:9])
+        _, resumed = await runs.run()
+        assert only(resumed).sync.resumed and only(resumed).complete
+        await runs.run()  # run 3
+        assert api.differences(runs.held(), deletions=False) == []
+
+
+# --- 3. an expired saved position inside an incremental run ----------------------------------------------------
+
+
+@pytest.mark.parametrize("cls", [ExpiringServiceNow, ExpiringZendesk], ids=["servicenow", "zendesk-tombstones"])
+async def test_an_expired_position_in_an_incremental_run_writes_every_changed_record(
+    tmp_path: Path, cls: type[Crawler]
+) -> None:
+    now, clock = frozen(START)
+    api = ChangesAPI(records=1000, spacing=10, now=clock)
+    state, out = tmp_path / "state.json", tmp_path / "out.jsonl"
+    async with serving(api) as (server, tokens):
+        crawler = cls(base_url=server.base_url)
+
+        async def run() -> Any:
+            sink = JsonLinesSink(out)
+            try:
+                return await crawler.crawl(tokens, sink, state=str(state))
+            finally:
+                sink.close()
+
+        await run()
+        changed = spaced_updates(api, now, range(0, 1000, 2), gap=2)  # 500 updated
+        now[0] += 2
+        deleted = api.delete(list(range(1, 200, 2))) if cls is ExpiringZendesk else []  # 100 deleted
+        scope = anyio.CancelScope()
+        api.on_kill = scope.cancel
+        api.at(served(api) + 5, kill=True)
+        with scope:
+            await run()
+        assert scope.cancelled_caught
+        api.expire_positions()  # the saved position expired while the crawl was stopped
+        stats = await run()
+        ps = only(stats)
+        assert ps.restarts == 1 and ps.complete and ps.sync.committed
+        held = replay([[orjson.loads(line) for line in out.read_bytes().splitlines()]])
+        # every changed record is in the output as its new version, every deletion as a tombstone
+        assert api.differences(held, deletions=cls is ExpiringZendesk) == []
+        assert all(held[i][1] for i in deleted) and len(changed) == 500
