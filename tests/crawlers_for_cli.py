@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oauthpw_async.crawler import Crawler, Cursor, Partition
+from oauthpw_async.crawler import Crawler, Cursor, NextUrl, Partition
 
 
 class SlowCursorItems(Crawler):
@@ -18,3 +18,12 @@ class BudgetedItems(SlowCursorItems):
     """Stops each partition after two pages: a crawl that finishes incomplete."""
 
     max_pages = 2
+
+
+class GraphFeed(Crawler):
+    """Graph-style paging: the next link is a whole URL (which the API may fill with the caller's token)."""
+
+    path = "/v1/feed"
+    records_path = "data"
+    pagination = NextUrl("paging.next")
+    params = {"fields": "id,message"}

@@ -32,6 +32,7 @@ import orjson
 from ._httputil import safe_url
 from ._secret import Secret
 from .errors import ConfigError, FieldProblem
+from .redact import is_secret_name
 
 __all__ = [
     "CLIENT_AUTH_CHOICES",
@@ -221,7 +222,7 @@ class PasswordGrantConfig:
         (``token_path``, ``token_response``). Configurations that differ in any of these never share
         a stored or a fleet's token.
         """
-        shaping = {k: v for k, v in self.body_parameters.items() if k.lower() not in _SECRET_BODY_NAMES}
+        shaping = {k: v for k, v in self.body_parameters.items() if not is_secret_name(k)}
         raw = "\0".join(
             [
                 self.account_key,
@@ -282,8 +283,6 @@ class PasswordGrantConfig:
 
 _REQUIRED_TEXT = ("access_token_url", "grant_type", "auth_scheme", "token_path")
 _OPTIONAL_TEXT = ("client_id", "username", "refresh_token_url", "scope", "ca_bundle")
-#: Body Parameters that may carry a secret: never part of a digest.
-_SECRET_BODY_NAMES = frozenset({"client_secret", "password", "client_assertion", "refresh_token", "assertion"})
 
 _BOOLS = ("use_raw_token", "verify_tls", "allow_insecure_http", "body_parameters_on_refresh")
 _CHOICES: Mapping[str, tuple[str, ...]] = {

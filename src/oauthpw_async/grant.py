@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, quote_plus, urlencode
 import attrs
 import orjson
 
-from ._httputil import MASK, excerpt, holds_secret, rate_limit_delay
+from ._httputil import rate_limit_delay
 from ._paths import dig
 from ._secret import Secret
 from .config import PasswordGrantConfig
@@ -34,6 +34,7 @@ from .errors import (
     TransientTokenError,
     UnsupportedGrantType,
 )
+from .redact import MASK, MIN_SECRET_LENGTH, excerpt, holds_secret, is_secret_name
 
 __all__ = [
     "Grant",
@@ -58,8 +59,6 @@ _TOKEN_CHARS = re.compile(r"[A-Za-z0-9\-._~+/=:]{8,16384}")
 #: What an access token may hold: it is sent in an HTTP header, so visible ASCII only (RFC 9110
 #: §5.5 field values; RFC 6750's b64token is a subset). No spaces, no controls, no non-ASCII.
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,65536}")
-#: Keys whose string values are masked in :meth:`Token.describe` (numbers and booleans never are).
-_SECRETISH_KEY = re.compile(r"token|secret|password|assertion|signature|code|jwt|key", re.IGNORECASE)
 #: Lifetimes are capped at a year: a bogus answer must not pin a token for ever (a 401 still renews).
 _MAX_LIFETIME = 366 * 86400.0
 #: Nesting kept in Token.extra (deeper values are replaced): keeps it storable and printable.
@@ -161,16 +160,13 @@ def _masked(value: Any, tokens: list[str], depth: int, secretish: bool = False) 
     if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, str):
-        if secretish or any(len(t) >= 3 and t in value for t in tokens):
+        if secretish or any(len(t) >= MIN_SECRET_LENGTH and t in value for t in tokens):
             return MASK
         return value
     if depth >= 8:
         return "..."
     if isinstance(value, Mapping):
-        return {
-            str(k): _masked(v, tokens, depth + 1, secretish or bool(_SECRETISH_KEY.search(str(k))))
-            for k, v in value.items()
-        }
+        return {str(k): _masked(v, tokens, depth + 1, secretish or is_secret_name(str(k))) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_masked(v, tokens, depth + 1, secretish) for v in value]
     return MASK  # an unknown type: nothing to show safely
@@ -271,8 +267,8 @@ def build_refresh_request(config: PasswordGrantConfig, refresh_token: Secret) ->
 def _secrets_of(config: PasswordGrantConfig, request_secret: str | None) -> list[str]:
     """Every value an error message about this credential must never show."""
     out = [s.reveal() for s in (config.password, config.client_secret) if s]
-    out.extend(v for v in config.headers.values() if len(v) >= 6)
-    out.extend(v for k, v in config.body_parameters.items() if len(v) >= 6 and _SECRETISH_KEY.search(k))
+    out.extend(v for v in config.headers.values() if len(v) >= MIN_SECRET_LENGTH)
+    out.extend(v for k, v in config.body_parameters.items() if len(v) >= MIN_SECRET_LENGTH and is_secret_name(k))
     if config.client_id and config.client_secret:
         out.extend(_basic_forms(config.client_id, config.client_secret.reveal()))
     if request_secret:

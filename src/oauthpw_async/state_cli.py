@@ -21,6 +21,7 @@ from .crawler.engine import CrawlStats
 from .crawler.incremental import CursorState
 from .crawler.pagination import PageRequest
 from .errors import FileLocked, StateError
+from .redact import without_credentials
 
 __all__ = ["add_parser", "cursor_rows", "full_refresh_notice", "run"]
 
@@ -50,8 +51,20 @@ def _request(data: Any) -> str:
     return request.url + (f"?{query}" if query else "")
 
 
+def _shown(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document with every saved position's credential parameters dropped (files written before they were)."""
+    partitions = {}
+    for name, entry in doc["partitions"].items():
+        if isinstance(entry, dict) and entry.get("next"):
+            request = PageRequest.from_json(entry["next"])
+            url, params = without_credentials(request.url, request.params)
+            entry = {**entry, "next": PageRequest(url, params).to_json()}
+        partitions[name] = entry
+    return {**doc, "partitions": partitions}
+
+
 def _show(cp: Checkpoints, out: TextIO) -> None:
-    doc = cp.document()
+    doc = _shown(cp.document())
     positions, cursors, runs = doc["partitions"], doc.get("cursors", {}), doc.get("runs", {})
     names = sorted(set(positions) | set(cursors) | set(runs))
     if not names:
@@ -97,7 +110,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         if args.state_command == "show":
             cp.read()  # looks only: no lock, nothing written
             if args.json:
-                print(orjson.dumps(cp.document(), option=orjson.OPT_INDENT_2).decode(), file=out)
+                print(orjson.dumps(_shown(cp.document()), option=orjson.OPT_INDENT_2).decode(), file=out)
             else:
                 _show(cp, out)
             return 0

@@ -30,6 +30,7 @@ import orjson
 
 from .._atomic import LockFile, atomic_write, remove_stale_temps
 from ..errors import StateError, StateLocked, StateMismatch, StateWriteError, UsageError
+from ..redact import without_credentials
 from .pagination import PageRequest
 from .sinks import STREAM
 
@@ -454,12 +455,18 @@ class Checkpoints:
     ) -> None:
         """Record the partition's next page (``None``: done) and write the file atomically.
 
+        The page is saved without the query parameters that carry credentials
+        (:func:`~oauthpw_async.redact.without_credentials`): nothing in the file is secret.
+
         ``records`` counts the partition's records in the sink so far and ``problems`` says why a
         finished partition may be missing records, so a resumed run still reports them.
 
         Raises :class:`~oauthpw_async.errors.StateWriteError` when the file cannot be written
         (the position then counts as not saved: the next run re-reads that page).
         """
+        if next_request is not None:  # the engine also drops the tokens it sent; this keeps direct callers safe
+            url, params = without_credentials(next_request.url, next_request.params)
+            next_request = PageRequest(url, params)
         async with self._lock:
             entry: dict[str, Any] = {
                 "next": next_request.to_json() if next_request else None,

@@ -27,6 +27,7 @@ from ..clock import Clock
 from ..errors import CrawlError, HTTPStatusError, UsageError
 from ..headers import checked_headers
 from ..pipeline import RequestPipeline
+from ..redact import is_credential_parameter, without_credentials
 from ..retry import RetryPolicy
 from ..sources import TokenSource
 from .checkpoint import Checkpoints, PartitionSource, PositionStore, fingerprint
@@ -325,6 +326,9 @@ class CrawlEngine:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._paginator: Paginator = resolve(crawler.pagination)
         self._pipeline: RequestPipeline | None = None  # made once the base URL (and so the origins) is known
+        # The last tokens sent: a saved position never holds one (an API may echo it into next links).
+        self._sent_token: object = None
+        self._token_values: tuple[str, ...] = ()
         self._headers = {
             "Accept": "application/json",
             **checked_headers(crawler.headers, where=f"{type(crawler).__name__}.headers"),
@@ -436,7 +440,7 @@ class CrawlEngine:
         start = self._paginator.start(self.crawler.first_request(partition))
         if self._sync is not None:
             start = self._sync.start(partition, start, ps)  # the since-filter or the delta token
-        request = self._checkpoints.resume_from(partition.name) or start
+        request = _with_credentials_of(start, self._checkpoints.resume_from(partition.name)) or start
         if self._sync is not None:
             request = self._sync.resume(partition, request)  # a position inside a tie group restarts it
         committed = self._checkpoints.records(partition.name)  # records in the sink, all runs
@@ -554,7 +558,7 @@ class CrawlEngine:
                 index += 1
                 committed += len(records)  # read: duplicates dropped by primary key are in the sink already
                 await sink.flush()  # records are durable before the position moves past them
-                await self._checkpoints.save(partition.name, nxt, index, records=committed)
+                await self._checkpoints.save(partition.name, self._at_rest(nxt), index, records=committed)
                 ps.pages, ps.records = index, ps.records + len(fresh)
                 self.stats.pages += 1
                 self.stats.records += len(fresh)
@@ -685,6 +689,13 @@ class CrawlEngine:
             raise
         return out
 
+    def _at_rest(self, request: PageRequest | None) -> PageRequest | None:
+        """``request`` as a position may be saved: without credential parameters or a token sent."""
+        if request is None:
+            return None
+        url, params = without_credentials(request.url, request.params, self._token_values)
+        return request if url is request.url and params == request.params else PageRequest(url, params)
+
     # --- one request -------------------------------------------------------------------------------
 
     def _new_governor(self, host: str) -> Governor:
@@ -700,6 +711,9 @@ class CrawlEngine:
         """One API GET through the request pipeline; the decoded body."""
         assert self._pipeline is not None
         answer = await self._pipeline.send(session, "GET", url, headers=headers, params=list(params) or None)
+        if answer.token is not self._sent_token and answer.token is not None:
+            self._sent_token = answer.token
+            self._token_values = (*self._token_values[-2:], answer.token.access_token.reveal())
         body = answer.body
         if answer.status >= 300:
             raise answer.error("request failed", data=_json(body))
@@ -707,3 +721,12 @@ class CrawlEngine:
             return answer.status, answer.headers, orjson.loads(body) if body.strip() else None, str(answer.url)
         except orjson.JSONDecodeError:
             raise answer.error("the API answered with something that is not JSON") from None
+
+
+def _with_credentials_of(start: PageRequest, resumed: PageRequest | None) -> PageRequest | None:
+    """A resumed position with the credential parameters the crawler itself sends (never saved) put back."""
+    if resumed is None:
+        return None
+    have = {k for k, _ in resumed.params}
+    missing = tuple((k, v) for k, v in start.params if is_credential_parameter(k) and k not in have)
+    return PageRequest(resumed.url, (*resumed.params, *missing)) if missing else resumed
