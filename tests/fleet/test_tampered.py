@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from oauthpw_async import TokenProvider
 from oauthpw_async.errors import ConfigError, OAuthPWError
-from oauthpw_async.fleet import Coordinator, SharedStateUnreadable
+from oauthpw_async.fleet import Coordinator, FleetCheckpoints, SharedStateUnreadable
 from oauthpw_async.fleet.tokens import token_to_record
 from oauthpw_async.testing import AuthServerState, InMemoryEndpoint
 
@@ -40,7 +40,7 @@ _HOSTILE = st.one_of(
 )
 _HEADER_BREAKERS = st.sampled_from(["\r\n", "\n", "\x00", "\x0b", "\x1b", "\x7f", "\x01"])
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | _TEXT,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
     max_leaves=8,
 )
@@ -69,7 +69,12 @@ def sealed_plaintexts(draw: st.DrawFn) -> bytes:
 @st.composite
 def tamperings(draw: st.DrawFn) -> tuple[str, str, bytes]:
     """(what, field, value): a field of the token record, the sealed token, the latch, or a position."""
-    what = draw(st.sampled_from(["token-field", "sealed-token", "latch", "position", "shape"]))
+    what = draw(st.sampled_from(["token-field", "sealed-token", "latch", "position", "sealed-position", "shape"]))
+    if what == "sealed-position":  # what a writer holding the key could seal as a position
+        fields = st.fixed_dictionaries(
+            {}, optional={"next": _JSON, "pages": _JSON, "records": _JSON, "problems": _JSON}
+        )
+        return what, "p0", orjson.dumps(draw(st.one_of(fields, _JSON)))
     if what == "shape":  # a key of the fleet holding another type (a string, a list, a hash)
         return (
             what,
@@ -121,6 +126,8 @@ async def _tamper_and_use(url: str, namespace: str, tampering: tuple[str, str, b
             await client.hset(fleet.tokens.key, {"blob": blob})
         elif what == "latch":
             await client.set(fleet.rejected.key, value)
+        elif what == "sealed-position":
+            await client.hset(queue._pos, {field: queue._seal(field, orjson.loads(value))})
         elif what == "shape":
             key = {"token": fleet.tokens.key, "latch": fleet.rejected.key, "pos": queue._pos}[field]
             await client.delete([key])
@@ -136,6 +143,15 @@ async def _tamper_and_use(url: str, namespace: str, tampering: tuple[str, str, b
         await attempt(fleet.rejected.state)
         await attempt(queue.status)
         await attempt(lambda: queue.claim(2))
+        checkpoints = FleetCheckpoints(fleet.link, "crawl", cipher=fleet.cipher)
+
+        async def resume_every_partition() -> None:  # what a worker joining the crawl reads
+            await checkpoints.refresh()
+            for name in ("p0", "p1"):
+                checkpoints.resume_from(name), checkpoints.pages(name), checkpoints.records(name)
+                checkpoints.problems(name)
+
+        await attempt(resume_every_partition)
         async with TokenProvider(config, endpoint=InMemoryEndpoint(state), coordinator=fleet) as tokens:
             await attempt(tokens.get)
     return errors

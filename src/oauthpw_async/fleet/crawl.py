@@ -57,7 +57,7 @@ from ..errors import (
 from ._redis import RedisLink, as_text
 from ._tasks import in_background
 from .cipher import TokenCipher
-from .errors import ClaimLost, CoordinatorUnavailable, FleetError
+from .errors import ClaimLost, CoordinatorUnavailable, FleetError, damaged
 from .partitions import Claim, FleetStatus, PartitionQueue, PartitionStatus
 from .ratelimit import HostRateLimiter
 
@@ -434,7 +434,7 @@ class FleetCheckpoints:
         self._states = {p.name: p for p in status.partitions}
         for p in status.partitions:
             if isinstance(p.position, dict) and p.name not in self._claims:
-                self._positions[p.name] = p.position
+                self._positions[p.name] = self._checked(p.name, p.position)
         return status
 
     # --- inside ---------------------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ class FleetCheckpoints:
     def _adopt(self, claim: Claim) -> None:
         self._claims[claim.partition] = claim
         if isinstance(claim.position, dict):
-            self._positions[claim.partition] = claim.position
+            self._positions[claim.partition] = self._checked(claim.partition, claim.position)
         else:
             self._positions.pop(claim.partition, None)
         if claim.attempt > 1:
@@ -452,6 +452,22 @@ class FleetCheckpoints:
                 claim.attempt,
                 self.pages(claim.partition),
             )
+
+    def _checked(self, partition: str, position: dict[str, Any]) -> dict[str, Any]:
+        """A position as :meth:`save` writes it, else a typed error (it opened, yet something else wrote it)."""
+        nxt, pages, records = position.get("next"), position.get("pages", 0), position.get("records", 0)
+        problems = position.get("problems") or []
+        try:
+            if nxt is not None:
+                PageRequest.from_json(nxt)
+            if type(pages) is not int or type(records) is not int or not isinstance(problems, list):
+                raise TypeError("not a position")
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise damaged(
+                f"the position of partition {partition!r} of crawl {self.crawl!r}",
+                clear="run `oauthpw-async fleet reset` (the crawl starts over)",
+            ) from None
+        return position
 
     async def _claim(self, count: int, into: dict[str, Claim]) -> list[Claim]:
         """Up to ``count`` claims, noted in ``into`` before a cancellation can strike.
