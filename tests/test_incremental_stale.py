@@ -98,7 +98,7 @@ async def test_records_out_of_update_time_order_make_a_seeking_run_incomplete(tm
     async with serving(api) as (server, tokens):
         runs = Runs(Misdeclared, server, tokens, tmp_path / "state.json")
         await runs.run()
-        spaced_updates(api, now, range(5, 100, 7))
+        spaced_updates(api, now, range(5, 100, 3))  # 32 changes: more than one page of 20
         api.update([1])  # the newest change has the smallest id: the first page is out of order
         _, stats = await runs.run()
         ps = only(stats)

@@ -103,6 +103,12 @@ class Crawler:
     filter_precision: ClassVar[timedelta] = timedelta(seconds=1)
     #: Allowance for the client's clock, used only when an answer has no ``Date`` header.
     clock_skew: ClassVar[timedelta] = timedelta(minutes=5)
+    #: A partition that finished complete commits the server's time at its start (its first
+    #: answer's ``Date``) as its cursor, not the newest record's time: what was stamped before is
+    #: read, and a bulk update is not read again by every run. ``False`` for a source whose
+    #: ``Date`` comes from another clock than its records' update times (off by more than
+    #: :attr:`lookback`).
+    cursor_at_server_time: ClassVar[bool] = True
     #: Where a server-side delta token is (Graph ``"@odata.deltaLink"``, Zendesk ``"after_cursor"``):
     #: the last one seen is the next run's start.
     delta_path: ClassVar[Path | None] = None

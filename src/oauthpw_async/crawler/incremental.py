@@ -10,9 +10,12 @@ How the next run's filter is chosen, per partition (the proof sketch is in the R
 * ``M`` = the largest update time delivered in this run; ``S`` = the server's time when the
   partition's run started (its first answer's ``Date``; the client clock minus
   :attr:`~oauthpw_async.crawler.Crawler.clock_skew` only when there is none).
-* next cursor = ``min(M, S)``, never below the previous cursor, except that a record seen twice in
-  one run with a newer update time (it *moved* under offset paging, which skips one unseen record
-  per move) lowers it to that record's first-seen update time. No record delivered: unchanged.
+* next cursor = ``S`` when it came from the server's ``Date`` (the run read every record updated
+  before it, so a bulk update stamped at one moment is not read again by every later run), else
+  ``min(M, S)``; never below the previous cursor, except that a record seen twice in one run with
+  a newer update time (it *moved* under offset paging, which skips one unseen record per move)
+  lowers it to that record's first-seen update time. No record delivered: unchanged. The bound
+  that holds: a record whose update becomes visible within ``lookback`` of its update time is read.
 * the next run asks for ``since = floor(cursor - lookback, filter_precision)`` with ``>=``.
 * records re-delivered because of the lookback are dropped when their primary key and update
   time equal what an earlier run wrote (the keys of records at or after the next ``since`` are
@@ -297,10 +300,12 @@ class RunState:
     grouped: bool = False
     #: The earliest filter whose pages were counted by offsets in this run (moves there skip rows).
     exposed: datetime | None = None
+    #: ``server_start`` came from the server's ``Date`` header (not from the client's clock).
+    dated: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The state file's form."""
-        out: dict[str, Any] = {"mode": self.mode, "token": self.token, "grouped": self.grouped}
+        out: dict[str, Any] = {"mode": self.mode, "token": self.token, "grouped": self.grouped, "dated": self.dated}
         for name in ("since", "server_start", "max_seen", "floor", "seek", "exposed"):
             value = getattr(self, name)
             out[name] = format_time(value) if value is not None else None
@@ -323,6 +328,7 @@ class RunState:
             seek=_time_or_none(data.get("seek"), "seek"),
             grouped=data.get("grouped") is True,
             exposed=_time_or_none(data.get("exposed"), "exposed"),
+            dated=data.get("dated") is True,
         )
 
 
@@ -334,6 +340,7 @@ def next_cursor(
     lookback: timedelta,
     precision: timedelta,
     max_recent: int,
+    server_clock: bool = True,
 ) -> CursorState:
     """The cursor after a complete run (pure: the whole correctness argument is here).
 
@@ -346,6 +353,7 @@ def next_cursor(
         lookback: :attr:`Crawler.lookback`.
         precision: :attr:`Crawler.filter_precision`.
         max_recent: at most this many keys are kept (the newest).
+        server_clock: :attr:`Crawler.cursor_at_server_time`: a ``Date``-stamped S may be the cursor.
     """
     token = run.token if run.token is not None else previous.token
     recent: dict[bytes, tuple[int, int]]
@@ -354,7 +362,16 @@ def next_cursor(
     else:
         # min(M, S): every record updated during the run (at or after S) is inside the next filter,
         # and a server clock ahead of the records cannot push the cursor past unseen ones.
-        cursor = run.max_seen if run.server_start is None else min(run.max_seen, run.server_start)
+        if run.server_start is None:
+            cursor = run.max_seen
+        elif run.dated and server_clock:
+            # The run read every record updated before S by the server's own clock (those updated
+            # during it are at or after S, inside the next filter; a record that moved lowers the
+            # cursor below): the cursor may pass the newest record up to S, so a bulk update stamped
+            # at one moment is not read again by every later run.
+            cursor = run.server_start
+        else:  # S from the client's clock (no Date header): no later than the newest record seen
+            cursor = min(run.max_seen, run.server_start)
         if previous.cursor is not None:
             cursor = max(cursor, previous.cursor)
         if run.floor is not None:  # a record moved during the crawl: re-read from where it was
@@ -783,9 +800,9 @@ class IncrementalSync:
         tracker = self._trackers[name]
         run, stats, crawler = tracker.run, tracker.stats, self.crawler
         if run.server_start is None:
-            run.server_start = server_time(page.headers) or (
-                datetime.fromtimestamp(self._clock.wall(), UTC) - crawler.clock_skew
-            )
+            stamped = server_time(page.headers)
+            run.dated = stamped is not None
+            run.server_start = stamped or (datetime.fromtimestamp(self._clock.wall(), UTC) - crawler.clock_skew)
         if crawler.delta_path is not None:
             token = dig(page.data, crawler.delta_path)
             if isinstance(token, str) and token:
@@ -896,6 +913,7 @@ class IncrementalSync:
                 lookback=crawler.lookback,
                 precision=crawler.filter_precision,
                 max_recent=crawler.max_recent_keys,
+                server_clock=crawler.cursor_at_server_time,
             )
         await self._checkpoints.commit_cursor(name, new.to_json())
         if stats is not None:
