@@ -19,6 +19,13 @@ How the next run's filter is chosen, per partition (the proof sketch is in the R
   kept with the cursor, at most :attr:`~oauthpw_async.crawler.Crawler.max_recent_keys`).
 * the cursor is committed only when the partition finished complete, after its records are in
   the sink; a stopped run resumes from its positions (whose requests carry the filter).
+* ``ordered_by_updated``: pages seek instead of counting rows. After each page the next request
+  is ``changed_since(T)`` with ``T`` the last update time read, so rows deleted or moved behind
+  the page cannot make the crawl skip one; offsets are used only inside a tie group larger than a
+  page, and a shift there (seen through one row of overlap, a changed total or a move) reads the
+  group again from its first row.
+* de-duplication compares versions (update time and content), never keys alone: a record read
+  again after an expired position is written unless this very version was.
 
 This module holds the pure parts (timestamp parsing, the cursor state and its arithmetic) and
 :class:`IncrementalSync`, the engine's helper that applies them.
@@ -31,7 +38,7 @@ import email.utils
 import hashlib
 import heapq
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -580,7 +587,7 @@ class IncrementalSync:
             pagination, (Offset, PageNumber, LinkHeader)
         )
         self._shifts = _may_shift(resolve(pagination))
-        self._back: Any = None
+        self._back: Callable[[PageRequest], PageRequest] | None = None
         if crawler.primary_key is None and crawler.delta_path is None and offset_like:
             log.warning(
                 "%s: incremental sync over offset pagination without a primary_key: a record updated during a "
@@ -635,22 +642,20 @@ class IncrementalSync:
         )
         if saved is None:
             run.seek = run.since
-        if resumed and self._shifts and run.mode != "delta":
+        if resumed and self._shifts and run.mode != "delta" and not seeking:
             # Rows may have moved while the crawl was stopped (deletions, updates): under positions that
-            # count rows, the resumed pages can skip records ordered after the saved position. Only a
-            # position that counts rows inside one update time (seeking) or any position (counting from
-            # the run's filter) is exposed; the next run reads again from where the exposure starts.
-            # With seeking, a position inside a tie group restarts the group (resume()); moves before
-            # the stop in groups read by offsets can no longer be recognised (this run's keys are gone).
-            exposed = run.exposed if seeking else (run.since or EPOCH)
-            if exposed is not None:
-                run.floor = exposed if run.floor is None else min(run.floor, exposed)
-                log.warning(
-                    "partition %s resumed from a position that counts rows: records may have moved while the "
-                    "crawl was stopped, so the next run reads again from %s",
-                    name,
-                    format_time(exposed),
-                )
+            # count rows, the resumed pages can skip records ordered after the saved position, anywhere
+            # in the run's filter. The next run reads that filter again. (Seeking needs none of this: a
+            # position inside a tie group restarts the group, see resume(), and groups read by offsets
+            # before the stop were checked page by page or already lowered the cursor.)
+            exposed = run.since or EPOCH
+            run.floor = exposed if run.floor is None else min(run.floor, exposed)
+            log.warning(
+                "partition %s resumed from a position that counts rows: records may have moved while the "
+                "crawl was stopped, so the next run reads again from %s",
+                name,
+                format_time(exposed),
+            )
         cp.set_run(name, run.to_json())
         origin = request
         if run.mode == "delta" and previous.token is not None:
