@@ -7,6 +7,7 @@ a saved position refused as expired on the resume.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import anyio
 import orjson
 import pytest
 
-from oauthpw_async.crawler import Crawler, JsonLinesSink
+from oauthpw_async.crawler import Crawler, JsonLinesSink, Offset
+from oauthpw_async.crawler.incremental import format_time
 from oauthpw_async.testing.changes import ChangesAPI, replay
 
 from .test_incremental import Jira, Runs, ServiceNow, Zendesk, frozen, ids, only, serving
@@ -175,3 +177,39 @@ async def test_an_expired_position_in_an_incremental_run_writes_every_changed_re
         # every changed record is in the output as its new version, every deletion as a tombstone
         assert api.differences(held, deletions=cls is ExpiringZendesk) == []
         assert all(held[i][1] for i in deleted) and len(changed) == 500
+
+
+# --- a tie group larger than a page ----------------------------------------------------------------------
+
+
+async def test_a_tie_group_larger_than_a_page_is_read_again_when_rows_shift_under_its_offsets(tmp_path: Path) -> None:
+    class Offsets(SeekingJira):
+        pagination = Offset("startAt", "maxResults", page_size=5, total_path="total")
+
+    _, clock = frozen(START)
+    api = ChangesAPI(records=40, spacing=0, now=clock)  # forty records in one second, pages of five
+    api.at(4, delete=[0, 1], create=2)  # read by offsets: the rows behind shift by two, the total stays
+    async with serving(api) as (server, tokens):
+        runs = Runs(Offsets, server, tokens, tmp_path / "state.json")
+        first, stats = await runs.run()
+        ps = only(stats)
+        # one row of overlap per page showed the shift: the group was read again, nothing skipped
+        assert ps.complete and ps.sync.committed, ps.problems
+        assert set(range(2, 42)) <= set(ids(first))
+        assert api.differences(runs.held(), deletions=False) == []
+
+
+async def test_behind_next_links_a_tie_group_larger_than_a_page_is_read_again_by_the_next_run(tmp_path: Path) -> None:
+    class Links(SeekingServiceNow):
+        params = {"sysparm_limit": "5", "sysparm_query": "ORDERBYsys_updated_on"}
+
+    _, clock = frozen(START)
+    api = ChangesAPI(records=40, spacing=0, now=clock)
+    api.at(4, delete=[0, 1], create=2)
+    async with serving(api) as (server, tokens):
+        runs = Runs(Links, server, tokens, tmp_path / "state.json")
+        _, stats = await runs.run()
+        group = format_time(datetime.fromtimestamp(api.base_epoch, UTC))
+        assert only(stats).sync.cursor_after == group  # not past the group read by offsets
+        await runs.run()
+        assert api.differences(runs.held(), deletions=False) == []
