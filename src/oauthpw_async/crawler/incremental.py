@@ -708,13 +708,13 @@ class IncrementalSync:
         tracker.rewound = False
         if not tracker.seeking or tracker.origin is None:
             return proposed
-        if not tracker.ordered and proposed is not None:
+        if not tracker.ordered:
             tracker.seeking, run.grouped = False, True
             run.exposed = run.since or EPOCH
             run.floor = run.exposed if run.floor is None else min(run.floor, run.exposed)
             problem = (
-                "records were not in update-time order although ordered_by_updated is set: order the listing "
-                "and changed_since() by the update time, or set ordered_by_updated = False"
+                "records were not in update-time order, or had no update time, although ordered_by_updated is "
+                "set: order the listing and changed_since() by the update time, or set ordered_by_updated = False"
             )
             tracker.problems.append(problem)
             log.warning("partition %s: %s", partition.name, problem)
