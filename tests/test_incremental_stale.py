@@ -17,6 +17,7 @@ import pytest
 
 from oauthpw_async.crawler import Crawler, JsonLinesSink, Offset
 from oauthpw_async.crawler.incremental import format_time
+from oauthpw_async.testing import AuthServerState, LocalServer
 from oauthpw_async.testing.changes import ChangesAPI, replay
 
 from .test_incremental import Jira, Runs, ServiceNow, Zendesk, frozen, ids, only, serving
@@ -213,3 +214,57 @@ async def test_behind_next_links_a_tie_group_larger_than_a_page_is_read_again_by
         assert only(stats).sync.cursor_after == group  # not past the group read by offsets
         await runs.run()
         assert api.differences(runs.held(), deletions=False) == []
+
+
+# --- 2b. a real SIGKILL of the command line ------------------------------------------------------------------
+
+
+async def test_a_crawl_process_killed_with_sigkill_resumes_and_loses_no_change(tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    now, clock = frozen(START)
+    api = ChangesAPI(records=600, spacing=10, now=clock)
+    state, out, config = tmp_path / "state.json", tmp_path / "out.jsonl", tmp_path / "connection.json"
+    root = Path(__file__).resolve().parent.parent
+    async with LocalServer(AuthServerState(), api=api) as server:
+        config.write_bytes(orjson.dumps(server.connection()))
+        argv = [sys.executable, "-m", "oauthpw_async", "crawl", "--config", str(config), "--state", str(state)]
+        argv += ["--crawler", "examples.incremental_servicenow:Incidents", "--base-url", server.base_url]
+        argv += ["--out", str(out)]
+
+        async def crawl(kill_at: int | None = None) -> int:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=root, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            )
+            if kill_at is not None:
+                api.on_kill = lambda: os.kill(proc.pid, signal.SIGKILL)
+                api.at(served(api) + kill_at, kill=True)
+            _, err = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode is not None
+            assert proc.returncode in (0, -signal.SIGKILL), err.decode()
+            return proc.returncode
+
+        assert await crawl() == 0
+        changed = spaced_updates(api, now, range(0, 600, 2))  # 300 changes: pages of 100
+        assert await crawl(kill_at=2) == -signal.SIGKILL  # killed with two pages written
+        written = set(ids_in(out)[600:])
+        # While it is dead: ten records it wrote are deleted, five updated (they move to the end).
+        gone = [i for i in changed if i in written]
+        assert len(gone) >= 15
+        api.delete(gone[:10])
+        now[0] += 30
+        api.update(gone[10:15])
+        assert await crawl() == 0  # the resume
+        assert await crawl() == 0  # and the next run
+    assert (
+        api.differences(replay([[orjson.loads(line) for line in out.read_bytes().splitlines()]]), deletions=False) == []
+    )
+
+
+def ids_in(path: Path) -> list[int]:
+    from oauthpw_async.testing.changes import id_of
+
+    return [id_of(orjson.loads(line)) for line in path.read_bytes().splitlines() if line.strip()]
