@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from oauthpw_async.crawler import Crawler, JsonLinesSink, Offset
-from oauthpw_async.crawler.incremental import format_time
+from oauthpw_async.crawler.incremental import format_time, step_back
+from oauthpw_async.crawler.pagination import PageRequest
 from oauthpw_async.testing import AuthServerState, LocalServer
 from oauthpw_async.testing.changes import ChangesAPI, replay
 
@@ -200,7 +201,7 @@ async def test_a_tie_group_larger_than_a_page_is_read_again_when_rows_shift_unde
         assert api.differences(runs.held(), deletions=False) == []
 
 
-async def test_behind_next_links_a_tie_group_larger_than_a_page_is_read_again_by_the_next_run(tmp_path: Path) -> None:
+async def test_behind_next_links_that_count_rows_a_tie_group_is_read_again_when_rows_shift(tmp_path: Path) -> None:
     class Links(SeekingServiceNow):
         params = {"sysparm_limit": "5", "sysparm_query": "ORDERBYsys_updated_on"}
 
@@ -209,11 +210,34 @@ async def test_behind_next_links_a_tie_group_larger_than_a_page_is_read_again_by
     api.at(4, delete=[0, 1], create=2)
     async with serving(api) as (server, tokens):
         runs = Runs(Links, server, tokens, tmp_path / "state.json")
-        _, stats = await runs.run()
-        group = format_time(datetime.fromtimestamp(api.base_epoch, UTC))
-        assert only(stats).sync.cursor_after == group  # not past the group read by offsets
-        await runs.run()
+        first, stats = await runs.run()
+        ps = only(stats)
+        # the link's sysparm_offset counts rows: pages overlap by one, the shift shows, the group is read again
+        assert ps.complete and ps.sync.cursor_after == format_time(datetime.fromtimestamp(START, UTC))
+        assert set(range(2, 42)) <= set(ids(first))
         assert api.differences(runs.held(), deletions=False) == []
+
+
+@pytest.mark.parametrize(
+    ("current", "proposed", "expected"),
+    [
+        (
+            PageRequest("/t", (("limit", "5"),)),
+            PageRequest("http://h/t?limit=5&offset=5"),
+            "http://h/t?limit=5&offset=4",
+        ),
+        (PageRequest("/t?start=10&q=a+b"), PageRequest("/t?start=15&q=a+b"), "/t?start=14&q=a+b"),
+        (PageRequest("/t", (("startAt", "5"),)), PageRequest("/t", (("startAt", "10"),)), "/t?startAt=9"),
+        (PageRequest("/t", (("page", "1"),)), PageRequest("/t", (("page", "2"),)), None),  # a page number
+        (PageRequest("/t"), PageRequest("/t?cursor=abc"), None),  # an opaque cursor
+        (PageRequest("/t?a=0&b=0"), PageRequest("/t?a=5&b=5"), None),  # two could count: neither is trusted
+    ],
+)
+def test_a_next_link_steps_back_one_row_only_through_the_one_parameter_that_counts_rows(
+    current: PageRequest, proposed: PageRequest, expected: str | None
+) -> None:
+    earlier = step_back(current, proposed, 5)  # the page of ``current`` held 5 records
+    assert (earlier.key().removesuffix("?") if earlier else None) == expected
 
 
 # --- 2b. a real SIGKILL of the command line ------------------------------------------------------------------

@@ -41,6 +41,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import orjson
@@ -69,6 +70,7 @@ __all__ = [
     "next_since",
     "parse_timestamp",
     "server_time",
+    "step_back",
     "tombstone",
 ]
 
@@ -527,8 +529,9 @@ class _DeltaEnds:
 
 
 class _Tracker:
-    __slots__ = ("chain_total", "count", "distinct", "expect", "heap", "last", "last_key", "name", "ordered", "origin",
-                 "previous", "problems", "rewind", "rewinds", "rewound", "run", "seeking", "stats")  # fmt: skip
+    __slots__ = ("chain_total", "count", "distinct", "expect", "heap", "last", "last_key", "name", "ordered",
+                 "origin", "previous", "problems", "request", "rewind", "rewinds", "rewound", "run", "seeking",
+                 "stats")  # fmt: skip
 
     def __init__(self, name: str, previous: CursorState, run: RunState, stats: SyncStats) -> None:
         self.name = name
@@ -549,6 +552,37 @@ class _Tracker:
         self.last_key: bytes | None = None  # the key of the last record of the last page
         self.expect: bytes | None = None  # the key the next page must start with (it overlaps by one row)
         self.count = 0  # records on the last page
+        self.request: PageRequest | None = None  # the last page's request
+
+
+def _query(request: PageRequest) -> dict[str, str]:
+    query = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
+    query.update(request.params)
+    return query
+
+
+def step_back(current: PageRequest, proposed: PageRequest, count: int) -> PageRequest | None:
+    """``proposed`` started one row earlier, when one of its parameters counts rows; else ``None``.
+
+    The counting parameter is the one that grew by ``count`` (the records on the page of
+    ``current``) from ``current`` to ``proposed``, in the query string or the parameters: a next
+    link's ``sysparm_offset``, ``start`` or ``startAt``. Page numbers and opaque cursors do not.
+    """
+    before, after = _query(current), _query(proposed)
+    counting = []
+    for name, value in after.items():
+        old = before.get(name, "0")
+        if value.isdigit() and old.isdigit() and value != before.get(name) and int(value) == int(old) + count:
+            counting.append(name)
+    if len(counting) != 1 or count < 1:
+        return None
+    name = counting[0]
+    value = str(int(after[name]) - 1)
+    if name in dict(proposed.params):
+        return proposed.with_params(**{name: value})
+    parts = urlsplit(proposed.url)
+    query = [(k, value if k == name else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return PageRequest(urlunsplit(parts._replace(query=urlencode(query))), proposed.params)
 
 
 def _may_shift(paginator: Paginator) -> bool:
@@ -743,10 +777,13 @@ class IncrementalSync:
             run.grouped = True
             exposed = run.seek or EPOCH
             run.exposed = exposed if run.exposed is None else min(run.exposed, exposed)
-            if self._back is not None and tracker.last_key is not None and tracker.count > 1:
+            earlier = self._back(proposed) if self._back is not None else None
+            if earlier is None and tracker.request is not None:
+                earlier = step_back(tracker.request, proposed, tracker.count)  # a next link that counts rows
+            if earlier is not None and tracker.last_key is not None and tracker.count > 1:
                 # One row of overlap: the next page starts with this page's last record unless rows
                 # before it shifted (then the group is read again from its first row).
-                proposed, tracker.expect = self._back(proposed), tracker.last_key
+                proposed, tracker.expect = earlier, tracker.last_key
             else:  # nothing shows a shift here: the next run reads this group again
                 run.floor = exposed if run.floor is None else min(run.floor, exposed)
             self._checkpoints.set_run(partition.name, run.to_json())
@@ -802,6 +839,7 @@ class IncrementalSync:
         previous: int | None = None
         tracker.ordered, tracker.last = True, None
         expect, tracker.expect, tracker.last_key, tracker.count = tracker.expect, None, None, len(records)
+        tracker.request = page.request
         if expect is not None and keys is not None and (not records or key_digest(dig(records[0], key_path)) != expect):
             self._shifted(tracker, tracker.run.seek or EPOCH)  # rows shifted under the offsets of this group
         for record in records:
