@@ -4,7 +4,11 @@ of the first run's API requests, and the two runs' outputs together equal the so
 For each style (ServiceNow offset + time filter, Zendesk export cursor + time filter with deletions,
 Graph delta token with ``@removed``) a fresh source runs in a child process (so the crawl under test
 has a core to itself); changes go through its HTTP control API. The check replays both runs' records
-in order (later wins) and compares every id's update time, and deletion, with the source.
+in order (later wins) and compares every id's update time, and deletion, with the source. Two more
+scenarios on the ServiceNow style: ``servicenow+deletions`` deletes records run 1 already read (and
+creates as many) every 10% of its pages, which shifts the rows behind them; ``servicenow+kill`` stops
+run 1 halfway (as a kill would: the state file keeps its last page), deletes and updates records it
+read while it is stopped, then resumes it.
 
     python benchmarks/incremental_bench.py            # 1,000,000 records in pages of 1000, 1% changed
     python benchmarks/incremental_bench.py --smoke    # 20,000 records in pages of 100, same checks
@@ -25,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import anyio
 import orjson
 
 from oauthpw_async import PasswordGrantConfig, TokenProvider
@@ -77,6 +82,7 @@ class ServiceNow(Crawler):
     pagination = "link_header"
     primary_key = "sys_id"
     updated_field = "sys_updated_on"
+    ordered_by_updated = True
 
     def changed_since(self, partition: Partition, since: datetime) -> dict[str, str]:
         return {"sysparm_query": f"sys_updated_on>={since:%Y-%m-%d %H:%M:%S}^ORDERBYsys_updated_on"}
@@ -112,6 +118,8 @@ STYLES: dict[str, tuple[type[Crawler], str, bool]] = {
     "servicenow": (ServiceNow, "sysparm_limit", False),
     "zendesk": (Zendesk, "per_page", True),
     "graph": (Graph, "$top", True),
+    "servicenow+deletions": (ServiceNow, "sysparm_limit", False),
+    "servicenow+kill": (ServiceNow, "sysparm_limit", False),
 }
 
 
@@ -178,14 +186,44 @@ async def bench_style(style: str, records: int, fraction: float, page_size: int,
 
         crawler = Bench(base_url=server.base_url)
         async with TokenProvider(config) as tokens, aiohttp.ClientSession() as session:
+            token = (await tokens.get()).access_token.reveal()
+            pages = -(-records // page_size)
+            rng = random.Random(7)
+            during: list[asyncio.Task[Any]] = []
+            shaken = {"deleted": 0, "updated": 0}
+
+            async def shake(delete: int, update: int = 0) -> None:
+                read = rng.sample(sorted(sink.held), min(len(sink.held), delete + update))
+                changes = {"delete": read[:delete], "update": read[delete:], "create": delete}
+                done = await _control(session, server, token, "POST", "/control/changes", data=orjson.dumps(changes))
+                shaken["deleted"] += len(done["deleted"])
+                shaken["updated"] += len(done["updated"])
+
+            scope = anyio.CancelScope()
+            seen: list[Any] = []
+
+            def progress(stats: Any) -> None:
+                seen[:] = [stats]
+                if style == "servicenow+deletions" and stats.pages and stats.pages % max(1, pages // 10) == 0:
+                    during.append(asyncio.ensure_future(shake(max(1, records // 10_000))))
+                if style == "servicenow+kill" and stats.pages >= pages // 2:
+                    scope.cancel()
+
             started = time.perf_counter()
-            first = await crawler.crawl(tokens, sink, state=state, session=session)
+            first: Any = None
+            with scope:
+                first = await crawler.crawl(tokens, sink, state=state, session=session, on_progress=progress)
+            await asyncio.gather(*during)
+            if first is None:  # stopped halfway: records it read change, then it resumes
+                before_stop = seen[0].requests
+                await shake(max(1, records // 1000), max(1, records // 1000))
+                first = await crawler.crawl(tokens, sink, state=state, session=session)
+                first.requests += before_stop
             t1 = time.perf_counter() - started
             changed = max(1, int(records * fraction))
             rng = random.Random(11)
             picked = rng.sample(range(records), changed - changed // 10)
             cut = len(picked) * 8 // 9 if deletions else len(picked)
-            token = (await tokens.get()).access_token.reveal()
             done = await _control(
                 session,
                 server,
@@ -206,6 +244,7 @@ async def bench_style(style: str, records: int, fraction: float, page_size: int,
     ratio = second.requests / first.requests
     return {
         "style": style,
+        "during_run1": shaken,
         "records": records,
         "changed": len(done["updated"]) + len(done["created"]) + len(done["deleted"]),
         "deleted": len(done["deleted"]),
@@ -242,7 +281,14 @@ def main(argv: list[str] | None = None) -> int:
             result = asyncio.run(bench_style(style, records, args.changed, page_size, state_dir))
             results.append(result)
             print(
-                f"{style:<11} {records:>9,} records, pages of {page_size}, "
+                f"{style:<20} {records:>9,} records, pages of {page_size}, "
+                + (
+                    f"during run 1 {result['during_run1']['deleted']:,} deleted and "
+                    f"{result['during_run1']['updated']:,} updated, "
+                    if any(result["during_run1"].values())
+                    else ""
+                )
+                + f"then "
                 f"{result['changed']:>6,} changed ({result['deleted']:,} deleted): "
                 f"run 1 {result['run1_requests']:>6,} requests {result['run1_seconds']:>6.1f}s | "
                 f"run 2 {result['run2_requests']:>4,} requests {result['run2_seconds']:>5.1f}s, "

@@ -11,6 +11,7 @@ class Incidents(Crawler):
     pagination = "link_header"
     primary_key = "sys_id"  # drops the lookback's re-deliveries, detects records moved mid-crawl
     updated_field = "sys_updated_on"  # "2024-01-02 03:04:05", UTC
+    ordered_by_updated = True  # pages seek from the last update time: deletions mid-crawl skip nothing
 
     def changed_since(self, partition, since):
         # >= and the time truncated to the second: records at the cursor are read again, never skipped.

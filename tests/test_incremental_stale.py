@@ -7,6 +7,7 @@ a saved position refused as expired on the resume.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ import anyio
 import orjson
 import pytest
 
-from oauthpw_async.crawler import Crawler, JsonLinesSink
+from oauthpw_async.crawler import Crawler, JsonLinesSink, Offset
+from oauthpw_async.crawler.incremental import format_time, step_back
+from oauthpw_async.crawler.pagination import PageRequest
+from oauthpw_async.testing import AuthServerState, LocalServer
 from oauthpw_async.testing.changes import ChangesAPI, replay
 
 from .test_incremental import Jira, Runs, ServiceNow, Zendesk, frozen, ids, only, serving
@@ -175,3 +179,116 @@ async def test_an_expired_position_in_an_incremental_run_writes_every_changed_re
         # every changed record is in the output as its new version, every deletion as a tombstone
         assert api.differences(held, deletions=cls is ExpiringZendesk) == []
         assert all(held[i][1] for i in deleted) and len(changed) == 500
+
+
+# --- a tie group larger than a page ----------------------------------------------------------------------
+
+
+async def test_a_tie_group_larger_than_a_page_is_read_again_when_rows_shift_under_its_offsets(tmp_path: Path) -> None:
+    class Offsets(SeekingJira):
+        pagination = Offset("startAt", "maxResults", page_size=5, total_path="total")
+
+    _, clock = frozen(START)
+    api = ChangesAPI(records=40, spacing=0, now=clock)  # forty records in one second, pages of five
+    api.at(4, delete=[0, 1], create=2)  # read by offsets: the rows behind shift by two, the total stays
+    async with serving(api) as (server, tokens):
+        runs = Runs(Offsets, server, tokens, tmp_path / "state.json")
+        first, stats = await runs.run()
+        ps = only(stats)
+        # one row of overlap per page showed the shift: the group was read again, nothing skipped
+        assert ps.complete and ps.sync.committed, ps.problems
+        assert set(range(2, 42)) <= set(ids(first))
+        assert api.differences(runs.held(), deletions=False) == []
+
+
+async def test_behind_next_links_that_count_rows_a_tie_group_is_read_again_when_rows_shift(tmp_path: Path) -> None:
+    class Links(SeekingServiceNow):
+        params = {"sysparm_limit": "5", "sysparm_query": "ORDERBYsys_updated_on"}
+
+    _, clock = frozen(START)
+    api = ChangesAPI(records=40, spacing=0, now=clock)
+    api.at(4, delete=[0, 1], create=2)
+    async with serving(api) as (server, tokens):
+        runs = Runs(Links, server, tokens, tmp_path / "state.json")
+        first, stats = await runs.run()
+        ps = only(stats)
+        # the link's sysparm_offset counts rows: pages overlap by one, the shift shows, the group is read again
+        assert ps.complete and ps.sync.cursor_after == format_time(datetime.fromtimestamp(START, UTC))
+        assert set(range(2, 42)) <= set(ids(first))
+        assert api.differences(runs.held(), deletions=False) == []
+
+
+@pytest.mark.parametrize(
+    ("current", "proposed", "expected"),
+    [
+        (
+            PageRequest("/t", (("limit", "5"),)),
+            PageRequest("http://h/t?limit=5&offset=5"),
+            "http://h/t?limit=5&offset=4",
+        ),
+        (PageRequest("/t?start=10&q=a+b"), PageRequest("/t?start=15&q=a+b"), "/t?start=14&q=a+b"),
+        (PageRequest("/t", (("startAt", "5"),)), PageRequest("/t", (("startAt", "10"),)), "/t?startAt=9"),
+        (PageRequest("/t", (("page", "1"),)), PageRequest("/t", (("page", "2"),)), None),  # a page number
+        (PageRequest("/t"), PageRequest("/t?cursor=abc"), None),  # an opaque cursor
+        (PageRequest("/t?a=0&b=0"), PageRequest("/t?a=5&b=5"), None),  # two could count: neither is trusted
+    ],
+)
+def test_a_next_link_steps_back_one_row_only_through_the_one_parameter_that_counts_rows(
+    current: PageRequest, proposed: PageRequest, expected: str | None
+) -> None:
+    earlier = step_back(current, proposed, 5)  # the page of ``current`` held 5 records
+    assert (earlier.key().removesuffix("?") if earlier else None) == expected
+
+
+# --- 2b. a real SIGKILL of the command line ------------------------------------------------------------------
+
+
+async def test_a_crawl_process_killed_with_sigkill_resumes_and_loses_no_change(tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import signal
+    import sys
+
+    now, clock = frozen(START)
+    api = ChangesAPI(records=600, spacing=10, now=clock)
+    state, out, config = tmp_path / "state.json", tmp_path / "out.jsonl", tmp_path / "connection.json"
+    root = Path(__file__).resolve().parent.parent
+    async with LocalServer(AuthServerState(), api=api) as server:
+        config.write_bytes(orjson.dumps(server.connection()))
+        argv = [sys.executable, "-m", "oauthpw_async", "crawl", "--config", str(config), "--state", str(state)]
+        argv += ["--crawler", "examples.incremental_servicenow:Incidents", "--base-url", server.base_url]
+        argv += ["--out", str(out)]
+
+        async def crawl(kill_at: int | None = None) -> int:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=root, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            )
+            if kill_at is not None:
+                api.on_kill = lambda: os.kill(proc.pid, signal.SIGKILL)
+                api.at(served(api) + kill_at, kill=True)
+            _, err = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode is not None
+            assert proc.returncode in (0, -signal.SIGKILL), err.decode()
+            return proc.returncode
+
+        assert await crawl() == 0
+        changed = spaced_updates(api, now, range(0, 600, 2))  # 300 changes: pages of 100
+        assert await crawl(kill_at=2) == -signal.SIGKILL  # killed with two pages written
+        written = set(ids_in(out)[600:])
+        # While it is dead: ten records it wrote are deleted, five updated (they move to the end).
+        gone = [i for i in changed if i in written]
+        assert len(gone) >= 15
+        api.delete(gone[:10])
+        now[0] += 30
+        api.update(gone[10:15])
+        assert await crawl() == 0  # the resume
+        assert await crawl() == 0  # and the next run
+    assert (
+        api.differences(replay([[orjson.loads(line) for line in out.read_bytes().splitlines()]]), deletions=False) == []
+    )
+
+
+def ids_in(path: Path) -> list[int]:
+    from oauthpw_async.testing.changes import id_of
+
+    return [id_of(orjson.loads(line)) for line in path.read_bytes().splitlines() if line.strip()]

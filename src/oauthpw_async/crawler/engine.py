@@ -553,8 +553,8 @@ class CrawlEngine:
                         nxt = sync.next_request(
                             partition, nxt, announced_total(page.data, page.headers, crawler.total_path)
                         )
-                        if nxt is not None and sync.rewound(partition.name):
-                            seen.discard(nxt.key())  # read again on purpose, not a loop
+                        if sync.rewound(partition.name):
+                            seen.clear()  # a group read again on purpose (a bounded number of times), not a loop
                 index += 1
                 committed += len(records)  # read: duplicates dropped by primary key are in the sink already
                 await sink.flush()  # records are durable before the position moves past them

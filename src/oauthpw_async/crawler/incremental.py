@@ -22,6 +22,13 @@ How the next run's filter is chosen, per partition (the proof sketch is in the R
   kept with the cursor, at most :attr:`~oauthpw_async.crawler.Crawler.max_recent_keys`).
 * the cursor is committed only when the partition finished complete, after its records are in
   the sink; a stopped run resumes from its positions (whose requests carry the filter).
+* ``ordered_by_updated``: pages seek instead of counting rows. After each page the next request
+  is ``changed_since(T)`` with ``T`` the last update time read, so rows deleted or moved behind
+  the page cannot make the crawl skip one; offsets are used only inside a tie group larger than a
+  page, and a shift there (seen through one row of overlap, a changed total or a move) reads the
+  group again from its first row.
+* de-duplication compares versions (update time and content), never keys alone: a record read
+  again after an expired position is written unless this very version was.
 
 This module holds the pure parts (timestamp parsing, the cursor state and its arithmetic) and
 :class:`IncrementalSync`, the engine's helper that applies them.
@@ -34,9 +41,10 @@ import email.utils
 import hashlib
 import heapq
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
 import orjson
@@ -65,6 +73,7 @@ __all__ = [
     "next_since",
     "parse_timestamp",
     "server_time",
+    "step_back",
     "tombstone",
 ]
 
@@ -537,8 +546,9 @@ class _DeltaEnds:
 
 
 class _Tracker:
-    __slots__ = ("chain_total", "count", "distinct", "expect", "heap", "last", "last_key", "name", "ordered", "origin",
-                 "previous", "problems", "rewind", "rewinds", "rewound", "run", "seeking", "stats")  # fmt: skip
+    __slots__ = ("chain_total", "count", "distinct", "expect", "heap", "last", "last_key", "name", "ordered",
+                 "origin", "previous", "problems", "request", "rewind", "rewinds", "rewound", "run", "seeking",
+                 "stats")  # fmt: skip
 
     def __init__(self, name: str, previous: CursorState, run: RunState, stats: SyncStats) -> None:
         self.name = name
@@ -559,6 +569,37 @@ class _Tracker:
         self.last_key: bytes | None = None  # the key of the last record of the last page
         self.expect: bytes | None = None  # the key the next page must start with (it overlaps by one row)
         self.count = 0  # records on the last page
+        self.request: PageRequest | None = None  # the last page's request
+
+
+def _query(request: PageRequest) -> dict[str, str]:
+    query = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
+    query.update(request.params)
+    return query
+
+
+def step_back(current: PageRequest, proposed: PageRequest, count: int) -> PageRequest | None:
+    """``proposed`` started one row earlier, when one of its parameters counts rows; else ``None``.
+
+    The counting parameter is the one that grew by ``count`` (the records on the page of
+    ``current``) from ``current`` to ``proposed``, in the query string or the parameters: a next
+    link's ``sysparm_offset``, ``start`` or ``startAt``. Page numbers and opaque cursors do not.
+    """
+    before, after = _query(current), _query(proposed)
+    counting = []
+    for name, value in after.items():
+        old = before.get(name, "0")
+        if value.isdigit() and old.isdigit() and value != before.get(name) and int(value) == int(old) + count:
+            counting.append(name)
+    if len(counting) != 1 or count < 1:
+        return None
+    name = counting[0]
+    value = str(int(after[name]) - 1)
+    if name in dict(proposed.params):
+        return proposed.with_params(**{name: value})
+    parts = urlsplit(proposed.url)
+    query = [(k, value if k == name else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return PageRequest(urlunsplit(parts._replace(query=urlencode(query))), proposed.params)
 
 
 def _may_shift(paginator: Paginator) -> bool:
@@ -597,7 +638,7 @@ class IncrementalSync:
             pagination, (Offset, PageNumber, LinkHeader)
         )
         self._shifts = _may_shift(resolve(pagination))
-        self._back: Any = None
+        self._back: Callable[[PageRequest], PageRequest] | None = None
         if crawler.primary_key is None and crawler.delta_path is None and offset_like:
             log.warning(
                 "%s: incremental sync over offset pagination without a primary_key: a record updated during a "
@@ -652,22 +693,20 @@ class IncrementalSync:
         )
         if saved is None:
             run.seek = run.since
-        if resumed and self._shifts and run.mode != "delta":
+        if resumed and self._shifts and run.mode != "delta" and not seeking:
             # Rows may have moved while the crawl was stopped (deletions, updates): under positions that
-            # count rows, the resumed pages can skip records ordered after the saved position. Only a
-            # position that counts rows inside one update time (seeking) or any position (counting from
-            # the run's filter) is exposed; the next run reads again from where the exposure starts.
-            # With seeking, a position inside a tie group restarts the group (resume()); moves before
-            # the stop in groups read by offsets can no longer be recognised (this run's keys are gone).
-            exposed = run.exposed if seeking else (run.since or EPOCH)
-            if exposed is not None:
-                run.floor = exposed if run.floor is None else min(run.floor, exposed)
-                log.warning(
-                    "partition %s resumed from a position that counts rows: records may have moved while the "
-                    "crawl was stopped, so the next run reads again from %s",
-                    name,
-                    format_time(exposed),
-                )
+            # count rows, the resumed pages can skip records ordered after the saved position, anywhere
+            # in the run's filter. The next run reads that filter again. (Seeking needs none of this: a
+            # position inside a tie group restarts the group, see resume(), and groups read by offsets
+            # before the stop were checked page by page or already lowered the cursor.)
+            exposed = run.since or EPOCH
+            run.floor = exposed if run.floor is None else min(run.floor, exposed)
+            log.warning(
+                "partition %s resumed from a position that counts rows: records may have moved while the "
+                "crawl was stopped, so the next run reads again from %s",
+                name,
+                format_time(exposed),
+            )
         cp.set_run(name, run.to_json())
         origin = request
         if run.mode == "delta" and previous.token is not None:
@@ -720,13 +759,13 @@ class IncrementalSync:
         tracker.rewound = False
         if not tracker.seeking or tracker.origin is None:
             return proposed
-        if not tracker.ordered and proposed is not None:
+        if not tracker.ordered:
             tracker.seeking, run.grouped = False, True
             run.exposed = run.since or EPOCH
             run.floor = run.exposed if run.floor is None else min(run.floor, run.exposed)
             problem = (
-                "records were not in update-time order although ordered_by_updated is set: order the listing "
-                "and changed_since() by the update time, or set ordered_by_updated = False"
+                "records were not in update-time order, or had no update time, although ordered_by_updated is "
+                "set: order the listing and changed_since() by the update time, or set ordered_by_updated = False"
             )
             tracker.problems.append(problem)
             log.warning("partition %s: %s", partition.name, problem)
@@ -755,10 +794,13 @@ class IncrementalSync:
             run.grouped = True
             exposed = run.seek or EPOCH
             run.exposed = exposed if run.exposed is None else min(run.exposed, exposed)
-            if self._back is not None and tracker.last_key is not None and tracker.count > 1:
+            earlier = self._back(proposed) if self._back is not None else None
+            if earlier is None and tracker.request is not None:
+                earlier = step_back(tracker.request, proposed, tracker.count)  # a next link that counts rows
+            if earlier is not None and tracker.last_key is not None and tracker.count > 1:
                 # One row of overlap: the next page starts with this page's last record unless rows
                 # before it shifted (then the group is read again from its first row).
-                proposed, tracker.expect = self._back(proposed), tracker.last_key
+                proposed, tracker.expect = earlier, tracker.last_key
             else:  # nothing shows a shift here: the next run reads this group again
                 run.floor = exposed if run.floor is None else min(run.floor, exposed)
             self._checkpoints.set_run(partition.name, run.to_json())
@@ -814,6 +856,7 @@ class IncrementalSync:
         previous: int | None = None
         tracker.ordered, tracker.last = True, None
         expect, tracker.expect, tracker.last_key, tracker.count = tracker.expect, None, None, len(records)
+        tracker.request = page.request
         if expect is not None and keys is not None and (not records or key_digest(dig(records[0], key_path)) != expect):
             self._shifted(tracker, tracker.run.seek or EPOCH)  # rows shifted under the offsets of this group
         for record in records:

@@ -11,6 +11,11 @@ map of the records changed, created or deleted since (:meth:`ChangesAPI.update`,
 times are whole seconds on the server's clock (``now() + clock_offset``), which every answer
 also sends as its ``Date`` header.
 
+Switches for what goes wrong in the field: :meth:`ChangesAPI.at` changes the data (or calls
+:attr:`~ChangesAPI.on_kill`, to stop the crawl as a kill would) before a given request is
+answered, so rows vanish and move between the pages of a crawl; :meth:`~ChangesAPI.expire_positions`
+refuses the next saved positions as an expired query locator.
+
 "Changed since" styles, one per real-world family, over the same records:
 
 =========== ==================================================================================
