@@ -472,8 +472,12 @@ def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 160) -> str:
 # --- what a saved position may hold --------------------------------------------------------------
 
 
-def _keeps(name: str, value: str, secrets: Sequence[str]) -> bool:
-    return not is_credential_parameter(name) and not (secrets and holds_secret(value, secrets))
+def _keeps(name: str, value: str, secrets: Sequence[str], shortest: int) -> bool:
+    # Every spelling of a secret is at least as long as the secret itself: shorter values
+    # (page numbers, cursors) cannot hold one, and skip the costly search.
+    if is_credential_parameter(name):
+        return False
+    return len(value) < shortest or not holds_secret(value, secrets)
 
 
 def without_credentials(
@@ -488,7 +492,8 @@ def without_credentials(
     works: the token travels in the ``Authorization`` header, never in the URL.
     """
     known = [s for s in secrets if len(s) >= MIN_SECRET_LENGTH]
-    kept_params = tuple((k, v) for k, v in params if _keeps(k, v, known))
+    shortest = min((len(s) for s in known), default=1 << 62)
+    kept_params = tuple((k, v) for k, v in params if _keeps(k, v, known, shortest))
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -499,7 +504,7 @@ def without_credentials(
         pieces = []
         for piece in query.split("&"):
             name, _, value = piece.partition("=")
-            if _keeps(unquote_plus(name), unquote_plus(value), known):
+            if _keeps(unquote_plus(name), unquote_plus(value), known, shortest):
                 pieces.append(piece)
         query = "&".join(pieces)
     if netloc == parts.netloc and query == parts.query and not parts.fragment:
