@@ -79,7 +79,6 @@ CREDENTIAL_PARAMETERS: frozenset[str] = frozenset(
         "session",
         "sessionid",
         "session_id",
-        "sid",
     }
 )
 
