@@ -196,6 +196,7 @@ _SECRET_FIELD = re.compile(
 #: What may sit between two pieces of a secret split across lines: whitespace, or the JSON escapes
 #: of line breaks and tabs.
 _GAP = re.compile(r"(?:\s|\\[nrt])+")
+_SPACE = re.compile(r"\s+")
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=")
 _HEX_CHARS = frozenset("0123456789abcdefABCDEF")
 #: Shortest encoded stretch searched for: shorter ones would match ordinary words.
@@ -230,7 +231,9 @@ def _encoded_forms(secret: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple
         quote_plus(secret),
         html.escape(secret),
     )
-    return cores, hexes, tuple(dict.fromkeys(_GAP.sub("", p) for p in plain))
+    # Both without gaps and without whitespace only: a secret may hold a literal backslash-n itself.
+    joined = (f for p in plain for f in (_GAP.sub("", p), _SPACE.sub("", p)))
+    return cores, hexes, tuple(dict.fromkeys(joined))
 
 
 def _joined(text: str) -> tuple[str, list[int], list[int]]:
