@@ -197,6 +197,7 @@ _SECRET_FIELD = re.compile(
 #: of line breaks and tabs.
 _GAP = re.compile(r"(?:\s|\\[nrt])+")
 _SPACE = re.compile(r"\s+")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e\s]")
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=")
 _HEX_CHARS = frozenset("0123456789abcdefABCDEF")
 #: Shortest encoded stretch searched for: shorter ones would match ordinary words.
@@ -231,8 +232,10 @@ def _encoded_forms(secret: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple
         quote_plus(secret),
         html.escape(secret),
     )
-    # Both without gaps and without whitespace only: a secret may hold a literal backslash-n itself.
-    joined = (f for p in plain for f in (_GAP.sub("", p), _SPACE.sub("", p)))
+    # Each also as an excerpt shows it (unprintable characters as '?'), and both without gaps and
+    # without whitespace only: a secret may hold a literal backslash-n itself.
+    shown = (f for p in plain for f in (p, _UNPRINTABLE.sub("?", p)))
+    joined = (f for p in shown for f in (_GAP.sub("", p), _SPACE.sub("", p)))
     return cores, hexes, tuple(dict.fromkeys(joined))
 
 
