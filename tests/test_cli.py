@@ -680,3 +680,13 @@ async def test_a_stdout_flush_returns_only_after_every_earlier_record_is_written
     stream.release.set()
     await asyncio.wait_for(asyncio.gather(first, second), 10)
     assert stream.getvalue() == b'{"id":1}\n{"id":2}\n'
+
+
+@pytest.mark.parametrize("text", ["x = " + "[" * 500 + "]" * 500, "timeout = " + "9" * 4301])
+async def test_check_json_on_a_hostile_toml_file_still_prints_json(tmp_path, text: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('password = "hostile-pw-1"\n' + text)
+    code, out, err = await run_cli("check", "--config", str(cfg), "--json")
+    assert code == 2 and "Traceback" not in err
+    result = orjson.loads(out)
+    assert result["error"] and "hostile-pw-1" not in out + err

@@ -456,3 +456,25 @@ def test_security_warnings_name_what_weakens_transport() -> None:
     assert "k=v" not in str(plain.security_warnings)
     loopback = PasswordGrantConfig(**{**OK, "access_token_url": "http://127.0.0.1:8080/t"})
     assert loopback.security_warnings == ()
+
+
+HOSTILE_FILES = {
+    "arrays 500 deep": ("c.toml", "x = " + "[" * 500 + "]" * 500, "too deeply"),
+    "inline tables 500 deep": ("c.toml", "x = " + "{a = " * 500 + "1" + "}" * 500, "too deeply"),
+    "a 4,301-digit integer": ("c.toml", "timeout = " + "9" * 4301, "number too long"),
+}
+
+
+@pytest.mark.parametrize(("name", "text", "says"), HOSTILE_FILES.values(), ids=HOSTILE_FILES.keys())
+def test_hostile_toml_is_a_config_error_naming_the_file(tmp_path, name: str, text: str, says: str) -> None:
+    f = tmp_path / name
+    f.write_text(f'password = "{PASSWORD}"\n' + text)
+    with pytest.raises(ConfigError, match=says) as info:
+        load_config(f)
+    assert str(f) in str(info.value) and PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["timeout", "client_id", "default_expires_in"])
+def test_integers_too_long_for_python_are_config_errors(field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        load_config({"access_token_url": "https://a.example.com/t", "username": "u", "password": "p", field: 10**5000})

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import base64
+import contextlib
 import html
+import io
 import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 import attrs
 import orjson
+from aiohttp import web
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from oauthpw_async import PasswordGrantConfig, Secret, TokenError, build_password_request, parse_token_response
+from oauthpw_async import (
+    AuthorizedSession,
+    FileTokenStore,
+    OAuthPWError,
+    PasswordGrantConfig,
+    RetryPolicy,
+    Secret,
+    StaticToken,
+    TokenError,
+    build_password_request,
+    load_config,
+    load_token_source,
+    parse_token_response,
+    state_cli,
+)
 from oauthpw_async._httputil import excerpt
+from oauthpw_async.crawler import Checkpoints
 from oauthpw_async.grant import Instant, TokenResponse, _client_hint, build_refresh_request
+from oauthpw_async.static_config import load_static_config
+from oauthpw_async.testing import LocalServer
 
 from .conftest import CLIENT_SECRET, PASSWORD
 
@@ -97,6 +123,12 @@ def encodings(secret: str, client_id: str) -> dict[str, str]:
         "json_twice": json.dumps(json.dumps(secret))[1:-1],
         "html_of_quote": html.escape(quote(secret)),
     }
+    raw = secret.encode()
+    forms["base64"] = base64.b64encode(raw).decode()
+    forms["base64url_nopad"] = base64.urlsafe_b64encode(b"x=" + raw).decode().rstrip("=")
+    forms["hex"] = raw.hex()
+    forms["HEX"] = raw.hex().upper()
+    forms["split_lines"] = secret[: len(secret) // 2] + "\n" + secret[len(secret) // 2 :]
     # An echoed `Authorization: Basic ...` holds base64 of id:secret, form-encoded or not.
     forms["basic_form"] = base64.b64encode(f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()).decode()
     forms["basic_plain"] = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
@@ -198,3 +230,223 @@ def test_a_secret_never_shows_in_any_encoding_or_in_part(
         if w in text and w not in control
     }
     assert not leaked, (encoding, shape, leaked)
+
+
+# --- hostile files and answers at every entry point -------------------------------------------------
+
+#: A secret the hostile inputs carry (a password in a file, a token in a store, the API's token).
+HOSTILE_SECRET = "pw-Zq8!hostile-value"
+#: Stands for an integer beyond Python's digit limit (4,300), spelled out when the file is written.
+LONG = "\x00long\x00"
+CONNECTION_KEYS = ["Access Token URL", "Username", "Password", "Client Id", "Headers", "timeout", "Token", "API Key"]
+hostile_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.just(LONG),
+    st.floats(),
+    st.text(max_size=20),
+    st.text(alphabet=st.characters(max_codepoint=0x1F), max_size=4),
+    st.just(HOSTILE_SECRET),
+    st.just("https://127.0.0.1:1/token"),
+)
+hostile_values = st.recursive(
+    hostile_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6) | st.just("env"), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _dumps(value: Any) -> str:
+    """JSON text, with :data:`LONG` written as a 4,400-digit integer."""
+    return json.dumps(value).replace(json.dumps(LONG), "7" * 4400)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _dumps(value)  # null, NaN and Infinity are not TOML: a syntax error, as in a real file
+
+
+def _connection_file(kind: str, fields: dict[str, Any]) -> bytes:
+    if kind == "json":
+        return _dumps(fields).encode()
+    return "\n".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in fields.items()).encode()
+
+
+def _deep(kind: str, depth: int) -> bytes:
+    inner = "[" * depth + "]" * depth
+    return (f'{{"Password": "{HOSTILE_SECRET}", "x": {inner}}}' if kind == "json" else f"x = {inner}").encode()
+
+
+def _long_number(kind: str, digits: int) -> bytes:
+    number = "7" * digits
+    return (
+        f'{{"timeout": {number}}}' if kind == "json" else f'Password = "{HOSTILE_SECRET}"\ntimeout = {number}'
+    ).encode()
+
+
+kinds = st.sampled_from(["json", "toml"])
+connection_files = st.one_of(
+    st.tuples(kinds, st.dictionaries(st.sampled_from(CONNECTION_KEYS) | st.text(max_size=8), hostile_values)).map(
+        lambda t: (t[0], _connection_file(*t))
+    ),
+    st.tuples(kinds, st.integers(1, 1500)).map(lambda t: (t[0], _deep(*t))),
+    st.tuples(kinds, st.integers(4000, 6000)).map(lambda t: (t[0], _long_number(*t))),
+    st.tuples(kinds, st.binary(max_size=100)),
+)
+
+
+def _assert_typed_and_clean(exc: BaseException, *, secrets: bool = True) -> None:
+    assert isinstance(exc, OAuthPWError), f"untyped {type(exc).__name__}: {exc!r}"[:300]
+    if secrets:
+        assert HOSTILE_SECRET not in str(exc) + repr(exc) + repr(exc.args)
+
+
+@settings(max_examples=300, deadline=None)
+@given(file=connection_files)
+def test_hostile_connection_files_give_a_config_or_a_typed_error(file: tuple[str, bytes]) -> None:
+    kind, blob = file
+    text = blob.decode(errors="replace")
+    # A variable's name or a file's path is the admin's to see: only a value there is secret.
+    named = any(f'"{k}"{sep}"{HOSTILE_SECRET}"' in text for k in ("env", "file") for sep in (": ", " = "))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"connection.{kind}"
+        path.write_bytes(blob)
+        for load in (load_config, load_static_config, load_token_source):
+            try:
+                loaded = load(path, env={})
+            except Exception as exc:
+                _assert_typed_and_clean(exc, secrets=not named)
+            else:
+                assert HOSTILE_SECRET not in repr(loaded)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    doc=hostile_values | st.dictionaries(st.sampled_from(["version", "partitions", "cursors", "runs"]), hostile_values)
+)
+def test_hostile_state_files_give_positions_or_a_state_error(doc: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state.json"
+        path.write_bytes(_dumps(doc).encode())
+        try:
+            checkpoints = Checkpoints(path)
+            checkpoints.read()
+            for name in checkpoints.document()["partitions"]:
+                checkpoints.resume_from(name), checkpoints.pages(name), checkpoints.records(name)
+        except Exception as exc:
+            # A state file holds nothing secret by design: its errors may quote it (a bad version).
+            _assert_typed_and_clean(exc, secrets=False)
+        for as_json in (False, True):
+            args = argparse.Namespace(state=str(path), state_command="show", json=as_json)
+            with contextlib.redirect_stderr(io.StringIO()):
+                assert state_cli.run(args, io.StringIO()) in (0, 2)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    record=hostile_values,
+    field=st.sampled_from(["access_token", "authorization", "refresh_token", "extra", "lifetime"]),
+)
+def test_hostile_token_store_files_give_a_token_nothing_or_a_typed_error(record: Any, field: str) -> None:
+    good = {
+        "generation": 1,
+        "access_token": HOSTILE_SECRET,
+        "authorization": f"Bearer {HOSTILE_SECRET}",
+        "token_type": "Bearer",
+        "issued_wall": 1.7e9,
+        "lifetime": 3600,
+        "refresh_token": None,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokens.json"
+        for doc in ({"k": {**good, field: record}}, {"k": record}, record):
+            path.write_bytes(_dumps(doc).encode())
+            path.chmod(0o600)
+            try:
+                loaded = FileTokenStore(path).load("k")
+            except Exception as exc:
+                _assert_typed_and_clean(exc)
+            else:
+                if loaded is not None:
+                    assert HOSTILE_SECRET not in repr(loaded)
+                    assert loaded.token.access_token.reveal().isascii()
+
+
+redirect_targets = st.one_of(
+    st.sampled_from(
+        [
+            "/api/fuzz",
+            "http://user:pw@127.0.0.1:{port}/api/fuzz",
+            "http://127.0.0.1:99999/x",
+            "http://127.0.0.1:1/elsewhere",
+            "javascript:alert(1)",
+            "//127.0.0.1:1/x",
+            "http://[::1",
+            f"/api/fuzz?access_token={HOSTILE_SECRET}",
+        ]
+    ),
+    st.text(max_size=20),
+)
+api_answers = st.fixed_dictionaries(
+    {
+        "status": st.sampled_from([200, 201, 204, 301, 302, 303, 307, 308, 400, 401, 403, 404, 429, 500, 503]),
+        "location": redirect_targets,
+        "retry_after": st.sampled_from(["", "1e400", "-5", "NaN", "Wed, 21 Oct 2015 07:28:00 GMT"])
+        | st.text(max_size=10),
+        "body": st.binary(max_size=80)
+        | st.sampled_from(["raw", "base64", "hex", "lines"]).map(lambda how: how.encode()),
+        "content_type": st.sampled_from(["application/json", "text/html", "text/plain; charset=utf-7", "x/\x7f"]),
+    }
+)
+
+
+def _hostile_api(answer: dict[str, Any]) -> Callable[[web.Application, Any], None]:
+    def install(app: web.Application, auth: Any) -> None:
+        async def fuzz(request: web.Request) -> web.Response:
+            token = request.headers.get("Authorization", "")
+            body: bytes = answer["body"]
+            echoes = {
+                b"raw": token.encode(),
+                b"base64": base64.b64encode(token.encode()),
+                b"hex": token.encode().hex().encode(),
+                b"lines": "\n".join(token).encode(),
+            }
+            headers = {"Content-Type": answer["content_type"]}
+            location = answer["location"].replace("{port}", str(request.url.port))
+            for name, value in (("Location", location), ("Retry-After", answer["retry_after"])):
+                if value and value.isprintable():
+                    headers[name] = value
+            return web.Response(status=answer["status"], body=echoes.get(body, body), headers=headers)
+
+        app.router.add_route("*", "/api/fuzz", fuzz)
+
+    return install
+
+
+async def _call_hostile_api(answer: dict[str, Any]) -> None:
+    async with (
+        LocalServer(api=_hostile_api(answer)) as server,
+        AuthorizedSession(
+            StaticToken(HOSTILE_SECRET), base_url=server.base_url, retry=RetryPolicy(max_attempts=1)
+        ) as session,
+    ):
+        try:
+            response = await session.get("/api/fuzz")
+        except Exception as exc:
+            _assert_typed_and_clean(exc)
+        else:
+            assert HOSTILE_SECRET not in repr(response)
+
+
+@settings(max_examples=100, deadline=None)
+@given(answer=api_answers)
+def test_hostile_api_answers_and_redirects_give_a_response_or_a_typed_error(answer: dict[str, Any]) -> None:
+    asyncio.run(_call_hostile_api(answer))

@@ -7,6 +7,7 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -170,3 +171,18 @@ def test_without_credentials_keeps_paging_and_drops_tokens_anywhere_in_the_query
     assert saved_url == "https://graph.example.com/v19.0/me/feed?fields=id%2Cmessage&limit=25&after=QVFIUk"
     assert saved_params == (("since", "2024"),)
     assert without_credentials("/items?page=2", (), [token]) == ("/items?page=2", ())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    token=tokens,
+    name=st.text(st.characters(min_codepoint=0x61, max_codepoint=0x7A), min_size=1, max_size=8),
+    enc=st.sampled_from(["raw", "base64", "hex", "json-lines"]),
+    around=st.text(st.characters(min_codepoint=0x61, max_codepoint=0x7A), max_size=6),
+)
+def test_a_parameter_holding_the_token_in_any_encoding_is_not_saved(
+    token: str, name: str, enc: str, around: str
+) -> None:
+    value = around + (token if enc == "raw" else ENCODINGS[enc](token, "", [3], 76)) + around
+    url, params = without_credentials(f"/items?page=2&{name}={quote(value, safe='')}", ((name, value),), [token])
+    assert url == "/items?page=2" and params == ()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import stat
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
@@ -162,6 +165,14 @@ BAD_RECORDS = {
     "empty access token": {"access_token": ""},
     "access token with a space": {"access_token": "a b"},
     "header injection": {"authorization": "Bearer x\r\nX-Evil: 1"},
+    # Hand edits whose values cannot go in an HTTP header (RFC 9110 field values).
+    "authorization with VT": {"authorization": "Bearer x\x0by"},
+    "authorization with SOH": {"authorization": "Bearer x\x01y"},
+    "authorization with ESC": {"authorization": "Bearer x\x1b[0my"},
+    "authorization with DEL": {"authorization": "Bearer x\x7f"},
+    "access token with a control": {"access_token": "access\x0b3"},
+    "access token not ASCII": {"access_token": "accèss-3"},
+    "refresh token with a line break": {"refresh_token": "refresh\n3"},
     "issued as text": {"issued_wall": "yesterday"},
     "issued missing": {"issued_wall": None},
     "refresh token not text": {"refresh_token": 5},
@@ -235,6 +246,81 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
     (tmp_path / "tokens.json").mkdir()
     with pytest.raises(UnsafeTokenStore, match="not a regular file"):
         FileTokenStore(tmp_path / "tokens.json").load("k")
+
+
+async def _open_while_ticking(tokens: TokenProvider, fifo: Path | None = None) -> tuple[int, BaseException | None]:
+    """Open ``tokens`` while another task ticks; (ticks seen, what the open raised).
+
+    A FIFO at the store path is given a writer only if the loop stopped ticking (a blocking open
+    on the loop waits for one): that unblocks a broken store so the test fails instead of hanging.
+    """
+    ticks = 0
+    ticked = threading.Event()
+    needed_writer = threading.Event()
+
+    def writer() -> None:
+        if not ticked.wait(10):  # the loop is frozen in open(): give it its writer
+            needed_writer.set()
+            assert fifo is not None
+            with open(fifo, "wb") as w:
+                w.write(b"{}")
+
+    async def ticker() -> None:
+        nonlocal ticks
+        for _ in range(100):
+            await anyio.sleep(0)
+            ticks += 1
+        ticked.set()
+
+    if fifo is not None:
+        threading.Thread(target=writer, daemon=True).start()
+    raised: BaseException | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker)
+        try:
+            async with tokens:
+                pass
+        except Exception as exc:
+            raised = exc
+    ticked.set()
+    assert not needed_writer.is_set(), "the event loop froze opening the token store"
+    return ticks, raised
+
+
+@pytest.mark.anyio
+async def test_a_fifo_at_the_store_path_is_refused_without_freezing_the_loop(tmp_path: Path) -> None:
+    s = Setup(tmp_path / "tokens.fifo")
+    os.mkfifo(s.path, 0o600)
+    ticks, raised = await _open_while_ticking(s.provider(), s.path)
+    assert ticks == 100  # the loop went on while the store was looked at
+    assert isinstance(raised, UnsafeTokenStore) and "not a regular file" in str(raised)
+    assert s.state.token_requests == 0
+
+
+@pytest.mark.anyio
+async def test_a_unix_socket_at_the_store_path_is_refused(tmp_path: Path) -> None:
+    s = Setup(tmp_path / "tokens.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(s.path))
+        listener.listen(1)
+        ticks, raised = await _open_while_ticking(s.provider())
+    assert ticks == 100
+    assert isinstance(raised, UnsafeTokenStore) and "not a regular file" in str(raised)
+    assert s.state.token_requests == 0  # refused: no login behind the admin's back
+
+
+@pytest.mark.anyio
+async def test_a_hand_edited_token_that_cannot_go_in_a_header_means_a_login(tmp_path: Path, caplog: Any) -> None:
+    s = Setup(tmp_path / "tokens.json")
+    FileTokenStore(s.path).save(s.config.credential_key, entry(4))
+    data = orjson.loads(s.path.read_bytes())
+    data[s.config.credential_key].update({"access_token": "tok\x1bn", "authorization": "Bearer tok\x1bn"})
+    s.path.write_bytes(orjson.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="oauthpw_async.store"):
+        async with s.provider() as tokens:
+            token = await tokens.get()
+    assert "\x1b" not in token.authorization and s.state.count("password", "ok") == 1
+    assert "stored token is unusable" in caplog.text and "tok\x1bn" not in caplog.text
 
 
 # --- the provider and its store -------------------------------------------------------------------

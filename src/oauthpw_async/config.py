@@ -63,6 +63,8 @@ RESERVED_BODY_PARAMETERS: Mapping[str, str] = {
 
 _SECRET_FIELDS = frozenset({"client_secret", "password"})
 _MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+#: Python refuses to convert integers longer than this to or from text (``sys.get_int_max_str_digits``).
+_MAX_DIGITS = 4300
 _MAX_LIFETIME = 366 * 86400
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -502,14 +504,23 @@ def _suggest(raw_key: str, key: str) -> str | None:
     return _label(field) if label_style else field
 
 
+def _env_name(key: str, value: Mapping[str, Any], problems: list[FieldProblem]) -> str | None:
+    """The variable named by ``{"env": "NAME"}``; a problem when the name is not text."""
+    name = value["env"]
+    if not isinstance(name, str) or not name:
+        problems.append(FieldProblem(key, 'must name an environment variable: {"env": "NAME"}'))
+        return None
+    return name
+
+
 def _number(key: str, value: object, problems: list[FieldProblem]) -> float | int | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         problems.append(FieldProblem(key, f"must be a number, got {_kind(value)}"))
         return None
     try:
         number = float(value)
-    except ValueError:
-        problems.append(FieldProblem(key, "must be a number"))
+    except (ValueError, OverflowError):  # not a number, or an integer beyond a double
+        problems.append(FieldProblem(key, "must be a number (a finite one, within range)"))
         return None
     if key != "max_response_bytes":
         return number  # range (and NaN / infinity) checked by the config itself
@@ -558,7 +569,9 @@ def load_config(
             continue
         given_as[key] = raw
         if isinstance(value, Mapping) and set(value) == {"env"}:
-            name = str(value["env"])
+            name = _env_name(key, value, problems)
+            if name is None:
+                continue
             if name not in env:
                 problems.append(FieldProblem(key, f"environment variable {name} is not set"))
                 continue
@@ -583,6 +596,9 @@ def load_config(
                 continue
             if isinstance(value, (Mapping, list)):
                 problems.append(FieldProblem(key, f"must be a string, got {_kind(value)}"))
+                continue
+            if isinstance(value, int) and abs(value).bit_length() > 64:
+                problems.append(FieldProblem(key, "must be a string, got a number too long to be one"))
                 continue
             value = str(value)
         elif value == "" and key != "password":
@@ -615,6 +631,14 @@ def _read_file(path: Path) -> Mapping[str, Any]:
     except (tomllib.TOMLDecodeError, orjson.JSONDecodeError) as exc:
         # Parser messages quote the offending text, which may be a secret: give the position only.
         raise ConfigError([FieldProblem(str(path), f"is not valid {kind}{_position(exc)}")]) from None
+    except RecursionError:
+        raise ConfigError(
+            [FieldProblem(str(path), f"nests {kind} tables or arrays too deeply to read; a connection is flat")]
+        ) from None
+    except ValueError:  # tomllib: an integer beyond Python's digit limit for conversions
+        raise ConfigError(
+            [FieldProblem(str(path), f"holds a number too long to read (over {_MAX_DIGITS} digits); fix that value")]
+        ) from None
     if not isinstance(data, Mapping):
         raise ConfigError([FieldProblem(str(path), "must hold an object of fields")])
     return data

@@ -556,8 +556,8 @@ def _extra(fields: Mapping[str, Any], token_path: str, tokens: list[str], secret
 
 
 def _holds_any(text: str, tokens: list[str], secrets: list[str]) -> bool:
-    # Like the scrubbing, values under 3 characters are not searched for (they are everywhere).
-    return any(len(t) >= 3 and t in text for t in tokens) or holds_secret(text, secrets)
+    # Like the scrubbing, values under MIN_SECRET_LENGTH are not searched for (they are everywhere).
+    return any(len(t) >= MIN_SECRET_LENGTH and t in text for t in tokens) or holds_secret(text, secrets)
 
 
 def _inspect(value: Any, tokens: list[str], secrets: list[str]) -> tuple[bool, bool]:

@@ -355,7 +355,12 @@ class RequestPipeline:
                 if redirects > MAX_REDIRECTS:
                     raise HTTPStatusError(f"more than {MAX_REDIRECTS} redirects", status=status, url=safe_url(url))
                 stats.redirects += 1
-                url = urljoin(str(final_url), resp_headers.get("Location") or "")
+                try:
+                    url = urljoin(str(final_url), resp_headers.get("Location") or "")
+                except ValueError:  # "http://[::1": not a URL (the Location itself may hold anything)
+                    raise HTTPStatusError(
+                        "the redirect's Location is not a valid URL", status=status, url=safe_url(str(final_url))
+                    ) from None
                 query = None  # the Location carries its own query
                 if redirected_method(status, method):
                     method, body = "GET", None

@@ -79,7 +79,6 @@ CREDENTIAL_PARAMETERS: frozenset[str] = frozenset(
         "session",
         "sessionid",
         "session_id",
-        "sid",
     }
 )
 
@@ -197,6 +196,8 @@ _SECRET_FIELD = re.compile(
 #: What may sit between two pieces of a secret split across lines: whitespace, or the JSON escapes
 #: of line breaks and tabs.
 _GAP = re.compile(r"(?:\s|\\[nrt])+")
+_SPACE = re.compile(r"\s+")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e\s]")
 _B64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_=")
 _HEX_CHARS = frozenset("0123456789abcdefABCDEF")
 #: Shortest encoded stretch searched for: shorter ones would match ordinary words.
@@ -231,7 +232,11 @@ def _encoded_forms(secret: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple
         quote_plus(secret),
         html.escape(secret),
     )
-    return cores, hexes, tuple(dict.fromkeys(_GAP.sub("", p) for p in plain))
+    # Each also as an excerpt shows it (unprintable characters as '?'), and both without gaps and
+    # without whitespace only: a secret may hold a literal backslash-n itself.
+    shown = (f for p in plain for f in (p, _UNPRINTABLE.sub("?", p)))
+    joined = (f for p in shown for f in (_GAP.sub("", p), _SPACE.sub("", p)))
+    return cores, hexes, tuple(dict.fromkeys(joined))
 
 
 def _joined(text: str) -> tuple[str, list[int], list[int]]:
@@ -472,8 +477,12 @@ def excerpt(body: bytes, secrets: Iterable[str] = (), limit: int = 160) -> str:
 # --- what a saved position may hold --------------------------------------------------------------
 
 
-def _keeps(name: str, value: str, secrets: Sequence[str]) -> bool:
-    return not is_credential_parameter(name) and not (secrets and holds_secret(value, secrets))
+def _keeps(name: str, value: str, secrets: Sequence[str], shortest: int) -> bool:
+    # Every spelling of a secret is at least as long as the secret itself: shorter values
+    # (page numbers, cursors) cannot hold one, and skip the costly search.
+    if is_credential_parameter(name):
+        return False
+    return len(value) < shortest or not holds_secret(value, secrets)
 
 
 def without_credentials(
@@ -488,7 +497,8 @@ def without_credentials(
     works: the token travels in the ``Authorization`` header, never in the URL.
     """
     known = [s for s in secrets if len(s) >= MIN_SECRET_LENGTH]
-    kept_params = tuple((k, v) for k, v in params if _keeps(k, v, known))
+    shortest = min((len(s) for s in known), default=1 << 62)
+    kept_params = tuple((k, v) for k, v in params if _keeps(k, v, known, shortest))
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -499,7 +509,7 @@ def without_credentials(
         pieces = []
         for piece in query.split("&"):
             name, _, value = piece.partition("=")
-            if _keeps(unquote_plus(name), unquote_plus(value), known):
+            if _keeps(unquote_plus(name), unquote_plus(value), known, shortest):
                 pieces.append(piece)
         query = "&".join(pieces)
     if netloc == parts.netloc and query == parts.query and not parts.fragment:

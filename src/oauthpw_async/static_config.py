@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ._secret import Secret
-from .config import _coerce_bool, _normalise_key, _read_file
+from .config import _coerce_bool, _env_name, _normalise_key, _read_file
 from .errors import ConfigError, FieldProblem
 
 __all__ = ["PASSWORD_GRANT_ONLY_FIELDS", "STATIC_TOKEN_FIELDS", "StaticTokenConfig", "load_static_config"]
@@ -169,13 +169,18 @@ def load_static_config(
                 if not isinstance(value, str):
                     problems.append(FieldProblem(key, "must be the path of a file holding the token"))
             elif isinstance(value, Mapping) and set(value) == {"env"}:
-                name = str(value["env"])
-                if name not in env:
+                name = _env_name(key, value, problems)
+                if name is None:
+                    pass
+                elif name not in env:
                     problems.append(FieldProblem(key, f"environment variable {name} is not set"))
                 else:
                     token = env[name].strip(), f"environment variable {name}"
             elif isinstance(value, Mapping) and set(value) == {"file"}:
-                token = _read_token_file(key, str(value["file"]), problems)
+                if isinstance(value["file"], str):
+                    token = _read_token_file(key, value["file"], problems)
+                else:
+                    problems.append(FieldProblem(key, 'must name the token file: {"file": "path"}'))
             elif isinstance(value, str):
                 token = value, "the configuration"
             else:
@@ -190,7 +195,9 @@ def load_static_config(
             )
         elif key in _SHARED_FIELDS:
             if isinstance(value, Mapping) and set(value) == {"env"}:
-                name = str(value["env"])
+                name = _env_name(key, value, problems)
+                if name is None:
+                    continue
                 if name not in env:
                     problems.append(FieldProblem(key, f"environment variable {name} is not set"))
                     continue

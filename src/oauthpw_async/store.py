@@ -16,6 +16,7 @@ import errno
 import logging
 import math
 import os
+import re
 import stat
 import threading
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,7 @@ from ._atomic import atomic_write
 from ._secret import Secret
 from .errors import UnsafeTokenStore
 from .grant import Instant, Token
+from .headers import header_problem
 
 try:  # POSIX; elsewhere only threads of one process are kept apart
     import fcntl
@@ -44,7 +46,10 @@ MAX_STORED_LIFETIME = 366 * 86400.0
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_BAD_TOKEN_CHARS = frozenset("\r\n\0 ")
+#: Opening a FIFO for reading waits for a writer: never wait (the file is checked right after).
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: What a stored access or refresh token may hold: visible ASCII, as in an HTTP header (RFC 9110).
+_TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,65536}")
 
 
 @attrs.frozen
@@ -74,6 +79,9 @@ class TokenStore(Protocol):
     def save(self, key: str, entry: StoredToken) -> bool:
         """Store ``entry`` unless the store holds a newer one; whether it was stored."""
         ...
+
+
+_NOT_REGULAR = "is not a regular file (a FIFO, a socket, a device or a directory); point the token store at a file path"
 
 
 class _BadRecord(ValueError):
@@ -109,8 +117,8 @@ def _text(rec: Mapping[str, Any], field: str, *, optional: bool = False, header:
     value = rec.get(field)
     if value is None and optional:
         return None
-    if not isinstance(value, str) or (header and (not value or any(c in value for c in "\r\n\0"))):
-        raise _BadRecord(f"{field} is not a valid string")
+    if not isinstance(value, str) or (header and (not value or header_problem("Authorization", value))):
+        raise _BadRecord(f"{field} is not a valid string" + (" for an HTTP header" if header else ""))
     return value
 
 
@@ -118,8 +126,8 @@ def _secret(rec: Mapping[str, Any], field: str, *, optional: bool = False) -> Se
     value = rec.get(field)
     if value is None and optional:
         return None
-    if not isinstance(value, str) or not value or any(c in _BAD_TOKEN_CHARS for c in value):
-        raise _BadRecord(f"{field} is not a valid token")
+    if not isinstance(value, str) or not _TOKEN_VALUE.fullmatch(value):
+        raise _BadRecord(f"{field} is not a valid token (visible ASCII characters only)")
     return Secret(value)
 
 
@@ -217,7 +225,7 @@ class FileTokenStore:
 
     def _read(self) -> dict[str, Any]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK)
         except FileNotFoundError:
             return {}
         except OSError as exc:
@@ -226,12 +234,14 @@ class FileTokenStore:
                     "is a symbolic link; a token store must be a regular file: remove the link "
                     "(the store writes the file itself) or point the store at the real path"
                 ) from None
+            if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a unix socket cannot be opened
+                raise self._refuse(_NOT_REGULAR) from None
             raise
         try:
             # Checked on the opened file itself, so the file cannot be swapped after the check.
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise self._refuse("is not a regular file; point the token store at a file path")
+                raise self._refuse(_NOT_REGULAR)
             if os.name == "posix" and st.st_mode & 0o077:
                 raise self._refuse(
                     f"is open to group or others (mode {stat.S_IMODE(st.st_mode):04o}) and holds live tokens: "
