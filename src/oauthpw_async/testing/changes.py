@@ -322,11 +322,12 @@ class ChangesAPI:
         return pending
 
     def expire_positions(self, count: int = 1) -> None:
-        """Refuse the next ``count`` requests that carry a saved position, as expired.
+        """Refuse the positions handed out so far, as expired: the next ``count`` requests that carry one.
 
         A position is an offset past the first row, a keyset or export cursor or a skip token;
         the answer is Salesforce's for an expired query locator: 400 with
-        ``[{"errorCode": "INVALID_QUERY_LOCATOR", ...}]``. First pages are still answered.
+        ``[{"errorCode": "INVALID_QUERY_LOCATOR", ...}]``. A request without a position (a first
+        page) ends the expiry: the positions the server hands out after it are new.
         """
         if count < 0:
             raise ValueError("count must be >= 0")
@@ -536,7 +537,9 @@ class ChangesAPI:
                     return self._json(
                         {"error": "invalid_token"}, 401, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
                     )
-                if self._expiring and self._carries_position(request.query):
+                if self._expiring and not self._carries_position(request.query):
+                    self._expiring = 0  # a crawl started afresh: the positions handed out before are never sent
+                elif self._expiring:
                     self._expiring -= 1
                     self.counts["expired"] += 1
                     return self._json([{"errorCode": "INVALID_QUERY_LOCATOR", "message": "invalid query locator"}], 400)
