@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "key_column",
     "open_tokens",
     "pages",
+    "stream_name",
 ]
 
 #: What a connection may be given as: a loaded config, a connection file or mapping (the same
@@ -69,6 +71,11 @@ def open_tokens(connection: Connection) -> AbstractAsyncContextManager[TokenSour
         "connection must be a PasswordGrantConfig, a connection file path or mapping, "
         f"or a callable returning a token source, not {type(connection).__name__}"
     )
+
+
+def stream_name(crawler: Crawler) -> str:
+    """The stream (and table) of a crawler's records: its class name in snake case (``ticket_export``)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", type(crawler).__name__).lower()
 
 
 def key_column(crawler: Crawler) -> str | None:

@@ -22,7 +22,6 @@ e.g. ``dlt[duckdb]``).
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,7 +34,7 @@ from dlt.extract.source import DltSource
 from .._paths import _parts
 from ..crawler import Crawler, CrawlStats
 from ..errors import UsageError
-from ._run import Connection, key_column, pages
+from ._run import Connection, key_column, pages, stream_name
 
 __all__ = ["DELETED_COLUMN", "SEQUENCE_COLUMN", "STATE_KEY", "crawler_resource", "crawler_source"]
 
@@ -46,11 +45,6 @@ DELETED_COLUMN = "_deleted"
 SEQUENCE_COLUMN = "_sequence"
 #: The key of the SDK's crawl state (a JSON document, as text) in the resource's dlt state.
 STATE_KEY = "oauthpw_crawl_state"
-
-
-def _table_name(crawler: Crawler) -> str:
-    """``TicketExport`` -> ``ticket_export``."""
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", type(crawler).__name__).lower()
 
 
 def _deleted_row(crawler: Crawler, key: Any) -> dict[str, Any]:
@@ -90,7 +84,7 @@ def crawler_resource(
     """
     if "state" in crawl_options:
         raise UsageError("the crawl state is kept in dlt's state: do not pass state= to crawler_resource")
-    table = name or _table_name(crawler)
+    table = name or stream_name(crawler)
     key = key_column(crawler)
     if key is None and crawler.is_incremental:
         raise UsageError(
@@ -152,7 +146,7 @@ def crawler_source(
     ``name`` names the source (its dlt schema) and the resource; ``options`` are those of
     :func:`crawler_resource`.
     """
-    table = name or _table_name(crawler)
+    table = name or stream_name(crawler)
     resource = crawler_resource(crawler, connection, name=table, **options)
 
     @dlt.source(name=table)
