@@ -630,6 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     integrations.add_crawl_options(p)  # --format
     state_cli.add_parser(sub)
     fleet_command.add_parser(sub, _HelpFormatter)
+    integrations.add_parsers(sub, _HelpFormatter)  # airbyte, schema
 
     p = sub.add_parser(
         "demo",
@@ -713,6 +714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return state_cli.run(args, sys.stdout)
         if args.command == "fleet":
             return fleet_command.run(args, sys.stdout)
+        if args.command in integrations.COMMANDS:
+            return asyncio.run(integrations.run(args))
         if args.command == "demo":
             return asyncio.run(_demo(args, argv))
         return asyncio.run(_serve(args))

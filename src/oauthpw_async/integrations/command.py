@@ -1,4 +1,4 @@
-"""The command line's glue for the integrations: ``crawl --format singer`` (and the subcommands).
+"""The command line's glue for the integrations: ``crawl --format``, ``airbyte`` and ``schema``.
 
 Kept apart from :mod:`oauthpw_async.cli` so the command imports an integration only when it is
 asked for.
@@ -15,13 +15,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..crawler import Crawler, Sink
 from ..errors import UsageError
 
-__all__ = ["FORMATS", "add_crawl_options", "finish", "prepare_crawl", "sink_for"]
+__all__ = ["COMMANDS", "FORMATS", "add_crawl_options", "add_parsers", "finish", "prepare_crawl", "run", "sink_for"]
 
 #: ``crawl --format`` values: the SDK's JSON Lines, or a protocol's messages on stdout.
-FORMATS = ("jsonl", "singer")
+FORMATS = ("jsonl", "singer", "airbyte")
+#: The subcommands this module runs.
+COMMANDS = ("airbyte", "schema")
 
 
 def add_crawl_options(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +34,8 @@ def add_crawl_options(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=FORMATS,
         default="jsonl",
-        help="what goes to stdout: JSON Lines records, or Singer SCHEMA/RECORD/STATE messages (a Singer tap)",
+        help="what goes to stdout: JSON Lines records, Singer SCHEMA/RECORD/STATE messages (a Singer tap) "
+        "or Airbyte RECORD/STATE/LOG/TRACE messages",
     )
 
 
@@ -58,6 +63,10 @@ def sink_for(fmt: str, crawler: Crawler, state: str | None) -> Sink | None:
         return None
     if state is None:  # pragma: no cover - prepare_crawl always sets one
         raise UsageError(f"--format {fmt} needs --state")
+    if fmt == "airbyte":
+        from .airbyte import AirbyteSink
+
+        return AirbyteSink(sys.stdout.buffer, crawler, state)
     from .singer import SingerSink
 
     return SingerSink(sys.stdout.buffer, crawler, state)
@@ -69,3 +78,104 @@ async def finish(sink: Any) -> None:
     if done is not None:
         with contextlib.suppress(OSError):  # the reader left: the state file still has the positions
             await done()
+
+
+def add_parsers(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    """The ``airbyte`` and ``schema`` subcommands."""
+    p = sub.add_parser(
+        "airbyte",
+        help="run a crawler as an Airbyte source: spec, check, discover, read",
+        description="The Airbyte source protocol for one crawler: every message is one JSON line on stdout.",
+        formatter_class=formatter,
+    )
+    p.add_argument("--crawler", required=True, metavar="MODULE:CLASS", help="the Crawler subclass")
+    verbs = p.add_subparsers(dest="airbyte_command", required=True, metavar="{spec,check,discover,read}")
+    verbs.add_parser("spec", help="the connection fields, as the connector's specification")
+    check = verbs.add_parser("check", help="log in (and refresh once when possible) with the config")
+    check.add_argument("--config", required=True, help="the connection fields as JSON (see spec)")
+    discover = verbs.add_parser("discover", help="the stream: its JSON Schema, primary key and cursor field")
+    discover.add_argument("--config", required=True, help="the connection fields as JSON (see spec)")
+    discover.add_argument("--sample", type=int, default=100, help="records read to infer a schema not declared")
+    read = verbs.add_parser("read", help="read the stream if the catalog selects it")
+    read.add_argument("--config", required=True, help="the connection fields as JSON (see spec)")
+    read.add_argument("--catalog", required=True, help="the configured catalog (JSON)")
+    read.add_argument("--state", help="the state: the JSON list of the last read's STATE messages (default: none)")
+
+    p = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of a crawler's records, declared or inferred from a sample, to pin as json_schema",
+        formatter_class=formatter,
+    )
+    p.add_argument("--config", required=True, help="connection file (.json or .toml)")
+    p.add_argument("--crawler", required=True, metavar="MODULE:CLASS", help="the Crawler subclass")
+    p.add_argument("--base-url", help="API root (default: the crawler's base_url)")
+    p.add_argument("--sample", type=int, default=100, help="records to read")
+
+
+def _json_file(path: str, what: str) -> Any:
+    try:
+        return orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _print(message: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(message) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def _crawler(spec: str, base_url: str | None) -> Crawler:
+    from ..cli import _load_crawler  # the command's own loader (same errors, same sys.path)
+
+    return _load_crawler(spec)(base_url=base_url)
+
+
+async def _airbyte(args: argparse.Namespace) -> int:
+    from ..check import exit_code_for
+    from ..errors import OAuthPWError
+    from . import airbyte
+
+    try:
+        if args.airbyte_command == "spec":
+            crawler = _crawler(args.crawler, None)  # a wrong --crawler fails here too
+            _print(
+                {
+                    "type": "SPEC",
+                    "spec": {
+                        "connectionSpecification": airbyte.connection_specification(),
+                        "supportsIncremental": crawler.is_incremental,
+                        "protocol_version": "0.5.2",
+                    },
+                }
+            )
+            return 0
+        connection, base_url = airbyte.split_config(args.config)
+        if args.airbyte_command == "check":
+            _crawler(args.crawler, base_url)
+            _print(await airbyte.run_check(connection))
+            return 0
+        crawler = _crawler(args.crawler, base_url)
+        if args.airbyte_command == "discover":
+            _print(await airbyte.catalog(crawler, connection, sample=args.sample))
+            return 0
+        configured = _json_file(args.catalog, "the catalog")
+        state = _json_file(args.state, "the state") if args.state else None
+        return await airbyte.read(crawler, connection, configured, state, sys.stdout.buffer)
+    except OAuthPWError as exc:
+        _print(airbyte.error_trace(exc))
+        return exit_code_for(exc)
+
+
+async def _schema(args: argparse.Namespace) -> int:
+    from .airbyte import sample_schema
+
+    schema = await sample_schema(_crawler(args.crawler, args.base_url), args.config, records=args.sample)
+    sys.stdout.buffer.write(orjson.dumps(schema, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Run ``airbyte`` or ``schema``; returns the exit code."""
+    if args.command == "airbyte":
+        return await _airbyte(args)
+    return await _schema(args)
