@@ -232,8 +232,14 @@ async def test_a_token_source_factory_is_opened_on_dlts_loop(tmp_path: Path) -> 
 
 async def test_of_two_versions_of_a_record_in_one_run_the_later_lands(tmp_path: Path) -> None:
     api = ChangesAPI(records=100, spacing=60)
+
     # After 3 pages of 20, records already read change: they are read again, later in the same run.
-    api.on_request = lambda n: n == 3 and (api.update([1, 2, 3]), api.delete([4, 5, 6])) and None
+    def change(served: int) -> None:
+        if served == 3:
+            api.update([1, 2, 3])
+            api.delete([4, 5, 6])
+
+    api.on_request = change
     async with serving(api) as server:
         await run(pipeline_in(tmp_path), crawler_source(SmallTickets(base_url=server.base_url), server.config()))
         assert table(tmp_path / "db.duckdb", "small_tickets") == source_now(api)
