@@ -223,3 +223,48 @@ async def test_the_target_used_above_rejects_what_the_spec_rejects(tmp_path: Pat
     assert await target(schema, record) == 0
     assert await target(record) != 0  # a RECORD before its SCHEMA
     assert await target(schema, {**record, "record": {"id": "one"}}) != 0  # a record its schema does not allow
+
+
+async def test_schema_prints_one_to_pin_and_a_pinned_one_is_what_the_tap_sends(tmp_path: Path) -> None:
+    async with LocalServer(AuthServerState(token_lifetime=600), api=ChangesAPI(records=30)) as server:
+        config = tmp_path / "connection.json"
+        config.write_bytes(orjson.dumps(server.connection()))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "oauthpw_async", "schema", "--config", str(config), "--crawler", CRAWLER),
+            *("--base-url", server.base_url, "--sample", "10"),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0
+        printed = orjson.loads(out)
+        jsonschema.Draft7Validator.check_schema(printed)
+        assert set(printed["properties"]) == {"id", "subject", "status", "version", "updated_at"}
+        assert printed["properties"]["id"]["type"] == ["null", "integer"]
+        (tmp_path / "pinned.py").write_text(
+            f"from zendesk_tickets import Tickets\n\n\nclass Pinned(Tickets):\n    json_schema = {printed!r}\n"
+        )
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "examples"), str(tmp_path)])}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "oauthpw_async", "crawl", "--config", str(config), "--crawler", "pinned:Pinned"),
+            *("--base-url", server.base_url, "--format", "singer"),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0
+    schemas = [m for m in map(orjson.loads, out.splitlines()) if m["type"] == "SCHEMA"]
+    assert [s["stream"] for s in schemas] == ["pinned"]
+    assert schemas[0]["schema"] == {**printed, "properties": {**printed["properties"], DELETED_AT: ANY_DELETED_AT}}
+
+
+ANY_DELETED_AT = {"type": ["null", "string"], "format": "date-time"}
+
+
+async def test_singer_messages_go_to_stdout_only(tmp_path: Path) -> None:
+    async with LocalServer(AuthServerState(token_lifetime=600), api=ChangesAPI(records=3)) as server:
+        code, _, err = await tap(server, tmp_path, "--out", str(tmp_path / "x.jsonl"))
+    assert code == 2 and "drop --out and pipe it to the target" in err
