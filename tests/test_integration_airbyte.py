@@ -55,7 +55,7 @@ def parsed(lines: bytes) -> list[dict[str, Any]]:
 async def source(*args: str, folder: Path) -> tuple[int, list[dict[str, Any]], str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "oauthpw_async", "airbyte", "--crawler", CRAWLER, *args),
+        *(str(ROOT / "examples" / "source_zendesk_tickets.py"), *args),  # the example source
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -63,10 +63,10 @@ async def tap_into_target(server: LocalServer, folder: Path, *options: str) -> t
     target_config = folder / "target.json"
     target_config.write_bytes(orjson.dumps({"path": str(folder / "landed"), "add_record_metadata": True}))
     read, write = os.pipe()
-    tap = await asyncio.create_subprocess_exec(
+    tap = await asyncio.create_subprocess_exec(  # the example tap, as Meltano runs it
         sys.executable,
-        *("-m", "oauthpw_async", "crawl", "--config", str(config), "--crawler", CRAWLER),
-        *("--base-url", server.base_url, "--format", "singer", *options),
+        *(str(ROOT / "examples" / "tap_zendesk_tickets.py"), "--config", str(config)),
+        *("--base-url", server.base_url, *options),
         cwd=ROOT,
         stdout=write,
         stderr=asyncio.subprocess.DEVNULL,
