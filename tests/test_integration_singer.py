@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oauthpw_async.crawler import Crawler
+from oauthpw_async.crawler.incremental import ExportCursor
 from oauthpw_async.integrations.schema import infer_schema, widen
 from oauthpw_async.integrations.singer import DELETED_AT
 from oauthpw_async.testing import AuthServerState, LocalServer
@@ -268,3 +269,23 @@ async def test_singer_messages_go_to_stdout_only(tmp_path: Path) -> None:
     async with LocalServer(AuthServerState(token_lifetime=600), api=ChangesAPI(records=3)) as server:
         code, _, err = await tap(server, tmp_path, "--out", str(tmp_path / "x.jsonl"))
     assert code == 2 and "drop --out and pipe it to the target" in err
+
+
+class FullTickets(Crawler):
+    """Not incremental: every sync reads the whole stream."""
+
+    path = "/api/v2/incremental/tickets/cursor.json"
+    params = {"start_time": "0", "per_page": "20"}
+    records_path = "tickets"
+    pagination = ExportCursor()
+    primary_key = "id"
+
+
+async def test_a_full_stream_is_read_whole_on_every_sync(tmp_path: Path) -> None:
+    async with LocalServer(AuthServerState(token_lifetime=600), api=ChangesAPI(records=30)) as server:
+        options = ("--state", str(tmp_path / "s.json"))
+        crawler = "tests.test_integration_singer:FullTickets"
+        for _ in range(2):
+            code, messages, err = await tap(server, tmp_path, *options, crawler=crawler)
+            assert code == 0, err
+            assert len([m for m in messages if m["type"] == "RECORD"]) == 30

@@ -55,6 +55,16 @@ def prepare_crawl(args: argparse.Namespace) -> None:
         folder = tempfile.mkdtemp(prefix="oauthpw-state-")
         atexit.register(shutil.rmtree, folder, True)
         args.state = str(Path(folder) / "state.json")
+    elif not args.restart and Path(args.state).exists():
+        # A protocol's runner starts a full (not incremental) stream on every sync: a finished
+        # full crawl reads everything again instead of saying there is nothing left to do.
+        crawler = _crawler(args.crawler, args.base_url)
+        if not crawler.is_incremental:
+            from ..crawler import Checkpoints
+
+            saved = Checkpoints(args.state)
+            saved.read()
+            args.restart = all(saved.is_done(p.name) for p in crawler.partitions())
 
 
 def sink_for(fmt: str, crawler: Crawler, state: str | None) -> Sink | None:
