@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,12 @@ from oauthpw_async.integrations.otel import Telemetry
 from oauthpw_async.provider import TokenEvent
 from oauthpw_async.testing import AuthServerState, LocalServer
 from oauthpw_async.testing.api import ApiFault, DemoAPI
+from oauthpw_async.testing.changes import ChangesAPI
 from tests.crawlers_for_cli import SlowCursorItems
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+
+from otel_tickets import run as run_example
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +115,22 @@ async def test_token_requests_renewals_and_api_requests_are_spans_and_the_counte
     assert counted[("oauthpw.records", ())] == 150
     assert counted[("oauthpw.pages", ())] == stats.pages == 9
     assert counted[("oauthpw.partitions_done", ())] == 3
+
+
+async def test_the_example_traces_an_incremental_crawl(tmp_path: Path) -> None:
+    spans, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(spans))
+    async with LocalServer(AuthServerState(token_lifetime=600), api=ChangesAPI(records=120)) as server:
+        stats = await run_example(
+            server.config(),
+            ListSink(),
+            base_url=server.base_url,
+            state=tmp_path / "s.json",
+            tracer_provider=tracing,
+            meter_provider=MeterProvider(metric_readers=[reader]),
+        )
+    names = [s.name for s in spans.get_finished_spans()]
+    assert names.count("oauthpw.api_request") == stats.requests == 2  # pages of 100
+    assert names.count("oauthpw.token_request") == names.count("oauthpw.renewal") == 1
+    assert sums(reader)[("oauthpw.records", ())] == 120
