@@ -261,7 +261,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
     tokens = job.tokens
     data_warnings = _DataWarnings()
     logging.getLogger(DATA_LOGGER).addHandler(data_warnings)
-    progress = Progress(tokens, live=sys.stderr.isatty())
+    progress = integrations.progress_for(tokens) or Progress(tokens, live=sys.stderr.isatty())
     started = time.monotonic()
     stats: CrawlStats | None = None
     outcome = "finished"
@@ -558,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also documents every option)."""
     parser = argparse.ArgumentParser(prog="oauthpw-async", description=__doc__, formatter_class=_HelpFormatter)
     _add_verbose(parser, default=False)
+    integrations.add_global_options(parser)  # --log-format
     sub = parser.add_subparsers(dest="command", required=True, metavar="{check,crawl,demo,serve}")
     # On a subcommand, -v must not reset a -v given before it: its default is "not given".
     quiet = argparse.SUPPRESS
@@ -697,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    integrations.configure_logging(args)  # --log-format json
     if not args.verbose:
         logging.getLogger("oauthpw_async").setLevel(logging.ERROR)
         # What concerns the data (a partition restarted or incomplete, records moved or dropped as already

@@ -20,7 +20,19 @@ import orjson
 from ..crawler import Crawler, Sink
 from ..errors import UsageError
 
-__all__ = ["COMMANDS", "FORMATS", "add_crawl_options", "add_parsers", "finish", "prepare_crawl", "run", "sink_for"]
+__all__ = [
+    "COMMANDS",
+    "FORMATS",
+    "add_crawl_options",
+    "add_global_options",
+    "add_parsers",
+    "configure_logging",
+    "finish",
+    "prepare_crawl",
+    "progress_for",
+    "run",
+    "sink_for",
+]
 
 #: ``crawl --format`` values: the SDK's JSON Lines, or a protocol's messages on stdout.
 FORMATS = ("jsonl", "singer", "airbyte")
@@ -28,8 +40,46 @@ FORMATS = ("jsonl", "singer", "airbyte")
 COMMANDS = ("airbyte", "schema")
 
 
+#: ``--log-format`` values.
+LOG_FORMATS = ("text", "json")
+_log_format = "text"  # set once per process by configure_logging()
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, default: object = "text") -> None:
+    """``--log-format`` (before the subcommand, or after it with ``default=argparse.SUPPRESS``)."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=default,
+        help="stderr logs and progress as text, or as one JSON object a line (default: text)",
+    )
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """With ``--log-format json``: every handler of the root logger writes JSON objects."""
+    global _log_format
+    _log_format = getattr(args, "log_format", "text")
+    if _log_format == "json":
+        import logging
+
+        from .logs import JsonFormatter
+
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+def progress_for(tokens: Any) -> Any:
+    """The JSON progress writer under ``--log-format json`` (``None``: the command's own)."""
+    if _log_format != "json":
+        return None
+    from .logs import JsonProgress
+
+    return JsonProgress(tokens)
+
+
 def add_crawl_options(parser: argparse.ArgumentParser) -> None:
-    """``--format`` on ``crawl``."""
+    """``--format`` and ``--log-format`` on ``crawl``."""
+    add_global_options(parser, default=argparse.SUPPRESS)
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -100,13 +150,17 @@ def add_parsers(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     )
     p.add_argument("--crawler", required=True, metavar="MODULE:CLASS", help="the Crawler subclass")
     verbs = p.add_subparsers(dest="airbyte_command", required=True, metavar="{spec,check,discover,read}")
-    verbs.add_parser("spec", help="the connection fields, as the connector's specification")
-    check = verbs.add_parser("check", help="log in (and refresh once when possible) with the config")
+    verbs.add_parser("spec", help="the connection fields, as the connector's specification", formatter_class=formatter)
+    check = verbs.add_parser(
+        "check", help="log in (and refresh once when possible) with the config", formatter_class=formatter
+    )
     check.add_argument("--config", required=True, help="the connection fields as JSON (see spec)")
-    discover = verbs.add_parser("discover", help="the stream: its JSON Schema, primary key and cursor field")
+    discover = verbs.add_parser(
+        "discover", help="the stream: its JSON Schema, primary key and cursor field", formatter_class=formatter
+    )
     discover.add_argument("--config", required=True, help="the connection fields as JSON (see spec)")
     discover.add_argument("--sample", type=int, default=100, help="records read to infer a schema not declared")
-    read = verbs.add_parser("read", help="read the stream if the catalog selects it")
+    read = verbs.add_parser("read", help="read the stream if the catalog selects it", formatter_class=formatter)
     read.add_argument("--config", required=True, help="the connection fields as JSON (see spec)")
     read.add_argument("--catalog", required=True, help="the configured catalog (JSON)")
     read.add_argument("--state", help="the state: the JSON list of the last read's STATE messages (default: none)")
