@@ -218,6 +218,8 @@ async def sample_schema(crawler: Crawler, connection: Any, *, records: int = 100
     """The crawler's declared schema, or one inferred from its first ``records`` records."""
     from .schema import declared_schema, widen
 
+    if records < 1:
+        raise UsageError(f"the sample must be at least 1 record, not {records}")
     declared = declared_schema(crawler)
     if declared is not None:
         return declared

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import logging
 import shutil
 import sys
 import tempfile
@@ -60,8 +61,6 @@ def configure_logging(args: argparse.Namespace) -> None:
     global _log_format
     _log_format = getattr(args, "log_format", "text")
     if _log_format == "json":
-        import logging
-
         from .logs import JsonFormatter
 
         for handler in logging.getLogger().handlers:
