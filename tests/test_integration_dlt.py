@@ -244,3 +244,20 @@ async def test_of_two_versions_of_a_record_in_one_run_the_later_lands(tmp_path: 
         await run(pipeline_in(tmp_path), crawler_source(SmallTickets(base_url=server.base_url), server.config()))
         assert table(tmp_path / "db.duckdb", "small_tickets") == source_now(api)
         assert {1, 2, 3} <= set(table(tmp_path / "db.duckdb", "small_tickets")) and api.counts["zendesk"] > 5
+
+
+async def test_one_source_holds_one_resource_per_crawler(tmp_path: Path) -> None:
+    api = ChangesAPI(records=60, spacing=60)
+    async with serving(api) as server:
+        crawlers = [SmallTickets(base_url=server.base_url), Graph(base_url=server.base_url)]
+        source = crawler_source(crawlers, server.config())
+        assert sorted(source.resources) == ["graph", "small_tickets"]
+        await run(pipeline_in(tmp_path), source)
+        api.update([1])
+        api.delete([2])
+        await run(pipeline_in(tmp_path), crawler_source(crawlers, server.config()))
+        assert (
+            table(tmp_path / "db.duckdb", "small_tickets") == table(tmp_path / "db.duckdb", "graph") == source_now(api)
+        )
+    with pytest.raises(UsageError, match="distinct classes"):
+        crawler_source([Graph(), Graph()], server.config())

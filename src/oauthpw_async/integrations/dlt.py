@@ -23,7 +23,7 @@ e.g. ``dlt[duckdb]``).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,23 +135,33 @@ def crawler_resource(
 
 
 def crawler_source(
-    crawler: Crawler,
+    crawler: Crawler | Sequence[Crawler],
     connection: Connection,
     *,
     name: str | None = None,
     **options: Any,
 ) -> DltSource:
-    """A dlt source with one resource for ``crawler``: ``pipeline.run(crawler_source(...))``.
+    """A dlt source with one resource per crawler: ``pipeline.run(crawler_source(Tickets(), "conn.toml"))``.
 
-    ``name`` names the source (its dlt schema) and the resource; ``options`` are those of
-    :func:`crawler_resource`.
+    With one crawler, ``name`` names the source (its dlt schema) and the resource (default: the
+    class name in snake case); with several, it names the source (default ``"oauthpw"``) and each
+    resource is named after its crawler's class. Each resource opens its own token source from
+    ``connection``. ``options`` are those of :func:`crawler_resource`.
     """
-    table = name or stream_name(crawler)
-    resource = crawler_resource(crawler, connection, name=table, **options)
+    if isinstance(crawler, Crawler):
+        table = name or stream_name(crawler)
+        resources = [crawler_resource(crawler, connection, name=table, **options)]
+    else:
+        crawlers = list(crawler)
+        names = [stream_name(c) for c in crawlers]
+        if not crawlers or len(set(names)) != len(names):
+            raise UsageError(f"crawler_source needs crawlers of distinct classes, got {names}")
+        table = name or "oauthpw"
+        resources = [crawler_resource(c, connection, **options) for c in crawlers]
 
     @dlt.source(name=table)
     def source() -> Any:
-        return resource
+        return resources
 
     result: DltSource = source()
     return result
