@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from oauthpw_async import TokenProvider, UsageError
 from oauthpw_async.crawler import Crawler
-from oauthpw_async.integrations._run import IncompleteCrawlError
+from oauthpw_async.integrations import IncompleteCrawlError
 from oauthpw_async.integrations.dlt import STATE_KEY, crawler_resource, crawler_source
 from oauthpw_async.testing import AuthServerState, LocalServer
 from oauthpw_async.testing.changes import ChangesAPI

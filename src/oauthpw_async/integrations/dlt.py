@@ -76,7 +76,7 @@ def crawler_resource(
             or a callable returning an unopened token source; opened on dlt's event loop.
         name: the resource (and table) name; default: the class name in snake case.
         allow_incomplete: load what a crawl known to be short read, instead of failing the extract
-            with :class:`~oauthpw_async.integrations._run.IncompleteCrawlError`.
+            with :class:`~oauthpw_async.integrations.IncompleteCrawlError`.
         full_refresh: an incremental crawler ignores its committed cursors (and, with a key,
             merges everything again).
         crawl_options: ``concurrency``, ``rate``, ``retry``, ``timeout`` of
