@@ -11,7 +11,7 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the whole test suite with a coverage report."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test,test-integrations]")
     session.run(
         "pytest",
         "--cov=oauthpw_async",
@@ -30,8 +30,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """Mypy strict over the package."""
-    session.install("-e", ".[test]", "mypy==2.4.1")
+    """Mypy strict over the package (the integrations against their libraries' own types)."""
+    session.install("-e", ".[test,test-integrations]", "mypy==2.4.1")
     session.run("mypy")
 
 

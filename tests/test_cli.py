@@ -543,7 +543,8 @@ def test_every_option_of_every_subcommand_has_help_and_shows_its_default(capsys)
 
     commands = leaves(build_parser(), ())
     assert {name for name, _ in commands} == {
-        "check", "crawl", "demo", "serve", "state show", "state reset", "fleet status", "fleet reset"
+        "check", "crawl", "demo", "serve", "state show", "state reset", "fleet status", "fleet reset",
+        "airbyte spec", "airbyte check", "airbyte discover", "airbyte read", "schema",
     }  # fmt: skip
     for name, sub in commands:
         with pytest.raises(SystemExit) as exited:

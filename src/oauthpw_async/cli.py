@@ -34,6 +34,7 @@ from .crawler.sinks import STREAM
 from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenError, UsageError
 from .fleet import command as fleet_command  # imports no Redis client until a fleet is used
 from .fleet.errors import FleetError
+from .integrations import command as integrations  # imports an integration only when used
 from .provider import TokenProvider
 from .report import (
     Progress,
@@ -198,6 +199,8 @@ class _CrawlJob:
     full_refresh: bool = False
     #: One worker of a fleet (``--coordinator``): positions and partitions in Redis.
     fleet: fleet_command.FleetWorker | None = None
+    #: ``--format``: JSON Lines, or a protocol's messages (README "Data platforms").
+    format: str = "jsonl"
 
     @property
     def positions(self) -> str | None:
@@ -243,14 +246,15 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
     tokens = job.tokens
     data_warnings = _DataWarnings()
     logging.getLogger(DATA_LOGGER).addHandler(data_warnings)
-    progress = Progress(tokens, live=sys.stderr.isatty())
+    progress = integrations.progress_for(tokens) or Progress(tokens, live=sys.stderr.isatty())
     started = time.monotonic()
     stats: CrawlStats | None = None
     outcome = "finished"
     code: int = ExitCode.OK
     try:
         # Opened inside the try: a locked or unwritable output is a crawl error (exit 7), not a traceback.
-        sink = JsonLinesSink(job.out) if job.out is not None else StreamSink(sys.stdout.buffer)
+        sink = integrations.sink_for(job.format, job.crawler, job.state)
+        sink = sink or (JsonLinesSink(job.out) if job.out is not None else StreamSink(sys.stdout.buffer))
         async with job.fleet or contextlib.nullcontext(), tokens:
             with progress:
                 if job.fleet is not None:  # one worker of a fleet: the partitions it claims
@@ -286,6 +290,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
         code = exit_code_for(exc)
     finally:
         logging.getLogger(DATA_LOGGER).removeHandler(data_warnings)
+        await integrations.finish(sink)
         if isinstance(sink, JsonLinesSink):
             sink.close()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -325,6 +330,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
 
 async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     fleet_command.check_crawl_options(args)
+    integrations.prepare_crawl(args)
     if args.workers > 1:  # N local worker processes of a fleet, each this command with its own --out
         return await fleet_command.run_workers(args, argv, sys.stdout)
     # A password-grant connection or a static token (Token / Token File), by the fields present.
@@ -352,6 +358,7 @@ async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> i
         fresh=args.restart,
         full_refresh=args.full_refresh,
         fleet=fleet,
+        format=args.format,
     )
     if args.full_refresh:
         print(state_cli.full_refresh_notice(args.state), file=sys.stderr if out is None else sys.stdout)
@@ -548,7 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_verbose(parser, default=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{check,crawl,state,fleet,demo,serve}")
+    integrations.add_global_options(parser)  # --log-format
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{check,crawl,state,fleet,demo,serve,schema,airbyte}"
+    )
     # On a subcommand, -v must not reset a -v given before it: its default is "not given".
     quiet = argparse.SUPPRESS
 
@@ -617,8 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="incremental crawlers: ignore the saved cursors and read everything (default: only what changed)",
     )
     fleet_command.add_crawl_options(p)  # --coordinator, --workers... (README "Running a fleet")
+    integrations.add_crawl_options(p)  # --format
     state_cli.add_parser(sub)
     fleet_command.add_parser(sub, _HelpFormatter)
+    integrations.add_parsers(sub, _HelpFormatter)  # airbyte, schema
 
     p = sub.add_parser(
         "demo",
@@ -685,6 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    integrations.configure_logging(args)  # --log-format json
     if not args.verbose:
         logging.getLogger("oauthpw_async").setLevel(logging.ERROR)
         # What concerns the data (a partition restarted or incomplete, records moved or dropped as already
@@ -702,6 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return state_cli.run(args, sys.stdout)
         if args.command == "fleet":
             return fleet_command.run(args, sys.stdout)
+        if args.command in integrations.COMMANDS:
+            return asyncio.run(integrations.run(args))
         if args.command == "demo":
             return asyncio.run(_demo(args, argv))
         return asyncio.run(_serve(args))

@@ -88,6 +88,9 @@ class Crawler:
     #: already written in this run, or is already in the sink when a partition is read again
     #: from its start, is not written twice.
     primary_key: ClassVar[Path | None] = None
+    #: The records' JSON Schema (draft 7, an object), for the Singer and Airbyte protocols;
+    #: ``None``: inferred from the records (``oauthpw-async schema`` prints one to pin here).
+    json_schema: ClassVar[Mapping[str, Any] | None] = None
 
     # --- incremental sync (oauthpw_async.crawler.incremental; README "Incremental sync") ---------
     #: The record field (dotted path) holding its last update time, in any format the source uses
