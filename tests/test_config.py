@@ -153,7 +153,7 @@ def test_client_auth_rules() -> None:
 
 
 def test_header_injection_refused() -> None:
-    with pytest.raises(ConfigError, match="without line breaks"):
+    with pytest.raises(ConfigError, match="contains a control character"):
         PasswordGrantConfig(
             access_token_url="https://a.example.com", username="u", password="p", headers={"X-A": "v\r\nEvil: 1"}
         )

@@ -32,6 +32,7 @@ import orjson
 from ._httputil import safe_url
 from ._secret import Secret
 from .errors import ConfigError, FieldProblem
+from .headers import header_problem
 from .redact import is_secret_name
 
 __all__ = [
@@ -421,10 +422,8 @@ def _validate(c: PasswordGrantConfig) -> list[FieldProblem]:
     if not c.use_raw_token and not _HEADER_NAME.fullmatch(c.auth_scheme):
         p.append(FieldProblem("auth_scheme", "must be a single word such as Bearer, OAuth or SSWS"))
     for key, value in c.headers.items():
-        if not _HEADER_NAME.fullmatch(key):
-            p.append(FieldProblem("headers", f"{key!r} is not a valid header name"))
-        elif any(ch in value for ch in "\r\n\0"):
-            p.append(FieldProblem("headers", f"the value of {key} must be a string without line breaks"))
+        if (problem := header_problem(key, value)) is not None:  # RFC 9110, as for every header source
+            p.append(FieldProblem("headers", problem))
         elif key.lower() == "authorization" and c.client_auth in ("basic", "basic_plain"):
             p.append(FieldProblem("headers", f"Authorization is set by client_auth = {c.client_auth}; remove it"))
     for key in c.body_parameters:

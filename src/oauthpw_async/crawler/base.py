@@ -15,6 +15,7 @@ import attrs
 from .._paths import Path, dig
 from ..clock import Clock
 from ..errors import PageShapeError, UsageError
+from ..headers import checked_headers
 from ..retry import RetryPolicy
 from ..sources import TokenSource
 from .checkpoint import Checkpoints
@@ -33,8 +34,13 @@ class Partition:
     name: str
     params: Mapping[str, str] = attrs.field(factory=dict)
     path: str | None = None
-    #: Request headers for this partition only (added to the crawler's :attr:`Crawler.headers`).
+    #: Request headers for this partition only (added to the crawler's :attr:`Crawler.headers`);
+    #: checked by RFC 9110 when the partition is made (a :class:`UsageError` names the bad one).
     headers: Mapping[str, str] = attrs.field(factory=dict)
+
+    @headers.validator
+    def _check_headers(self, attribute: attrs.Attribute[Mapping[str, str]], value: Mapping[str, str]) -> None:
+        checked_headers(value, where=f"Partition({self.name!r}) headers")
 
 
 class Crawler:
