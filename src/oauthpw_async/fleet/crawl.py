@@ -236,6 +236,12 @@ class FleetCheckpoints:
         self._claims: dict[str, Claim] = {}
         self._positions: dict[str, dict[str, Any]] = {}
         self._states: dict[str, PartitionStatus] = {}
+        # Incremental crawlers: committed cursors (fleet-wide, as last read) and the runs in flight of the
+        # partitions this worker holds (stored in their positions, so a takeover resumes the run as it was).
+        self._cursors: dict[str, dict[str, Any]] = {}
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._settle: Callable[[str], Awaitable[None]] | None = None
+        self._round = 1  # the round this worker works in
         #: Partitions this worker walked to their end.
         self.finished: list[str] = []
         #: Partitions this worker stopped because another worker had taken them over.
@@ -342,6 +348,8 @@ class FleetCheckpoints:
         }
         if problems:
             position["problems"] = list(problems)
+        if partition in self._runs:
+            position["run"] = self._runs[partition]
         try:
             await self._patient(lambda: self.queue.checkpoint(claim, position))
         except ClaimLost:
@@ -353,6 +361,65 @@ class FleetCheckpoints:
             )
             raise
         self._positions[partition] = position
+
+    # --- CursorStore (incremental crawlers) --------------------------------------------------------------
+
+    def cursor(self, partition: str) -> dict[str, Any] | None:
+        """The partition's committed cursor, as the fleet last committed it (``None``: never synced)."""
+        return self._cursors.get(partition)
+
+    def run(self, partition: str) -> dict[str, Any] | None:
+        """The run in flight of a partition this worker holds (from its position: a takeover resumes it)."""
+        return self._runs.get(partition) if partition in self._claims else None
+
+    def set_run(self, partition: str, run: dict[str, Any]) -> None:
+        """Update the run in flight; stored, sealed and fenced, with the partition's next :meth:`save`."""
+        self._runs[partition] = run
+
+    async def commit_cursor(self, partition: str, cursor: dict[str, Any]) -> None:
+        """Commit a finished partition's next cursor and end its run in flight, in one fenced write.
+
+        Raises:
+            ClaimLost: another worker took the partition over (its cursor is not moved).
+            CoordinatorUnavailable: Redis did not answer for ``unavailable_grace`` seconds.
+        """
+        claim = self._claims.get(partition)
+        if claim is None:
+            raise UsageError(f"partition {partition!r} is not claimed by this worker; the engine commits claimed ones")
+        position = {k: v for k, v in self._positions.get(partition, {}).items() if k != "run"}
+        position.setdefault("next", None)
+        position.setdefault("pages", 0)
+        position.setdefault("records", 0)
+        await self._patient(lambda: self.queue.commit_cursor(claim, position, cursor))
+        self._positions[partition] = position
+        self._cursors[partition] = cursor
+        self._runs.pop(partition, None)
+
+    async def reset(self, partitions: Iterable[str] | None = None, *, cursors: bool) -> list[str]:
+        """Begin the crawl's next round once every partition of this one is done or failed (incremental crawlers).
+
+        Every partition is queued again without its position or run; cursors stay. If another
+        worker began it first, this worker joins that round. Returns the partitions queued.
+
+        Raises:
+            UsageError: ``cursors`` (a full refresh): drop the crawl with ``oauthpw-async fleet reset`` instead.
+        """
+        if cursors:
+            raise UsageError(
+                "a fleet forgets its cursors with `oauthpw-async fleet reset` (run once, while no worker runs): "
+                "the next workers then read every partition in full"
+            )
+        number = await self._patient(self.queue.next_round)
+        status = await self.refresh()
+        self._round = status.round
+        if number:
+            log.info("fleet crawl %s: round %d begins (every partition from its cursor)", self.crawl, number)
+        wanted = None if partitions is None else set(partitions)
+        return sorted(p.name for p in status.partitions if number and (wanted is None or p.name in wanted))
+
+    def settle_with(self, settle: Callable[[str], Awaitable[None]]) -> None:
+        """How to commit a run that a stopped worker walked to its end but did not commit (the engine's sync)."""
+        self._settle = settle
 
     # --- PartitionSource --------------------------------------------------------------------------------
 
@@ -380,6 +447,8 @@ class FleetCheckpoints:
         changed = anyio.Event()
         poll = min(1.0, self.queue.idle_timeout / 4)
         self._stopping = False
+        if self.last_status is not None:
+            self._round = self.last_status.round
 
         async def run(claim: Claim) -> None:
             nonlocal changed
@@ -410,8 +479,8 @@ class FleetCheckpoints:
                         continue
                     if not running:
                         status = await self.refresh()
-                        if status.finished:
-                            break
+                        if status.finished or status.round != self._round:
+                            break  # (another round began: its workers run it, with what it has learnt)
                     changed = anyio.Event()
                     with anyio.move_on_after(poll):
                         await changed.wait()
@@ -435,14 +504,19 @@ class FleetCheckpoints:
         for p in status.partitions:
             if isinstance(p.position, dict) and p.name not in self._claims:
                 self._positions[p.name] = self._checked(p.name, p.position)
+        cursors = await self._patient(self.queue.cursors)
+        self._cursors.update({name: self._checked_cursor(name, c) for name, c in cursors.items()})
         return status
 
     # --- inside ---------------------------------------------------------------------------------------------
 
     def _adopt(self, claim: Claim) -> None:
         self._claims[claim.partition] = claim
+        self._runs.pop(claim.partition, None)
         if isinstance(claim.position, dict):
-            self._positions[claim.partition] = self._checked(claim.partition, claim.position)
+            position = self._positions[claim.partition] = self._checked(claim.partition, claim.position)
+            if isinstance(position.get("run"), dict):
+                self._runs[claim.partition] = position["run"]
         else:
             self._positions.pop(claim.partition, None)
         if claim.attempt > 1:
@@ -456,18 +530,28 @@ class FleetCheckpoints:
     def _checked(self, partition: str, position: dict[str, Any]) -> dict[str, Any]:
         """A position as :meth:`save` writes it, else a typed error (it opened, yet something else wrote it)."""
         nxt, pages, records = position.get("next"), position.get("pages", 0), position.get("records", 0)
-        problems = position.get("problems") or []
+        problems, run = position.get("problems") or [], position.get("run", {})
         try:
             if nxt is not None:
                 PageRequest.from_json(nxt)
             if type(pages) is not int or type(records) is not int or not isinstance(problems, list):
                 raise TypeError("not a position")
+            if not isinstance(run, dict):
+                raise TypeError("not a run")
         except (TypeError, ValueError, KeyError, AttributeError):
             raise damaged(
                 f"the position of partition {partition!r} of crawl {self.crawl!r}",
                 clear="run `oauthpw-async fleet reset` (the crawl starts over)",
             ) from None
         return position
+
+    def _checked_cursor(self, partition: str, cursor: Any) -> dict[str, Any]:
+        if not isinstance(cursor, dict):
+            raise damaged(
+                f"the cursor of partition {partition!r} of crawl {self.crawl!r}",
+                clear="run `oauthpw-async fleet reset` (the crawl starts over, reading every partition in full)",
+            )
+        return cursor
 
     async def _claim(self, count: int, into: dict[str, Claim]) -> list[Claim]:
         """Up to ``count`` claims, noted in ``into`` before a cancellation can strike.
@@ -478,6 +562,7 @@ class FleetCheckpoints:
         """
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + self._link.command_timeout + 1
+            self.queue.in_round = self._round
             claims = await self.queue.claim(count)
             for claim in claims:
                 into[claim.partition] = claim
@@ -500,6 +585,12 @@ class FleetCheckpoints:
         position = self._positions.get(name)
         try:
             try:
+                if self._settle is not None:  # the newest cursor: an earlier round may have moved it
+                    fresh = await self._patient(lambda: self.queue.cursors(name))
+                    if name in fresh:
+                        self._cursors[name] = self._checked_cursor(name, fresh[name])
+                if _walked_to_end(position) and self._settle is not None and name in self._runs:
+                    await self._settle(name)  # its worker stopped between its last page and its cursor
                 if not _walked_to_end(position):
                     with anyio.CancelScope() as scope:
                         async with in_background(lambda: self._heartbeat(claim, scope)):

@@ -1,0 +1,143 @@
+"""Incremental crawls run by a fleet (in one process, fast): cursors and runs in flight in Redis, rounds.
+
+The process test (3 worker processes, one SIGKILLed) is in test_incremental_fleet_processes.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import pytest
+
+from oauthpw_async import TokenProvider
+from oauthpw_async.crawler import CrawlEngine, ListSink
+from oauthpw_async.crawler.pagination import PageRequest
+from oauthpw_async.errors import UsageError
+from oauthpw_async.fleet import FleetCrawl
+from oauthpw_async.testing import AuthServerState, LocalServer
+
+from .changing import PAGE, SOURCES, ChangingSources, Sources
+from .helpers import coordinator
+from .redis_server import RedisServer
+
+pytestmark = pytest.mark.anyio
+
+RECORDS = 200  # per source: 10 pages each in a full round
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the engine's HTTP is aiohttp
+
+
+@contextlib.asynccontextmanager
+async def serving(sources: Sources, redis: RedisServer, namespace: str) -> AsyncIterator[tuple[str, Any, Any]]:
+    async with (
+        LocalServer(AuthServerState(), api=sources) as server,
+        TokenProvider(server.config()) as tokens,
+        coordinator(redis.url, namespace) as fleet,
+    ):
+        yield server.base_url, tokens, fleet
+
+
+async def round_of(fleet: Any, crawler: ChangingSources, tokens: Any, workers: int = 3) -> list[ListSink]:
+    """One round: ``workers`` workers of the crawl at once, each its own sink; returns the sinks."""
+    sinks = [ListSink() for _ in range(workers)]
+
+    async def work(i: int) -> None:
+        await FleetCrawl(fleet, "changes", consumer=f"w{i}", partitions_at_once=2).run(crawler, tokens, sinks[i])
+
+    with anyio.fail_after(120):  # only a hang hits this
+        async with anyio.create_task_group() as tg:
+            for i in range(workers):
+                tg.start_soon(work, i)
+    return sinks
+
+
+async def cursors(fleet: Any) -> dict[str, str | None]:
+    committed = await FleetCrawl(fleet, "changes").checkpoints.queue.cursors()
+    return {name: c.get("cursor") for name, c in committed.items()}
+
+
+def records(rounds: Sequence[Sequence[ListSink]]) -> list[list[Any]]:
+    return [[r for sink in sinks for r in sink.records] for sinks in rounds]
+
+
+async def test_a_fleet_runs_incremental_rounds_and_an_incomplete_partition_keeps_its_cursor(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    sources = Sources(RECORDS)
+    async with serving(sources, redis_server, namespace) as (base, tokens, fleet):
+        crawler = ChangingSources(base_url=base)
+        first = await round_of(fleet, crawler, tokens)
+        full = sources.requests()
+        after_first = await cursors(fleet)
+        assert set(after_first) == set(SOURCES) and None not in after_first.values()
+
+        # Between the rounds: a few changes everywhere, and in s1 more than one page holds.
+        sources.time += 600
+        for name, api in sources.apis.items():
+            api.update(range(0, 6 * PAGE if name == "s1" else 9, 3))  # s1: 40 records
+            api.create(2)
+        crawler.max_pages = 2  # s1 now needs 3 pages: it finishes incomplete, the others complete
+        second = await round_of(fleet, crawler, tokens)
+        after_second = await cursors(fleet)
+        status = await FleetCrawl(fleet, "changes").status()
+        assert status.round == 2  # three workers joined the finished round: one round began, not three
+        assert {p.name for p in status.partitions if p.state == "failed"} == {"s1"}
+        assert after_second["s1"] == after_first["s1"]  # incomplete: its cursor stays
+        assert all(after_second[n] != after_first[n] for n in SOURCES if n != "s1")  # complete: theirs move
+
+        sources.time += 600
+        crawler.max_pages = 1000
+        third = await round_of(fleet, crawler, tokens)
+        assert (await FleetCrawl(fleet, "changes").status()).complete
+    assert sources.differences(records([first, second, third])) == {}
+    incremental = sources.requests() - full
+    # Rounds 2 and 3 read what changed (and s1's changes again in round 3, from its old cursor):
+    # one or a few pages per partition, against 10 per partition in the full round.
+    assert incremental <= full * 0.35, (incremental, full)
+
+
+async def test_a_round_with_nothing_changed_costs_one_page_per_partition(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    sources = Sources(RECORDS)
+    async with serving(sources, redis_server, namespace) as (base, tokens, fleet):
+        crawler = ChangingSources(base_url=base)
+        await round_of(fleet, crawler, tokens)
+        full = sources.requests()
+        sources.time += 3600
+        quiet = await round_of(fleet, crawler, tokens)
+    assert sources.requests() - full == len(SOURCES)  # the lookback's few records fit one page
+    assert records([quiet]) == [[]]  # re-delivered unchanged: dropped by the recent keys kept in Redis
+    assert full == len(SOURCES) * RECORDS // PAGE
+
+
+async def test_an_incremental_crawler_needs_a_store_that_keeps_cursors(tmp_path: Any) -> None:
+    class PositionsOnly:  # a position store of the engine's seam, without cursors
+        async def open(self, fingerprint: Any = None) -> None: ...
+        def close(self) -> None: ...
+        def is_done(self, partition: str) -> bool:
+            return False
+
+        def resume_from(self, partition: str) -> PageRequest | None:
+            return None
+
+        def pages(self, partition: str) -> int:
+            return 0
+
+        def records(self, partition: str) -> int:
+            return 0
+
+        def problems(self, partition: str) -> list[str]:
+            return []
+
+        async def save(self, *args: Any, **kwargs: Any) -> None: ...
+
+    async with TokenProvider(LocalServer().config()) as tokens:
+        with pytest.raises(UsageError, match="cursors need a store"):
+            CrawlEngine(ChangingSources(base_url="http://127.0.0.1:9"), tokens, state=PositionsOnly())
