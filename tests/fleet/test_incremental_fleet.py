@@ -6,6 +6,7 @@ The process test (3 worker processes, one SIGKILLed) is in test_incremental_flee
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -43,12 +44,16 @@ async def serving(sources: Sources, redis: RedisServer, namespace: str) -> Async
         yield server.base_url, tokens, fleet
 
 
-async def round_of(fleet: Any, crawler: ChangingSources, tokens: Any, workers: int = 3) -> list[ListSink]:
-    """One round: ``workers`` workers of the crawl at once, each its own sink; returns the sinks."""
+async def round_of(
+    fleet: Any, crawler: ChangingSources, tokens: Any, workers: int = 3, name: str | None = None
+) -> list[ListSink]:
+    """One round: ``workers`` workers of the crawl at once (of one round name), each its own sink."""
     sinks = [ListSink() for _ in range(workers)]
+    name = name or secrets.token_hex(4)
 
     async def work(i: int) -> None:
-        await FleetCrawl(fleet, "changes", consumer=f"w{i}", partitions_at_once=2).run(crawler, tokens, sinks[i])
+        worker = FleetCrawl(fleet, "changes", consumer=f"w{i}", partitions_at_once=2, round_name=name)
+        await worker.run(crawler, tokens, sinks[i])
 
     with anyio.fail_after(120):  # only a hang hits this
         async with anyio.create_task_group() as tg:
@@ -115,6 +120,51 @@ async def test_a_round_with_nothing_changed_costs_one_page_per_partition(
     assert sources.requests() - full == len(SOURCES)  # the lookback's few records fit one page
     assert records([quiet]) == [[]]  # re-delivered unchanged: dropped by the recent keys kept in Redis
     assert full == len(SOURCES) * RECORDS // PAGE
+
+
+async def test_a_worker_of_a_finished_round_has_nothing_to_do_and_a_worker_of_a_new_one_begins_it(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    sources = Sources(RECORDS)
+    async with serving(sources, redis_server, namespace) as (base, tokens, fleet):
+        crawler = ChangingSources(base_url=base)
+        await round_of(fleet, crawler, tokens, workers=2, name="monday")
+        full = sources.requests()
+        late = await round_of(fleet, crawler, tokens, workers=1, name="monday")  # started late: joins it
+        assert sources.requests() == full and records([late]) == [[]]
+        assert (await FleetCrawl(fleet, "changes").status()).round == 1
+        sources.time += 600
+        sources.apis["s2"].update([5])
+        tuesday = await round_of(fleet, crawler, tokens, workers=1, name="tuesday")
+        assert (await FleetCrawl(fleet, "changes").status()).round == 2
+    assert [r["key"] for r in records([tuesday])[0]] == [f"s2/{5:032x}"]
+    assert sources.requests() - full == len(SOURCES)
+
+
+async def test_a_partition_walked_to_its_end_by_a_worker_that_died_before_its_commit_is_committed_by_the_next(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    sources = Sources(RECORDS)
+    async with serving(sources, redis_server, namespace) as (base, tokens, fleet):
+        crawler = ChangingSources(base_url=base)
+        dying = FleetCrawl(fleet, "changes", consumer="dying", partitions_at_once=1)
+
+        async def die(*args: Any) -> None:  # the worker stops between its last page and its cursor
+            raise OSError(5, "Input/output error")
+
+        dying.checkpoints.queue.commit_cursor = die  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="Input/output error"):
+            await dying.run(crawler, tokens, ListSink())
+        status = await dying.status()
+        (walked,) = [p for p in status.partitions if (p.position or {}).get("pages")]
+        assert walked.position["next"] is None and "run" in walked.position and walked.state == "queued"
+        assert walked.name not in await cursors(fleet)
+        before = sources.requests()
+        await round_of(fleet, crawler, tokens, workers=1)
+        committed = await cursors(fleet)
+    assert committed.keys() == set(SOURCES) and committed[walked.name] is not None
+    # The walked partition was not read again: the other three were, one full walk each.
+    assert sources.requests() - before == (len(SOURCES) - 1) * RECORDS // PAGE
 
 
 async def test_an_incremental_crawler_needs_a_store_that_keeps_cursors(tmp_path: Any) -> None:

@@ -56,10 +56,9 @@ class Round:
 
     def __init__(self, tmp: Path, number: int, server: LocalServer, redis: RedisServer, namespace: str) -> None:
         self.outputs = [tmp / f"round{number}-w{i}.jsonl" for i in range(3)]
-        self.procs = [
-            spawn("incremental", redis.url, namespace, server.base_url, server.token_url, str(out), str(IDLE))
-            for out in self.outputs
-        ]
+        name = f"round-{number}"  # the three workers work in one round, however late one starts
+        where = (redis.url, namespace, server.base_url, server.token_url)
+        self.procs = [spawn("incremental", *where, str(out), str(IDLE), name) for out in self.outputs]
         for proc in self.procs:
             read_until(proc, "pid")  # each process runs before the test acts
 
@@ -156,6 +155,7 @@ async def test_three_workers_run_two_incremental_rounds_with_a_worker_killed_in_
             for r in rounds:
                 r.kill_all()
     incremental = sources.requests() - full
+    print(f"\nround 1: {full} requests; round 2 (a worker killed): {incremental} requests")  # the README's figures
 
     assert after_first.complete
     assert killed_second == "s1"

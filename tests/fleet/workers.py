@@ -179,7 +179,9 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
         )
 
 
-async def incremental_role(url: str, namespace: str, base_url: str, token_url: str, out_path: str, idle: float) -> None:
+async def incremental_role(
+    url: str, namespace: str, base_url: str, token_url: str, out_path: str, idle: float, round_name: str
+) -> None:
     """One worker of the incremental crawl of tests/fleet/changing.py: a fleet-coordinated token, its own output."""
     import logging
 
@@ -204,7 +206,7 @@ async def incremental_role(url: str, namespace: str, base_url: str, token_url: s
     sink = JsonLinesSink(out_path)
     try:
         async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
-            crawl = FleetCrawl(fleet, "changes", idle_timeout=idle, partitions_at_once=1, consumer=None)
+            crawl = FleetCrawl(fleet, "changes", idle_timeout=idle, partitions_at_once=1, round_name=round_name)
             emit(pid=os.getpid())
             stats = await crawl.run(ChangingSources(base_url=base_url), tokens, sink)
     finally:
@@ -219,7 +221,8 @@ def main() -> None:
         anyio.run(provider_role, url, namespace, rest[0], float(rest[1]), timeout, backend="asyncio")
         return
     if role == "incremental":
-        anyio.run(incremental_role, url, namespace, rest[0], rest[1], rest[2], float(rest[3]), backend="asyncio")
+        base, token_url, out, idle, round_name = rest
+        anyio.run(incremental_role, url, namespace, base, token_url, out, float(idle), round_name, backend="asyncio")
         return
     if role == "crawl":
         anyio.run(crawl_role, url, namespace, rest[0], int(rest[1]), float(rest[2]))

@@ -10,6 +10,12 @@ claims the next, until the queue is drained and no partition is running anywhere
 stalled worker's partitions are taken over after the idle timeout from their last checkpoint,
 so only pages in flight at the death are written twice.
 
+An incremental crawler is also a :class:`~oauthpw_async.crawler.incremental.CursorStore` user:
+each partition's run in flight is sealed into its position, and its next cursor is committed with
+its last position in one fenced write once it finished complete (an incomplete one keeps its
+cursor). The crawl runs in rounds: a worker that finds every partition of the last round done or
+failed begins the next (:meth:`PartitionQueue.next_round`), unless it belongs to that round by name.
+
 A partition the API refuses for good (a 404, retries run out) is marked failed with the error,
 once, and the worker goes on: the crawl finishes incomplete, and
 :meth:`FleetCrawl.requeue_failed` queues it again once fixed. A worker that stops (its own error,
@@ -196,6 +202,10 @@ class FleetCheckpoints:
         max_claims: claims of one partition before it is marked failed (it kept killing workers).
         partitions_at_once: partitions this worker walks at the same time (claims it holds).
         unavailable_grace: seconds a position write keeps retrying while Redis does not answer.
+        round_name: incremental crawls: the name of the round this worker is for. Workers of one
+            round (``crawl --workers N``, or hosts given the same ``OAUTHPW_FLEET_ROUND``) join it
+            even after it finished; a worker that finds a finished round of another name begins the
+            next. Default: a name of its own (each worker started after a round finished begins one).
     """
 
     def __init__(
@@ -209,6 +219,7 @@ class FleetCheckpoints:
         max_claims: int = 5,
         partitions_at_once: int = 4,
         unavailable_grace: float = 30.0,
+        round_name: str | None = None,
     ) -> None:
         if cipher is None:
             raise UsageError(
@@ -242,6 +253,7 @@ class FleetCheckpoints:
         self._runs: dict[str, dict[str, Any]] = {}
         self._settle: Callable[[str], Awaitable[None]] | None = None
         self._round = 1  # the round this worker works in
+        self.round_name = round_name or secrets.token_hex(8)
         #: Partitions this worker walked to their end.
         self.finished: list[str] = []
         #: Partitions this worker stopped because another worker had taken them over.
@@ -292,6 +304,7 @@ class FleetCheckpoints:
                 log.info("fleet crawl %s: enqueued %d partition(s)", self.crawl, added)
         if not int(created):
             log.info("fleet crawl %s: joined as %s", self.crawl, self.consumer)
+        await self.queue.name_round(self.round_name)
         await self.refresh()
 
     def close(self) -> None:
@@ -409,13 +422,23 @@ class FleetCheckpoints:
                 "a fleet forgets its cursors with `oauthpw-async fleet reset` (run once, while no worker runs): "
                 "the next workers then read every partition in full"
             )
-        number = await self._patient(self.queue.next_round)
+        number = await self._patient(lambda: self.queue.next_round(self.round_name))
         status = await self.refresh()
         self._round = status.round
         if number:
             log.info("fleet crawl %s: round %d begins (every partition from its cursor)", self.crawl, number)
         wanted = None if partitions is None else set(partitions)
         return sorted(p.name for p in status.partitions if number and (wanted is None or p.name in wanted))
+
+    @property
+    def round(self) -> int:
+        """The crawl's round this worker works in (an incremental crawl runs one round after another)."""
+        return self._round
+
+    @property
+    def incremental(self) -> bool:
+        """Whether an incremental crawler uses this store (its cursors are kept in Redis)."""
+        return self._settle is not None
 
     def settle_with(self, settle: Callable[[str], Awaitable[None]]) -> None:
         """How to commit a run that a stopped worker walked to its end but did not commit (the engine's sync)."""
@@ -726,7 +749,8 @@ class FleetCrawl:
         token_key: the fleet's key (or keys, newest first) sealing positions, when ``fleet`` is a link.
         rate: requests per second per host for the whole fleet (``None``: no limit, pauses still shared).
         burst: requests per host that may go at once after a quiet spell.
-        idle_timeout, max_claims, partitions_at_once, unavailable_grace, consumer: see :class:`FleetCheckpoints`.
+        idle_timeout, max_claims, partitions_at_once, unavailable_grace, consumer, round_name: see
+            :class:`FleetCheckpoints`.
     """
 
     def __init__(
@@ -742,6 +766,7 @@ class FleetCrawl:
         unavailable_grace: float = 30.0,
         consumer: str | None = None,
         token_key: str | bytes | Sequence[str | bytes] | TokenCipher | None = None,
+        round_name: str | None = None,
     ) -> None:
         self.link = fleet if isinstance(fleet, RedisLink) else fleet.link
         if isinstance(fleet, RedisLink):
@@ -764,6 +789,7 @@ class FleetCrawl:
             max_claims=max_claims,
             partitions_at_once=partitions_at_once,
             unavailable_grace=unavailable_grace,
+            round_name=round_name,
         )
         # max_wait bounds one reservation; a longer shared pause is waited for in steps.
         self._limiter = HostRateLimiter(self.link, rate=rate, burst=burst, max_wait=60.0) if rate else None
@@ -794,8 +820,10 @@ class FleetCrawl:
         ``incomplete`` are the whole fleet's. Accepts the engine's options (see
         :meth:`Crawler.crawl <oauthpw_async.crawler.Crawler.crawl>`).
 
+        An incremental crawler runs one round: each partition from the cursor the fleet committed,
+        committed again (fenced, with its last position) when the partition finished complete.
+
         Raises:
-            UsageError: the crawler is incremental (its cursors live in a state file).
             CrawlStateLost: Redis lost the crawl's state while it ran.
         """
         from ..crawler.engine import CrawlEngine

@@ -15,6 +15,11 @@ reached the sink, so a takeover repeats at most the pages after the last checkpo
 one) positions are sealed at rest like the shared token, bound to their crawl and partition: a
 next-page link that echoes a token is never readable in Redis. A failed partition stays failed (the crawl finishes
 incomplete) until :meth:`PartitionQueue.requeue` queues it again.
+
+Incremental crawls add, per partition, a committed cursor (sealed like positions, bound to their
+purpose too: a cursor never opens as a position), written with the partition's last position by
+one fenced script, and rounds: :meth:`PartitionQueue.next_round` queues every partition again once
+all are done or failed, and claims are bound to the round their worker works in.
 """
 
 from __future__ import annotations
@@ -115,10 +120,12 @@ redis.call('XCLAIM', KEYS[4], ARGV[5], ARGV[6], 0, ARGV[7], 'JUSTID')
 return 1
 """
 
-# KEYS: state, pos, owner, tries, reason, stream, sealed, round. ARGV: group.
-# Only once every partition of the round is done or failed (and the list is sealed): each is queued
-# again without its position, and the round number grows. Returns the new round, or 0.
+# KEYS: state, pos, owner, tries, reason, stream, sealed, round, round name. ARGV: group, round name.
+# A worker of the round of that name joins it. Otherwise, only once every partition of the round is done
+# or failed (and the list is sealed): each is queued again without its position, the round number grows
+# and the round takes the name. Returns the new round, or 0.
 _NEXT_ROUND = """
+if redis.call('GET', KEYS[9]) == ARGV[2] then return 0 end
 if redis.call('GET', KEYS[7]) ~= '1' then return 0 end
 local states = redis.call('HGETALL', KEYS[1])
 if #states == 0 then return 0 end
@@ -137,6 +144,7 @@ for i = 1, #states, 2 do
 end
 local round = tonumber(redis.call('GET', KEYS[8]) or '1') + 1
 redis.call('SET', KEYS[8], tostring(round))
+redis.call('SET', KEYS[9], ARGV[2])
 return round
 """
 
@@ -311,7 +319,7 @@ class PartitionQueue:
         self._specs, self._state, self._pos = k(scope, "specs"), k(scope, "state"), k(scope, "pos")
         self._owner, self._fence, self._tries = k(scope, "owner"), k(scope, "fence"), k(scope, "claims")
         self._reason, self._sealed = k(scope, "reason"), k(scope, "sealed")
-        self._cursors, self._round = k(scope, "cursors"), k(scope, "round")
+        self._cursors, self._round, self._round_name = k(scope, "cursors"), k(scope, "round"), k(scope, "round_name")
         #: The round this worker claims in (``None``: any); see :meth:`next_round`.
         self.in_round: int | None = None
         self._cipher = cipher
@@ -438,15 +446,20 @@ class PartitionQueue:
         pairs = await self._link.call(client.hgetall(self._cursors))
         return {as_text(k): self._open(as_text(k), v, "cursor") for k, v in pairs.items()}
 
-    async def next_round(self) -> int:
-        """Queue every partition again, without its position, once all are done or failed: the crawl's next round.
+    async def name_round(self, name: str) -> None:
+        """Name the crawl's first round, unless it has a name (workers of one round share its name)."""
+        await self._link.call(self._link.client.setnx(self._round_name, name))
 
-        Atomic: of several workers asking at once, one starts the round; the others join it. Cursors
-        stay (an incremental crawl's next round reads from them). Returns the new round, or 0 when
-        the current one is not finished.
+    async def next_round(self, name: str) -> int:
+        """Begin the crawl's next round, named ``name``, unless the current one has that name or is not finished.
+
+        The next round queues every partition again without its position (cursors stay: an
+        incremental crawl's next round reads from them). Atomic: of several workers asking at once,
+        one begins the round and the others join it; a worker of the round named ``name`` that
+        arrives after it finished has nothing to do. Returns the new round, or 0.
         """
         keys = [self._state, self._pos, self._owner, self._tries, self._reason, self._stream, self._sealed]
-        return int(await self._link.script(_NEXT_ROUND, [*keys, self._round], [_GROUP]))
+        return int(await self._link.script(_NEXT_ROUND, [*keys, self._round, self._round_name], [_GROUP, name]))
 
     async def touch(self, claim: Claim) -> None:
         """Keep the claim alive without moving its position (a long page in progress)."""
@@ -526,7 +539,8 @@ class PartitionQueue:
     async def drop(self) -> None:
         """Delete the crawl's queue, positions and cursors (to start the crawl over)."""
         keys = [self._stream, self._specs, self._state, self._pos, self._owner, self._fence, self._tries]
-        await self._link.call(self._link.client.delete([*keys, self._reason, self._sealed, self._cursors, self._round]))
+        more = [self._reason, self._sealed, self._cursors, self._round, self._round_name]
+        await self._link.call(self._link.client.delete([*keys, *more]))
 
     @contextlib.asynccontextmanager
     async def keep_alive(self, claim: Claim) -> AsyncIterator[Claim]:
