@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from oauthpw_async.testing import AuthServerState, LocalServer
 
 from .changing import PAGE, SOURCES, Sources
 from .helpers import TOKEN_KEY
-from .procs import WORKER_TIMEOUT, kill9, read_until, spawn
+from .procs import ROOT, WORKER_TIMEOUT, kill9, read_until, spawn
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -165,3 +167,57 @@ async def test_three_workers_run_two_incremental_rounds_with_a_worker_killed_in_
     assert sources.differences([first.records(), second.records()]) == {}
     # Round 2 reads what changed: a page per partition, four for s1, and the page the kill cut short.
     assert incremental <= full * 0.15, (incremental, full)
+
+
+async def test_the_command_runs_an_incremental_crawl_as_a_fleet_round_after_round(
+    tmp_path: Path, redis_server: RedisServer, namespace: str
+) -> None:
+    sources = Sources(RECORDS // 4)
+    async with LocalServer(AuthServerState(token_lifetime=300), api=sources) as server:
+        conf = tmp_path / "connection.json"
+        a = server.auth
+        conf.write_text(
+            json.dumps(
+                {
+                    "Access Token URL": server.token_url,
+                    "Client Id": a.client_id,
+                    "Client Secret": a.client_secret,
+                    "Username": a.username,
+                    "Password": a.password,
+                }
+            )
+        )
+        outputs: list[Path] = []
+        answers = []
+        for number in (1, 2):
+            if number == 2:
+                sources.time += 900
+                for api in sources.apis.values():
+                    api.update([3, 7])
+                    api.create(1)
+            out = tmp_path / f"round{number}.jsonl"
+            proc = await anyio.run_process(
+                [
+                    sys.executable, "-m", "oauthpw_async", "crawl",
+                    "--config", str(conf),
+                    "--crawler", "tests.fleet.changing:ChangingSources",
+                    "--base-url", server.base_url,
+                    "--coordinator", redis_server.url,
+                    "--namespace", namespace,
+                    "--crawl-name", "changes",
+                    "--workers", "2",
+                    "--out", str(out),
+                ],
+                cwd=ROOT,
+                env={**os.environ, "OAUTHPW_FLEET_KEY": TOKEN_KEY},
+                check=False,
+            )  # fmt: skip
+            answers.append(proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace"))
+            assert proc.returncode == 0, answers[-1]
+            outputs += [tmp_path / f"round{number}-w{i}.jsonl" for i in range(2)]
+            if number == 1:
+                full = sources.requests()
+    held = [[json.loads(line) for line in path.read_bytes().splitlines()] for path in outputs if path.exists()]
+    assert sources.differences(held) == {}
+    assert "incremental round 2, every partition from its cursor" in answers[1], answers[1]
+    assert sources.requests() - full == len(SOURCES)  # two updates and a creation per source: one page each
