@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -120,6 +121,35 @@ async def test_a_round_with_nothing_changed_costs_one_page_per_partition(
     assert sources.requests() - full == len(SOURCES)  # the lookback's few records fit one page
     assert records([quiet]) == [[]]  # re-delivered unchanged: dropped by the recent keys kept in Redis
     assert full == len(SOURCES) * RECORDS // PAGE
+
+
+async def test_a_fleet_round_costs_what_one_process_run_costs(
+    redis_server: RedisServer, namespace: str, tmp_path: Path
+) -> None:
+    def change(sources: Sources) -> None:
+        sources.time += 900
+        for name, api in sources.apis.items():
+            api.update(range(1, 3 * PAGE + 1 if name == "s1" else 5))
+            api.create(2)
+
+    costs = {}
+    for who in ("fleet", "one process"):
+        sources = Sources(RECORDS)
+        async with serving(sources, redis_server, namespace + who[0]) as (base, tokens, fleet):
+            crawler = ChangingSources(base_url=base)
+            outputs = []
+            for _ in range(2):
+                if outputs:
+                    change(sources)
+                before = sources.requests()
+                if who == "fleet":
+                    outputs += await round_of(fleet, crawler, tokens)
+                else:
+                    outputs.append(ListSink())
+                    await crawler.crawl(tokens, outputs[-1], state=str(tmp_path / "state.json"))
+            costs[who] = (before, sources.requests() - before)
+        assert sources.differences([sink.records for sink in outputs]) == {}
+    assert costs["fleet"] == costs["one process"] == (len(SOURCES) * RECORDS // PAGE, 3 + 4)
 
 
 async def test_a_worker_of_a_finished_round_has_nothing_to_do_and_a_worker_of_a_new_one_begins_it(
