@@ -5,6 +5,7 @@ The process test (3 worker processes, one SIGKILLed) is in test_incremental_flee
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -18,7 +19,7 @@ from oauthpw_async import TokenProvider
 from oauthpw_async.crawler import CrawlEngine, ListSink
 from oauthpw_async.crawler.pagination import PageRequest
 from oauthpw_async.errors import UsageError
-from oauthpw_async.fleet import FleetCrawl
+from oauthpw_async.fleet import FleetCrawl, SharedStateUnreadable
 from oauthpw_async.testing import AuthServerState, LocalServer
 
 from .changing import PAGE, SOURCES, ChangingSources, Sources
@@ -195,6 +196,30 @@ async def test_a_partition_walked_to_its_end_by_a_worker_that_died_before_its_co
     assert committed.keys() == set(SOURCES) and committed[walked.name] is not None
     # The walked partition was not read again: the other three were, one full walk each.
     assert sources.requests() - before == (len(SOURCES) - 1) * RECORDS // PAGE
+
+
+async def test_cursors_are_sealed_in_redis_bound_to_their_partition_and_forgotten_by_a_reset(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    sources = Sources(RECORDS)
+    async with serving(sources, redis_server, namespace) as (base, tokens, fleet):
+        crawler = ChangingSources(base_url=base)
+        await round_of(fleet, crawler, tokens)
+        full = sources.requests()
+        crawl = FleetCrawl(fleet, "changes")
+        key = crawl.checkpoints.queue._cursors
+        raw = {k.decode(): v for k, v in (await fleet.link.client.hgetall(key)).items()}
+        shown = (await cursors(fleet))["s0"]
+        assert shown is not None and set(raw) == set(SOURCES)
+        stamp = shown.rstrip("Z").encode()
+        for form in (stamp, base64.b64encode(stamp), stamp.hex().encode(), b'"cursor"'):
+            assert all(form not in value for value in raw.values())
+        await fleet.link.client.hset(key, {"s0": raw["s1"]})  # another partition's cursor, sealed and whole
+        with pytest.raises(SharedStateUnreadable, match="cursor of partition 's0'"):
+            await crawl.checkpoints.queue.cursors()
+        await crawl.drop()  # what `fleet reset` runs: cursors go with the positions
+        await round_of(fleet, crawler, tokens)
+    assert sources.requests() - full == full  # read in full again
 
 
 async def test_an_incremental_crawler_needs_a_store_that_keeps_cursors(tmp_path: Any) -> None:
