@@ -69,6 +69,8 @@ class ChangingSources(Crawler):
     pagination = "link_header"
     primary_key = "key"  # the source and its sys_id: sys_ids repeat across sources
     updated_field = "sys_updated_on"
+    #: Listed by update time: pages seek from the last update time read, so deletions skip nothing.
+    ordered_by_updated = True
 
     def partitions(self) -> Iterable[Partition]:
         return [Partition(name, path=f"/{name}/api/now/table/incident") for name in SOURCES]
