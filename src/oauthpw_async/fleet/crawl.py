@@ -378,7 +378,7 @@ class FleetCheckpoints:
     # --- CursorStore (incremental crawlers) --------------------------------------------------------------
 
     def cursor(self, partition: str) -> dict[str, Any] | None:
-        """The partition's committed cursor, as the fleet last committed it (``None``: never synced)."""
+        """The committed cursor of a partition this worker claimed, read at its claim (``None``: never synced)."""
         return self._cursors.get(partition)
 
     def run(self, partition: str) -> dict[str, Any] | None:
@@ -527,8 +527,6 @@ class FleetCheckpoints:
         for p in status.partitions:
             if isinstance(p.position, dict) and p.name not in self._claims:
                 self._positions[p.name] = self._checked(p.name, p.position)
-        cursors = await self._patient(self.queue.cursors)
-        self._cursors.update({name: self._checked_cursor(name, c) for name, c in cursors.items()})
         return status
 
     # --- inside ---------------------------------------------------------------------------------------------
@@ -608,8 +606,9 @@ class FleetCheckpoints:
         position = self._positions.get(name)
         try:
             try:
-                if self._settle is not None:  # the newest cursor: an earlier round may have moved it
+                if self._settle is not None:  # its cursor, read when claimed (with its recent keys it may be large)
                     fresh = await self._patient(lambda: self.queue.cursors(name))
+                    self._cursors.pop(name, None)
                     if name in fresh:
                         self._cursors[name] = self._checked_cursor(name, fresh[name])
                 if _walked_to_end(position) and self._settle is not None and name in self._runs:
