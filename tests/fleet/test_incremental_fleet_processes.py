@@ -217,7 +217,19 @@ async def test_the_command_runs_an_incremental_crawl_as_a_fleet_round_after_roun
             outputs += [tmp_path / f"round{number}-w{i}.jsonl" for i in range(2)]
             if number == 1:
                 full = sources.requests()
+        shown = await anyio.run_process(
+            [
+                sys.executable, "-m", "oauthpw_async", "fleet", "status", "--json",
+                "--coordinator", redis_server.url,
+                "--namespace", namespace,
+                "--crawl-name", "changes",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "OAUTHPW_FLEET_KEY": TOKEN_KEY},
+        )  # fmt: skip
     held = [[json.loads(line) for line in path.read_bytes().splitlines()] for path in outputs if path.exists()]
     assert sources.differences(held) == {}
+    doc = json.loads(shown.stdout)
+    assert doc["round"] == 2 and doc["complete"]
     assert "incremental round 2, every partition from its cursor" in answers[1], answers[1]
     assert sources.requests() - full == len(SOURCES)  # two updates and a creation per source: one page each

@@ -520,6 +520,7 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
             "sealed": status.sealed,
             "complete": status.complete,
             "finished": status.finished,
+            "round": status.round,
             "partitions": [
                 {
                     "name": p.name,
@@ -541,6 +542,8 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
     else:
         print(f"crawl              {name} (Redis at {redis_where(args.coordinator)})", file=out)
         print(f"partitions         {_counts(status)}", file=out)
+        if status.round > 1:  # an incremental crawl's rounds (every partition from its cursor each time)
+            print(f"round              {status.round}", file=out)
         for p in status.partitions:
             pos = _position(p.position)
             line = f"  {p.name:<16} {p.state:<8} {pos.get('pages', 0):>6} pages {pos.get('records', 0):>9,} records"
