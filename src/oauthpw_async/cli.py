@@ -211,7 +211,8 @@ class _CrawlJob:
 async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None, TokenProvider | StaticToken | None]:
     """Run one crawl with signal handling, print its summary; returns (exit code, stats, provider)."""
     names = [p.name for p in job.crawler.partitions()]
-    before = _state_before(None if job.fresh else job.state, names, incremental=job.crawler.is_incremental, out=job.out)
+    incremental = job.crawler.is_incremental and job.fleet is None  # a fleet's summary gives its round
+    before = _state_before(None if job.fresh else job.state, names, incremental=incremental, out=job.out)
     out_name = str(job.out) if job.out is not None else "stdout"
     if job.state and names and before.done == len(names) and not job.crawler.is_incremental:
         total = _count_records(job.out) if job.out is not None and job.out.exists() else None
@@ -339,8 +340,6 @@ async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> i
     crawler = _load_crawler(args.crawler)(base_url=args.base_url)
     fleet = None
     if args.coordinator:  # one worker of a fleet: the token too is shared when it is renewable
-        if crawler.is_incremental:
-            raise UsageError("incremental crawlers run as one process with --state, not as a fleet (--coordinator)")
         fleet, tokens = fleet_command.worker_for(args, tokens, store)
     out = None if args.out in (None, "-") else Path(args.out)
     command = _command(argv)

@@ -226,18 +226,6 @@ async def test_positions_are_sealed_at_rest_and_resume_in_another_worker(
             FleetCrawl(fleet.link, "items")  # a plain link and no key: refused, never stored in plain
 
 
-async def test_incremental_crawlers_are_refused_as_fleet_workers(redis_server: RedisServer, namespace: str) -> None:
-    class Changing(FleetItems):
-        updated_field = "updated"
-
-        def changed_since(self, partition: Any, since: Any) -> dict[str, str]:
-            return {}
-
-    async with coordinator(redis_server.url, namespace) as fleet, TokenProvider(LocalServer().config()) as tokens:
-        with pytest.raises(UsageError, match="incremental"):
-            await FleetCrawl(fleet, "inc").run(Changing(base_url="http://127.0.0.1:9"), tokens, ListSink())
-
-
 async def test_the_rate_limit_holds_for_the_fleet_not_per_worker(redis_server: RedisServer, namespace: str) -> None:
     api = DemoAPI(projects=PROJECTS, per_project=2 * PAGE, max_page_size=PAGE)  # 2 pages each: 16 requests
     rate = 16.0

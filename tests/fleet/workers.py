@@ -179,11 +179,50 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
         )
 
 
+async def incremental_role(
+    url: str, namespace: str, base_url: str, token_url: str, out_path: str, idle: float, round_name: str
+) -> None:
+    """One worker of the incremental crawl of tests/fleet/changing.py: a fleet-coordinated token, its own output."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(created).3f %(process)d %(name)s %(levelname)s %(message)s")
+
+    from oauthpw_async import PasswordGrantConfig, TokenProvider
+    from oauthpw_async.crawler import JsonLinesSink
+    from oauthpw_async.fleet import Coordinator, FleetCrawl
+    from oauthpw_async.testing import AuthServerState
+
+    from .changing import ChangingSources
+
+    server = AuthServerState()  # only for its default client and account
+    config = PasswordGrantConfig(
+        access_token_url=token_url,
+        client_id=server.client_id,
+        client_secret=server.client_secret,
+        username=server.username,
+        password=server.password,
+    )
+    fleet = Coordinator.for_config(config, url, token_key=TOKEN_KEY, namespace=namespace)
+    sink = JsonLinesSink(out_path)
+    try:
+        async with fleet, TokenProvider(config, coordinator=fleet) as tokens:
+            crawl = FleetCrawl(fleet, "changes", idle_timeout=idle, partitions_at_once=1, round_name=round_name)
+            emit(pid=os.getpid())
+            stats = await crawl.run(ChangingSources(base_url=base_url), tokens, sink)
+    finally:
+        sink.close()
+    emit(finished=crawl.checkpoints.finished, complete=stats.complete, records=stats.records)
+
+
 def main() -> None:
     role, url, namespace, *rest = sys.argv[1:]
     if role == "provider":
         timeout = float(rest[2]) if len(rest) > 2 else 30.0
         anyio.run(provider_role, url, namespace, rest[0], float(rest[1]), timeout, backend="asyncio")
+        return
+    if role == "incremental":
+        base, token_url, out, idle, round_name = rest
+        anyio.run(incremental_role, url, namespace, base, token_url, out, float(idle), round_name, backend="asyncio")
         return
     if role == "crawl":
         anyio.run(crawl_role, url, namespace, rest[0], int(rest[1]), float(rest[2]))

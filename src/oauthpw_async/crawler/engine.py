@@ -31,7 +31,7 @@ from ..redact import is_credential_parameter, without_credentials
 from ..retry import RetryPolicy
 from ..sources import TokenSource
 from .checkpoint import Checkpoints, PartitionSource, PositionStore, fingerprint
-from .incremental import IncrementalSync, RunKeys, SyncStats, key_digest
+from .incremental import CursorStore, IncrementalSync, RunKeys, SyncStats, key_digest
 from .pagination import Page, PageRequest, Paginator, resolve
 from .sinks import Sink
 
@@ -314,10 +314,11 @@ class CrawlEngine:
             Checkpoints(state) if state is None or isinstance(state, (str, os.PathLike)) else state
         )
         self._governors = governors
-        if crawler.is_incremental and not isinstance(self._checkpoints, Checkpoints):
+        if crawler.is_incremental and not isinstance(self._checkpoints, CursorStore):
             raise UsageError(
-                f"{type(crawler).__name__} is incremental: its cursors live in a state file, so it cannot run "
-                "as a worker of a fleet; run it as one process with a state file"
+                f"{type(crawler).__name__} is incremental: its cursors need a store that keeps them beside the "
+                f"positions ({type(self._checkpoints).__name__} does not); use a state file or a fleet's "
+                "FleetCheckpoints"
             )
         # --- end of the fleet seam
         self._retry = retry or API_RETRY
@@ -338,10 +339,13 @@ class CrawlEngine:
         self._keys_loaded = False
         # Incremental sync: cursors, since-filters, re-delivery and move detection (one key store).
         self._sync: IncrementalSync | None = None
-        if crawler.is_incremental and isinstance(self._checkpoints, Checkpoints):
+        if crawler.is_incremental and isinstance(self._checkpoints, CursorStore):
             self._sync = IncrementalSync(crawler, self._checkpoints, self._clock, full_refresh=full_refresh)
             self._keys = self._sync.keys
             self._paginator = self._sync.paginator(self._paginator)
+            settle_with = getattr(self._checkpoints, "settle_with", None)
+            if settle_with is not None:  # a fleet store commits a run whose worker stopped before its commit
+                settle_with(self._sync.settle)
 
     # --- running -----------------------------------------------------------------------------------
 

@@ -43,7 +43,7 @@ import heapq
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CursorState",
+    "CursorStore",
     "ExportCursor",
     "IncrementalSync",
     "RunKeys",
@@ -607,14 +608,56 @@ def _may_shift(paginator: Paginator) -> bool:
     return not isinstance(paginator, (Cursor, ExportCursor))
 
 
+@runtime_checkable
+class CursorStore(Protocol):
+    """Where incremental sync keeps cursors and runs in flight, beside the positions.
+
+    :class:`~oauthpw_async.crawler.Checkpoints` (a state file) is one; a fleet's
+    :class:`~oauthpw_async.fleet.FleetCheckpoints` (fenced, sealed in Redis) is another. A run
+    in flight set with :meth:`set_run` is stored with the partition's next position save.
+    """
+
+    def is_done(self, partition: str) -> bool:
+        """Whether the partition finished (in this run)."""
+        ...
+
+    def resume_from(self, partition: str) -> PageRequest | None:
+        """The saved next page, if the partition was started."""
+        ...
+
+    def problems(self, partition: str) -> list[str]:
+        """Why a finished partition may be missing records."""
+        ...
+
+    def cursor(self, partition: str) -> dict[str, Any] | None:
+        """The partition's committed cursor (:meth:`CursorState.to_json`; ``None``: never synced)."""
+        ...
+
+    def run(self, partition: str) -> dict[str, Any] | None:
+        """The partition's run in flight (:meth:`RunState.to_json`), if one is."""
+        ...
+
+    def set_run(self, partition: str, run: dict[str, Any]) -> None:
+        """Update the run in flight; stored with the partition's next position save."""
+        ...
+
+    async def commit_cursor(self, partition: str, cursor: dict[str, Any]) -> None:
+        """Commit a finished partition's next cursor; its run in flight ends."""
+        ...
+
+    async def reset(self, partitions: Iterable[str] | None = None, *, cursors: bool) -> list[str]:
+        """Forget positions and runs in flight (cursors too if ``cursors``): a new run begins."""
+        ...
+
+
 class IncrementalSync:
     """Applies incremental sync for one crawl; the engine calls it at the start, per page and at the end.
 
-    Cursors live in the state file's ``cursors`` section, the run in flight in ``runs``, both
-    apart from the positions in ``partitions``.
+    Cursors and runs in flight live in a :class:`CursorStore`: the state file's ``cursors`` and
+    ``runs`` sections (apart from the positions in ``partitions``), or a fleet's Redis.
     """
 
-    def __init__(self, crawler: Crawler, checkpoints: Checkpoints, clock: Clock, *, full_refresh: bool = False) -> None:
+    def __init__(self, crawler: Crawler, checkpoints: CursorStore, clock: Clock, *, full_refresh: bool = False) -> None:
         self.crawler = crawler
         self.full_refresh = full_refresh
         self._checkpoints = checkpoints
@@ -631,7 +674,7 @@ class IncrementalSync:
         if not isinstance(crawler.filter_precision, timedelta) or crawler.filter_precision < _US:
             raise UsageError(f"{name}.filter_precision must be a positive timedelta")
         self.keys: RunKeys | None = RunKeys() if crawler.primary_key is not None else None
-        if checkpoints.path is None:
+        if isinstance(checkpoints, Checkpoints) and checkpoints.path is None:
             log.warning("%s is incremental but has no state file: every run reads everything", name)
         pagination = crawler.pagination
         offset_like = pagination in ("offset", "page_number", "link_header") or isinstance(
@@ -664,12 +707,18 @@ class IncrementalSync:
             log.warning("full refresh: the saved cursors are ignored and every partition is read in full")
             return
         for name in names:  # stopped between a partition's end and its commit: commit now
-            saved = cp.run(name)
-            if saved is not None and cp.is_done(name):
-                previous = CursorState.from_json(cp.cursor(name))
-                await self._commit(name, previous, RunState.from_json(saved), [], cp.problems(name), None)
+            if cp.is_done(name):
+                await self.settle(name)
         if names and all(cp.is_done(n) for n in names):
             await cp.reset(names, cursors=False)  # the last run finished: this is a new one
+
+    async def settle(self, name: str) -> None:
+        """Commit the cursor of a partition whose last page was saved but whose cursor was not (a stop between)."""
+        cp = self._checkpoints
+        saved = cp.run(name)
+        if saved is not None:
+            previous = CursorState.from_json(cp.cursor(name))
+            await self._commit(name, previous, RunState.from_json(saved), [], cp.problems(name), None)
 
     def start(self, partition: Partition, request: PageRequest, ps: PartitionStats) -> PageRequest:
         """The partition's first request, with the since-filter or the delta token."""

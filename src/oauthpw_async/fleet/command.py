@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import sys
 import time
@@ -56,6 +57,8 @@ __all__ = [
 
 #: The environment variable holding the key that seals the fleet's shared token in Redis.
 KEY_VARIABLE = "OAUTHPW_FLEET_KEY"
+#: Incremental crawls: workers given the same value work in the same round (``--workers N`` sets one).
+ROUND_VARIABLE = "OAUTHPW_FLEET_ROUND"
 
 
 def redis_url(value: str) -> str:
@@ -205,7 +208,10 @@ def check_crawl_options(args: argparse.Namespace) -> None:
             "then start the workers"
         )
     if args.full_refresh:
-        raise UsageError("incremental crawlers run as one process with --state, not as a fleet")
+        raise UsageError(
+            "a fleet forgets its cursors with `oauthpw-async fleet reset` (once, while no worker runs): the "
+            "workers started after it read every partition in full; leave out --full-refresh"
+        )
     if args.workers > 1 and args.out in (None, "-"):
         raise UsageError("--workers needs --out PATH: each worker writes its own file (PATH with -w0, -w1...)")
 
@@ -255,6 +261,9 @@ class FleetWorker:
         """Lines for the crawl summary: this worker's share and the fleet's state."""
         cp = self.crawl.checkpoints
         lines = [f"  {'fleet':<18} {self.where}; this worker {cp.consumer}"]
+        if cp.incremental:
+            begun = "the first (no cursor yet)" if cp.round == 1 else "every partition from its cursor"
+            lines.append(f"  {'':<18} incremental round {cp.round}, {begun}")
         lines.append(
             f"  {'':<18} walked {len(cp.finished)} partition(s) to their end, stopped {len(cp.taken_over)} "
             "taken over by another worker"
@@ -294,6 +303,7 @@ def worker_for(
         idle_timeout=args.idle_timeout,
         partitions_at_once=args.partitions_at_once,
         token_key=None if isinstance(connection, Coordinator) else key,
+        round_name=os.environ.get(ROUND_VARIABLE, "").strip() or None,
     )
     return FleetWorker(connection, crawl, f"Redis at {redis_where(args.coordinator)}, crawl {name}"), tokens
 
@@ -335,6 +345,7 @@ async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: Tex
     env = dict(os.environ)
     if password is not None:
         env[PASSWORD_VARIABLE] = password
+    env[ROUND_VARIABLE] = env.get(ROUND_VARIABLE) or secrets.token_hex(8)  # one round for the N workers
     procs = []
     for i, out in enumerate(outs):
         command = [sys.executable, "-m", "oauthpw_async", *_child_argv(argv, out, coordinator)]
@@ -509,6 +520,7 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
             "sealed": status.sealed,
             "complete": status.complete,
             "finished": status.finished,
+            "round": status.round,
             "partitions": [
                 {
                     "name": p.name,
@@ -530,6 +542,8 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
     else:
         print(f"crawl              {name} (Redis at {redis_where(args.coordinator)})", file=out)
         print(f"partitions         {_counts(status)}", file=out)
+        if status.round > 1:  # an incremental crawl's rounds (every partition from its cursor each time)
+            print(f"round              {status.round}", file=out)
         for p in status.partitions:
             pos = _position(p.position)
             line = f"  {p.name:<16} {p.state:<8} {pos.get('pages', 0):>6} pages {pos.get('records', 0):>9,} records"

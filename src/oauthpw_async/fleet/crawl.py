@@ -10,6 +10,12 @@ claims the next, until the queue is drained and no partition is running anywhere
 stalled worker's partitions are taken over after the idle timeout from their last checkpoint,
 so only pages in flight at the death are written twice.
 
+An incremental crawler is also a :class:`~oauthpw_async.crawler.incremental.CursorStore` user:
+each partition's run in flight is sealed into its position, and its next cursor is committed with
+its last position in one fenced write once it finished complete (an incomplete one keeps its
+cursor). The crawl runs in rounds: a worker that finds every partition of the last round done or
+failed begins the next (:meth:`PartitionQueue.next_round`), unless it belongs to that round by name.
+
 A partition the API refuses for good (a 404, retries run out) is marked failed with the error,
 once, and the worker goes on: the crawl finishes incomplete, and
 :meth:`FleetCrawl.requeue_failed` queues it again once fixed. A worker that stops (its own error,
@@ -196,6 +202,10 @@ class FleetCheckpoints:
         max_claims: claims of one partition before it is marked failed (it kept killing workers).
         partitions_at_once: partitions this worker walks at the same time (claims it holds).
         unavailable_grace: seconds a position write keeps retrying while Redis does not answer.
+        round_name: incremental crawls: the name of the round this worker is for. Workers of one
+            round (``crawl --workers N``, or hosts given the same ``OAUTHPW_FLEET_ROUND``) join it
+            even after it finished; a worker that finds a finished round of another name begins the
+            next. Default: a name of its own (each worker started after a round finished begins one).
     """
 
     def __init__(
@@ -209,6 +219,7 @@ class FleetCheckpoints:
         max_claims: int = 5,
         partitions_at_once: int = 4,
         unavailable_grace: float = 30.0,
+        round_name: str | None = None,
     ) -> None:
         if cipher is None:
             raise UsageError(
@@ -236,6 +247,13 @@ class FleetCheckpoints:
         self._claims: dict[str, Claim] = {}
         self._positions: dict[str, dict[str, Any]] = {}
         self._states: dict[str, PartitionStatus] = {}
+        # Incremental crawlers: committed cursors (fleet-wide, as last read) and the runs in flight of the
+        # partitions this worker holds (stored in their positions, so a takeover resumes the run as it was).
+        self._cursors: dict[str, dict[str, Any]] = {}
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._settle: Callable[[str], Awaitable[None]] | None = None
+        self._round = 1  # the round this worker works in
+        self.round_name = round_name or secrets.token_hex(8)
         #: Partitions this worker walked to their end.
         self.finished: list[str] = []
         #: Partitions this worker stopped because another worker had taken them over.
@@ -286,6 +304,7 @@ class FleetCheckpoints:
                 log.info("fleet crawl %s: enqueued %d partition(s)", self.crawl, added)
         if not int(created):
             log.info("fleet crawl %s: joined as %s", self.crawl, self.consumer)
+        await self.queue.name_round(self.round_name)
         await self.refresh()
 
     def close(self) -> None:
@@ -342,6 +361,8 @@ class FleetCheckpoints:
         }
         if problems:
             position["problems"] = list(problems)
+        if partition in self._runs:
+            position["run"] = self._runs[partition]
         try:
             await self._patient(lambda: self.queue.checkpoint(claim, position))
         except ClaimLost:
@@ -353,6 +374,75 @@ class FleetCheckpoints:
             )
             raise
         self._positions[partition] = position
+
+    # --- CursorStore (incremental crawlers) --------------------------------------------------------------
+
+    def cursor(self, partition: str) -> dict[str, Any] | None:
+        """The committed cursor of a partition this worker claimed, read at its claim (``None``: never synced)."""
+        return self._cursors.get(partition)
+
+    def run(self, partition: str) -> dict[str, Any] | None:
+        """The run in flight of a partition this worker holds (from its position: a takeover resumes it)."""
+        return self._runs.get(partition) if partition in self._claims else None
+
+    def set_run(self, partition: str, run: dict[str, Any]) -> None:
+        """Update the run in flight; stored, sealed and fenced, with the partition's next :meth:`save`."""
+        self._runs[partition] = run
+
+    async def commit_cursor(self, partition: str, cursor: dict[str, Any]) -> None:
+        """Commit a finished partition's next cursor and end its run in flight, in one fenced write.
+
+        Raises:
+            ClaimLost: another worker took the partition over (its cursor is not moved).
+            CoordinatorUnavailable: Redis did not answer for ``unavailable_grace`` seconds.
+        """
+        claim = self._claims.get(partition)
+        if claim is None:
+            raise UsageError(f"partition {partition!r} is not claimed by this worker; the engine commits claimed ones")
+        position = {k: v for k, v in self._positions.get(partition, {}).items() if k != "run"}
+        position.setdefault("next", None)
+        position.setdefault("pages", 0)
+        position.setdefault("records", 0)
+        await self._patient(lambda: self.queue.commit_cursor(claim, position, cursor))
+        self._positions[partition] = position
+        self._cursors[partition] = cursor
+        self._runs.pop(partition, None)
+
+    async def reset(self, partitions: Iterable[str] | None = None, *, cursors: bool) -> list[str]:
+        """Begin the crawl's next round once every partition of this one is done or failed (incremental crawlers).
+
+        Every partition is queued again without its position or run; cursors stay. If another
+        worker began it first, this worker joins that round. Returns the partitions queued.
+
+        Raises:
+            UsageError: ``cursors`` (a full refresh): drop the crawl with ``oauthpw-async fleet reset`` instead.
+        """
+        if cursors:
+            raise UsageError(
+                "a fleet forgets its cursors with `oauthpw-async fleet reset` (run once, while no worker runs): "
+                "the next workers then read every partition in full"
+            )
+        number = await self._patient(lambda: self.queue.next_round(self.round_name))
+        status = await self.refresh()
+        self._round = status.round
+        if number:
+            log.info("fleet crawl %s: round %d begins (every partition from its cursor)", self.crawl, number)
+        wanted = None if partitions is None else set(partitions)
+        return sorted(p.name for p in status.partitions if number and (wanted is None or p.name in wanted))
+
+    @property
+    def round(self) -> int:
+        """The crawl's round this worker works in (an incremental crawl runs one round after another)."""
+        return self._round
+
+    @property
+    def incremental(self) -> bool:
+        """Whether an incremental crawler uses this store (its cursors are kept in Redis)."""
+        return self._settle is not None
+
+    def settle_with(self, settle: Callable[[str], Awaitable[None]]) -> None:
+        """How to commit a run that a stopped worker walked to its end but did not commit (the engine's sync)."""
+        self._settle = settle
 
     # --- PartitionSource --------------------------------------------------------------------------------
 
@@ -380,6 +470,8 @@ class FleetCheckpoints:
         changed = anyio.Event()
         poll = min(1.0, self.queue.idle_timeout / 4)
         self._stopping = False
+        if self.last_status is not None:
+            self._round = self.last_status.round
 
         async def run(claim: Claim) -> None:
             nonlocal changed
@@ -410,8 +502,8 @@ class FleetCheckpoints:
                         continue
                     if not running:
                         status = await self.refresh()
-                        if status.finished:
-                            break
+                        if status.finished or status.round != self._round:
+                            break  # (another round began: its workers run it, with what it has learnt)
                     changed = anyio.Event()
                     with anyio.move_on_after(poll):
                         await changed.wait()
@@ -441,8 +533,11 @@ class FleetCheckpoints:
 
     def _adopt(self, claim: Claim) -> None:
         self._claims[claim.partition] = claim
+        self._runs.pop(claim.partition, None)
         if isinstance(claim.position, dict):
-            self._positions[claim.partition] = self._checked(claim.partition, claim.position)
+            position = self._positions[claim.partition] = self._checked(claim.partition, claim.position)
+            if isinstance(position.get("run"), dict):
+                self._runs[claim.partition] = position["run"]
         else:
             self._positions.pop(claim.partition, None)
         if claim.attempt > 1:
@@ -456,18 +551,28 @@ class FleetCheckpoints:
     def _checked(self, partition: str, position: dict[str, Any]) -> dict[str, Any]:
         """A position as :meth:`save` writes it, else a typed error (it opened, yet something else wrote it)."""
         nxt, pages, records = position.get("next"), position.get("pages", 0), position.get("records", 0)
-        problems = position.get("problems") or []
+        problems, run = position.get("problems") or [], position.get("run", {})
         try:
             if nxt is not None:
                 PageRequest.from_json(nxt)
             if type(pages) is not int or type(records) is not int or not isinstance(problems, list):
                 raise TypeError("not a position")
+            if not isinstance(run, dict):
+                raise TypeError("not a run")
         except (TypeError, ValueError, KeyError, AttributeError):
             raise damaged(
                 f"the position of partition {partition!r} of crawl {self.crawl!r}",
                 clear="run `oauthpw-async fleet reset` (the crawl starts over)",
             ) from None
         return position
+
+    def _checked_cursor(self, partition: str, cursor: Any) -> dict[str, Any]:
+        if not isinstance(cursor, dict):
+            raise damaged(
+                f"the cursor of partition {partition!r} of crawl {self.crawl!r}",
+                clear="run `oauthpw-async fleet reset` (the crawl starts over, reading every partition in full)",
+            )
+        return cursor
 
     async def _claim(self, count: int, into: dict[str, Claim]) -> list[Claim]:
         """Up to ``count`` claims, noted in ``into`` before a cancellation can strike.
@@ -478,6 +583,7 @@ class FleetCheckpoints:
         """
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + self._link.command_timeout + 1
+            self.queue.in_round = self._round
             claims = await self.queue.claim(count)
             for claim in claims:
                 into[claim.partition] = claim
@@ -500,6 +606,13 @@ class FleetCheckpoints:
         position = self._positions.get(name)
         try:
             try:
+                if self._settle is not None:  # its cursor, read when claimed (with its recent keys it may be large)
+                    fresh = await self._patient(lambda: self.queue.cursors(name))
+                    self._cursors.pop(name, None)
+                    if name in fresh:
+                        self._cursors[name] = self._checked_cursor(name, fresh[name])
+                if _walked_to_end(position) and self._settle is not None and name in self._runs:
+                    await self._settle(name)  # its worker stopped between its last page and its cursor
                 if not _walked_to_end(position):
                     with anyio.CancelScope() as scope:
                         async with in_background(lambda: self._heartbeat(claim, scope)):
@@ -635,7 +748,8 @@ class FleetCrawl:
         token_key: the fleet's key (or keys, newest first) sealing positions, when ``fleet`` is a link.
         rate: requests per second per host for the whole fleet (``None``: no limit, pauses still shared).
         burst: requests per host that may go at once after a quiet spell.
-        idle_timeout, max_claims, partitions_at_once, unavailable_grace, consumer: see :class:`FleetCheckpoints`.
+        idle_timeout, max_claims, partitions_at_once, unavailable_grace, consumer, round_name: see
+            :class:`FleetCheckpoints`.
     """
 
     def __init__(
@@ -651,6 +765,7 @@ class FleetCrawl:
         unavailable_grace: float = 30.0,
         consumer: str | None = None,
         token_key: str | bytes | Sequence[str | bytes] | TokenCipher | None = None,
+        round_name: str | None = None,
     ) -> None:
         self.link = fleet if isinstance(fleet, RedisLink) else fleet.link
         if isinstance(fleet, RedisLink):
@@ -673,6 +788,7 @@ class FleetCrawl:
             max_claims=max_claims,
             partitions_at_once=partitions_at_once,
             unavailable_grace=unavailable_grace,
+            round_name=round_name,
         )
         # max_wait bounds one reservation; a longer shared pause is waited for in steps.
         self._limiter = HostRateLimiter(self.link, rate=rate, burst=burst, max_wait=60.0) if rate else None
@@ -703,8 +819,10 @@ class FleetCrawl:
         ``incomplete`` are the whole fleet's. Accepts the engine's options (see
         :meth:`Crawler.crawl <oauthpw_async.crawler.Crawler.crawl>`).
 
+        An incremental crawler runs one round: each partition from the cursor the fleet committed,
+        committed again (fenced, with its last position) when the partition finished complete.
+
         Raises:
-            UsageError: the crawler is incremental (its cursors live in a state file).
             CrawlStateLost: Redis lost the crawl's state while it ran.
         """
         from ..crawler.engine import CrawlEngine

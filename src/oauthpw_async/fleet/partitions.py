@@ -15,6 +15,11 @@ reached the sink, so a takeover repeats at most the pages after the last checkpo
 one) positions are sealed at rest like the shared token, bound to their crawl and partition: a
 next-page link that echoes a token is never readable in Redis. A failed partition stays failed (the crawl finishes
 incomplete) until :meth:`PartitionQueue.requeue` queues it again.
+
+Incremental crawls add, per partition, a committed cursor (sealed like positions, bound to their
+purpose too: a cursor never opens as a position), written with the partition's last position by
+one fenced script, and rounds: :meth:`PartitionQueue.next_round` queues every partition again once
+all are done or failed, and claims are bound to the round their worker works in.
 """
 
 from __future__ import annotations
@@ -55,10 +60,11 @@ if ARGV[2] == '1' then redis.call('SET', KEYS[4], '1') end
 return added
 """
 
-# KEYS: stream, state, owner, fence, pos, tries, reason, specs.
-# ARGV: group, consumer, count, min idle ms, max claims per partition.
+# KEYS: stream, state, owner, fence, pos, tries, reason, specs, round.
+# ARGV: group, consumer, count, min idle ms, max claims per partition, the round claimed in ('' for any).
 _CLAIM = """
 local out = {}
+if ARGV[6] ~= '' and (redis.call('GET', KEYS[9]) or '1') ~= ARGV[6] then return out end
 local function finish(id)
   redis.call('XACK', KEYS[1], ARGV[1], id)
   redis.call('XDEL', KEYS[1], id)
@@ -105,6 +111,43 @@ redis.call('XCLAIM', KEYS[3], ARGV[4], ARGV[5], 0, ARGV[6], 'JUSTID')
 return 1
 """
 
+# KEYS: owner, pos, cursors, stream. ARGV: name, owner value, position, cursor, group, consumer, entry.
+_COMMIT_CURSOR = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+redis.call('XCLAIM', KEYS[4], ARGV[5], ARGV[6], 0, ARGV[7], 'JUSTID')
+return 1
+"""
+
+# KEYS: state, pos, owner, tries, reason, stream, sealed, round, round name. ARGV: group, round name.
+# A worker of the round of that name joins it. Otherwise, only once every partition of the round is done
+# or failed (and the list is sealed): each is queued again without its position, the round number grows
+# and the round takes the name. Returns the new round, or 0.
+_NEXT_ROUND = """
+if redis.call('GET', KEYS[9]) == ARGV[2] then return 0 end
+if redis.call('GET', KEYS[7]) ~= '1' then return 0 end
+local states = redis.call('HGETALL', KEYS[1])
+if #states == 0 then return 0 end
+for i = 2, #states, 2 do
+  if states[i] ~= 'done' and states[i] ~= 'failed' then return 0 end
+end
+redis.pcall('XGROUP', 'CREATE', KEYS[6], ARGV[1], '0', 'MKSTREAM')
+for i = 1, #states, 2 do
+  local name = states[i]
+  redis.call('HSET', KEYS[1], name, 'queued')
+  redis.call('HDEL', KEYS[2], name)
+  redis.call('HDEL', KEYS[3], name)
+  redis.call('HDEL', KEYS[4], name)
+  redis.call('HDEL', KEYS[5], name)
+  redis.call('XADD', KEYS[6], '*', 'p', name)
+end
+local round = tonumber(redis.call('GET', KEYS[8]) or '1') + 1
+redis.call('SET', KEYS[8], tostring(round))
+redis.call('SET', KEYS[9], ARGV[2])
+return round
+"""
+
 # KEYS: owner, state, stream, reason, tries.
 # ARGV: name, owner value, group, entry, final state, reason, '1' if a give-back counts as a claim.
 # A reason given with a give-back is the attempt's error, shown until the partition is done.
@@ -144,11 +187,11 @@ end
 return out
 """
 
-# KEYS: specs, state, pos, owner, tries, reason, sealed.
+# KEYS: specs, state, pos, owner, tries, reason, sealed, round.
 _STATUS = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3]),
         redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]),
-        redis.call('GET', KEYS[7]) or ''}
+        redis.call('GET', KEYS[7]) or '', redis.call('GET', KEYS[8]) or '1'}
 """
 
 
@@ -204,6 +247,8 @@ class FleetStatus:
     #: Whether the list of partitions is final (no more will be enqueued).
     sealed: bool
     partitions: tuple[PartitionStatus, ...]
+    #: The crawl's round: an incremental crawl runs one round after another (see :meth:`PartitionQueue.next_round`).
+    round: int = 1
 
     def count(self, state: str) -> int:
         """Partitions in ``state``."""
@@ -274,33 +319,36 @@ class PartitionQueue:
         self._specs, self._state, self._pos = k(scope, "specs"), k(scope, "state"), k(scope, "pos")
         self._owner, self._fence, self._tries = k(scope, "owner"), k(scope, "fence"), k(scope, "claims")
         self._reason, self._sealed = k(scope, "reason"), k(scope, "sealed")
+        self._cursors, self._round, self._round_name = k(scope, "cursors"), k(scope, "round"), k(scope, "round_name")
+        #: The round this worker claims in (``None``: any); see :meth:`next_round`.
+        self.in_round: int | None = None
         self._cipher = cipher
 
-    def _seal(self, partition: str, position: Any) -> bytes:
+    def _seal(self, partition: str, position: Any, what: str = "position") -> bytes:
         data = orjson.dumps(position)
         if self._cipher is None:
             return data
-        return self._cipher.seal_for(data, self._bound_to(partition))
+        return self._cipher.seal_for(data, self._bound_to(partition, what))
 
-    def _open(self, partition: str, raw: bytes | str | None) -> Any:
-        """A stored position (``None`` for none); a typed error for one that does not open or parse."""
+    def _open(self, partition: str, raw: bytes | str | None, what: str = "position") -> Any:
+        """A stored position or cursor (``None`` for none); a typed error for one that does not open or parse."""
         if not raw:
             return None
         stored = raw.encode() if isinstance(raw, str) else raw
-        data = stored if self._cipher is None else self._cipher.open_for(stored, self._bound_to(partition))
+        data = stored if self._cipher is None else self._cipher.open_for(stored, self._bound_to(partition, what))
         try:
             if data is None:
                 raise ValueError("does not open")
             return orjson.loads(data)
         except ValueError:
             raise damaged(
-                f"the position of partition {partition!r} of crawl {self.crawl!r}",
+                f"the {what} of partition {partition!r} of crawl {self.crawl!r}",
                 clear="check that every worker has the same OAUTHPW_FLEET_KEY, or run `oauthpw-async fleet "
                 "reset` (the crawl starts over)",
             ) from None
 
-    def _bound_to(self, partition: str) -> bytes:
-        return f"oauthpw-fleet-position\0{self.crawl}\0{partition}".encode()
+    def _bound_to(self, partition: str, what: str = "position") -> bytes:
+        return f"oauthpw-fleet-{what}\0{self.crawl}\0{partition}".encode()
 
     async def enqueue(self, partitions: Mapping[str, Any] | Iterable[tuple[str, Any]], *, seal: bool = True) -> int:
         """Add partitions (name -> spec, any JSON value) not enqueued before; returns how many were new.
@@ -322,11 +370,23 @@ class PartitionQueue:
         return added
 
     async def claim(self, count: int = 1) -> list[Claim]:
-        """Up to ``count`` partitions for this worker: taken over from silent workers first, then new ones."""
+        """Up to ``count`` partitions for this worker: taken over from silent workers first, then new ones.
+
+        With :attr:`in_round` set, nothing is claimed once the crawl has moved on to another round.
+        """
+        in_round = self.in_round
+        keys = [self._stream, self._state, self._owner, self._fence, self._pos, self._tries, self._reason]
         rows = await self._link.script(
             _CLAIM,
-            [self._stream, self._state, self._owner, self._fence, self._pos, self._tries, self._reason, self._specs],
-            [_GROUP, self.consumer, count, max(1, round(self.idle_timeout * 1000)), self.max_claims],
+            [*keys, self._specs, self._round],
+            [
+                _GROUP,
+                self.consumer,
+                count,
+                max(1, round(self.idle_timeout * 1000)),
+                self.max_claims,
+                "" if in_round is None else str(in_round),
+            ],
         )
         claims = []
         for name, fence, entry, spec, pos, tries in rows:
@@ -353,6 +413,53 @@ class PartitionQueue:
         await self._fenced(
             _CHECKPOINT, claim, [self._owner, self._pos, self._stream], self._seal(claim.partition, position)
         )
+
+    async def commit_cursor(self, claim: Claim, position: Any, cursor: Any) -> None:
+        """Commit the claimed partition's incremental ``cursor`` and its ``position`` in one fenced write.
+
+        Raises:
+            ClaimLost: another worker took the partition over; stop working on it.
+        """
+        ok = await self._link.script(
+            _COMMIT_CURSOR,
+            [self._owner, self._pos, self._cursors, self._stream],
+            [
+                claim.partition,
+                claim.owner,
+                self._seal(claim.partition, position),
+                self._seal(claim.partition, cursor, "cursor"),
+                _GROUP,
+                self.consumer,
+                claim.entry,
+            ],
+        )
+        if not ok:
+            claim.lost = True
+            raise ClaimLost(claim.partition)
+
+    async def cursors(self, partition: str | None = None) -> dict[str, Any]:
+        """The committed incremental cursors, by partition (only ``partition``'s when given)."""
+        client = self._link.client
+        if partition is not None:
+            raw = await self._link.call(client.hget(self._cursors, partition))
+            return {partition: self._open(partition, raw, "cursor")} if raw else {}
+        pairs = await self._link.call(client.hgetall(self._cursors))
+        return {as_text(k): self._open(as_text(k), v, "cursor") for k, v in pairs.items()}
+
+    async def name_round(self, name: str) -> None:
+        """Name the crawl's first round, unless it has a name (workers of one round share its name)."""
+        await self._link.call(self._link.client.setnx(self._round_name, name))
+
+    async def next_round(self, name: str) -> int:
+        """Begin the crawl's next round, named ``name``, unless the current one has that name or is not finished.
+
+        The next round queues every partition again without its position (cursors stay: an
+        incremental crawl's next round reads from them). Atomic: of several workers asking at once,
+        one begins the round and the others join it; a worker of the round named ``name`` that
+        arrives after it finished has nothing to do. Returns the new round, or 0.
+        """
+        keys = [self._state, self._pos, self._owner, self._tries, self._reason, self._stream, self._sealed]
+        return int(await self._link.script(_NEXT_ROUND, [*keys, self._round, self._round_name], [_GROUP, name]))
 
     async def touch(self, claim: Claim) -> None:
         """Keep the claim alive without moving its position (a long page in progress)."""
@@ -395,8 +502,8 @@ class PartitionQueue:
 
     async def status(self) -> FleetStatus:
         """Every partition's state, position, owner and fence."""
-        keys = [self._specs, self._state, self._pos, self._owner, self._tries, self._reason, self._sealed]
-        specs, state, pos, owner, tries, reason, sealed = await self._link.script(_STATUS, keys, [])
+        keys = [self._specs, self._state, self._pos, self._owner, self._tries, self._reason, self._sealed, self._round]
+        specs, state, pos, owner, tries, reason, sealed, round_ = await self._link.script(_STATUS, keys, [])
         states, positions, owners = _pairs(state), _pairs(pos), _pairs(owner)
         claims, reasons = _pairs(tries), _pairs(reason)
         out = []
@@ -418,7 +525,11 @@ class PartitionQueue:
                 raise
             except (ValueError, IndexError):  # a number that is not one, text that is not UTF-8
                 raise damaged(f"the state of partition {name!r} of crawl {self.crawl!r}", clear=_RESET) from None
-        return FleetStatus(sealed=as_text(sealed) == "1", partitions=tuple(out))
+        try:
+            number = int(as_text(round_))
+        except ValueError:
+            raise damaged(f"the round of crawl {self.crawl!r}", clear=_RESET) from None
+        return FleetStatus(sealed=as_text(sealed) == "1", partitions=tuple(out), round=number)
 
     async def states(self) -> dict[str, str]:
         """Each partition's state (``queued``, ``running``, ``done``, ``failed``), without opening positions."""
@@ -426,9 +537,10 @@ class PartitionQueue:
         return {as_text(k): as_text(v) for k, v in raw.items()}
 
     async def drop(self) -> None:
-        """Delete the crawl's queue and positions (to start the crawl over)."""
+        """Delete the crawl's queue, positions and cursors (to start the crawl over)."""
         keys = [self._stream, self._specs, self._state, self._pos, self._owner, self._fence, self._tries]
-        await self._link.call(self._link.client.delete([*keys, self._reason, self._sealed]))
+        more = [self._reason, self._sealed, self._cursors, self._round, self._round_name]
+        await self._link.call(self._link.client.delete([*keys, *more]))
 
     @contextlib.asynccontextmanager
     async def keep_alive(self, claim: Claim) -> AsyncIterator[Claim]:
