@@ -238,3 +238,22 @@ def test_a_state_read_by_a_tool_keeps_its_recorded_output(tmp_path: Path) -> Non
     cp = Checkpoints(str(state))
     cp.read()
     assert cp.document()["fingerprint"]["output"] == "/data/a.jsonl" and cp.is_done("a")
+
+
+async def test_offset_paged_incremental_sync_without_time_order_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Seeking(ServiceNow):
+        ordered_by_updated = True
+
+    api = ChangesAPI(records=30)
+    async with (
+        LocalServer(AuthServerState(), api=api) as server,
+        TokenProvider(server.config()) as tokens,
+    ):
+        caplog.set_level("WARNING", logger="oauthpw_async.crawler")
+        await _crawl(ServiceNow(base_url=server.base_url), tokens, tmp_path / "a.jsonl", tmp_path / "a.json")
+        assert "set ordered_by_updated = True" in caplog.text
+        caplog.clear()
+        await _crawl(Seeking(base_url=server.base_url), tokens, tmp_path / "b.jsonl", tmp_path / "b.json")
+        assert "ordered_by_updated" not in caplog.text

@@ -689,6 +689,14 @@ class IncrementalSync:
                 "primary_key (or use keyset pagination)",
                 name,
             )
+        elif crawler.delta_path is None and offset_like and not crawler.ordered_by_updated:
+            log.warning(
+                "%s: incremental sync over offset pagination counts rows: a record deleted during a run while "
+                "another is created shifts an unseen record past a page, and no count can show it; when the "
+                "listing and changed_since() are ordered by update time, set ordered_by_updated = True so that "
+                "pages seek by time instead",
+                name,
+            )
 
     def paginator(self, paginator: Paginator) -> Paginator:
         """The crawler's strategy, knowing that a page with the delta token is a last page."""
