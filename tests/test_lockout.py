@@ -307,7 +307,8 @@ async def test_a_rejected_refresh_token_falls_back_to_a_login_only_within_the_bu
 
 
 def test_login_budget_is_validated() -> None:
-    for bad in ({"max_logins": 0}, {"max_logins": True}, {"window": -1.0}, {"window": math.inf}, {"max_after_success": 0}):
+    bads = [{"max_logins": 0}, {"max_logins": True}, {"window": -1.0}, {"window": math.inf}, {"max_after_success": 0}]
+    for bad in bads:
         with pytest.raises(ValueError, match=r"max_logins|window|max_after_success"):
             LoginBudget(**bad)  # type: ignore[arg-type]
 

@@ -671,6 +671,10 @@ class TokenProvider:
         left = self._logins.left(self._now())
         if left <= 0:
             raise self._budget_error(self._now())
+        if self._logins.unconfirmed:
+            # An earlier login got no token: one request per renewal, so that the next ones follow
+            # the renewal backoff (growing waits), not the quick retries of one token request.
+            left = 1
         # Retries of a login are logins too: never more attempts than the budget has left.
         return self._retry if left >= self._retry.max_attempts else attrs.evolve(self._retry, max_attempts=left)
 
