@@ -7,7 +7,7 @@ Exit codes (every subcommand):
   0    success; for a crawl: finished and complete (or nothing left to do)
   1    an unexpected error (a bug in a crawler or in this package): the traceback says where
   2    bad configuration or usage (connection file, options, --crawler)
-  3    credentials rejected (username or password, or the account is locked)
+  3    credentials rejected (username or password, a refused static token, or the account is locked)
   4    client rejected (client id or secret, client authentication method)
   5    token server unreachable or failing (5xx, 429, timeout, unusable answer, login budget)
   6    token request rejected otherwise (grant type, scope, parameters, a redirect)
