@@ -269,3 +269,21 @@ async def test_check_probe_calls_the_api_with_the_checks_own_token(tmp_path: Any
         assert code == 2 and "--base-url" in err  # a path needs the base URL
     assert state.count("password") == 1  # the probe took the check's token: no second login
     assert state.password not in out + err and state.client_secret not in out + err
+
+
+@asyncio_only
+async def test_crawl_takes_a_token_wait_and_refuses_a_negative_one(tmp_path: Any) -> None:
+    import orjson
+
+    from .test_cli import crawl_args, run_cli
+
+    api = DemoAPI(per_project=20, max_page_size=20)
+    state = AuthServerState()
+    async with LocalServer(state, api=api) as server:
+        cfg = tmp_path / "c.json"
+        cfg.write_bytes(orjson.dumps(server.connection()))
+        code, out, err = await run_cli(*crawl_args(cfg, server, "--token-wait", "30"))
+        assert code == 0, err
+        assert {orjson.loads(line)["id"] for line in out.splitlines()} == api.expected_ids()
+        code, _, err = await run_cli(*crawl_args(cfg, server, "--token-wait", "-1"))
+    assert code == 2 and "--token-wait must be a number of seconds >= 0" in err

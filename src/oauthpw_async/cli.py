@@ -47,7 +47,7 @@ from .crawler.checkpoint import Checkpoints
 from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenError, UsageError
 from .fleet import command as fleet_command  # imports no Redis client until a fleet is used
 from .fleet.errors import FleetError
-from .provider import TokenProvider
+from .provider import RefreshPolicy, TokenProvider
 from .report import (
     Progress,
     RunSummary,
@@ -373,6 +373,10 @@ async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> i
     # A password-grant connection or a static token (Token / Token File), by the fields present.
     store = FileTokenStore(args.token_store) if args.token_store else None
     tokens = load_token_source(args.config, store=store) if store is not None else load_token_source(args.config)
+    if not (0 <= args.token_wait < float("inf")):
+        raise UsageError(f"--token-wait must be a number of seconds >= 0, got {args.token_wait!r}")
+    if isinstance(tokens, TokenProvider):  # how long requests wait out a paused token endpoint (--token-wait)
+        tokens = TokenProvider(tokens.config, store=store, refresh=RefreshPolicy(pause_wait=args.token_wait))
     crawler = _load_crawler(args.crawler)(base_url=args.base_url)
     fleet = None
     if args.coordinator:  # one worker of a fleet: the token too is shared when it is renewable
@@ -638,6 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--concurrency", type=int, default=16, help="API requests in flight at once")
     p.add_argument("--rate", type=float, help="requests per second per host (default: no limit)")
+    p.add_argument(
+        "--token-wait",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="while token requests are paused (the login budget, a rate limit of the token endpoint), requests "
+        "wait this long for them to resume, then the crawl fails (default: 900)",
+    )
     p.add_argument(
         "--allow-incomplete",
         action="store_true",

@@ -270,6 +270,11 @@ class TokenProvider:
         return self._config
 
     @property
+    def refresh_policy(self) -> RefreshPolicy:
+        """When this provider renews, its login budget and how long callers wait out a pause."""
+        return self._policy
+
+    @property
     def clock(self) -> Clock:
         """The clock this provider (and a crawler using it) measures time with."""
         return self._clock
