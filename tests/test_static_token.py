@@ -235,6 +235,8 @@ async def test_check_validates_a_static_token_file_and_probes_the_api_without_sh
         code, out, err = await run_cli("check", "--config", str(cfg), env=env)
         assert code == 0, err
         assert "the connection file is valid" in out and "unknown field" not in out + err
+        code, _, err = await run_cli("check", "--config", str(cfg), "--token-store", str(tmp_path / "t"), env=env)
+        assert code == 2 and "never renewed" in err
         probe = ["--probe", "/api/cursor/items?project=alpha", "--base-url", server.base_url]
         code, out, err = await run_cli("check", "--config", str(cfg), *probe, env=env)
         assert code == 0, err

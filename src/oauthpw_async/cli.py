@@ -100,6 +100,8 @@ async def _check(args: argparse.Namespace) -> int:
         _err(str(exc))
         return ExitCode.USAGE
     if isinstance(source, StaticToken):
+        if args.token_store:
+            raise UsageError("--token-store keeps renewed tokens; a static token is never renewed, so drop it")
         return await _check_static(source, probe_url, as_json=args.json)
     config = source.config
     store = FileTokenStore(args.token_store) if args.token_store else None
