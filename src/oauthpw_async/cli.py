@@ -594,7 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_para(
             "Log in once with the password, then refresh once whenever a refresh token came back "
             "(at the Refresh Token URL, or the Access Token URL when none is set), and show each answer "
-            "with secrets masked. A rejected password is never retried."
+            "with secrets masked. A rejected password is never retried. A static-token connection (the file crawl "
+            "takes) is validated; --probe then tries either kind of token on one API URL."
         ),
         formatter_class=_HelpFormatter,
     )
