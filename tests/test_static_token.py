@@ -214,3 +214,78 @@ async def test_the_crawler_takes_a_static_token() -> None:
         with pytest.raises(StaticTokenRejected, match="refused the static token"):
             await Items(base_url=server.base_url).crawl(refused, ListSink(), concurrency=8)
     assert api.counts["list:401"] == 1 and state.token_requests == 0
+
+
+# --- the command line: check and crawl take the same static-token file ----------------------------------------
+
+
+@asyncio_only
+async def test_check_validates_a_static_token_file_and_probes_the_api_without_showing_the_token(tmp_path: Any) -> None:
+    import orjson
+
+    from .test_cli import run_cli
+
+    api = DemoAPI(per_project=10)
+    state = AuthServerState()
+    async with LocalServer(state, api=api) as server:
+        token = state.issue_static_token()
+        cfg = tmp_path / "pat.json"
+        cfg.write_bytes(orjson.dumps({"Token": {"env": "DEMO_PAT"}, "Auth Scheme": "Bearer"}))
+        env = {"DEMO_PAT": token}
+        code, out, err = await run_cli("check", "--config", str(cfg), env=env)
+        assert code == 0, err
+        assert "the connection file is valid" in out and "unknown field" not in out + err
+        code, _, err = await run_cli("check", "--config", str(cfg), "--token-store", str(tmp_path / "t"), env=env)
+        assert code == 2 and "never renewed" in err
+        probe = ["--probe", "/api/cursor/items?project=alpha", "--base-url", server.base_url]
+        code, out, err = await run_cli("check", "--config", str(cfg), *probe, env=env)
+        assert code == 0, err
+        assert "HTTP 200" in out and api.counts["list:200"] == 1
+        code, out, _ = await run_cli("check", "--json", "--config", str(cfg), *probe, env=env)
+        doc = orjson.loads(out)
+        assert code == 0 and doc["ok"] and doc["probe"]["status"] == 200 and doc["kind"] == "static token"
+        # A token the API refuses: exit 3 (credentials rejected), as crawl exits, and it says to replace it.
+        code, out, err = await run_cli("check", "--config", str(cfg), *probe, env={"DEMO_PAT": "not-a-valid-pat"})
+        assert code == 3 and "HTTP 401" in out and "replace" in err.lower()
+        everything = out + err
+    assert token not in everything and "not-a-valid-pat" not in everything
+    assert state.token_requests == 0  # nothing to log in to
+
+
+@asyncio_only
+async def test_check_probe_calls_the_api_with_the_checks_own_token(tmp_path: Any) -> None:
+    import orjson
+
+    from .test_cli import run_cli
+
+    api = DemoAPI(per_project=10)
+    state = AuthServerState()
+    async with LocalServer(state, api=api) as server:
+        cfg = tmp_path / "c.json"
+        cfg.write_bytes(orjson.dumps(server.connection()))
+        url = f"{server.base_url}/api/cursor/items?project=alpha"
+        code, out, err = await run_cli("check", "--config", str(cfg), "--probe", url)
+        assert code == 0, err
+        assert "HTTP 200" in out and api.counts["list:200"] == 1
+        code, _, err = await run_cli("check", "--config", str(cfg), "--probe", "/api/cursor/items")
+        assert code == 2 and "--base-url" in err  # a path needs the base URL
+    assert state.count("password") == 1  # the probe took the check's token: no second login
+    assert state.password not in out + err and state.client_secret not in out + err
+
+
+@asyncio_only
+async def test_crawl_takes_a_token_wait_and_refuses_a_negative_one(tmp_path: Any) -> None:
+    import orjson
+
+    from .test_cli import crawl_args, run_cli
+
+    api = DemoAPI(per_project=20, max_page_size=20)
+    state = AuthServerState()
+    async with LocalServer(state, api=api) as server:
+        cfg = tmp_path / "c.json"
+        cfg.write_bytes(orjson.dumps(server.connection()))
+        code, out, err = await run_cli(*crawl_args(cfg, server, "--token-wait", "30"))
+        assert code == 0, err
+        assert {orjson.loads(line)["id"] for line in out.splitlines()} == api.expected_ids()
+        code, _, err = await run_cli(*crawl_args(cfg, server, "--token-wait", "-1"))
+    assert code == 2 and "--token-wait must be a number of seconds >= 0" in err

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import logging
 import textwrap
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -41,6 +42,7 @@ from .retry import RetryPolicy
 from .store import StoredToken
 
 if TYPE_CHECKING:
+    from .sources import TokenSource
     from .store import TokenStore
     from .transport import TokenEndpoint
 
@@ -50,9 +52,11 @@ __all__ = [
     "CheckResult",
     "CheckStep",
     "ExitCode",
+    "ProbeResult",
     "check_connection",
     "exit_code_for",
     "exit_codes_text",
+    "probe_api",
 ]
 
 log = logging.getLogger("oauthpw_async.check")
@@ -82,7 +86,8 @@ EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success; for a crawl: finished and complete (or nothing left to do)",
     ExitCode.UNEXPECTED: "an unexpected error (a bug in a crawler or in this package): the traceback says where",
     ExitCode.USAGE: "bad configuration or usage (connection file, options, --crawler)",
-    ExitCode.CREDENTIALS: "credentials rejected (username or password, or the account is locked)",
+    ExitCode.CREDENTIALS: "credentials rejected (username or password, a refused static token, or the account is "
+    "locked)",
     ExitCode.CLIENT: "client rejected (client id or secret, client authentication method)",
     ExitCode.SERVER: "token server unreachable or failing (5xx, 429, timeout, unusable answer, login budget spent)",
     ExitCode.REJECTED: "token request rejected otherwise (grant type, scope, parameters, a redirect)",
@@ -341,3 +346,61 @@ async def _step(
         rotated = token.refresh_token is not None and token.refresh_token != previous.refresh_token
         rt = "rotated" if rotated else "kept"
     return CheckStep(grant, url, True, attempts, seconds, token.describe(), rt), token, None
+
+
+@attrs.frozen
+class ProbeResult:
+    """One API request sent with the connection's token (``check --probe``): where, and the answer's status."""
+
+    #: Where it was sent, without query or user info.
+    url: str
+    #: The final HTTP status (``None``: no answer, or no token to send).
+    status: int | None
+    #: Seconds from the request to the answer (renewing a refused token included).
+    seconds: float
+    error: OAuthPWError | None = attrs.field(default=None, eq=False)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        """The exit code of ``oauthpw-async check --probe`` for this probe."""
+        return exit_code_for(self.error)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping, without any secret."""
+        return {
+            "url": self.url,
+            "status": self.status,
+            "seconds": self.seconds,
+            "error": _error_dict(self.error) if self.error is not None else None,
+        }
+
+
+async def probe_api(
+    tokens: TokenSource, url: str, *, timeout: float = 30.0, clock: Clock = SYSTEM_CLOCK
+) -> ProbeResult:
+    """``GET url`` once with the token of ``tokens`` (renewed once after a 401) and report the status.
+
+    Never raises for a failed probe: a refused static token is a
+    :class:`~oauthpw_async.errors.StaticTokenRejected`, a status >= 400 an
+    :class:`~oauthpw_async.errors.HTTPStatusError`, both in :attr:`ProbeResult.error`. The
+    token never appears in the result.
+    """
+    from .session import AuthorizedSession  # aiohttp only when it is used
+
+    parts = urllib.parse.urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"  # the token goes to this origin only
+    started = clock.monotonic()
+    status: int | None = None
+    error: OAuthPWError | None = None
+    try:
+        async with (
+            AuthorizedSession(tokens, base_url=origin, timeout=timeout, retry=RetryPolicy(max_attempts=1)) as api,
+            api.get(url, raise_for_status=False) as resp,
+        ):
+            status = resp.status
+            resp.raise_for_status()
+    except OAuthPWError as exc:
+        error = exc
+        if status is None and isinstance(getattr(exc, "status", None), int):
+            status = exc.status  # type: ignore[attr-defined]  # e.g. the 401 that refused a static token
+    return ProbeResult(safe_url(url), status, clock.monotonic() - started, error)

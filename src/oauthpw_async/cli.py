@@ -26,8 +26,15 @@ import attrs
 import orjson
 
 from . import state_cli
-from .check import CheckResult, ExitCode, check_connection, exit_code_for, exit_codes_text
-from .config import load_config
+from .check import (
+    CheckResult,
+    ExitCode,
+    ProbeResult,
+    check_connection,
+    exit_code_for,
+    exit_codes_text,
+    probe_api,
+)
 from .crawler import Crawler, CrawlStats, JsonLinesSink, Sink, StreamSink
 from .crawler.checkpoint import Checkpoints
 from .crawler.sinks import STREAM
@@ -35,7 +42,7 @@ from .errors import ConfigError, CrawlError, OAuthPWError, StateError, TokenErro
 from .fleet import command as fleet_command  # imports no Redis client until a fleet is used
 from .fleet.errors import FleetError
 from .integrations import command as integrations  # imports an integration only when used
-from .provider import TokenProvider
+from .provider import RefreshPolicy, TokenProvider
 from .report import (
     Progress,
     RunSummary,
@@ -47,7 +54,7 @@ from .report import (
     row,
 )
 from .sources import StaticToken, load_token_source
-from .store import FileTokenStore
+from .store import FileTokenStore, MemoryTokenStore
 
 __all__ = ["build_parser", "main"]
 
@@ -98,22 +105,91 @@ def _silence_stdout() -> None:
 
 
 async def _check(args: argparse.Namespace) -> int:
+    probe_url = _probe_url(args)
     try:
-        config = load_config(args.config)
+        source = load_token_source(args.config)  # a password grant or a static token, as crawl takes it
     except ConfigError as exc:
         if args.json:
             print(orjson.dumps(CheckResult.from_config_error(exc).as_dict()).decode(), flush=True)
         _err(str(exc))
         return ExitCode.USAGE
+    if isinstance(source, StaticToken):
+        if args.token_store:
+            raise UsageError("--token-store keeps renewed tokens; a static token is never renewed, so drop it")
+        return await _check_static(source, probe_url, as_json=args.json)
+    config = source.config
     store = FileTokenStore(args.token_store) if args.token_store else None
-    result = await check_connection(config, store=store)
+    # With --probe the check's token is kept (in memory at least) so the probe sends no second login.
+    kept = store if store is not None or probe_url is None else MemoryTokenStore()
+    result = await check_connection(config, store=kept)
+    if store is None:
+        result = attrs.evolve(result, stored=False)
+    probe = None
+    if probe_url is not None and result.error is None:
+        async with TokenProvider(config, store=kept) as tokens:
+            probe = await probe_api(tokens, probe_url)
     if args.json:
-        print(orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2).decode(), flush=True)
+        doc = result.as_dict()
+        if probe is not None:
+            doc["probe"] = probe.as_dict()
+            doc["ok"] = doc["ok"] and probe.error is None
+            doc["exit_code"] = int(probe.exit_code) if result.error is None else doc["exit_code"]
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode(), flush=True)
     else:
         print_lines(format_check(result), sys.stdout)
+        if probe is not None:
+            print(_probe_line(probe), flush=True)
     if result.error is not None:
         _err(str(result.error))
-    return result.exit_code
+        return result.exit_code
+    if probe is not None and probe.error is not None:
+        _err(str(probe.error))
+        return probe.exit_code
+    return ExitCode.OK
+
+
+def _probe_url(args: argparse.Namespace) -> str | None:
+    target = args.probe
+    if not isinstance(target, str):
+        return None
+    if target.startswith(("https://", "http://")):
+        return target
+    if not args.base_url:
+        raise UsageError("--probe with a path needs --base-url (or give --probe a whole http(s):// URL)")
+    return str(args.base_url).rstrip("/") + "/" + target.lstrip("/")
+
+
+def _probe_line(probe: ProbeResult) -> str:
+    answer = f"HTTP {probe.status}" if probe.status is not None else "no answer"
+    verdict = "OK" if probe.error is None else "FAILED"
+    return f"probe GET {probe.url}: {answer} in {probe.seconds:.2f}s: {verdict}"
+
+
+async def _check_static(source: StaticToken, probe_url: str | None, *, as_json: bool) -> int:
+    """``check`` on a static-token connection: the file is valid (it loaded); with a probe, one API call."""
+    cfg = source.config
+    probe = await probe_api(source, probe_url) if probe_url is not None else None
+    code = probe.exit_code if probe is not None else ExitCode.OK
+    if as_json:
+        doc = {
+            "ok": code == ExitCode.OK,
+            "exit_code": int(code),
+            "kind": "static token",
+            "token_from": cfg.token_from,
+            "auth_scheme": None if cfg.use_raw_token else cfg.auth_scheme,
+            "probe": probe.as_dict() if probe is not None else None,
+        }
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode(), flush=True)
+    else:
+        scheme = "sent as the whole Authorization header" if cfg.use_raw_token else f"scheme {cfg.auth_scheme}"
+        print(f"static token from {cfg.token_from} ({scheme}): the connection file is valid", flush=True)
+        if probe is None:
+            print("no token request to test (a static token is never renewed); --probe URL calls the API", flush=True)
+        else:
+            print(_probe_line(probe), flush=True)
+    if probe is not None and probe.error is not None:
+        _err(str(probe.error))
+    return code
 
 
 # --- crawl ---------------------------------------------------------------------------------------
@@ -337,6 +413,10 @@ async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> i
     # A password-grant connection or a static token (Token / Token File), by the fields present.
     store = FileTokenStore(args.token_store) if args.token_store else None
     tokens = load_token_source(args.config, store=store) if store is not None else load_token_source(args.config)
+    if not (0 <= args.token_wait < float("inf")):
+        raise UsageError(f"--token-wait must be a number of seconds >= 0, got {args.token_wait!r}")
+    if isinstance(tokens, TokenProvider):  # how long requests wait out a paused token endpoint (--token-wait)
+        tokens = TokenProvider(tokens.config, store=store, refresh=RefreshPolicy(pause_wait=args.token_wait))
     crawler = _load_crawler(args.crawler)(base_url=args.base_url)
     fleet = None
     if args.coordinator:  # one worker of a fleet: the token too is shared when it is renewable
@@ -567,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_para(
             "Log in once with the password, then refresh once whenever a refresh token came back "
             "(at the Refresh Token URL, or the Access Token URL when none is set), and show each answer "
-            "with secrets masked. A rejected password is never retried."
+            "with secrets masked. A rejected password is never retried. A static-token connection (the file crawl "
+            "takes) is validated; --probe then tries either kind of token on one API URL."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -579,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="keep the newest token in this file (0600) so crawls using it start without a login (default: not kept)",
     )
+    p.add_argument(
+        "--probe",
+        metavar="URL",
+        help="then GET this API URL (or a path under --base-url) with the token and report the status, never the "
+        "token; a static-token connection is checked this way (default: no API call)",
+    )
+    p.add_argument("--base-url", metavar="URL", help="the API base URL a --probe path is joined to (default: none)")
 
     p = sub.add_parser(
         "crawl",
@@ -610,6 +698,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--concurrency", type=int, default=16, help="API requests in flight at once")
     p.add_argument("--rate", type=float, help="requests per second per host (default: no limit)")
+    p.add_argument(
+        "--token-wait",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="while token requests are paused (the login budget, a rate limit of the token endpoint), requests "
+        "wait this long for them to resume, then the crawl fails (default: 900)",
+    )
     p.add_argument(
         "--allow-incomplete",
         action="store_true",

@@ -9,15 +9,15 @@ States by the provider's monotonic clock:
   request in flight (single flight), which runs in the provider's own task group so a
   cancelled caller never cancels it.
 
-Two things stop a renewal before any request is sent, and callers then get a
-:class:`~oauthpw_async.errors.TokenRequestsPaused` at once, naming when requests resume:
-the server asked to wait longer than ``RetryPolicy.max_wait`` (``Retry-After`` or a
-rate-limit reset header), or the credential's :class:`LoginBudget` is spent.
+Two things stop a renewal before any request is sent: the server asked to wait longer than
+``RetryPolicy.max_wait`` (``Retry-After`` or a rate-limit reset header), or the credential's
+:class:`LoginBudget` of unconfirmed logins is spent. Callers then wait for requests to resume
+(logged once, naming when and why) up to ``RefreshPolicy.pause_wait``; past it they get a
+:class:`~oauthpw_async.errors.TokenRequestsPaused` naming when requests resume.
 """
 
 from __future__ import annotations
 
-import collections
 import copy
 import logging
 import math
@@ -59,6 +59,7 @@ from .grant import (
     build_refresh_request,
     parse_token_response,
 )
+from .login_budget import LoginBudget, LoginLedger, _seconds
 from .retry import RetryPolicy
 from .store import MemoryTokenStore, StoredToken, TokenStore
 
@@ -86,30 +87,8 @@ FLEET_LATCH_RECHECK = 5.0
 COORDINATOR_RETRY = 2.0
 
 
-@attrs.frozen
-class LoginBudget:
-    """At most ``max_logins`` password-login requests per credential in any ``window`` seconds.
-
-    Every login request sent counts, retries of one login included, whatever the answer:
-    servers that answer a wrong password with a 5xx, a 429 or a 200 HTML page cannot be told
-    from an outage, and each such login may count towards an account lockout. When the budget
-    is spent, callers that need a login get :class:`~oauthpw_async.errors.LoginBudgetExhausted`
-    at once, without a request. A successful login does not reset the window; refreshes are
-    not counted.
-    """
-
-    max_logins: int = attrs.field(default=3)
-    window: float = attrs.field(default=600.0)
-
-    @max_logins.validator
-    def _check_logins(self, attribute: attrs.Attribute[int], value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise UsageError(f"max_logins must be a whole number >= 1, got {value!r}")
-
-    @window.validator
-    def _check_window(self, attribute: attrs.Attribute[float], value: float) -> None:
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-            raise UsageError(f"window must be a finite number of seconds >= 0, got {value!r}")
+def _password(config: PasswordGrantConfig) -> str | None:
+    return None if config.password is None else config.password.reveal()
 
 
 @attrs.frozen
@@ -130,8 +109,11 @@ class RefreshPolicy:
     backoff: RetryPolicy = RENEWAL_BACKOFF
     #: Consecutive HTTP 500 answers to a refresh after which a password login is tried instead.
     refresh_failures_before_login: int = 2
-    #: How many password logins may be sent per window, whatever the server answers.
-    login_budget: LoginBudget = LoginBudget()
+    #: How many unconfirmed password logins (answers that were no token) may be sent per window.
+    login_budget: LoginBudget = attrs.field(factory=LoginBudget)
+    #: Longest ``get()`` waits, in seconds, while token requests are paused (the login budget, a
+    #: rate-limit window, a long backoff) before it raises the :class:`TokenRequestsPaused`; 0: at once.
+    pause_wait: float = attrs.field(default=900.0, validator=_seconds)
 
     def margin(self, lifetime: float, rng: random.Random) -> float:
         """Seconds before expiry at which a refresh starts."""
@@ -148,8 +130,10 @@ class TokenStats:
 
     #: Password logins attempted (one per renewal, whatever the retries).
     logins: int = 0
-    #: Password login requests sent, retries included (what the :class:`LoginBudget` counts).
+    #: Password login requests sent, retries included (the unconfirmed ones are what the :class:`LoginBudget` counts).
     login_requests: int = 0
+    #: ``get()`` calls that waited for paused token requests to resume (``RefreshPolicy.pause_wait``).
+    pause_waits: int = 0
     #: Refresh-token grants attempted.
     refreshes: int = 0
     #: HTTP token requests sent, retries included.
@@ -267,8 +251,10 @@ class TokenProvider:
         self._retry_not_before = _NEVER
         #: The end of the server's last rate-limit window (kept across reset()).
         self._rate_limited_until = _NEVER
-        #: When the login requests of the current budget window were sent (monotonic).
-        self._login_times: collections.deque[float] = collections.deque()
+        #: The unconfirmed login requests of the current budget window (monotonic).
+        self._logins = LoginLedger(self._policy.login_budget)
+        #: The pause callers are waiting out now (``None``: none).
+        self._waiting_out: TokenRequestsPaused | None = None
         #: Generation of the current token in the store: one more per renewal.
         self._generation = 0
         self._tls_warned = False
@@ -282,6 +268,11 @@ class TokenProvider:
     def config(self) -> PasswordGrantConfig:
         """The connection this provider logs in to."""
         return self._config
+
+    @property
+    def refresh_policy(self) -> RefreshPolicy:
+        """When this provider renews, its login budget and how long callers wait out a pause."""
+        return self._policy
 
     @property
     def clock(self) -> Clock:
@@ -357,8 +348,10 @@ class TokenProvider:
             )
         if config is not None:
             if config.account_key != self._config.account_key:
-                self._login_times.clear()
+                self._logins.clear()
                 self._rate_limited_until = _NEVER
+            elif _password(config) != _password(self._config):
+                self._logins.password_changed()  # the last success no longer confirms it
             if config.credential_key != self._config.credential_key:
                 self._generation = 0
             self._config = config
@@ -437,7 +430,9 @@ class TokenProvider:
     async def _get_slow(self) -> Token:
         if self._tg is None:
             raise ProviderClosed("use the provider inside 'async with TokenProvider(...)'")
-        for _ in range(3):
+        deadline: float | None = None  # set at the first pause met: this call waits no longer
+        stale = 0
+        for _ in range(10_000):  # each turn waits for a renewal or a pause: bounded by the deadline too
             now = self._now()
             token = self._token
             if token is not None and now < self._expires_at:
@@ -452,17 +447,53 @@ class TokenProvider:
             if flight is None:
                 paused = self._paused(now)
                 if paused is not None:
-                    raise paused
+                    deadline = await self._wait_out(paused, now, deadline)
+                    continue
                 flight = self._start_flight()
             self.stats.waits += 1
-            token = await flight.wait()
+            try:
+                token = await flight.wait()
+            except TokenRequestsPaused as exc:
+                deadline = await self._wait_out(exc, self._now(), deadline)
+                continue
             if self._token is token and self._now() < self._expires_at:
                 return token
             # Invalidated, replaced or already expired by the time this task resumed: look again.
+            stale += 1
+            if stale >= 3:
+                break
         raise TransientTokenError(
             "no valid token after three renewals: the token lifetime is shorter than a token request takes",
             hint="raise the token lifetime on the server or lower the latency to it",
         )
+
+    async def _wait_out(self, paused: TokenRequestsPaused, now: float, deadline: float | None) -> float:
+        """Sleep until ``paused`` ends if that is within this call's deadline, else raise it; the deadline."""
+        if deadline is None:
+            deadline = now + self._policy.pause_wait
+        resume_in = paused.resume_in
+        if now + resume_in > deadline or self._tg is None:
+            raise paused
+        if self._waiting_out is None or abs(self._waiting_out.retry_at - paused.retry_at) > 1.0:
+            log.warning("token requests are paused: %s; waiting (RefreshPolicy.pause_wait)", paused.detail)
+        self._waiting_out = paused
+        self.stats.pause_waits += 1
+        try:
+            await self._clock.sleep(max(resume_in, 0.001))
+        finally:
+            if self._waiting_out is paused:
+                self._waiting_out = None
+        if self._tg is None:
+            raise ProviderClosed("the token provider closed while token requests were paused")
+        return deadline
+
+    @property
+    def paused(self) -> TokenRequestsPaused | None:
+        """The pause (login budget, rate limit, backoff) callers of :meth:`get` are waiting out now, if any.
+
+        Its :attr:`~TokenRequestsPaused.retry_at` says until when, its message why.
+        """
+        return self._waiting_out
 
     def _fatal_holds(self, now: float) -> bool:
         """Whether callers get the earlier definitive error at once (else a renewal may be tried)."""
@@ -497,18 +528,15 @@ class TokenProvider:
         )
 
     def _logins_left(self, now: float) -> int:
-        budget = self._policy.login_budget
-        times = self._login_times
-        while times and times[0] <= now - budget.window:
-            times.popleft()
-        return budget.max_logins - len(times)
+        return self._logins.left(now)
 
     def _budget_error(self, now: float) -> LoginBudgetExhausted:
-        budget = self._policy.login_budget
-        resume_in = self._login_times[0] + budget.window - now
+        ledger = self._logins
+        resume_in = ledger.resume_in(now)
         return LoginBudgetExhausted(
-            f"the login budget is spent: {budget.max_logins} password login request(s) in {budget.window:g}s; "
-            "no login is sent before the window allows one, to keep the account from being locked",
+            f"the login budget is spent: {ledger.limit(now)} unconfirmed password login request(s) (answers that "
+            f"were no token) in {ledger.budget.window:g}s; no login is sent before the window allows one, to keep "
+            "the account from being locked",
             retry_at=self._clock.wall() + resume_in,
             retry_after=resume_in,
         )
@@ -605,7 +633,9 @@ class TokenProvider:
                 return token, "refresh_token"
         policy = self._login_policy()
         self.stats.logins += 1
-        return await self._exchange(build_password_request(self._config), None, policy), "password"
+        token = await self._exchange(build_password_request(self._config), None, policy)
+        self._logins.confirmed(self._now())  # a token: the password works, the budget is re-armed
+        return token, "password"
 
     @property
     def refresh_reusable(self) -> bool:
@@ -643,9 +673,13 @@ class TokenProvider:
 
     def _login_policy(self) -> RetryPolicy:
         """The retries one password login may use; raises when the login budget is spent."""
-        left = self._logins_left(self._now())
+        left = self._logins.left(self._now())
         if left <= 0:
             raise self._budget_error(self._now())
+        if self._logins.unconfirmed:
+            # An earlier login got no token: one request per renewal, so that the next ones follow
+            # the renewal backoff (growing waits), not the quick retries of one token request.
+            left = 1
         # Retries of a login are logins too: never more attempts than the budget has left.
         return self._retry if left >= self._retry.max_attempts else attrs.evolve(self._retry, max_attempts=left)
 
@@ -661,9 +695,9 @@ class TokenProvider:
         def on_send(req: TokenRequest, attempt: int) -> None:
             if req.grant == "password":
                 now = self._now()
-                if self._logins_left(now) <= 0:  # the policy above prevents it; never send past the budget
+                if self._logins.left(now) <= 0:  # the policy above prevents it; never send past the budget
                     raise self._budget_error(now)
-                self._login_times.append(now)
+                self._logins.sent(now)
                 self.stats.login_requests += 1
             self.stats.token_requests += 1
             log.debug("token request: grant=%s url=%s attempt=%d", req.grant, safe_url(req.url), attempt + 1)

@@ -292,7 +292,7 @@ def worker_for(
     connection: Coordinator | RedisLink
     if isinstance(tokens, TokenProvider):
         fleet = Coordinator.for_config(tokens.config, args.coordinator, token_key=key, namespace=args.namespace)
-        tokens = TokenProvider(tokens.config, store=store, coordinator=fleet)
+        tokens = TokenProvider(tokens.config, store=store, coordinator=fleet, refresh=tokens.refresh_policy)
         connection = fleet
     else:  # a static token: nothing to renew, only the crawl is shared
         connection = RedisLink(args.coordinator, namespace=args.namespace)

@@ -3,7 +3,8 @@
 Enterprise identity providers lock an account after a handful of failed logins, counted per
 account, not per process: N workers each keeping their own budget would try N times as
 often. Both are counted in Redis, on the server's clock (``TIME`` inside the Lua script), so
-that no process's clock skew widens the window.
+that no process's clock skew widens the window. The budget follows the one rule of
+:class:`oauthpw_async.login_budget.LoginBudget`: it counts unconfirmed logins, and a token re-arms it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import attrs
 import orjson
 
 from ..errors import UsageError
+from ..login_budget import LoginBudget as BudgetRule
 from ._redis import RedisLink
 from .errors import damaged
 
@@ -34,6 +36,24 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tonumber(oldest[2]) + window - now}
 """
 
+# Seconds since the last confirmed login on the server's clock (-1: none in the window).
+_SINCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = redis.call('GET', KEYS[1])
+if not at then return -1 end
+return now - tonumber(at)
+"""
+
+# A token came back: forget the unconfirmed logins, remember when (for one window).
+_CONFIRM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], now, 'PX', tonumber(ARGV[1]))
+return 1
+"""
+
 _USED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -42,36 +62,57 @@ return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]) + 1, '+inf')
 
 
 class LoginBudget:
-    """At most ``limit`` password logins per ``window`` seconds for a whole fleet.
+    """At most ``limit`` unconfirmed password logins per ``window`` seconds for a whole fleet.
+
+    A login is unconfirmed until a token comes back; :meth:`confirm` then re-arms the budget for
+    every process, and for one window ``after_success`` unconfirmed logins are allowed instead
+    (the rule of :class:`oauthpw_async.login_budget.LoginBudget`).
 
     Args:
         link: the coordinator's Redis connection.
         scope: the credential (``cred:<credential key>``).
-        limit: logins allowed in any window.
+        limit: unconfirmed logins allowed in any window.
         window: the window in seconds.
+        after_success: unconfirmed logins allowed within one window of a confirmed login
+            (default: the rule's default, never fewer than ``limit``).
     """
 
-    def __init__(self, link: RedisLink, scope: str, *, limit: int = 5, window: float = 900.0) -> None:
+    def __init__(
+        self, link: RedisLink, scope: str, *, limit: int = 5, window: float = 900.0, after_success: int | None = None
+    ) -> None:
         if limit < 1 or window <= 0:
             raise UsageError("a login budget needs limit >= 1 and a positive window")
+        after = BudgetRule().max_after_success if after_success is None else after_success
+        self.rule = BudgetRule(max_logins=limit, window=window, max_after_success=max(limit, after))
         self._link = link
         self.limit = limit
         self.window = window
         self.key = link.key(scope, "logins")
+        self.confirmed_key = link.key(scope, "logins-confirmed")
+
+    async def current_limit(self) -> int:
+        """Unconfirmed logins allowed in the current window (more within one window of a confirmed login)."""
+        since_ms = int(await self._link.script(_SINCE, [self.confirmed_key], []))
+        return self.rule.limit(None if since_ms < 0 else since_ms / 1000)
 
     async def take(self) -> float:
         """Charge one login: ``0.0`` if it may go ahead now, else seconds until one may (nothing charged)."""
+        limit = await self.current_limit()
         member = secrets.token_hex(8)  # distinct members: two logins in the same millisecond both count
-        ok, wait_ms = await self._link.script(_TAKE, [self.key], [self.limit, self._window_ms, member])
+        ok, wait_ms = await self._link.script(_TAKE, [self.key], [limit, self._window_ms, member])
         return 0.0 if ok else max(0.001, int(wait_ms) / 1000)
 
+    async def confirm(self) -> None:
+        """A login got a token: the password works; forget the unconfirmed logins of every process."""
+        await self._link.script(_CONFIRM, [self.key, self.confirmed_key], [self._window_ms])
+
     async def used(self) -> int:
-        """Logins charged in the current window."""
+        """Unconfirmed logins charged in the current window."""
         return int(await self._link.script(_USED, [self.key], [self._window_ms]))
 
     async def reset(self) -> None:
         """Forget the logins counted so far (after an admin fixed the account)."""
-        await self._link.call(self._link.client.delete([self.key]))
+        await self._link.call(self._link.client.delete([self.key, self.confirmed_key]))
 
     @property
     def _window_ms(self) -> int:

@@ -417,8 +417,8 @@ class FleetRenewal:
         wait = await fleet.logins.take()
         if wait > 0:
             raise LoginBudgetExhausted(
-                f"the fleet's login budget is spent: {fleet.logins.limit} password login request(s) in "
-                f"{fleet.logins.window:g}s across every process of this credential",
+                f"the fleet's login budget is spent: {fleet.logins.limit} unconfirmed password login request(s) "
+                f"(answers that were no token) in {fleet.logins.window:g}s across every process of this credential",
                 retry_at=p._clock.wall() + wait,
                 retry_after=wait,
             )
@@ -426,11 +426,17 @@ class FleetRenewal:
         # One request per charge of the fleet's budget: a failed login is retried by a later renewal.
         once = attrs.evolve(p._retry, max_attempts=1)
         try:
-            return await p._exchange(build_password_request(p._config), None, once)
+            token = await p._exchange(build_password_request(p._config), None, once)
         except DefinitiveTokenError as exc:
             if not isinstance(exc, RefreshTokenRejected):
                 await fleet.rejected.trip(status=exc.status, error_code=exc.error_code, by=self._me)
             raise
+        p._logins.confirmed(p._now())  # a token: the login budget is re-armed, here and fleet-wide
+        try:
+            await fleet.logins.confirm()
+        except (CoordinatorUnavailable, CoordinatorRefused):
+            log.warning("Redis unreachable: the fleet's login budget is re-armed by the next login instead")
+        return token
 
     async def _publish(self, token: Token, base: int) -> None:
         try:
