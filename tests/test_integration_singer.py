@@ -179,7 +179,7 @@ json_values = st.recursive(
 json_records = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), json_values, max_size=4)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(json_records, max_size=6), json_records)
 def test_every_record_fits_its_inferred_schema_and_widening_keeps_the_old_ones(
     sample: list[dict[str, Any]], later: dict[str, Any]
