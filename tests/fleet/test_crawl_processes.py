@@ -397,7 +397,8 @@ async def test_crawl_workers_starts_local_workers_and_fleet_status_shows_the_cra
     assert shown.returncode == 0 and doc["complete"] and doc["finished"]
     assert {p["records"] for p in doc["partitions"]} == {PER_PROJECT}
     assert doc["token"]["generation"] >= 1 and doc["token"]["opens_with_key"] is True
-    assert doc["token"]["logins_in_window"] == 1  # one login for the whole fleet
+    # one login for the whole fleet, and it was confirmed (a token re-arms the budget: nothing unconfirmed)
+    assert state.count("password") == 1 and doc["token"]["logins_in_window"] == 0
     secrets = [server.auth.password, server.auth.client_secret, *server.auth._access, *server.auth._refresh_tokens]
     assert not any(s in shown.stdout.decode() + out for s in secrets)
     seen = Counter[int]()

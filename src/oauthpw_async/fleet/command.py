@@ -500,7 +500,8 @@ def _token_lines(info: dict[str, Any] | None) -> list[str]:
     return [
         f"token              {token}",
         f"renewal lease      {lease}",
-        f"password logins    {info['logins_in_window']}{limit} in the current window; logins {latch}",
+        f"unconfirmed logins {info['logins_in_window']}{limit} in the current window (a token re-arms them); "
+        f"logins {latch}",
     ]
 
 
