@@ -297,3 +297,59 @@ def test_a_header_value_with_a_control_character_is_a_usage_error_naming_the_hea
     error = asyncio.run(scenario())
     assert isinstance(error, UsageError), repr(error)
     assert "X-Bad" in str(error) and "secret" not in str(error) and "value-91" not in str(error)
+
+
+_HOSTS = st.sampled_from(
+    ["api.example.com", "API.example.com", "api.example.com.evil.test", "evil.test", "api.example.co"]
+)
+_URLS = st.builds(
+    lambda scheme, host, port, rest: f"{scheme}://{host}{port}{rest}",
+    st.sampled_from(["https", "http"]),
+    _HOSTS,
+    st.sampled_from(["", ":443", ":8443", ":80"]),
+    st.sampled_from(["", "/", "/x/1", "?a=1", "#f", "@evil.test/", ".evil.test/", ":1/x"]),
+)
+
+
+def _pipeline(foreign: str) -> Any:
+    import anyio
+
+    from oauthpw_async._api import HostGovernor, Origins, RequestStats
+    from oauthpw_async.clock import SYSTEM_CLOCK
+    from oauthpw_async.pipeline import RequestPipeline
+    from oauthpw_async.retry import RetryPolicy
+
+    return RequestPipeline(
+        StaticToken("t" * 24),
+        origins=Origins(["https://api.example.com"]),
+        foreign_origins=foreign,
+        slots=anyio.Semaphore(4),
+        retry=RetryPolicy(),
+        timeout=aiohttp.ClientTimeout(total=5),
+        clock=SYSTEM_CLOCK,
+        governor=lambda host: HostGovernor(None, SYSTEM_CLOCK),
+        stats=RequestStats(),
+        fix_hint="follow",
+    )
+
+
+def _decision(pipeline: Any, url: str) -> str:
+    try:
+        return "allowed" if pipeline.route(url).allowed else "foreign"
+    except ForeignOriginError:
+        return "refused"
+    except CrawlError:
+        return "unusable"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_URLS, min_size=1, max_size=12), st.sampled_from(["refuse", "follow_without_token"]))
+def test_a_routed_url_gets_the_decision_of_a_fresh_pipeline_whatever_was_routed_before(
+    urls: list[str], foreign: str
+) -> None:
+    # The route cache (by URL, by origin, and the origin routed last) never changes a decision:
+    # a URL on another host, port or scheme, or with user info after a known origin's prefix,
+    # is decided as if it were the first URL the pipeline saw.
+    warm = _pipeline(foreign)
+    for url in urls:
+        assert _decision(warm, url) == _decision(_pipeline(foreign), url), url

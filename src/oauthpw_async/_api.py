@@ -108,10 +108,8 @@ def resolve_url(base: str, target: str) -> str:
     Like httpx's ``base_url``: ``base="https://h/servicenow"`` with ``"/api/now/table/x"`` or
     ``"api/now/table/x"`` gives ``https://h/servicenow/api/now/table/x``.
     """
-    if target.startswith(("https://", "http://")):
-        return target
     if "://" in target[:16]:
-        return target  # another scheme: refused by the origin check, never joined
+        return target  # absolute; another scheme than http(s) is refused by the origin check, never joined
     return base.rstrip("/") + "/" + target.lstrip("/")
 
 

@@ -57,6 +57,8 @@ Body = Any  # bytes, str or a form (mapping or pairs): replayable
 
 #: Routes (scheme://host:port prefix -> decisions) remembered per pipeline before starting over.
 _ROUTES_MAX = 4096
+#: What may follow an origin in a URL (``""``: the URL is the origin alone).
+_PATH_START = ("/", "?", "#", "")
 
 
 @attrs.define(slots=True)
@@ -168,6 +170,7 @@ class RequestPipeline:
         self._refused = RefusedTokens()
         self._routes: dict[str, _Route] = {}  # by scheme://host:port as written
         self._by_url: dict[str, _Route] = {}  # by whole URL, for URLs called again and again
+        self._last: tuple[str, _Route] | None = None  # the allowed origin routed last, as written
         self._hosts: dict[str, Governor] = {}
         self._bare: aiohttp.ClientSession | None = None  # cookie-less, for foreign hops
         self._ssl = tls_of(tokens) if tls is None else tls
@@ -184,7 +187,11 @@ class RequestPipeline:
 
     def route(self, url: str) -> _Route:
         """The decisions for ``url``'s origin; refuses a foreign origin unless told to follow it."""
-        route = self._by_url.get(url)  # most programs call a handful of URLs many times
+        # Most URLs (a record's detail, a next page) are under the allowed origin routed last.
+        last = self._last
+        if last is not None and url.startswith(last[0]) and url[len(last[0]) : len(last[0]) + 1] in _PATH_START:
+            return last[1]
+        route = self._by_url.get(url)  # and many programs call a handful of URLs many times
         if route is not None and route.allowed:
             return route
         route = self._origin_route(url)
@@ -207,6 +214,8 @@ class RequestPipeline:
             route = self._new_route(url, prefix)
         elif not route.allowed and not self._follow_foreign:
             self._refuse(url)
+        if route.allowed:
+            self._last = (prefix, route)
         return route
 
     def _new_route(self, url: str, prefix: str) -> _Route:
@@ -338,11 +347,11 @@ class RequestPipeline:
                         f"{method} {safe_url(url)} could not be sent ({type(exc).__name__}): a header, the "
                         "query or the body holds something HTTP cannot carry"
                     ) from None
-            verdict = classify_api_response(status, resp_headers, clock.wall())
-            action = verdict.action
-            if action == "ok":
+            if 200 <= status < 300:  # the verdict of every success, without a call or a clock read
                 self._refused.succeeded()
                 return Answer(method, final_url, status, reason, resp_headers, content, token)
+            verdict = classify_api_response(status, resp_headers, clock.wall())
+            action = verdict.action
             if action == "renew" and token is not None:
                 # Sent again whatever the method: the server refused the credentials, it did not act.
                 stats.unauthorized += 1

@@ -26,7 +26,7 @@ from .._paths import MISSING, Path, dig, lookup
 from ..clock import Clock
 from ..errors import CrawlError, HTTPStatusError, UsageError
 from ..headers import checked_headers
-from ..pipeline import RequestPipeline
+from ..pipeline import Answer, RequestPipeline
 from ..redact import is_credential_parameter, without_credentials
 from ..retry import RetryPolicy
 from ..sources import TokenSource
@@ -659,15 +659,17 @@ class CrawlEngine:
         ps: PartitionStats,
     ) -> tuple[Page, list[Any]]:
         """Fetch one page, parse its records and run their follow-ups."""
+        assert self._pipeline is not None
         try:
-            status, resp_headers, data, final_url = await self._request(
-                session, resolve_url(base, request.url), request.params, headers
+            answer = await self._pipeline.send(
+                session, "GET", resolve_url(base, request.url), headers=headers, params=list(request.params) or None
             )
+            status, resp_headers, data, final_url = self._decoded(answer)
         except HTTPStatusError as exc:
             if index and self.crawler.position_expired(exc.status, exc.data):
                 raise _PositionExpired(exc) from None
             raise
-        page = Page(request=request, url=final_url, status=status, headers=resp_headers, data=data, index=index)
+        page = Page(request=request, url=str(final_url), status=status, headers=resp_headers, data=data, index=index)
         records = list(self.crawler.parse(page))
         return page, await self._follow_ups(session, base, headers, records)
 
@@ -678,10 +680,13 @@ class CrawlEngine:
         if not any(targets):
             return records
         out = list(records)
+        assert self._pipeline is not None
+        send, decoded, merge = self._pipeline.send, self._decoded, self.crawler.merge_detail
 
         async def fetch(i: int, target: str) -> None:
-            _, _, data, _ = await self._request(session, resolve_url(base, target), (), headers)
-            out[i] = self.crawler.merge_detail(records[i], data)
+            # One coroutine between the page and the pipeline: every resumption passes through each.
+            answer = await send(session, "GET", resolve_url(base, target), headers=headers)
+            out[i] = merge(records[i], decoded(answer)[2])
 
         tasks = [asyncio.ensure_future(fetch(i, t)) for i, t in enumerate(targets) if t]
         try:
@@ -705,16 +710,8 @@ class CrawlEngine:
     def _new_governor(self, host: str) -> Governor:
         return self._governors(host) if self._governors is not None else HostGovernor(self._rate, self._clock)
 
-    async def _request(
-        self,
-        session: aiohttp.ClientSession,
-        url: str,
-        params: Sequence[tuple[str, str]],
-        headers: Mapping[str, str],
-    ) -> tuple[int, Mapping[str, str], Any, str]:
-        """One API GET through the request pipeline; the decoded body."""
-        assert self._pipeline is not None
-        answer = await self._pipeline.send(session, "GET", url, headers=headers, params=list(params) or None)
+    def _decoded(self, answer: Answer) -> tuple[int, Mapping[str, str], Any, Any]:
+        """One API GET's answer from the pipeline: status, headers, the decoded body, the final URL (a URL object)."""
         if answer.token is not self._sent_token and answer.token is not None:
             self._sent_token = answer.token
             self._token_values = (*self._token_values[-2:], answer.token.access_token.reveal())
@@ -722,8 +719,10 @@ class CrawlEngine:
         if answer.status >= 300:
             raise answer.error("request failed", data=_json(body))
         try:
-            return answer.status, answer.headers, orjson.loads(body) if body.strip() else None, str(answer.url)
+            return answer.status, answer.headers, orjson.loads(body), answer.url
         except orjson.JSONDecodeError:
+            if not body.strip():  # an empty answer (204, or 200 with no body) holds no records
+                return answer.status, answer.headers, None, answer.url
             raise answer.error("the API answered with something that is not JSON") from None
 
 
