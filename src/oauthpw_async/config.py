@@ -20,6 +20,7 @@ import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -503,13 +504,53 @@ def _suggest(raw_key: str, key: str) -> str | None:
     return _label(field) if label_style else field
 
 
-def _env_name(key: str, value: Mapping[str, Any], problems: list[FieldProblem]) -> str | None:
-    """The variable named by ``{"env": "NAME"}``; a problem when the name is not text."""
-    name = value["env"]
-    if not isinstance(name, str) or not name:
-        problems.append(FieldProblem(key, 'must name an environment variable: {"env": "NAME"}'))
+#: What a field's value may be, for messages: the value itself or a reference to where it is kept.
+VALUE_FORMS = '{"env": "NAME"} or {"file": "path"}'
+
+
+def is_reference(value: object) -> bool:
+    """Whether ``value`` is ``{"env": "NAME"}`` or ``{"file": "path"}`` rather than a value."""
+    return isinstance(value, Mapping) and len(value) == 1 and ("env" in value or "file" in value)
+
+
+def resolve_reference(
+    key: str, value: object, env: Mapping[str, str], problems: list[FieldProblem]
+) -> tuple[Any, str] | None:
+    """``value`` with a reference read, and where it came from; ``None`` (a problem noted) if unreadable.
+
+    The one rule for every connection file (password grant and static token), JSON or TOML:
+    ``{"env": "NAME"}`` is the variable's text; ``{"file": "path"}`` is the file's UTF-8 text
+    without the line end editors and secret mounts put after it. Anything else is the value itself.
+    """
+    if not is_reference(value):
+        return value, "the configuration"
+    assert isinstance(value, Mapping)
+    if "env" in value:
+        name = value["env"]
+        if not isinstance(name, str) or not name:
+            problems.append(FieldProblem(key, 'must name an environment variable: {"env": "NAME"}'))
+            return None
+        if name not in env:
+            problems.append(FieldProblem(key, f"environment variable {name} is not set"))
+            return None
+        return env[name], f"environment variable {name}"
+    path = value["file"]
+    if not isinstance(path, str) or not path:
+        problems.append(FieldProblem(key, 'must name the file: {"file": "path"}'))
         return None
-    return name
+    what = "token file" if key.startswith("token") else "file"
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or a device would block or never end
+            problems.append(FieldProblem(key, f"the {what} {path} is not a regular file"))
+            return None
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(FieldProblem(key, f"cannot read the {what} {path} ({exc.strerror})"))
+        return None
+    except UnicodeDecodeError:
+        problems.append(FieldProblem(key, f"the {what} {path} is not UTF-8 text"))
+        return None
+    return text.removesuffix("\n").removesuffix("\r"), f"file {path}"
 
 
 def _number(key: str, value: object, problems: list[FieldProblem]) -> float | int | None:
@@ -537,7 +578,8 @@ def load_config(
     """Build a :class:`PasswordGrantConfig` from a mapping or a ``.json`` / ``.toml`` file.
 
     Keys may be admin labels ("Client Id") or snake_case (``client_id``). A secret may be
-    ``{"env": "NAME"}``, read from ``env`` (default: the process environment). In a file,
+    ``{"env": "NAME"}``, read from ``env`` (default: the process environment), or
+    ``{"file": "path"}`` (a secret mount; the line end after the value is dropped). In a file,
     the connection may sit at the top level or under a ``[connection]`` table.
 
     Raises:
@@ -567,14 +609,10 @@ def load_config(
             problems.append(FieldProblem(key, f"is given twice (as {given_as[key]!r} and {raw!r}); keep one"))
             continue
         given_as[key] = raw
-        if isinstance(value, Mapping) and set(value) == {"env"}:
-            name = _env_name(key, value, problems)
-            if name is None:
-                continue
-            if name not in env:
-                problems.append(FieldProblem(key, f"environment variable {name} is not set"))
-                continue
-            value = env[name]
+        resolved = resolve_reference(key, value, env, problems)
+        if resolved is None:
+            continue
+        value = resolved[0]
         if key in ("headers", "body_parameters"):
             value = _json_object(key, value, problems)
             if value is None:
@@ -591,7 +629,7 @@ def load_config(
                 continue
         elif value is not None and not isinstance(value, str):
             if key in _SECRET_FIELDS:
-                problems.append(FieldProblem(key, 'must be a string or {"env": "NAME"}'))
+                problems.append(FieldProblem(key, f"must be a string, {VALUE_FORMS}"))
                 continue
             if isinstance(value, (Mapping, list)):
                 problems.append(FieldProblem(key, f"must be a string, got {_kind(value)}"))

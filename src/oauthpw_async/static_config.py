@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from ._secret import Secret
-from .config import _coerce_bool, _env_name, _normalise_key, _read_file
+from .config import VALUE_FORMS, _coerce_bool, _normalise_key, _read_file, is_reference, resolve_reference
 from .errors import ConfigError, FieldProblem
 
 __all__ = ["PASSWORD_GRANT_ONLY_FIELDS", "STATIC_TOKEN_FIELDS", "StaticTokenConfig", "load_static_config"]
@@ -123,19 +123,6 @@ class StaticTokenConfig:
         )
 
 
-def _read_token_file(field: str, path: str, problems: list[FieldProblem]) -> tuple[str, str] | None:
-    try:
-        # Files written by editors and secret mounts usually end with a newline: not part of the token.
-        text = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        problems.append(FieldProblem(field, f"cannot read the token file {path} ({exc.strerror})"))
-        return None
-    except UnicodeDecodeError:
-        problems.append(FieldProblem(field, f"the token file {path} is not UTF-8 text"))
-        return None
-    return text, f"file {path}"
-
-
 def load_static_config(
     source: Mapping[str, Any] | str | os.PathLike[str],
     *,
@@ -164,27 +151,19 @@ def load_static_config(
         key = _TOKEN_ALIASES.get(key, key)
         if key in ("token", "token_file"):
             token_keys.append(str(raw_key))
-            if key == "token_file":
-                token = _read_token_file(key, str(value), problems) if isinstance(value, str) else None
+            if key == "token_file":  # the path itself, the same as {"file": path}
                 if not isinstance(value, str):
                     problems.append(FieldProblem(key, "must be the path of a file holding the token"))
-            elif isinstance(value, Mapping) and set(value) == {"env"}:
-                name = _env_name(key, value, problems)
-                if name is None:
-                    pass
-                elif name not in env:
-                    problems.append(FieldProblem(key, f"environment variable {name} is not set"))
-                else:
-                    token = env[name].strip(), f"environment variable {name}"
-            elif isinstance(value, Mapping) and set(value) == {"file"}:
-                if isinstance(value["file"], str):
-                    token = _read_token_file(key, value["file"], problems)
-                else:
-                    problems.append(FieldProblem(key, 'must name the token file: {"file": "path"}'))
-            elif isinstance(value, str):
-                token = value, "the configuration"
+                    continue
+                value = {"file": value}
+            resolved = resolve_reference(key, value, env, problems)
+            if resolved is None:
+                pass
+            elif isinstance(resolved[0], str):
+                # A token holds no whitespace: what surrounds it is an editor's or a shell's.
+                token = resolved[0].strip() if is_reference(value) else resolved[0], resolved[1]
             else:
-                problems.append(FieldProblem(key, 'must be a string, {"env": "NAME"} or {"file": "path"}'))
+                problems.append(FieldProblem(key, f"must be a string, {VALUE_FORMS}"))
         elif key in PASSWORD_GRANT_ONLY_FIELDS:
             problems.append(
                 FieldProblem(
@@ -194,14 +173,10 @@ def load_static_config(
                 )
             )
         elif key in _SHARED_FIELDS:
-            if isinstance(value, Mapping) and set(value) == {"env"}:
-                name = _env_name(key, value, problems)
-                if name is None:
-                    continue
-                if name not in env:
-                    problems.append(FieldProblem(key, f"environment variable {name} is not set"))
-                    continue
-                value = env[name]
+            resolved = resolve_reference(key, value, env, problems)
+            if resolved is None:
+                continue
+            value = resolved[0]
             if key in ("use_raw_token", "verify_tls"):
                 flag = _coerce_bool(value)
                 if flag is None:
@@ -221,7 +196,7 @@ def load_static_config(
     if len(token_keys) > 1:
         problems.append(FieldProblem("token", f"is given more than once ({', '.join(token_keys)}): keep one"))
     elif not token_keys:
-        problems.append(FieldProblem("token", 'is required: the token itself, {"env": "NAME"} or {"file": "path"}'))
+        problems.append(FieldProblem("token", f"is required: the token itself, {VALUE_FORMS}"))
     if token is not None:
         kwargs["token"], kwargs["token_from"] = token
     try:
