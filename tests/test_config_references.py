@@ -68,11 +68,10 @@ def test_a_static_token_from_env_file_or_token_file_equals_the_token_written(
 def test_a_fifo_named_as_a_file_value_is_refused_at_once_without_reading_it(tmp_path: Path, loader: str) -> None:
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
+    load = load_config if loader == "password" else load_static_config
+    fields = {**BASE, "password": {"file": str(fifo)}} if loader == "password" else {"token": {"file": str(fifo)}}
     with pytest.raises(ConfigError, match="not a regular file") as info:
-        if loader == "password":
-            load_config({**BASE, "password": {"file": str(fifo)}}, env={})
-        else:
-            load_static_config({"token": {"file": str(fifo)}}, env={})
+        load(fields, env={})
     assert info.value.problems[0].field in ("password", "token")
 
 
