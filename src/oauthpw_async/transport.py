@@ -1,8 +1,12 @@
 """Sending one token request: the endpoint protocol and its aiohttp implementation.
 
-No retries and no parsing here (see :mod:`oauthpw_async.exchange` and :mod:`oauthpw_async.grant`):
-an endpoint sends bytes and returns what came back. :class:`AiohttpTokenEndpoint` is the
-default on asyncio; :class:`oauthpw_async.testing.InMemoryEndpoint` serves tests on any backend.
+No retries and no reading of the token answer here (see :mod:`oauthpw_async.exchange` and
+:mod:`oauthpw_async.grant`): an endpoint sends bytes and returns the status, the headers and the
+body that came back. It refuses, as typed errors, what no grant could read: a redirect (the
+credentials are never sent on to its target), a body over ``max_response_bytes``, and a request
+that got no answer (no connection at all is told apart from sent-but-unanswered).
+:class:`AiohttpTokenEndpoint` is the default on asyncio; :class:`oauthpw_async.testing.InMemoryEndpoint`
+serves tests on any backend.
 """
 
 from __future__ import annotations
