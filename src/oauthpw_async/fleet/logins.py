@@ -70,7 +70,8 @@ class LoginBudget:
 
     Args:
         link: the coordinator's Redis connection.
-        scope: the credential (``cred:<credential key>``).
+        scope: the account (``acct:<account key>``: token URL, client, user), whatever token it asks for:
+            an identity provider counts a user's logins, not a scope's.
         limit: unconfirmed logins allowed in any window.
         window: the window in seconds.
         after_success: unconfirmed logins allowed within one window of a confirmed login
