@@ -570,6 +570,41 @@ def _number(key: str, value: object, problems: list[FieldProblem]) -> float | in
     return int(number)
 
 
+#: :func:`_field_value`'s answer for a value it noted a problem with.
+_BAD: Any = object()
+
+
+def _field_value(key: str, value: object, problems: list[FieldProblem]) -> Any:
+    """A known field's value as the config takes it (``_BAD``, a problem noted, when it cannot be)."""
+    if key in ("headers", "body_parameters"):
+        mapping = _json_object(key, value, problems)
+        return _BAD if mapping is None else mapping
+    if key in _BOOLS:
+        b = _coerce_bool(value)
+        if b is None:
+            problems.append(FieldProblem(key, "must be true or false"))
+            return _BAD
+        return b
+    if key in ("timeout", "default_expires_in", "max_response_bytes"):
+        number = _number(key, value, problems)
+        return _BAD if number is None else number
+    if value is not None and not isinstance(value, str):
+        if key in _SECRET_FIELDS:
+            problems.append(FieldProblem(key, f"must be a string, {VALUE_FORMS}"))
+            return _BAD
+        if isinstance(value, (Mapping, list)):
+            problems.append(FieldProblem(key, f"must be a string, got {_kind(value)}"))
+            return _BAD
+        if isinstance(value, int) and abs(value).bit_length() > 64:
+            problems.append(FieldProblem(key, "must be a string, got a number too long to be one"))
+            return _BAD
+        return str(value)
+    if value == "" and key != "password":
+        # An empty form field means "not set" (an empty password is refused by the config).
+        return None if _FIELDS[key].default is None else value
+    return value
+
+
 def load_config(
     source: Mapping[str, Any] | str | os.PathLike[str],
     *,
@@ -612,35 +647,9 @@ def load_config(
         resolved = resolve_reference(key, value, env, problems)
         if resolved is None:
             continue
-        value = resolved[0]
-        if key in ("headers", "body_parameters"):
-            value = _json_object(key, value, problems)
-            if value is None:
-                continue
-        elif key in _BOOLS:
-            b = _coerce_bool(value)
-            if b is None:
-                problems.append(FieldProblem(key, "must be true or false"))
-                continue
-            value = b
-        elif key in ("timeout", "default_expires_in", "max_response_bytes"):
-            value = _number(key, value, problems)
-            if value is None:
-                continue
-        elif value is not None and not isinstance(value, str):
-            if key in _SECRET_FIELDS:
-                problems.append(FieldProblem(key, f"must be a string, {VALUE_FORMS}"))
-                continue
-            if isinstance(value, (Mapping, list)):
-                problems.append(FieldProblem(key, f"must be a string, got {_kind(value)}"))
-                continue
-            if isinstance(value, int) and abs(value).bit_length() > 64:
-                problems.append(FieldProblem(key, "must be a string, got a number too long to be one"))
-                continue
-            value = str(value)
-        elif value == "" and key != "password":
-            # An empty form field means "not set" (an empty password is refused by the config).
-            value = None if _FIELDS[key].default is None else value
+        value = _field_value(key, resolved[0], problems)
+        if value is _BAD:
+            continue
         kwargs[key] = value
     kwargs.setdefault("access_token_url", "")
     config: PasswordGrantConfig | None = None

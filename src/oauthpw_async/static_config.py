@@ -123,6 +123,45 @@ class StaticTokenConfig:
         )
 
 
+def _token_value(
+    key: str, value: object, env: Mapping[str, str], problems: list[FieldProblem]
+) -> tuple[str, str] | None:
+    """The token and where it came from (``None``, a problem noted, when unusable)."""
+    if key == "token_file":  # the path itself, the same as {"file": path}
+        if not isinstance(value, str):
+            problems.append(FieldProblem(key, "must be the path of a file holding the token"))
+            return None
+        value = {"file": value}
+    resolved = resolve_reference(key, value, env, problems)
+    if resolved is None:
+        return None
+    if not isinstance(resolved[0], str):
+        problems.append(FieldProblem(key, f"must be a string, {VALUE_FORMS}"))
+        return None
+    # A token holds no whitespace: what surrounds one kept elsewhere is an editor's or a shell's.
+    return (resolved[0].strip() if is_reference(value) else resolved[0]), resolved[1]
+
+
+def _shared_value(
+    key: str, value: object, env: Mapping[str, str], problems: list[FieldProblem], kwargs: dict[str, Any]
+) -> None:
+    """Put a field both connection kinds have into ``kwargs`` (or note its problem)."""
+    resolved = resolve_reference(key, value, env, problems)
+    if resolved is None:
+        return
+    value = resolved[0]
+    if key in ("use_raw_token", "verify_tls"):
+        flag = _coerce_bool(value)
+        if flag is None:
+            problems.append(FieldProblem(key, "must be true or false"))
+        else:
+            kwargs[key] = flag
+    elif not isinstance(value, str):
+        problems.append(FieldProblem(key, "must be a string"))
+    elif value or key == "auth_scheme":
+        kwargs[key] = value
+
+
 def load_static_config(
     source: Mapping[str, Any] | str | os.PathLike[str],
     *,
@@ -151,19 +190,7 @@ def load_static_config(
         key = _TOKEN_ALIASES.get(key, key)
         if key in ("token", "token_file"):
             token_keys.append(str(raw_key))
-            if key == "token_file":  # the path itself, the same as {"file": path}
-                if not isinstance(value, str):
-                    problems.append(FieldProblem(key, "must be the path of a file holding the token"))
-                    continue
-                value = {"file": value}
-            resolved = resolve_reference(key, value, env, problems)
-            if resolved is None:
-                pass
-            elif isinstance(resolved[0], str):
-                # A token holds no whitespace: what surrounds it is an editor's or a shell's.
-                token = resolved[0].strip() if is_reference(value) else resolved[0], resolved[1]
-            else:
-                problems.append(FieldProblem(key, f"must be a string, {VALUE_FORMS}"))
+            token = _token_value(key, value, env, problems) or token
         elif key in PASSWORD_GRANT_ONLY_FIELDS:
             problems.append(
                 FieldProblem(
@@ -173,20 +200,7 @@ def load_static_config(
                 )
             )
         elif key in _SHARED_FIELDS:
-            resolved = resolve_reference(key, value, env, problems)
-            if resolved is None:
-                continue
-            value = resolved[0]
-            if key in ("use_raw_token", "verify_tls"):
-                flag = _coerce_bool(value)
-                if flag is None:
-                    problems.append(FieldProblem(key, "must be true or false"))
-                    continue
-                kwargs[key] = flag
-            elif not isinstance(value, str):
-                problems.append(FieldProblem(key, "must be a string"))
-            elif value or key == "auth_scheme":
-                kwargs[key] = value
+            _shared_value(key, value, env, problems, kwargs)
         else:
             known = [*sorted(STATIC_TOKEN_FIELDS), *_SHARED_FIELDS]
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
