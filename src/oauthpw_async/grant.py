@@ -578,6 +578,104 @@ def _inspect(value: Any, tokens: list[str], secrets: list[str]) -> tuple[bool, b
     return False, too_deep
 
 
+def _access_of(config: PasswordGrantConfig, response: TokenResponse, data: Any, structured: bool) -> Any:
+    """The access token as the answer holds it (any type; ``None`` when it holds none)."""
+    access: Any = None
+    if config.token_response != "text":
+        if isinstance(data, Mapping):
+            access = dig(data, config.token_path)
+        elif isinstance(data, str) and structured and _HEADER_SAFE.fullmatch(data):
+            access = data  # a JSON string literal holding just the token (Ivanti); else a message
+    if access is None and not structured and config.token_response in ("auto", "text"):
+        text = response.body.strip().decode("utf-8", "replace")
+        if _TOKEN_CHARS.fullmatch(text):
+            access = text
+    return access
+
+
+def _refuse_unusable(
+    config: PasswordGrantConfig, response: TokenResponse, grant: Grant, access: Any, scrub: list[str]
+) -> None:
+    """Raise for a token that must never be sent: one of the request's secrets, or not header-safe."""
+    if not isinstance(access, str):
+        return
+    cls = LoginResponseError if grant == "password" else TokenResponseError
+    if access in scrub:
+        # A server echoing the request back (the password as a bare text body, say): sending
+        # that as a bearer token would hand the password to every API request.
+        raise cls(
+            "token endpoint answered one of the request's own secrets as the token; refused",
+            status=response.status,
+            grant=grant,
+        )
+    if access and not _HEADER_SAFE.fullmatch(access):
+        raise cls(
+            "token endpoint answered a token that cannot be sent in an HTTP header (spaces, control "
+            f"or non-ASCII characters); body: {excerpt(response.body, [*scrub, access])!r}",
+            status=response.status,
+            grant=grant,
+            hint="check token_path (it may point at the wrong field) and token_response",
+        )
+
+
+def _no_token(
+    config: PasswordGrantConfig,
+    response: TokenResponse,
+    grant: Grant,
+    data: Any,
+    structured: bool,
+    answer: _Answer,
+    retry_after: float | None,
+    scrub: list[str],
+) -> TokenError:
+    """The error for a successful status whose answer holds no usable token."""
+    where = f"field {config.token_path!r}" if config.token_response != "text" else "a bare token"
+    what = "malformed JSON" if response.body.strip()[:1] in (b"{", b"[") and not structured else "no token"
+    if not response.body.strip():
+        what = "an empty body"
+    what = f"token endpoint answered {what} (expected {where})"
+    # A body that marks itself as an error is classified; so is a bare message on a login
+    # ("Invalid credentials" as text). A JSON object without such a mark is more likely a
+    # token somewhere else (token_path), whatever words it holds.
+    bare_message = not isinstance(data, Mapping) and _wording_says(answer.wording) is not None
+    if answer.flagged or (grant == "password" and bare_message):
+        return _classify(config, response, grant, answer, retry_after, scrub, what=what)
+    cls = LoginResponseError if grant == "password" else TokenResponseError
+    return cls(f"{what}; body: {excerpt(response.body, scrub)!r}", status=response.status, grant=grant)
+
+
+def _refresh_of(
+    fields: Mapping[str, Any], sent: Instant, grant: Grant, previous: Token | None
+) -> tuple[Secret | None, float | None]:
+    """The refresh token to keep (the answer's, or the one refreshed with) and when it expires."""
+    refresh_raw = fields.get("refresh_token")
+    if isinstance(refresh_raw, str) and refresh_raw:
+        seconds = _refresh_lifetime(fields, sent)
+        return Secret(refresh_raw), None if seconds is None else sent.monotonic + seconds
+    if previous is not None and grant == "refresh_token" and previous.refresh_token is not None:
+        return previous.refresh_token, previous.refresh_expires_at
+    return None, None
+
+
+def _shown_type_and_scope(
+    config: PasswordGrantConfig, fields: Mapping[str, Any], tokens: list[str], scrub: list[str]
+) -> tuple[str, str | None]:
+    """``token_type`` and ``scope`` as reprs and describe() show them: plain values holding no secret."""
+    raw_type = fields.get("token_type")
+    token_type = config.auth_scheme
+    if (
+        isinstance(raw_type, str)
+        and re.fullmatch(r"[A-Za-z0-9._~+/-]{1,64}", raw_type.strip())
+        and raw_type.strip().lower() != "bearer"
+        and not _holds_any(raw_type, tokens, scrub)
+    ):
+        token_type = raw_type.strip()
+    scope = fields.get("scope")
+    if not isinstance(scope, str) or _holds_any(scope, tokens, scrub):
+        scope = None
+    return token_type, scope
+
+
 def parse_token_response(
     config: PasswordGrantConfig,
     request: TokenRequest,
@@ -604,78 +702,16 @@ def parse_token_response(
     if answer.code is not None or not 200 <= status < 300:
         raise _classify(config, response, grant, answer, retry_after, scrub)
 
-    access: Any = None
-    fields: Mapping[str, Any] = {}
-    if config.token_response != "text":
-        if isinstance(data, Mapping):
-            fields = data
-            access = dig(data, config.token_path)
-        elif isinstance(data, str) and structured and _HEADER_SAFE.fullmatch(data):
-            access = data  # a JSON string literal holding just the token (Ivanti); else a message
-    if access is None and not structured and config.token_response in ("auto", "text"):
-        text = response.body.strip().decode("utf-8", "replace")
-        if _TOKEN_CHARS.fullmatch(text):
-            access = text
-    if isinstance(access, str) and access in scrub:
-        # A server echoing the request back (the password as a bare text body, say): sending
-        # that as a bearer token would hand the password to every API request.
-        cls = LoginResponseError if grant == "password" else TokenResponseError
-        raise cls(
-            "token endpoint answered one of the request's own secrets as the token; refused", status=status, grant=grant
-        )
-    if isinstance(access, str) and access and not _HEADER_SAFE.fullmatch(access):
-        cls = LoginResponseError if grant == "password" else TokenResponseError
-        raise cls(
-            "token endpoint answered a token that cannot be sent in an HTTP header (spaces, control "
-            f"or non-ASCII characters); body: {excerpt(response.body, [*scrub, access])!r}",
-            status=status,
-            grant=grant,
-            hint="check token_path (it may point at the wrong field) and token_response",
-        )
+    fields: Mapping[str, Any] = data if config.token_response != "text" and isinstance(data, Mapping) else {}
+    access = _access_of(config, response, data, structured)
+    _refuse_unusable(config, response, grant, access, scrub)
     if not isinstance(access, str) or not access:
-        where = f"field {config.token_path!r}" if config.token_response != "text" else "a bare token"
-        what = "malformed JSON" if response.body.strip()[:1] in (b"{", b"[") and not structured else "no token"
-        if not response.body.strip():
-            what = "an empty body"
-        what = f"token endpoint answered {what} (expected {where})"
-        # A body that marks itself as an error is classified; so is a bare message on a login
-        # ("Invalid credentials" as text). A JSON object without such a mark is more likely a
-        # token somewhere else (token_path), whatever words it holds.
-        bare_message = not isinstance(data, Mapping) and _wording_says(answer.wording) is not None
-        if answer.flagged or (grant == "password" and bare_message):
-            raise _classify(config, response, grant, answer, retry_after, scrub, what=what)
-        cls = LoginResponseError if grant == "password" else TokenResponseError
-        raise cls(f"{what}; body: {excerpt(response.body, scrub)!r}", status=status, grant=grant)
-
+        raise _no_token(config, response, grant, data, structured, answer, retry_after, scrub)
     lifetime, source = _lifetime(fields, sent, config.default_expires_in)
-    refresh_raw = fields.get("refresh_token")
-    refresh: Secret | None
-    if isinstance(refresh_raw, str) and refresh_raw:
-        refresh = Secret(refresh_raw)
-    else:
-        refresh = previous.refresh_token if previous is not None and grant == "refresh_token" else None
-    refresh_expires_at: float | None = None
-    if isinstance(refresh_raw, str) and refresh_raw:
-        seconds = _refresh_lifetime(fields, sent)
-        refresh_expires_at = None if seconds is None else sent.monotonic + seconds
-    elif refresh is not None and previous is not None and refresh is previous.refresh_token:
-        refresh_expires_at = previous.refresh_expires_at
-
+    refresh, refresh_expires_at = _refresh_of(fields, sent, grant, previous)
     tokens = [access, *([refresh.reveal()] if refresh else [])]
-    # token_type and scope are shown in reprs and describe(): only plain values that hold no secret.
-    raw_type = fields.get("token_type")
-    token_type = config.auth_scheme
-    if (
-        isinstance(raw_type, str)
-        and re.fullmatch(r"[A-Za-z0-9._~+/-]{1,64}", raw_type.strip())
-        and raw_type.strip().lower() != "bearer"
-        and not _holds_any(raw_type, tokens, scrub)
-    ):
-        token_type = raw_type.strip()
+    token_type, scope = _shown_type_and_scope(config, fields, tokens, scrub)
     header = access if config.use_raw_token else f"{config.auth_scheme} {access}"
-    scope = fields.get("scope")
-    if not isinstance(scope, str) or _holds_any(scope, tokens, scrub):
-        scope = None
     return Token(
         access_token=Secret(access),
         authorization=header,
