@@ -117,6 +117,47 @@ def redirected_method(status: int, method: str) -> bool:
     return (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST")
 
 
+@attrs.define(slots=True)
+class _Hop:
+    """Where one request stands in its redirect chain: what is sent next, and through which client."""
+
+    method: str
+    url: str
+    query: Query | None
+    body: Body | None
+    headers: Mapping[str, str]
+    route: _Route
+    session: aiohttp.ClientSession
+    client: aiohttp.ClientSession  # the session, or the cookie-less one after a foreign hop
+    redirects: int = 0
+
+
+def _transport_problem(exc: BaseException, method: str, url: str) -> str:
+    """What a send that got no answer is called, for the retry log; raises for what is no transient."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        raise CrawlError(
+            f"TLS certificate of {safe_url(url)} was not accepted "
+            f"({type(exc.certificate_error).__name__}); check verify_tls and ca_bundle in the connection"
+        ) from None
+    if isinstance(exc, aiohttp.InvalidURL):
+        raise CrawlError(f"{safe_url(url)} is not a URL that can be requested") from None
+    if isinstance(exc, (TimeoutError, aiohttp.ClientError)):
+        return type(exc).__name__
+    raise CrawlError(  # aiohttp refuses what it cannot put on the wire with a ValueError
+        f"{method} {safe_url(url)} could not be sent ({type(exc).__name__}): a header, the "
+        "query or the body holds something HTTP cannot carry"
+    ) from None
+
+
+def _why_not_sent_again(action: str, retrying: Retrying | None, not_retried: Callable[[], str] | None) -> str:
+    """Why a transient failure is the last answer ("" for a definitive one)."""
+    if action not in ("pause", "retry"):
+        return ""
+    if retrying is not None:
+        return retrying.stop_reason
+    return not_retried() if not_retried is not None else "not retried"
+
+
 class RequestPipeline:
     """Sends API requests with a token source's token, by the rules in this module's docstring.
 
@@ -290,38 +331,35 @@ class RequestPipeline:
         came, :class:`ForeignOriginError`, :class:`UnauthorizedError`, :class:`CrawlError` for
         TLS and unusable URLs, and whatever the token source raises.
         """
-        clock = self._clock
         tokens = self.tokens
         stats = self.stats
         slots = self._slots
         attempt_timeout = timeout or self._timeout
-        route = self.route(url)
-        client = session if route.allowed else self._foreign_client(session)
-        if not route.allowed:
-            headers = foreign_hop_headers(headers, self._sensitive)
-        query = params
+        hop = _Hop(method, url, params, body, headers, self.route(url), session, session)
+        if not hop.route.allowed:
+            self._go_foreign(hop)
         retrying: Retrying | None = None  # made at the first failure: the happy path reads no clock
-        renewals = redirects = 0
+        renewals = 0
         while True:
-            gov = route.governor
+            gov = hop.route.governor
             if not (type(gov) is HostGovernor and gov.idle):  # an idle local governor has nothing to wait for
                 await gov.wait()
             problem = ""
             token: Token | None = None
             async with slots:
-                if route.allowed:
+                if hop.route.allowed:
                     # Only now that the request can be sent: see the module docstring.
                     token = await tokens.get()
-                    send_headers = self._with_token(headers, token)
+                    send_headers = self._with_token(hop.headers, token)
                 else:
-                    send_headers = dict(headers)
+                    send_headers = dict(hop.headers)
                 stats.requests += 1
                 try:
-                    async with client.request(
-                        method,
-                        url,
-                        params=query,
-                        data=body,
+                    async with hop.client.request(
+                        hop.method,
+                        hop.url,
+                        params=hop.query,
+                        data=hop.body,
                         headers=send_headers,
                         allow_redirects=False,
                         timeout=attempt_timeout,
@@ -332,76 +370,74 @@ class RequestPipeline:
                         resp_headers: Mapping[str, str] = resp.headers
                         content = await resp.read()
                         final_url: Any = resp.url
-                except aiohttp.ClientConnectorCertificateError as exc:
-                    raise CrawlError(
-                        f"TLS certificate of {safe_url(url)} was not accepted "
-                        f"({type(exc.certificate_error).__name__}); check verify_tls and ca_bundle in the connection"
-                    ) from None
-                except aiohttp.InvalidURL:
-                    raise CrawlError(f"{safe_url(url)} is not a URL that can be requested") from None
-                except (TimeoutError, aiohttp.ClientError) as exc:
-                    status, reason, content, final_url, resp_headers = 0, None, b"", url, {}
-                    problem = type(exc).__name__
-                except ValueError as exc:  # aiohttp refuses what it cannot put on the wire
-                    raise CrawlError(
-                        f"{method} {safe_url(url)} could not be sent ({type(exc).__name__}): a header, the "
-                        "query or the body holds something HTTP cannot carry"
-                    ) from None
+                except (TimeoutError, ValueError, aiohttp.ClientError) as exc:
+                    problem = _transport_problem(exc, hop.method, hop.url)  # raises for what is no transient
+                    status, reason, content, final_url, resp_headers = 0, None, b"", hop.url, {}
             if 200 <= status < 300:  # the verdict of every success, without a call or a clock read
                 self._refused.succeeded()
-                return Answer(method, final_url, status, reason, resp_headers, content, token)
-            verdict = classify_api_response(status, resp_headers, clock.wall())
+                return Answer(hop.method, final_url, status, reason, resp_headers, content, token)
+            verdict = classify_api_response(status, resp_headers, self._clock.wall())
             action = verdict.action
             if action == "renew" and token is not None:
                 # Sent again whatever the method: the server refused the credentials, it did not act.
                 stats.unauthorized += 1
-                self._refused.refused(token, renewals, url, content)
+                self._refused.refused(token, renewals, hop.url, content)
                 renewals += 1
                 tokens.invalidate(token)
                 continue
             if action == "redirect" and allow_redirects:
-                redirects += 1
-                if redirects > MAX_REDIRECTS:
-                    raise HTTPStatusError(f"more than {MAX_REDIRECTS} redirects", status=status, url=safe_url(url))
-                stats.redirects += 1
-                try:
-                    url = urljoin(str(final_url), resp_headers.get("Location") or "")
-                except ValueError:  # "http://[::1": not a URL (the Location itself may hold anything)
-                    raise HTTPStatusError(
-                        "the redirect's Location is not a valid URL", status=status, url=safe_url(str(final_url))
-                    ) from None
-                query = None  # the Location carries its own query
-                if redirected_method(status, method):
-                    method, body = "GET", None
-                    headers = {k: v for k, v in headers.items() if k.lower() not in ("content-type", "content-length")}
-                route = self.route(url)
-                if not route.allowed:  # and it stays that way for the rest of the chain
-                    headers = foreign_hop_headers(headers, self._sensitive)
-                    client = self._foreign_client(session)
-                else:
-                    client = session  # the API's own origin: its cookies may go along
+                self._redirect(hop, status, final_url, resp_headers)
                 continue
             if action in ("pause", "retry") and retriable:
                 if retrying is None:
-                    retrying = self._retry.start(clock.monotonic(), self._rng)
-                delay = retrying.next_delay(clock.monotonic(), verdict.wait)
-                if delay is not None:
-                    stats.retries += 1
-                    what = problem or f"HTTP {status}"
-                    if action == "pause":
-                        gov.pause(delay)  # every request to this host waits, not only this one
-                        stats.rate_limit_pauses += 1
-                        _log.info("rate limited by %s (%s); pausing the host %.2fs", safe_url(url), what, delay)
-                    else:
-                        _log.info("retrying %s %s in %.2fs: %s", method, safe_url(url), delay, what)
-                        await clock.sleep(delay)
+                    retrying = self._retry.start(self._clock.monotonic(), self._rng)
+                if await self._wait_to_retry(hop, retrying, action, verdict.wait, problem or f"HTTP {status}"):
                     continue
-            why = ""
-            if action in ("pause", "retry"):
-                if retrying is not None:
-                    why = retrying.stop_reason
-                else:
-                    why = not_retried() if not_retried is not None else "not retried"
+            why = _why_not_sent_again(action, retrying, not_retried)
             if status == 0:
-                raise HTTPStatusError(f"{method} got no answer ({problem}); {why}", status=0, url=safe_url(url))
-            return Answer(method, final_url, status, reason, resp_headers, content, token, why)
+                raise HTTPStatusError(f"{hop.method} got no answer ({problem}); {why}", status=0, url=safe_url(hop.url))
+            return Answer(hop.method, final_url, status, reason, resp_headers, content, token, why)
+
+    # --- what only a redirect, a failure or a foreign hop needs ----------------------------------------
+
+    def _go_foreign(self, hop: _Hop) -> None:
+        """From here on the chain is on a foreign origin: nothing credential-like, no cookie jar."""
+        hop.headers = foreign_hop_headers(hop.headers, self._sensitive)
+        hop.client = self._foreign_client(hop.client)
+
+    def _redirect(self, hop: _Hop, status: int, final_url: Any, resp_headers: Mapping[str, str]) -> None:
+        """Point ``hop`` at the redirect's target: the method rules, the origin check, the foreign-hop rule."""
+        hop.redirects += 1
+        if hop.redirects > MAX_REDIRECTS:
+            raise HTTPStatusError(f"more than {MAX_REDIRECTS} redirects", status=status, url=safe_url(hop.url))
+        self.stats.redirects += 1
+        try:
+            hop.url = urljoin(str(final_url), resp_headers.get("Location") or "")
+        except ValueError:  # "http://[::1": not a URL (the Location itself may hold anything)
+            raise HTTPStatusError(
+                "the redirect's Location is not a valid URL", status=status, url=safe_url(str(final_url))
+            ) from None
+        hop.query = None  # the Location carries its own query
+        if redirected_method(status, hop.method):
+            hop.method, hop.body = "GET", None
+            hop.headers = {k: v for k, v in hop.headers.items() if k.lower() not in ("content-type", "content-length")}
+        hop.route = self.route(hop.url)
+        if not hop.route.allowed:  # and it stays that way for the rest of the chain
+            self._go_foreign(hop)
+        else:
+            hop.client = hop.session  # the API's own origin: its cookies may go along
+
+    async def _wait_to_retry(self, hop: _Hop, retrying: Retrying, action: str, wait: float | None, what: str) -> bool:
+        """Wait before sending again (a host-wide pause for a rate limit); ``False`` when retries ran out."""
+        delay = retrying.next_delay(self._clock.monotonic(), wait)
+        if delay is None:
+            return False
+        self.stats.retries += 1
+        if action == "pause":
+            hop.route.governor.pause(delay)  # every request to this host waits, not only this one
+            self.stats.rate_limit_pauses += 1
+            _log.info("rate limited by %s (%s); pausing the host %.2fs", safe_url(hop.url), what, delay)
+        else:
+            _log.info("retrying %s %s in %.2fs: %s", hop.method, safe_url(hop.url), delay, what)
+            await self._clock.sleep(delay)
+        return True
