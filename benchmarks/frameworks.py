@@ -181,7 +181,7 @@ def command(name: str, py: str, conn: dict[str, str], work: Path) -> tuple[list[
         toml.write_text("".join(f'{k} = "{v}"\n' for k, v in conn.items() if k != "base_url"))
         env["PYTHONPATH"] = os.pathsep.join([str(CONNECTORS), os.environ.get("PYTHONPATH", "")])
         args = ["-m", "oauthpw_async", "crawl", "--config", str(toml), "--crawler", "oauthpw_items:Items"]
-        args += ["--base-url", conn["base_url"], "--out", str(work / "out.jsonl"), "--concurrency", "4"]
+        args += ["--base-url", conn["base_url"], "--out", str(work / "out.jsonl")]
         return [py, *args], env
     if name == "airbyte-cdk":
         catalog = str(CONNECTORS / "airbyte_catalog.json")
@@ -221,6 +221,8 @@ def delivered(name: str, work: Path, stdout: str) -> list[int]:
 def said_incomplete(name: str, rc: int, stdout: str, stderr: str) -> str:
     """What the run itself reported about failure, in a few words."""
     text = stdout + stderr
+    if rc == -9:
+        return stderr
     if name == "scrapy":
         ignored = text.count("Ignoring response <401")
         return f"log: {ignored} 401 ignored" if ignored else "nothing"
@@ -260,7 +262,11 @@ def run_one(name: str, py: str, args: argparse.Namespace, records: int, latency:
             work = Path(tmp)
             cmd, env = command(name, py, conn, work)
             t0 = time.monotonic()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=args.timeout)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=args.timeout)
+            except subprocess.TimeoutExpired as e:  # killed: what it had written still counts
+                out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+                proc = subprocess.CompletedProcess(cmd, -9, out, f"timed out after {args.timeout:g} s")
             wall = time.monotonic() - t0
             ids = delivered(name, work, proc.stdout)
             s = stats(conn["base_url"])
