@@ -85,7 +85,7 @@ def bench_peers(session: nox.Session) -> None:
 
 @nox.session(name="bench-frameworks")
 def bench_frameworks(session: nox.Session) -> None:
-    """oauthpw_async against Airbyte's Python CDK, the Singer SDK, dlt and Scrapy at token expiry (minutes).
+    """oauthpw_async against Airbyte's Python CDK, the Singer SDK, dlt and Scrapy at token expiry (about two minutes).
 
     The script makes one virtualenv per framework under build/fw-venvs (their dependencies
     conflict) with the versions pinned in benchmarks/frameworks.py. Non-zero exit only when
