@@ -1,4 +1,5 @@
-"""Sessions users and CI rely on: tests, lint, typecheck, docs, bench, bench-peers, demo."""
+"""Sessions users and CI rely on: tests, lint, typecheck, docs, bench, bench-peers,
+bench-frameworks, demo."""
 
 from __future__ import annotations
 
@@ -80,6 +81,19 @@ def bench_peers(session: nox.Session) -> None:
     # The smoke runs oauthpw_async and the static-token ceiling only: no peer to install.
     session.install("-e", ".[test]", *([] if "--smoke" in session.posargs else PEERS))
     session.run("python", "benchmarks/peers.py", *session.posargs)
+
+
+@nox.session(name="bench-frameworks")
+def bench_frameworks(session: nox.Session) -> None:
+    """oauthpw_async against Airbyte's Python CDK, the Singer SDK, dlt and Scrapy at token expiry (about two minutes).
+
+    The script makes one virtualenv per framework under build/fw-venvs (their dependencies
+    conflict) with the versions pinned in benchmarks/frameworks.py. Non-zero exit only when
+    oauthpw_async misses a record, exits non-zero or exceeds ideal + 1 token requests.
+    ``nox -s bench-frameworks -- --smoke`` runs oauthpw_async alone in seconds.
+    """
+    session.install("-e", ".[cli]")
+    session.run("python", "benchmarks/frameworks.py", *session.posargs)
 
 
 @nox.session
