@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import os
 import time
@@ -268,6 +269,31 @@ def _json(body: bytes) -> Any:
         return None
 
 
+@attrs.define(slots=True, eq=False)
+class _Walk:
+    """One partition's walk in progress: where it is, what it read, what is planned or in flight."""
+
+    partition: Partition
+    ps: PartitionStats
+    watch: _Completeness
+    #: Pages read (the index of the next one) and records read, as checkpointed.
+    index: int
+    committed: int
+    restarted: bool
+    plan: Callable[[Page, list[Any]], Any] | None
+    jumped: Callable[[PageRequest, int], list[PageRequest]] | None
+    asked: Callable[[PageRequest], tuple[int, int]] | None
+    #: Records read before this run resumed the partition.
+    resumed_from: int = attrs.field(default=attrs.Factory(lambda self: self.committed, takes_self=True))
+    seen: set[str] = attrs.Factory(set)
+    planned: collections.deque[PageRequest] | None = None  # known pages not started yet
+    empties: list[PageRequest] = attrs.Factory(list)
+    gaps: collections.deque[PageRequest] = attrs.Factory(collections.deque)
+    inflight: collections.deque[tuple[PageRequest, asyncio.Future[tuple[Page, list[Any]]]]] = attrs.Factory(
+        collections.deque
+    )
+
+
 class _PositionExpired(Exception):
     """A resumed position was refused as expired (internal: the partition restarts)."""
 
@@ -484,116 +510,137 @@ class CrawlEngine:
         restarted: bool = False,
     ) -> None:
         """Walk a partition's pages from ``request``: emit, flush, then checkpoint each in order."""
-        ps = self.stats.partitions[partition.name]
-        crawler, paginator, sync = self.crawler, self._paginator, self._sync
-        watch = _Completeness(crawler, paginator)
-        seen: set[str] = set()
-        index = 0 if restarted else ps.pages
-        max_pages = crawler.max_pages
-        seeking = sync is not None and sync.seeking(partition.name)
-        plan = getattr(paginator, "plan", None) if crawler.parallel_pages > 1 and not seeking else None
-        planned: collections.deque[PageRequest] | None = None  # known pages not started yet
-        # Offsets stepped over empty pages by the size asked, and the ranges found jumped once the
-        # server's real (capped) step shows: read before going on.
-        jumped = getattr(paginator, "jumped", None)
-        asked: Callable[[PageRequest], tuple[int, int]] | None = getattr(paginator, "asked", None)
-        empties: list[PageRequest] = []
-        gaps: collections.deque[PageRequest] = collections.deque()
-        resumed_from = committed
-        inflight: collections.deque[tuple[PageRequest, asyncio.Future[tuple[Page, list[Any]]]]] = collections.deque()
+        walk = self._new_walk(partition, committed, restarted)
+        read = functools.partial(self._read_page, session, base, headers)
+        ps = walk.ps
         try:
-            while request is not None:
-                key = request.key()
-                if key in seen:
-                    self.stats.cycles_stopped += 1
-                    watch.stopped(f"stopped at a page already read ({safe_url(request.url)}): the links form a loop")
-                    break
-                seen.add(key)
-                if index >= max_pages:
-                    watch.stopped(f"stopped on the page budget (max_pages = {max_pages})")
-                    break
-                if inflight and inflight[0][0] is request:
-                    page, records = await inflight.popleft()[1]
+            while request is not None and self._may_read(walk, request):
+                if walk.inflight and walk.inflight[0][0] is request:
+                    page, records = await walk.inflight.popleft()[1]
                 else:
-                    page, records = await self._read_page(session, base, headers, request, index, ps)
-                watch.saw(page)
-                ps.total = watch.total
+                    page, records = await read(request, walk.index, ps)
+                walk.watch.saw(page)
+                ps.total = walk.watch.total
                 if self._sync is not None:  # tombstones; drops re-deliveries (this run's and earlier runs')
                     fresh = self._sync.page(partition.name, page, records, ps)
                 else:
                     fresh = self._unseen(records, ps) if self._keys is not None else records
                 await sink.write(fresh, partition.name)
-                if planned is None and plan is not None:
-                    known = plan(page, records)
-                    planned = collections.deque(known) if known is not None else None
-                if jumped is not None and asked is not None and watch.total is not None:
-                    found = self._jumped(jumped, asked, empties, request, records, watch.total)
-                    if found:
-                        if not planned and not inflight and (cont := paginator.next(page, records)) is not None:
-                            found.append(cont)  # then on from this page
-                        gaps.extend(found)
-                nxt: PageRequest | None
-                if gaps:
-                    nxt = gaps.popleft()
-                elif planned:
-                    # Totals are known: keep up to parallel_pages pages in flight, emit them in order.
-                    # Only while request slots are free: when the crawl already fills them, pages read
-                    # ahead would just queue for slots (and cost CPU) without reading anything sooner.
-                    while planned and len(inflight) < crawler.parallel_pages - 1 and self._slots.value > 0:
-                        ahead = planned.popleft()
-                        future = asyncio.ensure_future(
-                            self._read_page(session, base, headers, ahead, index + 1 + len(inflight), ps)
-                        )
-                        inflight.append((ahead, future))
-                    nxt = inflight[0][0] if inflight else planned.popleft()  # read next, in order
-                elif inflight:
-                    nxt = inflight[0][0]
-                else:
-                    # Sequential, or past the planned pages: ask the strategy, so records added
-                    # during the crawl (a grown total) are still read.
-                    nxt = paginator.next(page, records)
-                    if sync is not None:
-                        # seeks by update time when it can
-                        nxt = sync.next_request(
-                            partition, nxt, announced_total(page.data, page.headers, crawler.total_path)
-                        )
-                        if sync.rewound(partition.name):
-                            seen.clear()  # a group read again on purpose (a bounded number of times), not a loop
-                index += 1
-                committed += len(records)  # read: duplicates dropped by primary key are in the sink already
+                nxt = self._next_request(walk, read, request, page, records)
+                walk.index += 1
+                walk.committed += len(records)  # read: duplicates dropped by primary key are in the sink already
                 await sink.flush()  # records are durable before the position moves past them
-                await self._checkpoints.save(partition.name, self._at_rest(nxt), index, records=committed)
-                ps.pages, ps.records = index, ps.records + len(fresh)
+                await self._checkpoints.save(partition.name, self._at_rest(nxt), walk.index, records=walk.committed)
+                ps.pages, ps.records = walk.index, ps.records + len(fresh)
                 self.stats.pages += 1
                 self.stats.records += len(fresh)
                 self._progress()
                 request = nxt
         finally:
-            for _, unread in inflight:
+            for _, unread in walk.inflight:
                 unread.cancel()
-            if inflight:
-                await asyncio.gather(*(f for _, f in inflight), return_exceptions=True)
-        counted = committed
-        if sync is not None and (distinct := sync.distinct(partition.name)) is not None:
+            if walk.inflight:
+                await asyncio.gather(*(f for _, f in walk.inflight), return_exceptions=True)
+        await self._end_walk(walk, request)
+
+    def _new_walk(self, partition: Partition, committed: int, restarted: bool) -> _Walk:
+        crawler, paginator, sync = self.crawler, self._paginator, self._sync
+        ps = self.stats.partitions[partition.name]
+        seeking = sync is not None and sync.seeking(partition.name)
+        return _Walk(
+            partition=partition,
+            ps=ps,
+            watch=_Completeness(crawler, paginator),
+            index=0 if restarted else ps.pages,
+            committed=committed,
+            restarted=restarted,
+            plan=getattr(paginator, "plan", None) if crawler.parallel_pages > 1 and not seeking else None,
+            jumped=getattr(paginator, "jumped", None),
+            asked=getattr(paginator, "asked", None),
+        )
+
+    def _may_read(self, walk: _Walk, request: PageRequest) -> bool:
+        """Whether ``request`` is read: not a page read already (a loop), not past the page budget."""
+        key = request.key()
+        if key in walk.seen:
+            self.stats.cycles_stopped += 1
+            walk.watch.stopped(f"stopped at a page already read ({safe_url(request.url)}): the links form a loop")
+            return False
+        walk.seen.add(key)
+        if walk.index >= self.crawler.max_pages:
+            walk.watch.stopped(f"stopped on the page budget (max_pages = {self.crawler.max_pages})")
+            return False
+        return True
+
+    def _next_request(
+        self,
+        walk: _Walk,
+        read: Callable[[PageRequest, int, PartitionStats], Any],
+        request: PageRequest,
+        page: Page,
+        records: list[Any],
+    ) -> PageRequest | None:
+        """The page read after ``page``: a gap found, a planned page (read ahead), or the strategy's next."""
+        crawler, paginator, sync = self.crawler, self._paginator, self._sync
+        if walk.planned is None and walk.plan is not None:
+            known = walk.plan(page, records)
+            walk.planned = collections.deque(known) if known is not None else None
+        if walk.jumped is not None and walk.asked is not None and walk.watch.total is not None:
+            # Offsets stepped over empty pages by the size asked, and the ranges found jumped once
+            # the server's real (capped) step shows: read before going on.
+            found = self._jumped(walk.jumped, walk.asked, walk.empties, request, records, walk.watch.total)
+            if found:
+                if not walk.planned and not walk.inflight and (cont := paginator.next(page, records)) is not None:
+                    found.append(cont)  # then on from this page
+                walk.gaps.extend(found)
+        if walk.gaps:
+            return walk.gaps.popleft()
+        if walk.planned:
+            # Totals are known: keep up to parallel_pages pages in flight, emit them in order.
+            # Only while request slots are free: when the crawl already fills them, pages read
+            # ahead would just queue for slots (and cost CPU) without reading anything sooner.
+            while walk.planned and len(walk.inflight) < crawler.parallel_pages - 1 and self._slots.value > 0:
+                ahead = walk.planned.popleft()
+                future = asyncio.ensure_future(read(ahead, walk.index + 1 + len(walk.inflight), walk.ps))
+                walk.inflight.append((ahead, future))
+            return walk.inflight[0][0] if walk.inflight else walk.planned.popleft()  # read next, in order
+        if walk.inflight:
+            return walk.inflight[0][0]
+        # Sequential, or past the planned pages: ask the strategy, so records added during the
+        # crawl (a grown total) are still read.
+        nxt = paginator.next(page, records)
+        if sync is not None:
+            # seeks by update time when it can
+            name = walk.partition.name
+            nxt = sync.next_request(walk.partition, nxt, announced_total(page.data, page.headers, crawler.total_path))
+            if sync.rewound(name):
+                walk.seen.clear()  # a group read again on purpose (a bounded number of times), not a loop
+        return nxt
+
+    async def _end_walk(self, walk: _Walk, request: PageRequest | None) -> None:
+        """Say whether the partition is complete, save where it ended, and move its cursor."""
+        sync, ps, name = self._sync, walk.ps, walk.partition.name
+        counted = walk.committed
+        if sync is not None and (distinct := sync.distinct(name)) is not None:
             # Distinct keys, not rows read: a record read twice (moved, or re-read where a seek
             # overlaps) must not make up for one never read.
-            counted = (0 if restarted else resumed_from) + distinct
-        problems = watch.problems(counted)
+            counted = (0 if walk.restarted else walk.resumed_from) + distinct
+        problems = walk.watch.problems(counted)
         if sync is not None:
-            problems += sync.problems(partition.name)
-        if restarted:
+            problems += sync.problems(name)
+        if walk.restarted:
             log.warning(
                 "partition %s was read again from its start: %d records re-emitted, %d dropped as already written",
-                partition.name,
+                name,
                 min(ps.records, ps.reemitted_from),
                 ps.duplicates,
             )
         if request is not None or problems:
-            await self._checkpoints.save(partition.name, None, index, records=committed, problems=problems)
+            await self._checkpoints.save(name, None, walk.index, records=walk.committed, problems=problems)
         if problems:
-            log.warning("partition %s is incomplete: %s", partition.name, "; ".join(problems))
-        if self._sync is not None:
-            await self._sync.finish(partition.name, problems, ps)  # the cursor moves only now
+            log.warning("partition %s is incomplete: %s", name, "; ".join(problems))
+        if sync is not None:
+            await sync.finish(name, problems, ps)  # the cursor moves only now
         ps.problems = problems
         ps.done = True
         self.stats.partitions_done += 1
