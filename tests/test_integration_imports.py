@@ -36,9 +36,10 @@ print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in {FOREIGN!r}))
 """
 
 
-def test_importing_the_sdk_and_running_a_plain_crawl_imports_no_integration_package() -> None:
+def _python(code: str) -> str:
+    """What a fresh interpreter running ``code`` printed (it must succeed)."""
     done = subprocess.run(
-        [sys.executable, "-c", PLAIN_CRAWL],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
@@ -46,20 +47,15 @@ def test_importing_the_sdk_and_running_a_plain_crawl_imports_no_integration_pack
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ""
+    return done.stdout.strip()
+
+
+def test_importing_the_sdk_and_running_a_plain_crawl_imports_no_integration_package() -> None:
+    assert _python(PLAIN_CRAWL) == ""
 
 
 def test_the_check_above_can_see_an_integration_package() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys, oauthpw_async.integrations.dlt; print('dlt' in sys.modules)"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True"
+    assert _python("import sys, oauthpw_async.integrations.dlt; print('dlt' in sys.modules)") == "True"
 
 
 PACKAGE = ROOT / "src" / "oauthpw_async"
@@ -106,13 +102,4 @@ def test_importing_the_command_line_imports_no_redis_client() -> None:
         "oauthpw_async.cli.build_parser()\n"
         "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('coredis', 'redis'))))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ""
+    assert _python(code) == ""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from typing import Any
 
-__all__ = ["HelpFormatter", "add_verbose", "para"]
+__all__ = ["HelpFormatter", "add_verbose", "para", "subcommand"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -43,3 +44,15 @@ def add_verbose(parser: argparse.ArgumentParser, *, default: object) -> None:
         help="log each token request (grant, URL without query, attempt) and each retry; never a secret "
         "(warnings about the data are shown without it)",
     )
+
+
+def subcommand(sub: Any, name: str, *, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser: the shared formatter, the description as given, and ``-v``.
+
+    On a subcommand, ``-v`` must not reset a ``-v`` given before it: its default is "not given".
+    """
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, description=description, formatter_class=HelpFormatter
+    )
+    add_verbose(parser, default=argparse.SUPPRESS)
+    return parser

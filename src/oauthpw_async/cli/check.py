@@ -16,7 +16,7 @@ from ..provider import TokenProvider
 from ..sources import StaticToken, load_token_source
 from ..store import FileTokenStore, MemoryTokenStore
 from ._common import err
-from ._help import HelpFormatter, add_verbose, para
+from ._help import para, subcommand
 from .report import format_check, print_lines
 
 __all__ = ["add_parser", "run"]
@@ -24,7 +24,8 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any) -> None:
     """The ``check`` subcommand and its options."""
-    p = sub.add_parser(
+    p = subcommand(
+        sub,
         "check",
         help="log in once, refresh once when a refresh token came back, show what came back (masked)",
         description=para(
@@ -33,9 +34,7 @@ def add_parser(sub: Any) -> None:
             "with secrets masked. A rejected password is never retried. A static-token connection (the file crawl "
             "takes) is validated; --probe then tries either kind of token on one API URL."
         ),
-        formatter_class=HelpFormatter,
     )
-    add_verbose(p, default=argparse.SUPPRESS)
     p.add_argument("--config", required=True, help="connection file (.json or .toml)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document (secrets masked)")
     p.add_argument(

@@ -29,7 +29,7 @@ from ..store import FileTokenStore
 from . import fleet as fleet_command
 from . import integrations, state
 from ._common import DATA_LOGGER, DataWarnings, command_line, err, silence_stdout
-from ._help import HelpFormatter, add_verbose, para
+from ._help import para, subcommand
 from .report import Progress, RunSummary, format_interrupted, format_nothing_to_do, format_summary, print_lines
 
 if TYPE_CHECKING:
@@ -40,7 +40,8 @@ __all__ = ["CrawlJob", "add_parser", "load_crawler", "run", "run_job"]
 
 def add_parser(sub: Any) -> None:
     """The ``crawl`` subcommand and its options (the fleet's and the integrations' among them)."""
-    p = sub.add_parser(
+    p = subcommand(
+        sub,
         "crawl",
         help="run a crawler: JSON Lines to stdout or --out, resumable with --state",
         description=para(
@@ -48,9 +49,7 @@ def add_parser(sub: Any) -> None:
             "summary to stderr) unless --out names a file. With --state, positions are saved after each "
             "page and the same command resumes after Ctrl-C, SIGTERM, a closed pipe or a crash."
         ),
-        formatter_class=HelpFormatter,
     )
-    add_verbose(p, default=argparse.SUPPRESS)
     p.add_argument("--config", required=True, help="connection file (.json or .toml)")
     p.add_argument("--crawler", required=True, metavar="MODULE:CLASS", help="the Crawler subclass to run")
     p.add_argument("--base-url", help="API root (default: the crawler's base_url)")

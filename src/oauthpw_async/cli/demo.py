@@ -14,7 +14,7 @@ from typing import Any
 from ..exit_codes import ExitCode
 from ..provider import TokenProvider
 from ._common import command_line
-from ._help import HelpFormatter, add_verbose, para
+from ._help import para, subcommand
 from .crawl import CrawlJob, run_job
 from .report import row
 
@@ -23,16 +23,15 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any) -> None:
     """The ``demo`` subcommand and its options."""
-    p = sub.add_parser(
+    p = subcommand(
+        sub,
         "demo",
         help="crawl the built-in demo server end to end, with progress",
         description=para(
             "Start a local authorization server and API, crawl them end to end while short-lived "
             "tokens expire and refresh and a few 429s and 5xx are injected, then check the output."
         ),
-        formatter_class=HelpFormatter,
     )
-    add_verbose(p, default=argparse.SUPPRESS)
     p.add_argument("--records", type=int, default=30000, help="dataset size")
     p.add_argument("--token-lifetime", type=float, default=3.0, metavar="SECONDS", help="access token lifetime")
     p.add_argument("--concurrency", type=int, default=64, help="API requests in flight at once")

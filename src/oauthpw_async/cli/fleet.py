@@ -332,14 +332,10 @@ def _child_argv(argv: Sequence[str], out: str, coordinator: str) -> list[str]:
     return [*child, "--out", out, "--coordinator", coordinator]
 
 
-async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: TextIO) -> int:
-    """``crawl --workers N``: start N worker processes of the same command, relay their output, wait for all.
-
-    Each worker's lines are prefixed with ``[wK]``; SIGINT/SIGTERM are passed on to every worker (each
-    gives its partitions back before it exits). The exit code is the first worker's failure, else 8
-    when the fleet finished incomplete, else 0.
-    """
-    outs = [worker_output(args.out, i) for i in range(args.workers)]
+async def _start_workers(
+    args: argparse.Namespace, argv: Sequence[str], outs: Sequence[str], report: TextIO
+) -> list[asyncio.subprocess.Process]:
+    """Start one worker process a output, each this command with its own ``--out``; says so for each."""
     # The Redis password goes to the workers in their environment, never on their command line.
     coordinator, password = _without_password(args.coordinator)
     env = dict(os.environ)
@@ -355,6 +351,18 @@ async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: Tex
             )
         )
         print(f"[w{i}] started (pid {procs[-1].pid}): writes {out}", file=report, flush=True)
+    return procs
+
+
+async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: TextIO) -> int:
+    """``crawl --workers N``: start N worker processes of the same command, relay their output, wait for all.
+
+    Each worker's lines are prefixed with ``[wK]``; SIGINT/SIGTERM are passed on to every worker (each
+    gives its partitions back before it exits). The exit code is the first worker's failure, else 8
+    when the fleet finished incomplete, else 0.
+    """
+    outs = [worker_output(args.out, i) for i in range(args.workers)]
+    procs = await _start_workers(args, argv, outs, report)
 
     async def relay(i: int, stream: asyncio.StreamReader | None, to: TextIO) -> None:
         assert stream is not None

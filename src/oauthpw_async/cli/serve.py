@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from ..exit_codes import ExitCode
-from ._help import HelpFormatter, add_verbose
+from ._help import subcommand
 
 __all__ = ["SERVE_DESCRIPTION", "add_parser", "api_fault", "run"]
 
@@ -50,13 +50,12 @@ Fault switches: --token-fault, --api-fault, --token-latency, --api-latency, --lo
 
 def add_parser(sub: Any) -> None:
     """The ``serve`` subcommand and its options."""
-    p = sub.add_parser(
+    p = subcommand(
+        sub,
         "serve",
         help="run the local test server (token endpoint and paginated API) on 127.0.0.1",
         description=SERVE_DESCRIPTION,
-        formatter_class=HelpFormatter,
     )
-    add_verbose(p, default=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
     p.add_argument("--token-lifetime", type=float, default=60.0, metavar="SECONDS", help="access token lifetime")
     p.add_argument("--records", type=int, default=3000, help="dataset size, split over the three projects")
