@@ -80,7 +80,7 @@ def _cli() -> str:
 
 
 def _exit_codes() -> str:
-    from oauthpw_async.check import EXIT_CODE_MEANINGS, ExitCode
+    from oauthpw_async.exit_codes import EXIT_CODE_MEANINGS, ExitCode
 
     rows = ["| code | name | meaning |", "|---|---|---|"]
     rows += [f"| {int(code)} | `{code.name}` | {EXIT_CODE_MEANINGS[code]} |" for code in ExitCode]

@@ -629,9 +629,9 @@ async def test_serve_fault_switches_reach_the_server(tmp_path) -> None:
 
 
 def test_the_summary_names_each_incomplete_partition_with_its_reasons() -> None:
+    from oauthpw_async.cli.report import RunSummary, format_summary
     from oauthpw_async.crawler import CrawlStats, PartitionStats
     from oauthpw_async.provider import TokenStats
-    from oauthpw_async.report import RunSummary, format_summary
 
     stats = CrawlStats(records=40, pages=2, partitions_total=2, partitions_done=2)
     stats.partitions["alpha"] = PartitionStats(pages=1, records=20, done=True)

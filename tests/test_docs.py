@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from oauthpw_async.check import EXIT_CODE_MEANINGS, ExitCode
 from oauthpw_async.cli import build_parser
+from oauthpw_async.exit_codes import EXIT_CODE_MEANINGS, ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

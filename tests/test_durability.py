@@ -666,7 +666,7 @@ def test_an_output_that_cannot_be_opened_is_a_sink_error(tmp_path: Any) -> None:
 
 async def test_the_command_maps_a_file_size_limit_hit_mid_crawl_to_the_crawl_failed_exit_code(tmp_path: Any) -> None:
     """A real write failure in a real process: the output reaches the process's file size limit."""
-    from oauthpw_async.check import ExitCode
+    from oauthpw_async.exit_codes import ExitCode
 
     EXIT_CRAWL = ExitCode.CRAWL_FAILED
 

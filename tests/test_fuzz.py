@@ -34,9 +34,9 @@ from oauthpw_async import (
     load_config,
     load_token_source,
     parse_token_response,
-    state_cli,
 )
 from oauthpw_async._httputil import excerpt
+from oauthpw_async.cli import state as state_cli
 from oauthpw_async.crawler import Checkpoints
 from oauthpw_async.grant import Instant, TokenResponse, _client_hint, build_refresh_request
 from oauthpw_async.static_config import load_static_config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,10 @@ print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in {FOREIGN!r}))
 """
 
 
-def test_importing_the_sdk_and_running_a_plain_crawl_imports_no_integration_package() -> None:
+def _python(code: str) -> str:
+    """What a fresh interpreter running ``code`` printed (it must succeed)."""
     done = subprocess.run(
-        [sys.executable, "-c", PLAIN_CRAWL],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
@@ -45,17 +47,59 @@ def test_importing_the_sdk_and_running_a_plain_crawl_imports_no_integration_pack
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ""
+    return done.stdout.strip()
+
+
+def test_importing_the_sdk_and_running_a_plain_crawl_imports_no_integration_package() -> None:
+    assert _python(PLAIN_CRAWL) == ""
 
 
 def test_the_check_above_can_see_an_integration_package() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", "import sys, oauthpw_async.integrations.dlt; print('dlt' in sys.modules)"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
-        check=False,
+    assert _python("import sys, oauthpw_async.integrations.dlt; print('dlt' in sys.modules)") == "True"
+
+
+PACKAGE = ROOT / "src" / "oauthpw_async"
+
+
+def _imports(path: Path) -> set[str]:
+    """The modules a source file imports, relative imports resolved against the package."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    parts = ["oauthpw_async", *path.relative_to(PACKAGE).with_suffix("").parts]
+    package = parts if path.name == "__init__.py" else parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_no_library_module_parses_arguments_or_imports_the_command_line() -> None:
+    library = [p for p in PACKAGE.rglob("*.py") if "cli" not in p.relative_to(PACKAGE).parts[:1]]
+    assert any(p.name == "check.py" for p in library) and any("fleet" in p.parts for p in library)
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(
+            m for m in _imports(p) if m == "argparse" or m == "oauthpw_async.cli" or m.startswith("oauthpw_async.cli.")
+        )
+        for p in library
+        if p.name != "__main__.py"  # `python -m oauthpw_async` runs the command line
+    }
+    assert {name: found for name, found in offenders.items() if found} == {}
+
+
+def test_the_import_check_above_sees_the_command_line_import_argparse() -> None:
+    found = _imports(PACKAGE / "cli" / "parser.py")
+    assert "argparse" in found and "oauthpw_async.cli.crawl" in found
+
+
+def test_importing_the_command_line_imports_no_redis_client() -> None:
+    code = (
+        "import sys, oauthpw_async.cli, oauthpw_async.cli.fleet\n"
+        "oauthpw_async.cli.build_parser()\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('coredis', 'redis'))))\n"
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "True"
+    assert _python(code) == ""

@@ -3,7 +3,8 @@
 :func:`check_connection` is what ``oauthpw-async check`` runs, as a library function for
 platforms that test a connection before saving it. Its :class:`CheckResult` is secret-free
 (tokens are described masked, with a short fingerprint), serialisable with
-:meth:`CheckResult.as_dict`, and maps onto the command's exit codes (:class:`ExitCode`).
+:meth:`CheckResult.as_dict`, and maps onto the command's exit codes (:class:`ExitCode`, defined in
+:mod:`oauthpw_async.exit_codes` and re-exported here).
 
 This module imports no HTTP client: the aiohttp endpoint is loaded only when no endpoint
 is passed in, so the check runs on any anyio backend with an in-memory endpoint.
@@ -11,9 +12,7 @@ is passed in, so the check runs on any anyio backend with an in-memory endpoint.
 
 from __future__ import annotations
 
-import enum
 import logging
-import textwrap
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -25,17 +24,11 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import PasswordGrantConfig
 from .errors import (
     ConfigError,
-    CrawlError,
-    DefinitiveTokenError,
-    InvalidClient,
-    InvalidCredentials,
     OAuthPWError,
     TokenError,
-    TokenResponseError,
-    TransientTokenError,
-    UsageError,
 )
 from .exchange import exchange
+from .exit_codes import EXIT_CODE_MEANINGS, ExitCode, exit_code_for, exit_codes_text  # re-exported: public here
 from .grant import Grant, Instant, Token, TokenRequest, TokenResponse, build_password_request, build_refresh_request
 from .grant import parse_token_response as _parse
 from .retry import RetryPolicy
@@ -63,80 +56,6 @@ log = logging.getLogger("oauthpw_async.check")
 
 CHECK_RETRY = RetryPolicy(max_attempts=2, base_delay=0.5, max_delay=5.0, max_wait=30.0, deadline=60.0)
 """Retries of one token request in a check: one retry of a transient failure, never of a rejection."""
-
-
-class ExitCode(enum.IntEnum):
-    """Exit codes of the ``oauthpw-async`` command; what each means is :data:`EXIT_CODE_MEANINGS`."""
-
-    OK = 0
-    UNEXPECTED = 1
-    USAGE = 2
-    CREDENTIALS = 3
-    CLIENT = 4
-    SERVER = 5
-    REJECTED = 6
-    CRAWL_FAILED = 7
-    INCOMPLETE = 8
-    INTERRUPTED = 130
-    BROKEN_PIPE = 141
-    TERMINATED = 143
-
-
-EXIT_CODE_MEANINGS: dict[ExitCode, str] = {
-    ExitCode.OK: "success; for a crawl: finished and complete (or nothing left to do)",
-    ExitCode.UNEXPECTED: "an unexpected error (a bug in a crawler or in this package): the traceback says where",
-    ExitCode.USAGE: "bad configuration or usage (connection file, options, --crawler)",
-    ExitCode.CREDENTIALS: "credentials rejected (username or password, a refused static token, or the account is "
-    "locked)",
-    ExitCode.CLIENT: "client rejected (client id or secret, client authentication method)",
-    ExitCode.SERVER: "token server unreachable or failing (5xx, 429, timeout, unusable answer, login budget spent)",
-    ExitCode.REJECTED: "token request rejected otherwise (grant type, scope, parameters, a redirect)",
-    ExitCode.CRAWL_FAILED: "crawl failed (an API request failed for good, a damaged state file, a bad page)",
-    ExitCode.INCOMPLETE: "crawl finished but INCOMPLETE (a page budget, a cycle, fewer records than announced); "
-    "the summary names each partition and why; --allow-incomplete exits 0 instead",
-    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); positions saved: the same command resumes",
-    ExitCode.BROKEN_PIPE: "stdout closed by its reader (| head), as for a process ended by SIGPIPE; positions saved: "
-    "the same command resumes",
-    ExitCode.TERMINATED: "terminated (SIGTERM); positions saved: the same command resumes",
-}
-"""What each exit code means: the one table that ``--help`` prints and the docs are generated from."""
-
-
-def exit_codes_text(width: int = 96) -> str:
-    """The exit-code table as plain text, for ``--help``."""
-    lines = []
-    for code, meaning in EXIT_CODE_MEANINGS.items():
-        wrapped = textwrap.wrap(meaning, width - 7) or [""]
-        lines.append(f"  {int(code):<4} {wrapped[0]}")
-        lines += [f"       {more}" for more in wrapped[1:]]
-    return "\n".join(lines)
-
-
-def exit_code_for(error: BaseException | None) -> ExitCode:
-    """The exit code an error maps to (``OK`` for ``None``).
-
-    Transient token errors (5xx, 429, timeouts, the provider's login budget) are the
-    server's side; definitive ones name what to fix: credentials, client, or the request.
-    """
-    if error is None:
-        return ExitCode.OK
-    if isinstance(error, ConfigError):
-        return ExitCode.USAGE
-    if isinstance(error, InvalidCredentials):
-        return ExitCode.CREDENTIALS
-    if isinstance(error, InvalidClient):
-        return ExitCode.CLIENT
-    if isinstance(error, (TransientTokenError, TokenResponseError)):
-        return ExitCode.SERVER
-    if isinstance(error, DefinitiveTokenError):
-        return ExitCode.REJECTED
-    if isinstance(error, TokenError):
-        return ExitCode.SERVER
-    if isinstance(error, CrawlError):  # an API request failed for good, a damaged state file...
-        return ExitCode.CRAWL_FAILED
-    if isinstance(error, UsageError):
-        return ExitCode.USAGE
-    return ExitCode.CRAWL_FAILED
 
 
 def _error_dict(error: OAuthPWError) -> dict[str, Any]:

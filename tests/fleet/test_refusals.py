@@ -188,15 +188,15 @@ async def test_the_command_exits_7_naming_the_refusal_without_the_password(
     ["localhost:6379", "127.0.0.1", "http://127.0.0.1:6379/0", "redis://", "redis://127.0.0.1:notaport/0", ""],
 )
 def test_a_coordinator_that_is_not_a_redis_url_is_a_usage_error(url: str) -> None:
+    from oauthpw_async.cli.fleet import redis_url
     from oauthpw_async.errors import UsageError
-    from oauthpw_async.fleet.command import redis_url
 
     with pytest.raises(UsageError, match="takes a Redis URL: redis://"):
         redis_url(url)
 
 
 def test_the_redis_password_may_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from oauthpw_async.fleet.command import redis_url
+    from oauthpw_async.cli.fleet import redis_url
 
     monkeypatch.setenv("OAUTHPW_REDIS_PASSWORD", "p@ss/w:rd%")
     assert redis_url("redis://127.0.0.1:6379/0") == "redis://:p%40ss%2Fw%3Ard%25@127.0.0.1:6379/0"

@@ -192,7 +192,7 @@ def test_a_redis_url_with_an_unencoded_password_is_a_config_error_quoting_none_o
     for fragment in password.replace("/", " ").replace("#", " ").replace("?", " ").replace("@", " ").split():
         if len(fragment) > 2:
             assert fragment not in message
-    from oauthpw_async.fleet.command import redis_url
+    from oauthpw_async.cli.fleet import redis_url
 
     with pytest.raises(ConfigError):
         redis_url(url)

@@ -27,10 +27,11 @@ from typing import IO, Any, cast
 import orjson
 
 from .._paths import _parts
-from ..check import ExitCode, check_connection, exit_code_for
+from ..check import check_connection
 from ..config import load_config
 from ..crawler import Crawler
 from ..errors import ConfigError, OAuthPWError, UsageError
+from ..exit_codes import ExitCode, exit_code_for
 from ._protocol import ProtocolSink
 from ._run import open_tokens, stream_name
 

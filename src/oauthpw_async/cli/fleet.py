@@ -1,6 +1,6 @@
 """The fleet side of the command line: ``crawl --coordinator``, ``crawl --workers N``, ``fleet status|reset``.
 
-Kept apart from :mod:`oauthpw_async.cli`, which calls :func:`add_crawl_options`, :func:`add_parser`,
+Kept apart from the other commands; :mod:`oauthpw_async.cli` calls :func:`add_crawl_options`, :func:`add_parser`,
 :func:`check_crawl_options`, :func:`worker_for`, :func:`run_workers` and :func:`run`. Importing this
 module needs no Redis client: the fleet extra is loaded only when a fleet is used.
 
@@ -29,17 +29,17 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import orjson
 
 from ..errors import OAuthPWError, UsageError
-from ._url import PASSWORD_VARIABLE, check_credentials, with_env_password
+from ..fleet._url import PASSWORD_VARIABLE, check_credentials, with_env_password
 
 if TYPE_CHECKING:
     from ..crawler import Crawler, CrawlStats, Sink
+    from ..fleet._redis import RedisLink
+    from ..fleet.coordinator import Coordinator
+    from ..fleet.crawl import FleetCrawl
+    from ..fleet.partitions import FleetStatus
     from ..provider import TokenProvider
     from ..sources import StaticToken
     from ..store import TokenStore
-    from ._redis import RedisLink
-    from .coordinator import Coordinator
-    from .crawl import FleetCrawl
-    from .partitions import FleetStatus
 
 __all__ = [
     "KEY_VARIABLE",
@@ -282,10 +282,10 @@ def worker_for(
     A password-grant ``tokens`` is replaced by a provider of the same connection (and ``store``)
     that renews through the fleet; a static token is used as it is.
     """
+    from ..fleet._redis import RedisLink, redis_where
+    from ..fleet.coordinator import Coordinator
+    from ..fleet.crawl import FleetCrawl
     from ..provider import TokenProvider
-    from ._redis import RedisLink, redis_where
-    from .coordinator import Coordinator
-    from .crawl import FleetCrawl
 
     name = crawl_name(args)
     key = _token_key()  # seals the shared token and the crawl's positions
@@ -332,14 +332,10 @@ def _child_argv(argv: Sequence[str], out: str, coordinator: str) -> list[str]:
     return [*child, "--out", out, "--coordinator", coordinator]
 
 
-async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: TextIO) -> int:
-    """``crawl --workers N``: start N worker processes of the same command, relay their output, wait for all.
-
-    Each worker's lines are prefixed with ``[wK]``; SIGINT/SIGTERM are passed on to every worker (each
-    gives its partitions back before it exits). The exit code is the first worker's failure, else 8
-    when the fleet finished incomplete, else 0.
-    """
-    outs = [worker_output(args.out, i) for i in range(args.workers)]
+async def _start_workers(
+    args: argparse.Namespace, argv: Sequence[str], outs: Sequence[str], report: TextIO
+) -> list[asyncio.subprocess.Process]:
+    """Start one worker process a output, each this command with its own ``--out``; says so for each."""
     # The Redis password goes to the workers in their environment, never on their command line.
     coordinator, password = _without_password(args.coordinator)
     env = dict(os.environ)
@@ -355,6 +351,18 @@ async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: Tex
             )
         )
         print(f"[w{i}] started (pid {procs[-1].pid}): writes {out}", file=report, flush=True)
+    return procs
+
+
+async def run_workers(args: argparse.Namespace, argv: Sequence[str], report: TextIO) -> int:
+    """``crawl --workers N``: start N worker processes of the same command, relay their output, wait for all.
+
+    Each worker's lines are prefixed with ``[wK]``; SIGINT/SIGTERM are passed on to every worker (each
+    gives its partitions back before it exits). The exit code is the first worker's failure, else 8
+    when the fleet finished incomplete, else 0.
+    """
+    outs = [worker_output(args.out, i) for i in range(args.workers)]
+    procs = await _start_workers(args, argv, outs, report)
 
     async def relay(i: int, stream: asyncio.StreamReader | None, to: TextIO) -> None:
         assert stream is not None
@@ -421,10 +429,10 @@ async def _token_state(args: argparse.Namespace) -> dict[str, Any] | None:
     """The credential's shared token (generation, whether it opens with the key), lease, budget, latch."""
     if not args.config:
         return None
+    from ..fleet.cipher import generate_key
+    from ..fleet.coordinator import Coordinator
+    from ..fleet.errors import FleetKeyMismatch, damaged
     from ..sources import StaticToken, load_token_source
-    from .cipher import generate_key
-    from .coordinator import Coordinator
-    from .errors import FleetKeyMismatch, damaged
 
     source = load_token_source(args.config)
     if isinstance(source, StaticToken):
@@ -506,8 +514,8 @@ def _token_lines(info: dict[str, Any] | None) -> list[str]:
 
 
 async def _status(args: argparse.Namespace, out: TextIO) -> int:
-    from ._redis import RedisLink, redis_where
-    from .crawl import FleetCrawl
+    from ..fleet._redis import RedisLink, redis_where
+    from ..fleet.crawl import FleetCrawl
 
     name = crawl_name(args)
     link = RedisLink(args.coordinator, namespace=args.namespace)
@@ -561,9 +569,9 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _reset(args: argparse.Namespace, out: TextIO) -> int:
-    from ._redis import RedisLink, redis_where
-    from .cipher import generate_key
-    from .crawl import FleetCrawl
+    from ..fleet._redis import RedisLink, redis_where
+    from ..fleet.cipher import generate_key
+    from ..fleet.crawl import FleetCrawl
 
     if args.tokens:
         await _reset_tokens(args, out)
@@ -594,7 +602,7 @@ async def _reset(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _reset_tokens(args: argparse.Namespace, out: TextIO) -> None:
     """Delete every shared token record of the namespace (each credential's next renewal logs in once)."""
-    from ._redis import RedisLink, redis_where
+    from ..fleet._redis import RedisLink, redis_where
 
     link = RedisLink(args.coordinator, namespace=args.namespace)
     async with link:
@@ -618,7 +626,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             return asyncio.run(_status(args, out))
         return asyncio.run(_reset(args, out))
     except OAuthPWError as exc:
-        from ..check import exit_code_for
+        from ..exit_codes import exit_code_for
 
         print(f"error: {exc}", file=sys.stderr)
         return int(exit_code_for(exc))

@@ -19,8 +19,8 @@ from typing import Any, TextIO
 import orjson
 
 from ..crawler import CrawlStats
-from ..report import Progress
 from ..sources import StaticToken, TokenSource
+from .report import Progress
 
 __all__ = ["JsonFormatter", "JsonProgress", "progress_fields"]
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 import attrs
 
 if TYPE_CHECKING:
-    from .check import CheckResult, CheckStep
-    from .crawler import CrawlStats
-    from .provider import TokenProvider, TokenStats
-    from .sources import StaticToken
+    from ..check import CheckResult, CheckStep
+    from ..crawler import CrawlStats
+    from ..provider import TokenProvider, TokenStats
+    from ..sources import StaticToken
 
 __all__ = [
     "Progress",

@@ -1,6 +1,6 @@
 """The command line's glue for the integrations: ``crawl --format``, ``airbyte`` and ``schema``.
 
-Kept apart from :mod:`oauthpw_async.cli` so the command imports an integration only when it is
+Kept apart from the other commands so the command line imports an integration only when it is
 asked for.
 """
 
@@ -123,10 +123,10 @@ def sink_for(fmt: str, crawler: Crawler, state: str | None) -> Sink | None:
     if state is None:  # pragma: no cover - prepare_crawl always sets one
         raise UsageError(f"--format {fmt} needs --state")
     if fmt == "airbyte":
-        from .airbyte import AirbyteSink
+        from ..integrations.airbyte import AirbyteSink
 
         return AirbyteSink(sys.stdout.buffer, crawler, state)
-    from .singer import SingerSink
+    from ..integrations.singer import SingerSink
 
     return SingerSink(sys.stdout.buffer, crawler, state)
 
@@ -188,15 +188,15 @@ def _print(message: Any) -> None:
 
 
 def _crawler(spec: str, base_url: str | None) -> Crawler:
-    from ..cli import _load_crawler  # the command's own loader (same errors, same sys.path)
+    from .crawl import load_crawler  # the command's own loader (same errors, same sys.path)
 
-    return _load_crawler(spec)(base_url=base_url)
+    return load_crawler(spec)(base_url=base_url)
 
 
 async def _airbyte(args: argparse.Namespace) -> int:
-    from ..check import exit_code_for
     from ..errors import OAuthPWError
-    from . import airbyte
+    from ..exit_codes import exit_code_for
+    from ..integrations import airbyte
 
     try:
         if args.airbyte_command == "spec":
@@ -230,7 +230,7 @@ async def _airbyte(args: argparse.Namespace) -> int:
 
 
 async def _schema(args: argparse.Namespace) -> int:
-    from .airbyte import sample_schema
+    from ..integrations.airbyte import sample_schema
 
     schema = await sample_schema(_crawler(args.crawler, args.base_url), args.config, records=args.sample)
     sys.stdout.buffer.write(orjson.dumps(schema, option=orjson.OPT_INDENT_2) + b"\n")

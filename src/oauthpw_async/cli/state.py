@@ -1,6 +1,6 @@
 """The state side of the command line: ``oauthpw-async state show|reset``, ``crawl --full-refresh`` texts.
 
-Kept apart from :mod:`oauthpw_async.cli`, which calls :func:`add_parser`, :func:`run`,
+Kept apart from the other commands; :mod:`oauthpw_async.cli` calls :func:`add_parser`, :func:`run`,
 :func:`cursor_rows` and :func:`full_refresh_notice`. A state file holds positions (where each
 partition's crawl is), incremental cursors (where the next run starts) and the incremental run
 in flight; nothing in it is secret.
@@ -16,12 +16,12 @@ from typing import Any, TextIO
 
 import orjson
 
-from .crawler.checkpoint import Checkpoints
-from .crawler.engine import CrawlStats
-from .crawler.incremental import CursorState
-from .crawler.pagination import PageRequest
-from .errors import FileLocked, StateError
-from .redact import without_credentials
+from ..crawler.checkpoint import Checkpoints
+from ..crawler.engine import CrawlStats
+from ..crawler.incremental import CursorState
+from ..crawler.pagination import PageRequest
+from ..errors import FileLocked, StateError
+from ..redact import without_credentials
 
 __all__ = ["add_parser", "cursor_rows", "full_refresh_notice", "run"]
 
