@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import TokenEndpointRateLimited, TransientTokenError
 from .grant import Instant, Token, TokenRequest, TokenResponse
-from .retry import RetryPolicy
+from .retry import DEFAULT_RETRY, RetryPolicy
 
 if TYPE_CHECKING:
     from .transport import TokenEndpoint
@@ -24,8 +24,8 @@ __all__ = ["TOKEN_RETRY", "exchange"]
 
 log = logging.getLogger("oauthpw_async.exchange")
 
-TOKEN_RETRY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=15.0, max_wait=120.0, deadline=180.0)
-"""The default retries of one token request."""
+TOKEN_RETRY = DEFAULT_RETRY
+"""The default retries of one token request (:data:`~oauthpw_async.retry.DEFAULT_RETRY`)."""
 
 
 async def exchange(

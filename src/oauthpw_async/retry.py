@@ -1,8 +1,10 @@
 """The one retry primitive: how long to wait before the next attempt, and when to give up.
 
-Token requests, the provider's renewal backoff and the crawler's API requests all use
-:class:`RetryPolicy`; none of them has a backoff formula of its own. The policy only does
-arithmetic; the caller sleeps on its own :class:`~oauthpw_async.clock.Clock`.
+Token requests, the provider's renewal backoff, the crawler's API requests and the fleet's
+waits for Redis all use :class:`RetryPolicy`; none of them has a backoff formula of its own.
+The policy only does arithmetic. Loops that honour a server's hint count with
+:class:`Retrying` and sleep on their own :class:`~oauthpw_async.clock.Clock`; loops that only
+back off iterate :func:`attempts`, which sleeps on the clock it is given.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import random
 
 import attrs
 
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import UsageError
 
-__all__ = ["RetryPolicy", "Retrying"]
+__all__ = ["DEFAULT_RETRY", "Attempts", "RetryPolicy", "Retrying", "attempts"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -102,3 +105,71 @@ class Retrying:
             )
             return None
         return delay
+
+
+DEFAULT_RETRY = RetryPolicy()
+"""The default retries of one request (a token request, an API request of a session)."""
+
+
+class Attempts:
+    """The attempts of one operation: ``async for n in attempts(policy, clock): ...``.
+
+    Yields ``0, 1, 2, ...``; the caller returns (or ``break`` s) on success and goes round the
+    loop on a failure. Between two attempts it sleeps ``policy.backoff(n)`` on the clock, capped
+    by :meth:`cap` (e.g. "never past the holder's expiry") and by the time left before the
+    deadline. It yields at most ``policy.max_attempts`` times and none once the deadline
+    (seconds from the first attempt; default ``policy.deadline``) has passed, but always at least
+    once. :attr:`exhausted` then tells the caller to raise its last error.
+    """
+
+    __slots__ = ("_cap", "_deadline", "_next", "clock", "exhausted", "policy", "rng", "started")
+
+    def __init__(self, policy: RetryPolicy, clock: Clock, deadline: float | None, rng: random.Random | None) -> None:
+        if deadline is not None and not (math.isfinite(deadline) and deadline >= 0):
+            raise UsageError(f"deadline must be a finite number >= 0, got {deadline!r}")
+        self.policy = policy
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._deadline = policy.deadline if deadline is None else deadline
+        self._next = 0
+        self._cap: float | None = None
+        #: Monotonic time of the first attempt (``None`` before it).
+        self.started: float | None = None
+        #: Set when the iteration ended because the count or the deadline ran out.
+        self.exhausted = False
+
+    def cap(self, seconds: float) -> None:
+        """Wait at most ``seconds`` before the next attempt (only that one)."""
+        self._cap = max(0.0, seconds)
+
+    def __aiter__(self) -> Attempts:
+        return self
+
+    async def __anext__(self) -> int:
+        n = self._next
+        if n == 0:
+            self.started = self.clock.monotonic()
+        else:
+            assert self.started is not None
+            left = self._deadline - (self.clock.monotonic() - self.started)
+            if n >= self.policy.max_attempts or left <= 0:
+                self.exhausted = True
+                raise StopAsyncIteration
+            delay = self.policy.backoff(n - 1, self.rng)
+            if self._cap is not None:
+                delay = min(delay, self._cap)
+                self._cap = None
+            await self.clock.sleep(min(delay, left))
+        self._next = n + 1
+        return n
+
+
+def attempts(
+    policy: RetryPolicy,
+    clock: Clock = SYSTEM_CLOCK,
+    *,
+    deadline: float | None = None,
+    rng: random.Random | None = None,
+) -> Attempts:
+    """The attempts of one operation under ``policy``, sleeping on ``clock`` between them (:class:`Attempts`)."""
+    return Attempts(policy, clock, deadline, rng)

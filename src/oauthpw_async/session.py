@@ -42,7 +42,7 @@ from .errors import HTTPStatusError, UsageError
 from .grant import Token
 from .headers import checked_headers
 from .pipeline import RequestPipeline, tls_of
-from .retry import RetryPolicy
+from .retry import DEFAULT_RETRY, RetryPolicy
 from .sources import TokenSource
 
 __all__ = ["IDEMPOTENT_METHODS", "SESSION_RETRY", "APIResponse", "AuthorizedSession", "SessionStats"]
@@ -52,8 +52,9 @@ log = logging.getLogger("oauthpw_async.session")
 #: Methods retried after a transient failure by default (RFC 9110 §9.2.2: repeating them is safe).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
-SESSION_RETRY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=15.0, max_wait=120.0, deadline=180.0)
-"""The default retries of one request: 4 attempts, backoff up to 15 s, server waits up to 2 min."""
+SESSION_RETRY = DEFAULT_RETRY
+"""The default retries of one request (:data:`~oauthpw_async.retry.DEFAULT_RETRY`): 4 attempts, backoff up
+to 15 s, server waits up to 2 min."""
 
 #: Connections (and so requests in flight) when the session makes its own pool.
 DEFAULT_LIMIT = 100

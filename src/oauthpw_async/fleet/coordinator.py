@@ -8,6 +8,7 @@ from typing import Literal
 
 import anyio
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..config import PasswordGrantConfig
 from ..errors import UsageError
 from ._redis import RedisLink
@@ -61,6 +62,8 @@ class Coordinator:
             token and then fails with :class:`CoordinatorUnavailable`; ``"renew_locally"``: it
             renews on its own instead (safe only when refresh tokens are not single-use).
         connect_timeout, command_timeout: seconds before Redis counts as unreachable.
+        clock: the clock every wait of the fleet's loops is on (heartbeats, lease renewals and
+            polls, rate-limit waits, partition keep-alives); tests pass a fake one.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Coordinator:
         on_unavailable: OnUnavailable = "fail",
         connect_timeout: float = 2.0,
         command_timeout: float = 2.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         account_key = account_key or credential_key
         for key in (credential_key, account_key):
@@ -91,17 +95,20 @@ class Coordinator:
         self.credential_key = credential_key
         self.account_key = account_key
         self.on_unavailable: OnUnavailable = on_unavailable
+        #: The clock the fleet's loops wait on.
+        self.clock = clock
         cipher = token_key if isinstance(token_key, TokenCipher) else TokenCipher(token_key)
         #: Seals the shared token and the crawl positions at rest.
         self.cipher = cipher
         scope = f"cred:{credential_key}"
         #: The shared token record (read, compare-and-set publish, watch).
-        self.tokens = SharedTokenState(self.link, credential_key, cipher)
+        self.tokens = SharedTokenState(self.link, credential_key, cipher, clock=clock)
         #: Who may renew the token right now.
         self.lease = Lease(
             self.link,
             scope,
             ttl=lease_ttl if lease_ttl is not None else lease_ttl_for(command_timeout, request_timeout),
+            clock=clock,
         )
         account = f"acct:{account_key}"
         #: Password logins per window, fleet-wide, for every token of the account.
@@ -154,12 +161,18 @@ class Coordinator:
 
     def rate_limiter(self, *, rate: float, burst: int = 1, max_wait: float = 60.0) -> HostRateLimiter:
         """A per-host request rate shared by every worker (GCRA) plus the shared 429/503 pause."""
-        return HostRateLimiter(self.link, rate=rate, burst=burst, max_wait=max_wait)
+        return HostRateLimiter(self.link, rate=rate, burst=burst, max_wait=max_wait, clock=self.clock)
 
     def partitions(
         self, crawl: str, *, consumer: str | None = None, idle_timeout: float = 60.0, max_claims: int = 5
     ) -> PartitionQueue:
         """The shared partition queue of the crawl named ``crawl`` (positions sealed with the token key)."""
         return PartitionQueue(
-            self.link, crawl, consumer=consumer, idle_timeout=idle_timeout, max_claims=max_claims, cipher=self.cipher
+            self.link,
+            crawl,
+            consumer=consumer,
+            idle_timeout=idle_timeout,
+            max_claims=max_claims,
+            cipher=self.cipher,
+            clock=self.clock,
         )

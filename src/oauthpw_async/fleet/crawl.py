@@ -60,6 +60,7 @@ from ..errors import (
     UnauthorizedError,
     UsageError,
 )
+from ..retry import RetryPolicy, attempts
 from ._redis import RedisLink, as_text
 from ._tasks import in_background
 from .cipher import TokenCipher
@@ -73,15 +74,17 @@ if TYPE_CHECKING:
     from ..crawler.base import Crawler, Partition
     from ..crawler.engine import CrawlStats
     from ..crawler.sinks import Sink
-    from ..retry import RetryPolicy
     from ..sources import TokenSource
     from .coordinator import Coordinator
 
-__all__ = ["CrawlStateLost", "FleetCheckpoints", "FleetCrawl", "SharedHostGovernor", "default_consumer"]
+__all__ = ["REDIS_WAIT", "CrawlStateLost", "FleetCheckpoints", "FleetCrawl", "SharedHostGovernor", "default_consumer"]
 
 log = logging.getLogger("oauthpw_async.fleet")
 
 T = TypeVar("T")
+
+REDIS_WAIT = RetryPolicy(max_attempts=1_000_000, base_delay=0.1, max_delay=2.0, jitter=0.0)
+"""How a worker waits for Redis to answer again: 0.1 s doubling to 2 s, for ``unavailable_grace`` seconds."""
 
 # KEYS: meta. ARGV: fingerprint (JSON), a new epoch. Returns {created, epoch, recorded fingerprint}.
 _JOIN = """
@@ -206,6 +209,7 @@ class FleetCheckpoints:
             round (``crawl --workers N``, or hosts given the same ``OAUTHPW_FLEET_ROUND``) join it
             even after it finished; a worker that finds a finished round of another name begins the
             next. Default: a name of its own (each worker started after a round finished begins one).
+        clock: the clock heartbeats and the waits for Redis are on.
     """
 
     def __init__(
@@ -220,6 +224,7 @@ class FleetCheckpoints:
         partitions_at_once: int = 4,
         unavailable_grace: float = 30.0,
         round_name: str | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if cipher is None:
             raise UsageError(
@@ -239,7 +244,9 @@ class FleetCheckpoints:
             idle_timeout=idle_timeout,
             max_claims=max_claims,
             cipher=cipher,
+            clock=clock,
         )
+        self.clock = clock
         self.partitions_at_once = partitions_at_once
         self.unavailable_grace = unavailable_grace
         self._meta = link.key(f"crawl:{crawl}", "meta")
@@ -651,7 +658,7 @@ class FleetCheckpoints:
     async def _heartbeat(self, claim: Claim, scope: anyio.CancelScope) -> None:
         """Keep the claim alive while a page is slow; stop the walk as soon as it is taken over."""
         while True:
-            await anyio.sleep(self.queue.idle_timeout / 3)
+            await self.clock.sleep(self.queue.idle_timeout / 3)
             try:
                 await self.queue.touch(claim)
             except ClaimLost:
@@ -668,18 +675,15 @@ class FleetCheckpoints:
 
     async def _patient(self, op: Callable[[], Awaitable[T]]) -> T:
         """``op()``, retried with backoff while Redis does not answer, for up to ``unavailable_grace`` seconds."""
-        deadline = anyio.current_time() + self.unavailable_grace
-        delay = 0.1
-        while True:
+        last: CoordinatorUnavailable | None = None
+        async for n in attempts(REDIS_WAIT, self.clock, deadline=self.unavailable_grace):
             try:
                 return await op()
             except CoordinatorUnavailable as exc:
-                left = deadline - anyio.current_time()
-                if left <= 0:
-                    raise
-                log.warning("fleet crawl %s: %s; trying again in %.1fs", self.crawl, exc.detail, min(delay, left))
-                await anyio.sleep(min(delay, left))
-                delay = min(delay * 2, 2.0)
+                last = exc
+                log.warning("fleet crawl %s: %s (attempt %d)", self.crawl, exc.detail, n + 1)
+        assert last is not None  # attempts() yields at least once
+        raise last
 
 
 class SharedHostGovernor:
@@ -750,6 +754,7 @@ class FleetCrawl:
         burst: requests per host that may go at once after a quiet spell.
         idle_timeout, max_claims, partitions_at_once, unavailable_grace, consumer, round_name: see
             :class:`FleetCheckpoints`.
+        clock: the clock the worker's loops wait on (default: the coordinator's, else the real one).
     """
 
     def __init__(
@@ -766,7 +771,11 @@ class FleetCrawl:
         consumer: str | None = None,
         token_key: str | bytes | Sequence[str | bytes] | TokenCipher | None = None,
         round_name: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        if clock is None:
+            clock = SYSTEM_CLOCK if isinstance(fleet, RedisLink) else fleet.clock
+        self.clock = clock
         self.link = fleet if isinstance(fleet, RedisLink) else fleet.link
         if isinstance(fleet, RedisLink):
             if token_key is None:
@@ -789,9 +798,10 @@ class FleetCrawl:
             partitions_at_once=partitions_at_once,
             unavailable_grace=unavailable_grace,
             round_name=round_name,
+            clock=clock,
         )
         # max_wait bounds one reservation; a longer shared pause is waited for in steps.
-        self._limiter = HostRateLimiter(self.link, rate=rate, burst=burst, max_wait=60.0) if rate else None
+        self._limiter = HostRateLimiter(self.link, rate=rate, burst=burst, max_wait=60.0, clock=clock) if rate else None
 
     def governors(self, clock: Clock = SYSTEM_CLOCK) -> Callable[[str], SharedHostGovernor]:
         """A factory of shared per-host governors for :class:`~oauthpw_async.crawler.engine.CrawlEngine`."""

@@ -15,12 +15,17 @@ from collections.abc import AsyncIterator
 
 import anyio
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import UsageError
+from ..retry import RetryPolicy, attempts
 from ._redis import RedisLink
 from ._tasks import in_background
 from .errors import CoordinatorRefused, CoordinatorUnavailable
 
-__all__ = ["Lease", "LeaseHandle"]
+__all__ = ["ACQUIRE_POLL", "Lease", "LeaseHandle"]
+
+ACQUIRE_POLL = RetryPolicy(max_attempts=1_000_000, base_delay=0.01, max_delay=0.25, jitter=0.0)
+"""How :meth:`Lease.acquire` polls a held lease: a growing step, bounded by its ``wait``."""
 
 _ACQUIRE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, redis.call('PTTL', KEYS[1])} end
@@ -43,22 +48,24 @@ return 0
 class LeaseHandle:
     """One acquisition of a :class:`Lease`: its fencing number and whether it still holds."""
 
-    __slots__ = ("fence", "lost", "valid_until", "value")
+    __slots__ = ("clock", "fence", "lost", "valid_until", "value")
 
-    def __init__(self, value: str, fence: int, valid_until: float) -> None:
+    def __init__(self, value: str, fence: int, valid_until: float, clock: Clock = SYSTEM_CLOCK) -> None:
         #: What Redis stores under the lease key while this handle holds it (``owner:fence``).
         self.value = value
         #: Grows with every acquisition of this lease (while Redis keeps its data).
         self.fence = fence
         #: Set once a renewal found the lease gone or taken over.
         self.lost = False
-        #: Local monotonic time (``anyio.current_time()``) until which the lease surely holds.
+        #: Local monotonic time (``clock.monotonic()``) until which the lease surely holds.
         self.valid_until = valid_until
+        #: The clock :attr:`valid_until` is on.
+        self.clock = clock
 
     @property
     def valid(self) -> bool:
         """Whether this handle still surely holds the lease (by the last confirmed renewal)."""
-        return not self.lost and anyio.current_time() < self.valid_until
+        return not self.lost and self.clock.monotonic() < self.valid_until
 
     def __repr__(self) -> str:
         return f"LeaseHandle(fence={self.fence}, valid={self.valid})"
@@ -73,9 +80,12 @@ class Lease:
         ttl: seconds a holder keeps it without renewing; renewals happen every ``ttl / 3``.
             Choose it longer than a token request may stall, so that a live holder is never
             overtaken by a successor.
+        clock: the clock its waits, renewals and validity are on.
     """
 
-    def __init__(self, link: RedisLink, scope: str, *, ttl: float = 15.0, name: str = "lease") -> None:
+    def __init__(
+        self, link: RedisLink, scope: str, *, ttl: float = 15.0, name: str = "lease", clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         if ttl <= 0.03:
             raise UsageError("a lease ttl must be longer than 30 ms")
         self._link = link
@@ -83,34 +93,31 @@ class Lease:
         self.key = link.key(scope, name)
         self._fence_key = link.key(scope, name + ":fence")
         self._owner = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self.clock = clock
 
     async def try_acquire(self) -> tuple[LeaseHandle | None, float]:
         """Take the lease if it is free: ``(handle, 0)``, else ``(None, seconds it still holds)``."""
-        sent = anyio.current_time()
+        sent = self.clock.monotonic()
         ok, value = await self._link.script(_ACQUIRE, [self.key, self._fence_key], [self._owner, self._ttl_ms])
         if ok:
             fence = int(value)
-            return LeaseHandle(f"{self._owner}:{fence}", fence, sent + self.ttl), 0.0
+            return LeaseHandle(f"{self._owner}:{fence}", fence, sent + self.ttl, self.clock), 0.0
         return None, max(0.0, int(value) / 1000)
 
     async def acquire(self, *, wait: float) -> LeaseHandle | None:
         """Take the lease, waiting up to ``wait`` seconds for its holder to release it or expire."""
-        deadline = anyio.current_time() + wait
-        delay = 0.01
-        while True:
+        tries = attempts(ACQUIRE_POLL, self.clock, deadline=wait)
+        async for _ in tries:
             handle, remaining = await self.try_acquire()
             if handle is not None:
                 return handle
-            left = deadline - anyio.current_time()
-            if left <= 0:
-                return None
             # Poll with a growing step, never past the holder's expiry nor our deadline.
-            await anyio.sleep(min(delay, max(remaining, 0.005), left))
-            delay = min(delay * 2, 0.25)
+            tries.cap(max(remaining, 0.005))
+        return None
 
     async def renew(self, handle: LeaseHandle) -> bool:
         """Extend the lease by ``ttl`` if ``handle`` still holds it."""
-        sent = anyio.current_time()
+        sent = self.clock.monotonic()
         ok = await self._link.script(_RENEW, [self.key], [handle.value, self._ttl_ms])
         if ok:
             handle.valid_until = sent + self.ttl
@@ -146,11 +153,11 @@ class Lease:
 
     async def _renew_loop(self, handle: LeaseHandle) -> None:
         while not handle.lost:
-            await anyio.sleep(self.ttl / 3)
+            await self.clock.sleep(self.ttl / 3)
             try:
                 await self.renew(handle)
             except (CoordinatorUnavailable, CoordinatorRefused):  # the request in flight goes on regardless
-                if anyio.current_time() >= handle.valid_until:
+                if self.clock.monotonic() >= handle.valid_until:
                     handle.lost = True
 
     @property

@@ -30,10 +30,10 @@ import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
-import anyio
 import attrs
 import orjson
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import UsageError
 from ._redis import RedisLink, as_text
 from ._tasks import in_background
@@ -294,6 +294,7 @@ class PartitionQueue:
         max_claims: claims of one partition before it is marked failed (a partition that kills
             every worker that tries it must not take the fleet down one by one).
         cipher: seals positions at rest (``None``: plain JSON, for positions that can hold nothing secret).
+        clock: the clock :meth:`keep_alive` beats on.
     """
 
     def __init__(
@@ -305,6 +306,7 @@ class PartitionQueue:
         idle_timeout: float = 60.0,
         max_claims: int = 5,
         cipher: TokenCipher | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if idle_timeout <= 0 or max_claims < 1:
             raise UsageError("a partition queue needs a positive idle_timeout and max_claims >= 1")
@@ -313,6 +315,8 @@ class PartitionQueue:
         self.consumer = consumer or f"{os.getpid()}-{secrets.token_hex(4)}"
         self.idle_timeout = idle_timeout
         self.max_claims = max_claims
+        #: The clock heartbeats wait on.
+        self.clock = clock
         scope = f"crawl:{crawl}"
         k = link.key
         self._stream = k(scope, "stream")
@@ -548,7 +552,7 @@ class PartitionQueue:
 
         async def beat() -> None:
             while not claim.lost:
-                await anyio.sleep(self.idle_timeout / 3)
+                await self.clock.sleep(self.idle_timeout / 3)
                 with contextlib.suppress(ClaimLost, CoordinatorUnavailable):
                     await self.touch(claim)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 
-import anyio
 import attrs
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import UsageError
 from ._redis import RedisLink
 
@@ -80,15 +80,19 @@ class HostRateLimiter:
         rate: requests per second allowed per host, fleet-wide.
         burst: requests that may go at once after a quiet spell (1: strictly spaced).
         max_wait: a reservation further out than this is not made (the caller backs off instead).
+        clock: the clock :meth:`acquire` waits on.
     """
 
-    def __init__(self, link: RedisLink, *, rate: float, burst: int = 1, max_wait: float = 60.0) -> None:
+    def __init__(
+        self, link: RedisLink, *, rate: float, burst: int = 1, max_wait: float = 60.0, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         if not (rate > 0 and math.isfinite(rate)) or burst < 1 or max_wait < 0:
             raise UsageError("a rate limit needs a positive rate, burst >= 1 and max_wait >= 0")
         self._link = link
         self.rate = rate
         self.burst = burst
         self.max_wait = max_wait
+        self.clock = clock
 
     def _keys(self, host: str) -> list[str]:
         scope = f"host:{host}"
@@ -109,10 +113,10 @@ class HostRateLimiter:
             decision = await self.reserve(host, cost)
             if decision.reserved:
                 if decision.wait > 0:
-                    await anyio.sleep(decision.wait)
+                    await self.clock.sleep(decision.wait)
                 return
             # Backlogged beyond max_wait (e.g. a long pause): wait part of it and ask again.
-            await anyio.sleep(min(decision.wait, max(self.max_wait, 0.05)))
+            await self.clock.sleep(min(decision.wait, max(self.max_wait, 0.05)))
 
     async def pause(self, host: str, seconds: float) -> float:
         """Hold every worker back from ``host`` for ``seconds`` (a 429/503 ``Retry-After``).

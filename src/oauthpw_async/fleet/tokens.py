@@ -38,6 +38,7 @@ import orjson
 from anyio.abc import TaskStatus
 
 from .._secret import Secret
+from ..clock import SYSTEM_CLOCK, Clock
 from ..grant import Instant, Token
 from ..headers import header_problem
 from ._redis import UNAVAILABLE, RedisLink, as_text
@@ -213,10 +214,14 @@ class SharedTokenState:
         link: the coordinator's Redis connection.
         credential_key: :attr:`PasswordGrantConfig.credential_key` (a digest, never the password).
         cipher: seals the record with the user's key.
+        clock: the clock the watcher's heartbeat is on.
     """
 
-    def __init__(self, link: RedisLink, credential_key: str, cipher: TokenCipher) -> None:
+    def __init__(
+        self, link: RedisLink, credential_key: str, cipher: TokenCipher, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._link = link
+        self.clock = clock
         self.credential_key = credential_key
         self._cipher = cipher
         self.key = link.key(f"cred:{credential_key}", "token")
@@ -368,7 +373,7 @@ class _Subscription:
         heartbeat: float,
     ) -> None:
         self.state, self.on_change, self.private, self.heartbeat = state, on_change, private, heartbeat
-        self.heard = anyio.current_time()
+        self.heard = state.clock.monotonic()
         self.settled = anyio.Event()  # subscribed, or failed
         self.subscribed = False
         self.failure: CoordinatorUnavailable | CoordinatorRefused | None = None
@@ -388,7 +393,7 @@ class _Subscription:
             channels = [self.state.channel, self.private, self.state.key_channel(self.state.key_id)]
             async with link.client.pubsub(channels=channels) as pubsub:
                 async for message in pubsub:
-                    self.heard = anyio.current_time()
+                    self.heard = self.state.clock.monotonic()
                     if as_text(message["channel"]) != self.state.channel:
                         continue  # its own ping, or the key channel (only there to be counted)
                     kind = message["type"]
@@ -412,8 +417,9 @@ class _Subscription:
 
     async def _ping(self, scope: anyio.CancelScope) -> None:
         link = self.state._link
-        while anyio.current_time() - self.heard < 3 * self.heartbeat:
-            await anyio.sleep(self.heartbeat)
+        clock = self.state.clock
+        while clock.monotonic() - self.heard < 3 * self.heartbeat:
+            await clock.sleep(self.heartbeat)
             with contextlib.suppress(CoordinatorUnavailable):
                 await link.call(link.client.publish(self.private, "ping"))
         log.info("token watcher heard nothing for %.0fs; subscribing again", 3 * self.heartbeat)
