@@ -34,9 +34,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import PasswordGrantConfig
 from .errors import (
     ConfigError,
-    CredentialsLockedOut,
     DefinitiveTokenError,
-    InvalidCredentials,
     LoginBudgetExhausted,
     OAuthPWError,
     ProviderClosed,
@@ -46,26 +44,21 @@ from .errors import (
     TokenRequestsPaused,
     TokenResponseError,
     TransientTokenError,
-    UsageError,
 )
 from .exchange import TOKEN_RETRY, exchange
-from .fleet.errors import CoordinatorRefused, CoordinatorUnavailable, FleetError, SharedStateUnreadable
 from .grant import (
     Instant,
     Token,
     TokenRequest,
     TokenResponse,
-    build_password_request,
-    build_refresh_request,
     parse_token_response,
 )
 from .login_budget import LoginBudget, LoginLedger, _seconds
+from .renewal import LocalRenewer, Renewer, RenewerFactory, locked_out, retry_meaning
 from .retry import RetryPolicy
 from .store import MemoryTokenStore, StoredToken, TokenStore
 
 if TYPE_CHECKING:
-    from .fleet.coordinator import Coordinator
-    from .fleet.renewal import FleetRenewal
     from .transport import TokenEndpoint
 
 __all__ = ["LoginBudget", "RefreshPolicy", "TokenEvent", "TokenProvider", "TokenStats"]
@@ -81,10 +74,6 @@ _NEVER = -math.inf
 #: A stored token issued further ahead than this on the wall clock is not trusted (a clock
 #: that jumped back, or a forged file); a smaller lead is clamped to "issued now".
 STORE_FUTURE_TOLERANCE = 3600.0
-#: Seconds between looks at a fleet's "password rejected" state after a rejection (one Redis read each).
-FLEET_LATCH_RECHECK = 5.0
-#: Longest wait before asking an unreachable Redis again (it is cheap; the token endpoint is not asked).
-COORDINATOR_RETRY = 2.0
 
 
 def _password(config: PasswordGrantConfig) -> str | None:
@@ -153,7 +142,7 @@ class TokenStats:
     refresh_unconfirmed: int = 0
     #: Tokens taken from the token store instead of a login.
     restored: int = 0
-    #: Tokens another process of the fleet renewed, taken from the coordinator.
+    #: Tokens another process renewed, taken from the coordinator (a shared renewer).
     fleet_adopted: int = 0
 
 
@@ -206,8 +195,9 @@ class TokenProvider:
         on_token: called with a :class:`TokenEvent` for every new token.
         clock: time source (tests pass :class:`oauthpw_async.testing.FakeClock`).
         rng: random source for jitter (seed it for reproducible tests).
-        coordinator: share this credential's token with a fleet of processes through Redis
-            (an open :class:`oauthpw_async.fleet.Coordinator`): one renews, all use the result.
+        coordinator: share this credential's renewals with other processes: an open
+            :class:`~oauthpw_async.renewal.RenewerFactory` (such as
+            :class:`oauthpw_async.fleet.Coordinator`) that makes the provider's renewer.
     """
 
     def __init__(
@@ -221,7 +211,7 @@ class TokenProvider:
         on_token: Callable[[TokenEvent], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
-        coordinator: Coordinator | None = None,
+        coordinator: RenewerFactory | None = None,
     ) -> None:
         self._config = config
         self._endpoint = endpoint
@@ -238,11 +228,9 @@ class TokenProvider:
         self._refresh_at = _NEVER
         self._expires_at = _NEVER
         self._flight: _Flight | None = None
-        self._fatal: TokenError | FleetError | None = None
-        #: When a fleet's rejected-login state is looked at again (never without a fleet).
+        self._fatal: OAuthPWError | None = None
+        #: When the renewer is asked again despite the error in ``_fatal`` (never for a local renewer).
         self._fatal_recheck_at = math.inf
-        #: A definitive rejection in a fleet: no login until reset() here or a token from another process.
-        self._rejected_in_fleet: TokenError | None = None
         self._failures = 0
         self._refresh_failures = 0
         #: Whether refresh answers carried a new refresh token (``None``: no refresh answered yet).
@@ -260,7 +248,7 @@ class TokenProvider:
         self._tls_warned = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._coordinator = coordinator
-        self._fleet: FleetRenewal | None = None
+        self._renewer: Renewer | None = None
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -337,15 +325,8 @@ class TokenProvider:
         The login budget and the server's rate-limit window stay as they are (they are about
         requests already sent), unless ``config`` is another account.
         """
-        if (
-            config is not None
-            and self._coordinator is not None
-            and (config.credential_key, config.account_key) != (self._config.credential_key, self._config.account_key)
-        ):
-            raise UsageError(
-                "reset() with a configuration for another token or account cannot keep this provider's "
-                "fleet coordinator: make a Coordinator.for_config(new_config, ...) and a new TokenProvider"
-            )
+        if config is not None and self._coordinator is not None:
+            self._coordinator.check_reset(self._config, config)
         if config is not None:
             if config.account_key != self._config.account_key:
                 self._logins.clear()
@@ -358,11 +339,11 @@ class TokenProvider:
             self._token = None
             self._refresh_at = self._expires_at = _NEVER
             self._warn_insecure_tls()
-        self._fatal = self._rejected_in_fleet = None
+        self._fatal = None
         self._failures = self._refresh_failures = 0
         self._retry_not_before = self._rate_limited_until
-        if self._fleet is not None:
-            self._fleet.reset()
+        if self._renewer is not None:
+            self._renewer.reset()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -387,11 +368,12 @@ class TokenProvider:
         self._tg = tg
         if stored is not None:
             self._restore(stored)
+        context = _Context(self)
         if self._coordinator is not None:
-            from .fleet.renewal import FleetRenewal  # the fleet extra only when it is used
-
-            self._fleet = FleetRenewal(self, self._coordinator)
-            tg.start_soon(self._fleet.watch)
+            self._renewer = self._coordinator.renewer(context)
+            tg.start_soon(self._renewer.watch)
+        else:
+            self._renewer = LocalRenewer(context)
         return self
 
     async def __aexit__(
@@ -498,24 +480,14 @@ class TokenProvider:
     def _fatal_holds(self, now: float) -> bool:
         """Whether callers get the earlier definitive error at once (else a renewal may be tried)."""
         if self._fatal is not None and now >= self._fatal_recheck_at and self._flight is None:
-            # Fleet state another process may have fixed: the renewal reads it again (and adopts a
+            # Shared state another process may have fixed: the renewal reads it again (and adopts a
             # token published since); it does not log in while the rejection stands here.
             self._fatal = None
         return self._fatal is not None
 
-    def _fatal_error(self, fatal: TokenError | FleetError | None = None) -> TokenError | FleetError:
-        if fatal is None:
-            fatal = self._fatal
-        assert fatal is not None
-        if isinstance(fatal, InvalidCredentials):
-            return CredentialsLockedOut(
-                "an earlier login was rejected; no login is attempted until reset()",
-                status=fatal.status,
-                error_code=fatal.error_code,
-            )
-        err = copy.copy(fatal)
-        err.__traceback__ = None
-        return err
+    def _fatal_error(self) -> OAuthPWError:
+        assert self._fatal is not None
+        return locked_out(self._fatal)
 
     def _refresh_usable(self, now: float) -> bool:
         """Whether the next renewal is a refresh grant (otherwise it is a password login)."""
@@ -580,18 +552,19 @@ class TokenProvider:
                 raise paused
             if delay > 0:
                 await self._clock.sleep(delay)
-            token, source = await (self._fleet.renew() if self._fleet is not None else self._renew())
+            assert self._renewer is not None
+            token, source = await self._renewer.renew()
             if token.expires_at - self._policy.skew(token.lifetime) <= self._now():
                 raise TransientTokenError(
                     f"the token expired before it arrived (lifetime {token.lifetime:.3f}s)",
                     hint="the token lifetime is shorter than a token request takes",
                 )
-        except (TokenError, FleetError) as exc:  # typed: backoff, and every waiter gets it
-            self._on_failure(exc)
-            flight.error = exc
-        except Exception as exc:  # a bug or an unexpected failure: waiters get it, the provider lives
-            log.exception("unexpected error while renewing the token")
-            self.stats.failures += 1
+        except Exception as exc:
+            if isinstance(exc, TokenError) or (isinstance(exc, OAuthPWError) and retry_meaning(exc) is not None):
+                self._on_failure(exc)  # typed: backoff, and every waiter gets it
+            else:  # a bug or an unexpected failure: waiters get it, the provider lives
+                log.exception("unexpected error while renewing the token")
+                self.stats.failures += 1
             flight.error = exc
         else:
             self._install(token, source)
@@ -605,37 +578,6 @@ class TokenProvider:
             flight.done.set()
         if entry is not None:
             await self._persist(entry)
-
-    async def _renew(self) -> tuple[Token, Literal["password", "refresh_token"]]:
-        # Read the refresh token now, inside the single flight, never before it: with
-        # rotating refresh tokens a value read earlier may already have been used.
-        current = self._token
-        if self._refresh_usable(self._now()):
-            assert current is not None and current.refresh_token is not None
-            self.stats.refreshes += 1
-            request = build_refresh_request(self._config, current.refresh_token)
-            try:
-                token = await self._exchange(request, current, self._retry, resend_unanswered=self.refresh_reusable)
-            except RefreshTokenRejected as exc:
-                self.stats.refresh_rejected += 1
-                self._drop_refresh_token(current)  # never present a rejected refresh token again
-                log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
-            except (TransientTokenError, TokenResponseError) as exc:
-                if not self._refresh_maybe_spent(exc):
-                    # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session)
-                    # is given up for a login; outages (503, 429, no connection) are not.
-                    if exc.status == 500:
-                        self._refresh_failures += 1
-                    raise
-                self._drop_refresh_token(current)
-            else:
-                self._learn_rotation(current, token)
-                return token, "refresh_token"
-        policy = self._login_policy()
-        self.stats.logins += 1
-        token = await self._exchange(build_password_request(self._config), None, policy)
-        self._logins.confirmed(self._now())  # a token: the password works, the budget is re-armed
-        return token, "password"
 
     @property
     def refresh_reusable(self) -> bool:
@@ -722,7 +664,7 @@ class TokenProvider:
         self._refresh_at = refresh_at if self._tg is not None else _NEVER
         self._failures = self._refresh_failures = 0
         self._retry_not_before = _NEVER
-        self._fatal = self._rejected_in_fleet = None  # a working token: what was rejected before is fixed
+        self._fatal = None  # a working token: what was rejected before is fixed
         log.info(
             "new token from %s: expires in %.3fs (%s), refresh in %.3fs",
             source,
@@ -736,24 +678,25 @@ class TokenProvider:
             except Exception:
                 log.exception("on_token hook failed")
 
-    def _on_failure(self, exc: TokenError | FleetError) -> None:
+    def _on_failure(self, exc: OAuthPWError) -> None:
         self.stats.failures += 1
         now = self._now()
+        meaning = retry_meaning(exc)
         if isinstance(exc, DefinitiveTokenError) and not isinstance(exc, RefreshTokenRejected):
             self._fatal = exc
-            # In a fleet another process may log in after the password was fixed (reset() there):
-            # look at the shared token again now and then, one Redis read, never a login of our own.
-            self._fatal_recheck_at = now + FLEET_LATCH_RECHECK if self._fleet is not None else math.inf
-            self._rejected_in_fleet = exc if self._fleet is not None else None
+            # A shared renewer may see the password fixed elsewhere: it is asked again now and then
+            # (it never logs in while the rejection stands here); a local one only after reset().
+            assert self._renewer is not None
+            self._fatal_recheck_at = now + self._renewer.rejection_recheck
             log.error("token request rejected, no automatic retry: %s", exc)
             return
-        if isinstance(exc, (CoordinatorRefused, SharedStateUnreadable)):
-            # The fleet's set-up is wrong (Redis refuses this process, or the key does not open the
-            # shared record): callers hear of it at once, and Redis is asked again after a growing pause.
+        if meaning is not None and meaning.latch:
+            # A set-up to fix (e.g. a coordinator refusing this process): callers hear of it at once,
+            # and the renewer is asked again after a growing pause.
             self._failures += 1
             self._fatal = exc
             self._fatal_recheck_at = now + self._policy.backoff.backoff(self._failures - 1, self._rng)
-            log.error("the fleet cannot renew the token: %s", exc)
+            log.error("the token cannot be renewed: %s", exc)
             return
         retry_after: float | None = getattr(exc, "retry_after", None)
         if retry_after is not None and getattr(exc, "status", None) is not None:
@@ -768,10 +711,10 @@ class TokenProvider:
         delay = self._policy.backoff.backoff(self._failures - 1, self._rng)
         if self._token is not None and now < self._expires_at:
             delay = min(delay, (self._expires_at - now) / 2)  # try again before the token runs out
-        if isinstance(exc, CoordinatorUnavailable):
-            # Redis, not the token endpoint: cheap to ask again, and callers learn of it (or of its
-            # return) within seconds instead of after a long backoff.
-            delay = min(delay, COORDINATOR_RETRY)
+        if meaning is not None and meaning.max_delay is not None:
+            # Not the token endpoint: cheap to ask again, and callers learn of the failure (or of
+            # its end) within seconds instead of after a long backoff.
+            delay = min(delay, meaning.max_delay)
         delay = max(delay, self._rate_limited_until - now)
         self._retry_not_before = now + delay
         log.warning("token renewal failed, next attempt in %.2fs: %s", delay, exc)
@@ -819,3 +762,80 @@ class TokenProvider:
         else:
             if not saved:
                 log.info("token store holds a newer token (another process renewed); kept it")
+
+
+class _Context:
+    """What the provider's renewer sees of it (:class:`~oauthpw_async.renewal.RenewalContext`)."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, provider: TokenProvider) -> None:
+        self._p = provider
+
+    @property
+    def config(self) -> PasswordGrantConfig:
+        return self._p._config
+
+    @property
+    def clock(self) -> Clock:
+        return self._p._clock
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._p._retry
+
+    @property
+    def stats(self) -> TokenStats:
+        return self._p.stats
+
+    @property
+    def token(self) -> Token | None:
+        return self._p._token
+
+    @property
+    def renewing(self) -> bool:
+        return self._p._flight is not None
+
+    @property
+    def refresh_reusable(self) -> bool:
+        return self._p.refresh_reusable
+
+    def usable_until(self, token: Token) -> float:
+        return token.expires_at - self._p._policy.skew(token.lifetime)
+
+    def refresh_usable(self) -> bool:
+        return self._p._refresh_usable(self._p._now())
+
+    def drop_refresh_token(self, token: Token | None) -> None:
+        self._p._drop_refresh_token(token)
+
+    def refresh_maybe_spent(self, exc: TransientTokenError | TokenResponseError) -> bool:
+        return self._p._refresh_maybe_spent(exc)
+
+    def refresh_failed(self, exc: TransientTokenError | TokenResponseError) -> None:
+        # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session) is given
+        # up for a login; outages (503, 429, no connection) are not.
+        if exc.status == 500:
+            self._p._refresh_failures += 1
+
+    def learn_rotation(self, previous: Token, renewed: Token) -> None:
+        self._p._learn_rotation(previous, renewed)
+
+    def login_policy(self) -> RetryPolicy:
+        return self._p._login_policy()
+
+    def check_login_budget(self) -> None:
+        now = self._p._now()
+        if self._p._logins_left(now) <= 0:
+            raise self._p._budget_error(now)
+
+    def login_confirmed(self) -> None:
+        self._p._logins.confirmed(self._p._now())
+
+    async def exchange(
+        self, request: TokenRequest, previous: Token | None, policy: RetryPolicy, *, resend_unanswered: bool = True
+    ) -> Token:
+        return await self._p._exchange(request, previous, policy, resend_unanswered=resend_unanswered)
+
+    def adopt(self, token: Token) -> None:
+        self._p._install(token, "fleet")
