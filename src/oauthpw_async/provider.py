@@ -1,11 +1,13 @@
 """TokenProvider: one credential's token lifecycle, shared by every task in the process.
 
-States by the provider's monotonic clock:
+What the provider holds is a :class:`~oauthpw_async.lifecycle.Lifecycle` (CLOSED, EMPTY, SERVING,
+HELD; its transition table is in :mod:`oauthpw_async.lifecycle`); what one renewal does is its
+:class:`~oauthpw_async.renewal.Renewer`'s. A SERVING token, by the provider's monotonic clock:
 
 * FRESH (before ``refresh_at``): ``get()`` returns the token without awaiting anything.
 * STALE (between ``refresh_at`` and expiry): callers still get the token at once; one
   background refresh starts (stale-while-revalidate).
-* EXPIRED (past expiry, invalidated, or none yet): callers wait for the single token
+* EXPIRED (past expiry; or HELD, EMPTY): callers wait for the single token
   request in flight (single flight), which runs in the provider's own task group so a
   cancelled caller never cancels it.
 
@@ -53,6 +55,7 @@ from .grant import (
     TokenResponse,
     parse_token_response,
 )
+from .lifecycle import NEVER, Lifecycle
 from .login_budget import LoginBudget, LoginLedger, _seconds
 from .renewal import LocalRenewer, Renewer, RenewerFactory, locked_out, retry_meaning
 from .retry import RetryPolicy
@@ -68,8 +71,6 @@ log = logging.getLogger("oauthpw_async.provider")
 #: Waits between failed renewals: no attempt limit (the provider keeps trying while callers
 #: need a token), half the ceiling random so that retries never bunch up at zero.
 RENEWAL_BACKOFF = RetryPolicy(max_attempts=1_000_000, base_delay=0.5, max_delay=60.0, jitter=0.5, max_wait=86400.0)
-
-_NEVER = -math.inf
 
 #: A stored token issued further ahead than this on the wall clock is not trusted (a clock
 #: that jumped back, or a forged file); a smaller lead is clamped to "issued now".
@@ -224,9 +225,8 @@ class TokenProvider:
         self._now = clock.monotonic
         self._rng = rng or random.Random()
         self.stats = TokenStats()
-        self._token: Token | None = None
-        self._refresh_at = _NEVER
-        self._expires_at = _NEVER
+        #: The token held and its state (see :mod:`oauthpw_async.lifecycle`).
+        self._life = Lifecycle()
         self._flight: _Flight | None = None
         self._fatal: OAuthPWError | None = None
         #: When the renewer is asked again despite the error in ``_fatal`` (never for a local renewer).
@@ -236,9 +236,9 @@ class TokenProvider:
         #: Whether refresh answers carried a new refresh token (``None``: no refresh answered yet).
         self._refresh_rotates: bool | None = None
         #: No renewal starts before this (backoff after failures, and the server's windows).
-        self._retry_not_before = _NEVER
+        self._retry_not_before = NEVER
         #: The end of the server's last rate-limit window (kept across reset()).
-        self._rate_limited_until = _NEVER
+        self._rate_limited_until = NEVER
         #: The unconfirmed login requests of the current budget window (monotonic).
         self._logins = LoginLedger(self._policy.login_budget)
         #: The pause callers are waiting out now (``None``: none).
@@ -270,17 +270,17 @@ class TokenProvider:
     @property
     def token(self) -> Token | None:
         """The current token (possibly stale or expired), without any renewal."""
-        return self._token
+        return self._life.token
 
     @property
     def refresh_at(self) -> float:
         """Monotonic time at which the current token turns STALE."""
-        return self._refresh_at
+        return self._life.refresh_at
 
     @property
     def expires_at(self) -> float:
         """Monotonic time after which the current token is never handed out."""
-        return self._expires_at
+        return self._life.expires_at
 
     async def get(self) -> Token:
         """The current valid token, logging in or refreshing first if none is valid.
@@ -291,14 +291,16 @@ class TokenProvider:
                 :class:`~oauthpw_async.errors.TokenRequestsPaused` at once while the server's
                 rate-limit window or the spent login budget forbids a request).
         """
-        if self._now() < self._refresh_at:
-            return self._token  # type: ignore[return-value]
+        life = self._life
+        if self._now() < life.refresh_at:
+            return life.token  # type: ignore[return-value]
         return await self._get_slow()
 
     async def authorization(self) -> str:
         """The ready ``Authorization`` header value for the current valid token."""
-        if self._now() < self._refresh_at:
-            return self._token.authorization  # type: ignore[union-attr]
+        life = self._life
+        if self._now() < life.refresh_at:
+            return life.token.authorization  # type: ignore[union-attr]
         return (await self._get_slow()).authorization
 
     def invalidate(self, token: Token | None = None) -> bool:
@@ -307,13 +309,13 @@ class TokenProvider:
         A thousand 401s for the same old token cause one renewal. Returns whether this call
         took effect. ``None`` invalidates whatever token is current.
         """
-        current = self._token
-        if current is None or self._expires_at == _NEVER:
+        current = self._life.token
+        if current is None or self._life.expires_at == NEVER:
             return False
         if token is not None and token is not current and token.access_token != current.access_token:
             return False
         self.stats.invalidations += 1
-        self._refresh_at = self._expires_at = _NEVER
+        self._life.invalidate()
         log.info("token invalidated after a rejection; renewing")
         if self._fatal is None and self._flight is None and self._tg is not None and self._paused(self._now()) is None:
             self._start_flight()
@@ -330,14 +332,13 @@ class TokenProvider:
         if config is not None:
             if config.account_key != self._config.account_key:
                 self._logins.clear()
-                self._rate_limited_until = _NEVER
+                self._rate_limited_until = NEVER
             elif _password(config) != _password(self._config):
                 self._logins.password_changed()  # the last success no longer confirms it
             if config.credential_key != self._config.credential_key:
                 self._generation = 0
             self._config = config
-            self._token = None
-            self._refresh_at = self._expires_at = _NEVER
+            self._life.forget()
             self._warn_insecure_tls()
         self._fatal = None
         self._failures = self._refresh_failures = 0
@@ -366,6 +367,7 @@ class TokenProvider:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._life.open()
         if stored is not None:
             self._restore(stored)
         context = _Context(self)
@@ -383,7 +385,7 @@ class TokenProvider:
         tb: TracebackType | None,
     ) -> bool | None:
         tg, self._tg = self._tg, None
-        self._refresh_at = self._expires_at = _NEVER
+        self._life.close()
         try:
             if tg is not None:
                 # Background renewals never raise, so the group exits cleanly; an exception from
@@ -416,8 +418,8 @@ class TokenProvider:
         stale = 0
         for _ in range(10_000):  # each turn waits for a renewal or a pause: bounded by the deadline too
             now = self._now()
-            token = self._token
-            if token is not None and now < self._expires_at:
+            token = self._life.token
+            if token is not None and now < self._life.expires_at:
                 # STALE: serve the still-valid token; renew in the background.
                 if self._flight is None and not self._fatal_holds(now) and now >= self._retry_not_before:
                     self.stats.background_refreshes += 1
@@ -438,7 +440,7 @@ class TokenProvider:
             except TokenRequestsPaused as exc:
                 deadline = await self._wait_out(exc, self._now(), deadline)
                 continue
-            if self._token is token and self._now() < self._expires_at:
+            if self._life.token is token and self._now() < self._life.expires_at:
                 return token
             # Invalidated, replaced or already expired by the time this task resumed: look again.
             stale += 1
@@ -491,7 +493,7 @@ class TokenProvider:
 
     def _refresh_usable(self, now: float) -> bool:
         """Whether the next renewal is a refresh grant (otherwise it is a password login)."""
-        current = self._token
+        current = self._life.token
         return (
             current is not None
             and current.refresh_token is not None
@@ -604,8 +606,7 @@ class TokenProvider:
 
     def _drop_refresh_token(self, token: Token | None) -> None:
         """Never present ``token``'s refresh token again (if it is still the current token)."""
-        if token is not None and self._token is token:
-            self._token = attrs.evolve(token, refresh_token=None, refresh_expires_at=None)
+        self._life.drop_refresh_token(token)
 
     def _learn_rotation(self, previous: Token, renewed: Token) -> None:
         """Note whether the server rotates refresh tokens (RFC 6749 6: it MAY issue a new one)."""
@@ -659,11 +660,9 @@ class TokenProvider:
         policy = self._policy
         expires_at = token.expires_at - policy.skew(token.lifetime)
         refresh_at = max(token.issued.monotonic, expires_at - policy.margin(token.lifetime, self._rng))
-        self._token = token
-        self._expires_at = expires_at
-        self._refresh_at = refresh_at if self._tg is not None else _NEVER
+        self._life.install(token, refresh_at=refresh_at, expires_at=expires_at)
         self._failures = self._refresh_failures = 0
-        self._retry_not_before = _NEVER
+        self._retry_not_before = NEVER
         self._fatal = None  # a working token: what was rejected before is fixed
         log.info(
             "new token from %s: expires in %.3fs (%s), refresh in %.3fs",
@@ -709,8 +708,8 @@ class TokenProvider:
             return
         self._failures += 1
         delay = self._policy.backoff.backoff(self._failures - 1, self._rng)
-        if self._token is not None and now < self._expires_at:
-            delay = min(delay, (self._expires_at - now) / 2)  # try again before the token runs out
+        if self._life.token is not None and now < self._life.expires_at:
+            delay = min(delay, (self._life.expires_at - now) / 2)  # try again before the token runs out
         if meaning is not None and meaning.max_delay is not None:
             # Not the token endpoint: cheap to ask again, and callers learn of the failure (or of
             # its end) within seconds instead of after a long backoff.
@@ -742,9 +741,8 @@ class TokenProvider:
         if token.expires_at - self._policy.skew(token.lifetime) > now_mono or token.refresh_token is not None:
             self.stats.restored += 1
             self._install(token, "store")
-            if self._expires_at <= now_mono:
-                self._refresh_at = self._expires_at = _NEVER
-                self._token = token  # keep its refresh token for the first renewal
+            if self._life.expires_at <= now_mono:
+                self._life.expire(token)  # keep its refresh token for the first renewal
 
     async def _persist(self, entry: StoredToken) -> None:
         key, store = self._config.credential_key, self._store
@@ -790,7 +788,7 @@ class _Context:
 
     @property
     def token(self) -> Token | None:
-        return self._p._token
+        return self._p._life.token
 
     @property
     def renewing(self) -> bool:
