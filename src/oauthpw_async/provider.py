@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 from collections.abc import Callable
 from types import TracebackType
@@ -36,18 +35,16 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import PasswordGrantConfig
 from .errors import (
     ConfigError,
-    DefinitiveTokenError,
     LoginBudgetExhausted,
     OAuthPWError,
     ProviderClosed,
-    RefreshTokenRejected,
-    TokenEndpointRateLimited,
     TokenError,
     TokenRequestsPaused,
     TokenResponseError,
     TransientTokenError,
 )
 from .exchange import TOKEN_RETRY, exchange
+from .gate import Gate
 from .grant import (
     Instant,
     Token,
@@ -57,7 +54,7 @@ from .grant import (
 )
 from .lifecycle import NEVER, Lifecycle
 from .login_budget import LoginBudget, LoginLedger, _seconds
-from .renewal import LocalRenewer, Renewer, RenewerFactory, locked_out, retry_meaning
+from .renewal import LocalRenewer, Renewer, RenewerFactory, retry_meaning
 from .retry import RetryPolicy
 from .store import MemoryTokenStore, StoredToken, TokenStore
 
@@ -228,17 +225,11 @@ class TokenProvider:
         #: The token held and its state (see :mod:`oauthpw_async.lifecycle`).
         self._life = Lifecycle()
         self._flight: _Flight | None = None
-        self._fatal: OAuthPWError | None = None
-        #: When the renewer is asked again despite the error in ``_fatal`` (never for a local renewer).
-        self._fatal_recheck_at = math.inf
-        self._failures = 0
+        #: Failures, backoff, rejections and the server's windows: whether a renewal may start.
+        self._gate = Gate(self._policy.backoff)
         self._refresh_failures = 0
         #: Whether refresh answers carried a new refresh token (``None``: no refresh answered yet).
         self._refresh_rotates: bool | None = None
-        #: No renewal starts before this (backoff after failures, and the server's windows).
-        self._retry_not_before = NEVER
-        #: The end of the server's last rate-limit window (kept across reset()).
-        self._rate_limited_until = NEVER
         #: The unconfirmed login requests of the current budget window (monotonic).
         self._logins = LoginLedger(self._policy.login_budget)
         #: The pause callers are waiting out now (``None``: none).
@@ -317,7 +308,12 @@ class TokenProvider:
         self.stats.invalidations += 1
         self._life.invalidate()
         log.info("token invalidated after a rejection; renewing")
-        if self._fatal is None and self._flight is None and self._tg is not None and self._paused(self._now()) is None:
+        if (
+            self._gate.fatal is None
+            and self._flight is None
+            and self._tg is not None
+            and self._paused(self._now()) is None
+        ):
             self._start_flight()
         return True
 
@@ -327,12 +323,12 @@ class TokenProvider:
         The login budget and the server's rate-limit window stay as they are (they are about
         requests already sent), unless ``config`` is another account.
         """
+        previous = self._config
         if config is not None and self._coordinator is not None:
-            self._coordinator.check_reset(self._config, config)
+            self._coordinator.check_reset(previous, config)
         if config is not None:
             if config.account_key != self._config.account_key:
                 self._logins.clear()
-                self._rate_limited_until = NEVER
             elif _password(config) != _password(self._config):
                 self._logins.password_changed()  # the last success no longer confirms it
             if config.credential_key != self._config.credential_key:
@@ -340,9 +336,8 @@ class TokenProvider:
             self._config = config
             self._life.forget()
             self._warn_insecure_tls()
-        self._fatal = None
-        self._failures = self._refresh_failures = 0
-        self._retry_not_before = self._rate_limited_until
+        self._gate.reset(other_account=config is not None and config.account_key != previous.account_key)
+        self._refresh_failures = 0
         if self._renewer is not None:
             self._renewer.reset()
 
@@ -421,7 +416,7 @@ class TokenProvider:
             token = self._life.token
             if token is not None and now < self._life.expires_at:
                 # STALE: serve the still-valid token; renew in the background.
-                if self._flight is None and not self._fatal_holds(now) and now >= self._retry_not_before:
+                if self._flight is None and not self._fatal_holds(now) and self._gate.may_start(now):
                     self.stats.background_refreshes += 1
                     self._start_flight()
                 return token
@@ -481,15 +476,10 @@ class TokenProvider:
 
     def _fatal_holds(self, now: float) -> bool:
         """Whether callers get the earlier definitive error at once (else a renewal may be tried)."""
-        if self._fatal is not None and now >= self._fatal_recheck_at and self._flight is None:
-            # Shared state another process may have fixed: the renewal reads it again (and adopts a
-            # token published since); it does not log in while the rejection stands here.
-            self._fatal = None
-        return self._fatal is not None
+        return self._gate.holds(now, renewing=self._flight is not None)
 
     def _fatal_error(self) -> OAuthPWError:
-        assert self._fatal is not None
-        return locked_out(self._fatal)
+        return self._gate.error()
 
     def _refresh_usable(self, now: float) -> bool:
         """Whether the next renewal is a refresh grant (otherwise it is a password login)."""
@@ -517,24 +507,13 @@ class TokenProvider:
 
     def _paused(self, now: float) -> TokenRequestsPaused | None:
         """Why no renewal may start now, for longer than a caller should wait; ``None`` if one may."""
-        limited = self._rate_limited_until - now
-        if limited > self._retry.max_wait:
-            return TokenEndpointRateLimited(
-                f"the token endpoint asked for a pause of {limited:.0f}s, longer than max_wait "
-                f"({self._retry.max_wait:g}s); no token request is sent before it ends",
-                retry_at=self._clock.wall() + limited,
-                retry_after=limited,
-            )
+        gate, max_wait = self._gate, self._retry.max_wait
+        limited = gate.paused(now, max_wait=max_wait, clock=self._clock)
+        if limited is not None:
+            return limited
         if not self._refresh_usable(now) and self._logins_left(now) <= 0:
             return self._budget_error(now)
-        backoff = self._retry_not_before - now
-        if backoff > self._retry.max_wait:
-            return TokenRequestsPaused(
-                f"token renewals failed {self._failures} time(s) in a row and are backing off",
-                retry_at=self._clock.wall() + backoff,
-                retry_after=backoff,
-            )
-        return None
+        return gate.backing_off(now, max_wait=max_wait, clock=self._clock)
 
     def _start_flight(self) -> _Flight:
         assert self._tg is not None
@@ -547,7 +526,7 @@ class TokenProvider:
         entry: StoredToken | None = None
         try:
             now = self._now()
-            delay = max(self._retry_not_before, self._rate_limited_until) - now
+            delay = self._gate.delay(now)
             if delay > self._retry.max_wait:
                 paused = self._paused(now)
                 assert paused is not None
@@ -661,9 +640,8 @@ class TokenProvider:
         expires_at = token.expires_at - policy.skew(token.lifetime)
         refresh_at = max(token.issued.monotonic, expires_at - policy.margin(token.lifetime, self._rng))
         self._life.install(token, refresh_at=refresh_at, expires_at=expires_at)
-        self._failures = self._refresh_failures = 0
-        self._retry_not_before = NEVER
-        self._fatal = None  # a working token: what was rejected before is fixed
+        self._gate.opened()  # a working token: what failed or was rejected before is fixed
+        self._refresh_failures = 0
         log.info(
             "new token from %s: expires in %.3fs (%s), refresh in %.3fs",
             source,
@@ -680,43 +658,10 @@ class TokenProvider:
     def _on_failure(self, exc: OAuthPWError) -> None:
         self.stats.failures += 1
         now = self._now()
-        meaning = retry_meaning(exc)
-        if isinstance(exc, DefinitiveTokenError) and not isinstance(exc, RefreshTokenRejected):
-            self._fatal = exc
-            # A shared renewer may see the password fixed elsewhere: it is asked again now and then
-            # (it never logs in while the rejection stands here); a local one only after reset().
-            assert self._renewer is not None
-            self._fatal_recheck_at = now + self._renewer.rejection_recheck
-            log.error("token request rejected, no automatic retry: %s", exc)
-            return
-        if meaning is not None and meaning.latch:
-            # A set-up to fix (e.g. a coordinator refusing this process): callers hear of it at once,
-            # and the renewer is asked again after a growing pause.
-            self._failures += 1
-            self._fatal = exc
-            self._fatal_recheck_at = now + self._policy.backoff.backoff(self._failures - 1, self._rng)
-            log.error("the token cannot be renewed: %s", exc)
-            return
-        retry_after: float | None = getattr(exc, "retry_after", None)
-        if retry_after is not None and getattr(exc, "status", None) is not None:
-            # The server's own window (Retry-After, a rate-limit reset): nothing is sent inside it.
-            self._rate_limited_until = max(self._rate_limited_until, now + retry_after)
-        if isinstance(exc, TokenRequestsPaused):
-            # Nothing new was learnt about the server: no backoff step, just no attempt before then.
-            self._retry_not_before = max(self._retry_not_before, now + exc.resume_in)
-            log.warning("token renewal paused: %s", exc)
-            return
-        self._failures += 1
-        delay = self._policy.backoff.backoff(self._failures - 1, self._rng)
-        if self._life.token is not None and now < self._life.expires_at:
-            delay = min(delay, (self._life.expires_at - now) / 2)  # try again before the token runs out
-        if meaning is not None and meaning.max_delay is not None:
-            # Not the token endpoint: cheap to ask again, and callers learn of the failure (or of
-            # its end) within seconds instead of after a long backoff.
-            delay = min(delay, meaning.max_delay)
-        delay = max(delay, self._rate_limited_until - now)
-        self._retry_not_before = now + delay
-        log.warning("token renewal failed, next attempt in %.2fs: %s", delay, exc)
+        assert self._renewer is not None
+        life = self._life
+        valid_for = life.expires_at - now if life.token is not None and now < life.expires_at else None
+        self._gate.failed(exc, now, self._rng, recheck=self._renewer.rejection_recheck, valid_for=valid_for)
 
     def _restore(self, stored: StoredToken) -> None:
         now_mono, now_wall = self._now(), self._clock.wall()
