@@ -2,7 +2,8 @@
 
 A page holds a marker such as ``<!-- generated: errors -->``; the hook replaces it with the text
 the code defines, so the docs cannot drift from it: the error tree (``oauthpw_async.errors`` and
-the fleet's), the command line (``oauthpw_async.cli.build_parser``) and the exit codes.
+the fleet's), the command line (``oauthpw_async.cli.build_parser``), the exit codes and the token
+lifecycle's state table (``oauthpw_async.lifecycle.TRANSITIONS``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,18 @@ def _exit_codes() -> str:
     return "\n".join(rows)
 
 
-GENERATORS = {"errors": _errors, "cli": _cli, "exit-codes": _exit_codes}
+def _lifecycle() -> str:
+    from oauthpw_async.lifecycle import TRANSITIONS, State, table
+
+    lines = ["```mermaid", "stateDiagram-v2", f"    [*] --> {State.CLOSED.value}"]
+    for (state, event), targets in TRANSITIONS.items():
+        for target in sorted(targets, key=lambda t: t.value):
+            lines.append(f"    {state.value} --> {target.value}: {event.value}")
+    lines.append("```")
+    return "\n".join(lines) + "\n\n" + table()
+
+
+GENERATORS = {"errors": _errors, "cli": _cli, "exit-codes": _exit_codes, "lifecycle": _lifecycle}
 
 
 def on_page_markdown(markdown: str, **_: Any) -> str:

@@ -1,11 +1,13 @@
 """TokenProvider: one credential's token lifecycle, shared by every task in the process.
 
-States by the provider's monotonic clock:
+What the provider holds is a :class:`~oauthpw_async.lifecycle.Lifecycle` (CLOSED, EMPTY, SERVING,
+HELD; its transition table is in :mod:`oauthpw_async.lifecycle`); what one renewal does is its
+:class:`~oauthpw_async.renewal.Renewer`'s. A SERVING token, by the provider's monotonic clock:
 
 * FRESH (before ``refresh_at``): ``get()`` returns the token without awaiting anything.
 * STALE (between ``refresh_at`` and expiry): callers still get the token at once; one
   background refresh starts (stale-while-revalidate).
-* EXPIRED (past expiry, invalidated, or none yet): callers wait for the single token
+* EXPIRED (past expiry; or HELD, EMPTY): callers wait for the single token
   request in flight (single flight), which runs in the provider's own task group so a
   cancelled caller never cancels it.
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 from collections.abc import Callable
 from types import TracebackType
@@ -34,38 +35,30 @@ from .clock import SYSTEM_CLOCK, Clock
 from .config import PasswordGrantConfig
 from .errors import (
     ConfigError,
-    CredentialsLockedOut,
-    DefinitiveTokenError,
-    InvalidCredentials,
     LoginBudgetExhausted,
     OAuthPWError,
     ProviderClosed,
-    RefreshTokenRejected,
-    TokenEndpointRateLimited,
     TokenError,
     TokenRequestsPaused,
     TokenResponseError,
     TransientTokenError,
-    UsageError,
 )
 from .exchange import TOKEN_RETRY, exchange
-from .fleet.errors import CoordinatorRefused, CoordinatorUnavailable, FleetError, SharedStateUnreadable
+from .gate import Gate
 from .grant import (
     Instant,
     Token,
     TokenRequest,
     TokenResponse,
-    build_password_request,
-    build_refresh_request,
     parse_token_response,
 )
+from .lifecycle import NEVER, Lifecycle
 from .login_budget import LoginBudget, LoginLedger, _seconds
+from .renewal import LocalRenewer, Renewer, RenewerFactory, retry_meaning
 from .retry import RetryPolicy
 from .store import MemoryTokenStore, StoredToken, TokenStore
 
 if TYPE_CHECKING:
-    from .fleet.coordinator import Coordinator
-    from .fleet.renewal import FleetRenewal
     from .transport import TokenEndpoint
 
 __all__ = ["LoginBudget", "RefreshPolicy", "TokenEvent", "TokenProvider", "TokenStats"]
@@ -76,15 +69,9 @@ log = logging.getLogger("oauthpw_async.provider")
 #: need a token), half the ceiling random so that retries never bunch up at zero.
 RENEWAL_BACKOFF = RetryPolicy(max_attempts=1_000_000, base_delay=0.5, max_delay=60.0, jitter=0.5, max_wait=86400.0)
 
-_NEVER = -math.inf
-
 #: A stored token issued further ahead than this on the wall clock is not trusted (a clock
 #: that jumped back, or a forged file); a smaller lead is clamped to "issued now".
 STORE_FUTURE_TOLERANCE = 3600.0
-#: Seconds between looks at a fleet's "password rejected" state after a rejection (one Redis read each).
-FLEET_LATCH_RECHECK = 5.0
-#: Longest wait before asking an unreachable Redis again (it is cheap; the token endpoint is not asked).
-COORDINATOR_RETRY = 2.0
 
 
 def _password(config: PasswordGrantConfig) -> str | None:
@@ -153,7 +140,7 @@ class TokenStats:
     refresh_unconfirmed: int = 0
     #: Tokens taken from the token store instead of a login.
     restored: int = 0
-    #: Tokens another process of the fleet renewed, taken from the coordinator.
+    #: Tokens another process renewed, taken from the coordinator (a shared renewer).
     fleet_adopted: int = 0
 
 
@@ -206,8 +193,9 @@ class TokenProvider:
         on_token: called with a :class:`TokenEvent` for every new token.
         clock: time source (tests pass :class:`oauthpw_async.testing.FakeClock`).
         rng: random source for jitter (seed it for reproducible tests).
-        coordinator: share this credential's token with a fleet of processes through Redis
-            (an open :class:`oauthpw_async.fleet.Coordinator`): one renews, all use the result.
+        coordinator: share this credential's renewals with other processes: an open
+            :class:`~oauthpw_async.renewal.RenewerFactory` (such as
+            :class:`oauthpw_async.fleet.Coordinator`) that makes the provider's renewer.
     """
 
     def __init__(
@@ -221,7 +209,7 @@ class TokenProvider:
         on_token: Callable[[TokenEvent], None] | None = None,
         clock: Clock = SYSTEM_CLOCK,
         rng: random.Random | None = None,
-        coordinator: Coordinator | None = None,
+        coordinator: RenewerFactory | None = None,
     ) -> None:
         self._config = config
         self._endpoint = endpoint
@@ -234,23 +222,14 @@ class TokenProvider:
         self._now = clock.monotonic
         self._rng = rng or random.Random()
         self.stats = TokenStats()
-        self._token: Token | None = None
-        self._refresh_at = _NEVER
-        self._expires_at = _NEVER
+        #: The token held and its state (see :mod:`oauthpw_async.lifecycle`).
+        self._life = Lifecycle()
         self._flight: _Flight | None = None
-        self._fatal: TokenError | FleetError | None = None
-        #: When a fleet's rejected-login state is looked at again (never without a fleet).
-        self._fatal_recheck_at = math.inf
-        #: A definitive rejection in a fleet: no login until reset() here or a token from another process.
-        self._rejected_in_fleet: TokenError | None = None
-        self._failures = 0
+        #: Failures, backoff, rejections and the server's windows: whether a renewal may start.
+        self._gate = Gate(self._policy.backoff)
         self._refresh_failures = 0
         #: Whether refresh answers carried a new refresh token (``None``: no refresh answered yet).
         self._refresh_rotates: bool | None = None
-        #: No renewal starts before this (backoff after failures, and the server's windows).
-        self._retry_not_before = _NEVER
-        #: The end of the server's last rate-limit window (kept across reset()).
-        self._rate_limited_until = _NEVER
         #: The unconfirmed login requests of the current budget window (monotonic).
         self._logins = LoginLedger(self._policy.login_budget)
         #: The pause callers are waiting out now (``None``: none).
@@ -260,7 +239,7 @@ class TokenProvider:
         self._tls_warned = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._coordinator = coordinator
-        self._fleet: FleetRenewal | None = None
+        self._renewer: Renewer | None = None
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -282,17 +261,17 @@ class TokenProvider:
     @property
     def token(self) -> Token | None:
         """The current token (possibly stale or expired), without any renewal."""
-        return self._token
+        return self._life.token
 
     @property
     def refresh_at(self) -> float:
         """Monotonic time at which the current token turns STALE."""
-        return self._refresh_at
+        return self._life.refresh_at
 
     @property
     def expires_at(self) -> float:
         """Monotonic time after which the current token is never handed out."""
-        return self._expires_at
+        return self._life.expires_at
 
     async def get(self) -> Token:
         """The current valid token, logging in or refreshing first if none is valid.
@@ -303,14 +282,16 @@ class TokenProvider:
                 :class:`~oauthpw_async.errors.TokenRequestsPaused` at once while the server's
                 rate-limit window or the spent login budget forbids a request).
         """
-        if self._now() < self._refresh_at:
-            return self._token  # type: ignore[return-value]
+        life = self._life
+        if self._now() < life.refresh_at:
+            return life.token  # type: ignore[return-value]
         return await self._get_slow()
 
     async def authorization(self) -> str:
         """The ready ``Authorization`` header value for the current valid token."""
-        if self._now() < self._refresh_at:
-            return self._token.authorization  # type: ignore[union-attr]
+        life = self._life
+        if self._now() < life.refresh_at:
+            return life.token.authorization  # type: ignore[union-attr]
         return (await self._get_slow()).authorization
 
     def invalidate(self, token: Token | None = None) -> bool:
@@ -319,15 +300,20 @@ class TokenProvider:
         A thousand 401s for the same old token cause one renewal. Returns whether this call
         took effect. ``None`` invalidates whatever token is current.
         """
-        current = self._token
-        if current is None or self._expires_at == _NEVER:
+        current = self._life.token
+        if current is None or self._life.expires_at == NEVER:
             return False
         if token is not None and token is not current and token.access_token != current.access_token:
             return False
         self.stats.invalidations += 1
-        self._refresh_at = self._expires_at = _NEVER
+        self._life.invalidate()
         log.info("token invalidated after a rejection; renewing")
-        if self._fatal is None and self._flight is None and self._tg is not None and self._paused(self._now()) is None:
+        if (
+            self._gate.fatal is None
+            and self._flight is None
+            and self._tg is not None
+            and self._paused(self._now()) is None
+        ):
             self._start_flight()
         return True
 
@@ -337,32 +323,23 @@ class TokenProvider:
         The login budget and the server's rate-limit window stay as they are (they are about
         requests already sent), unless ``config`` is another account.
         """
-        if (
-            config is not None
-            and self._coordinator is not None
-            and (config.credential_key, config.account_key) != (self._config.credential_key, self._config.account_key)
-        ):
-            raise UsageError(
-                "reset() with a configuration for another token or account cannot keep this provider's "
-                "fleet coordinator: make a Coordinator.for_config(new_config, ...) and a new TokenProvider"
-            )
+        previous = self._config
+        if config is not None and self._coordinator is not None:
+            self._coordinator.check_reset(previous, config)
         if config is not None:
             if config.account_key != self._config.account_key:
                 self._logins.clear()
-                self._rate_limited_until = _NEVER
             elif _password(config) != _password(self._config):
                 self._logins.password_changed()  # the last success no longer confirms it
             if config.credential_key != self._config.credential_key:
                 self._generation = 0
             self._config = config
-            self._token = None
-            self._refresh_at = self._expires_at = _NEVER
+            self._life.forget()
             self._warn_insecure_tls()
-        self._fatal = self._rejected_in_fleet = None
-        self._failures = self._refresh_failures = 0
-        self._retry_not_before = self._rate_limited_until
-        if self._fleet is not None:
-            self._fleet.reset()
+        self._gate.reset(other_account=config is not None and config.account_key != previous.account_key)
+        self._refresh_failures = 0
+        if self._renewer is not None:
+            self._renewer.reset()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -385,13 +362,15 @@ class TokenProvider:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._life.open()
         if stored is not None:
             self._restore(stored)
+        context = _Context(self)
         if self._coordinator is not None:
-            from .fleet.renewal import FleetRenewal  # the fleet extra only when it is used
-
-            self._fleet = FleetRenewal(self, self._coordinator)
-            tg.start_soon(self._fleet.watch)
+            self._renewer = self._coordinator.renewer(context)
+            tg.start_soon(self._renewer.watch)
+        else:
+            self._renewer = LocalRenewer(context)
         return self
 
     async def __aexit__(
@@ -401,7 +380,7 @@ class TokenProvider:
         tb: TracebackType | None,
     ) -> bool | None:
         tg, self._tg = self._tg, None
-        self._refresh_at = self._expires_at = _NEVER
+        self._life.close()
         try:
             if tg is not None:
                 # Background renewals never raise, so the group exits cleanly; an exception from
@@ -434,10 +413,10 @@ class TokenProvider:
         stale = 0
         for _ in range(10_000):  # each turn waits for a renewal or a pause: bounded by the deadline too
             now = self._now()
-            token = self._token
-            if token is not None and now < self._expires_at:
+            token = self._life.token
+            if token is not None and now < self._life.expires_at:
                 # STALE: serve the still-valid token; renew in the background.
-                if self._flight is None and not self._fatal_holds(now) and now >= self._retry_not_before:
+                if self._flight is None and not self._fatal_holds(now) and self._gate.may_start(now):
                     self.stats.background_refreshes += 1
                     self._start_flight()
                 return token
@@ -456,7 +435,7 @@ class TokenProvider:
             except TokenRequestsPaused as exc:
                 deadline = await self._wait_out(exc, self._now(), deadline)
                 continue
-            if self._token is token and self._now() < self._expires_at:
+            if self._life.token is token and self._now() < self._life.expires_at:
                 return token
             # Invalidated, replaced or already expired by the time this task resumed: look again.
             stale += 1
@@ -497,29 +476,14 @@ class TokenProvider:
 
     def _fatal_holds(self, now: float) -> bool:
         """Whether callers get the earlier definitive error at once (else a renewal may be tried)."""
-        if self._fatal is not None and now >= self._fatal_recheck_at and self._flight is None:
-            # Fleet state another process may have fixed: the renewal reads it again (and adopts a
-            # token published since); it does not log in while the rejection stands here.
-            self._fatal = None
-        return self._fatal is not None
+        return self._gate.holds(now, renewing=self._flight is not None)
 
-    def _fatal_error(self, fatal: TokenError | FleetError | None = None) -> TokenError | FleetError:
-        if fatal is None:
-            fatal = self._fatal
-        assert fatal is not None
-        if isinstance(fatal, InvalidCredentials):
-            return CredentialsLockedOut(
-                "an earlier login was rejected; no login is attempted until reset()",
-                status=fatal.status,
-                error_code=fatal.error_code,
-            )
-        err = copy.copy(fatal)
-        err.__traceback__ = None
-        return err
+    def _fatal_error(self) -> OAuthPWError:
+        return self._gate.error()
 
     def _refresh_usable(self, now: float) -> bool:
         """Whether the next renewal is a refresh grant (otherwise it is a password login)."""
-        current = self._token
+        current = self._life.token
         return (
             current is not None
             and current.refresh_token is not None
@@ -543,24 +507,13 @@ class TokenProvider:
 
     def _paused(self, now: float) -> TokenRequestsPaused | None:
         """Why no renewal may start now, for longer than a caller should wait; ``None`` if one may."""
-        limited = self._rate_limited_until - now
-        if limited > self._retry.max_wait:
-            return TokenEndpointRateLimited(
-                f"the token endpoint asked for a pause of {limited:.0f}s, longer than max_wait "
-                f"({self._retry.max_wait:g}s); no token request is sent before it ends",
-                retry_at=self._clock.wall() + limited,
-                retry_after=limited,
-            )
+        gate, max_wait = self._gate, self._retry.max_wait
+        limited = gate.paused(now, max_wait=max_wait, clock=self._clock)
+        if limited is not None:
+            return limited
         if not self._refresh_usable(now) and self._logins_left(now) <= 0:
             return self._budget_error(now)
-        backoff = self._retry_not_before - now
-        if backoff > self._retry.max_wait:
-            return TokenRequestsPaused(
-                f"token renewals failed {self._failures} time(s) in a row and are backing off",
-                retry_at=self._clock.wall() + backoff,
-                retry_after=backoff,
-            )
-        return None
+        return gate.backing_off(now, max_wait=max_wait, clock=self._clock)
 
     def _start_flight(self) -> _Flight:
         assert self._tg is not None
@@ -573,25 +526,26 @@ class TokenProvider:
         entry: StoredToken | None = None
         try:
             now = self._now()
-            delay = max(self._retry_not_before, self._rate_limited_until) - now
+            delay = self._gate.delay(now)
             if delay > self._retry.max_wait:
                 paused = self._paused(now)
                 assert paused is not None
                 raise paused
             if delay > 0:
                 await self._clock.sleep(delay)
-            token, source = await (self._fleet.renew() if self._fleet is not None else self._renew())
+            assert self._renewer is not None
+            token, source = await self._renewer.renew()
             if token.expires_at - self._policy.skew(token.lifetime) <= self._now():
                 raise TransientTokenError(
                     f"the token expired before it arrived (lifetime {token.lifetime:.3f}s)",
                     hint="the token lifetime is shorter than a token request takes",
                 )
-        except (TokenError, FleetError) as exc:  # typed: backoff, and every waiter gets it
-            self._on_failure(exc)
-            flight.error = exc
-        except Exception as exc:  # a bug or an unexpected failure: waiters get it, the provider lives
-            log.exception("unexpected error while renewing the token")
-            self.stats.failures += 1
+        except Exception as exc:
+            if isinstance(exc, TokenError) or (isinstance(exc, OAuthPWError) and retry_meaning(exc) is not None):
+                self._on_failure(exc)  # typed: backoff, and every waiter gets it
+            else:  # a bug or an unexpected failure: waiters get it, the provider lives
+                log.exception("unexpected error while renewing the token")
+                self.stats.failures += 1
             flight.error = exc
         else:
             self._install(token, source)
@@ -605,37 +559,6 @@ class TokenProvider:
             flight.done.set()
         if entry is not None:
             await self._persist(entry)
-
-    async def _renew(self) -> tuple[Token, Literal["password", "refresh_token"]]:
-        # Read the refresh token now, inside the single flight, never before it: with
-        # rotating refresh tokens a value read earlier may already have been used.
-        current = self._token
-        if self._refresh_usable(self._now()):
-            assert current is not None and current.refresh_token is not None
-            self.stats.refreshes += 1
-            request = build_refresh_request(self._config, current.refresh_token)
-            try:
-                token = await self._exchange(request, current, self._retry, resend_unanswered=self.refresh_reusable)
-            except RefreshTokenRejected as exc:
-                self.stats.refresh_rejected += 1
-                self._drop_refresh_token(current)  # never present a rejected refresh token again
-                log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
-            except (TransientTokenError, TokenResponseError) as exc:
-                if not self._refresh_maybe_spent(exc):
-                    # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session)
-                    # is given up for a login; outages (503, 429, no connection) are not.
-                    if exc.status == 500:
-                        self._refresh_failures += 1
-                    raise
-                self._drop_refresh_token(current)
-            else:
-                self._learn_rotation(current, token)
-                return token, "refresh_token"
-        policy = self._login_policy()
-        self.stats.logins += 1
-        token = await self._exchange(build_password_request(self._config), None, policy)
-        self._logins.confirmed(self._now())  # a token: the password works, the budget is re-armed
-        return token, "password"
 
     @property
     def refresh_reusable(self) -> bool:
@@ -662,8 +585,7 @@ class TokenProvider:
 
     def _drop_refresh_token(self, token: Token | None) -> None:
         """Never present ``token``'s refresh token again (if it is still the current token)."""
-        if token is not None and self._token is token:
-            self._token = attrs.evolve(token, refresh_token=None, refresh_expires_at=None)
+        self._life.drop_refresh_token(token)
 
     def _learn_rotation(self, previous: Token, renewed: Token) -> None:
         """Note whether the server rotates refresh tokens (RFC 6749 6: it MAY issue a new one)."""
@@ -717,12 +639,9 @@ class TokenProvider:
         policy = self._policy
         expires_at = token.expires_at - policy.skew(token.lifetime)
         refresh_at = max(token.issued.monotonic, expires_at - policy.margin(token.lifetime, self._rng))
-        self._token = token
-        self._expires_at = expires_at
-        self._refresh_at = refresh_at if self._tg is not None else _NEVER
-        self._failures = self._refresh_failures = 0
-        self._retry_not_before = _NEVER
-        self._fatal = self._rejected_in_fleet = None  # a working token: what was rejected before is fixed
+        self._life.install(token, refresh_at=refresh_at, expires_at=expires_at)
+        self._gate.opened()  # a working token: what failed or was rejected before is fixed
+        self._refresh_failures = 0
         log.info(
             "new token from %s: expires in %.3fs (%s), refresh in %.3fs",
             source,
@@ -736,45 +655,13 @@ class TokenProvider:
             except Exception:
                 log.exception("on_token hook failed")
 
-    def _on_failure(self, exc: TokenError | FleetError) -> None:
+    def _on_failure(self, exc: OAuthPWError) -> None:
         self.stats.failures += 1
         now = self._now()
-        if isinstance(exc, DefinitiveTokenError) and not isinstance(exc, RefreshTokenRejected):
-            self._fatal = exc
-            # In a fleet another process may log in after the password was fixed (reset() there):
-            # look at the shared token again now and then, one Redis read, never a login of our own.
-            self._fatal_recheck_at = now + FLEET_LATCH_RECHECK if self._fleet is not None else math.inf
-            self._rejected_in_fleet = exc if self._fleet is not None else None
-            log.error("token request rejected, no automatic retry: %s", exc)
-            return
-        if isinstance(exc, (CoordinatorRefused, SharedStateUnreadable)):
-            # The fleet's set-up is wrong (Redis refuses this process, or the key does not open the
-            # shared record): callers hear of it at once, and Redis is asked again after a growing pause.
-            self._failures += 1
-            self._fatal = exc
-            self._fatal_recheck_at = now + self._policy.backoff.backoff(self._failures - 1, self._rng)
-            log.error("the fleet cannot renew the token: %s", exc)
-            return
-        retry_after: float | None = getattr(exc, "retry_after", None)
-        if retry_after is not None and getattr(exc, "status", None) is not None:
-            # The server's own window (Retry-After, a rate-limit reset): nothing is sent inside it.
-            self._rate_limited_until = max(self._rate_limited_until, now + retry_after)
-        if isinstance(exc, TokenRequestsPaused):
-            # Nothing new was learnt about the server: no backoff step, just no attempt before then.
-            self._retry_not_before = max(self._retry_not_before, now + exc.resume_in)
-            log.warning("token renewal paused: %s", exc)
-            return
-        self._failures += 1
-        delay = self._policy.backoff.backoff(self._failures - 1, self._rng)
-        if self._token is not None and now < self._expires_at:
-            delay = min(delay, (self._expires_at - now) / 2)  # try again before the token runs out
-        if isinstance(exc, CoordinatorUnavailable):
-            # Redis, not the token endpoint: cheap to ask again, and callers learn of it (or of its
-            # return) within seconds instead of after a long backoff.
-            delay = min(delay, COORDINATOR_RETRY)
-        delay = max(delay, self._rate_limited_until - now)
-        self._retry_not_before = now + delay
-        log.warning("token renewal failed, next attempt in %.2fs: %s", delay, exc)
+        assert self._renewer is not None
+        life = self._life
+        valid_for = life.expires_at - now if life.token is not None and now < life.expires_at else None
+        self._gate.failed(exc, now, self._rng, recheck=self._renewer.rejection_recheck, valid_for=valid_for)
 
     def _restore(self, stored: StoredToken) -> None:
         now_mono, now_wall = self._now(), self._clock.wall()
@@ -799,9 +686,8 @@ class TokenProvider:
         if token.expires_at - self._policy.skew(token.lifetime) > now_mono or token.refresh_token is not None:
             self.stats.restored += 1
             self._install(token, "store")
-            if self._expires_at <= now_mono:
-                self._refresh_at = self._expires_at = _NEVER
-                self._token = token  # keep its refresh token for the first renewal
+            if self._life.expires_at <= now_mono:
+                self._life.expire(token)  # keep its refresh token for the first renewal
 
     async def _persist(self, entry: StoredToken) -> None:
         key, store = self._config.credential_key, self._store
@@ -819,3 +705,80 @@ class TokenProvider:
         else:
             if not saved:
                 log.info("token store holds a newer token (another process renewed); kept it")
+
+
+class _Context:
+    """What the provider's renewer sees of it (:class:`~oauthpw_async.renewal.RenewalContext`)."""
+
+    __slots__ = ("_p",)
+
+    def __init__(self, provider: TokenProvider) -> None:
+        self._p = provider
+
+    @property
+    def config(self) -> PasswordGrantConfig:
+        return self._p._config
+
+    @property
+    def clock(self) -> Clock:
+        return self._p._clock
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._p._retry
+
+    @property
+    def stats(self) -> TokenStats:
+        return self._p.stats
+
+    @property
+    def token(self) -> Token | None:
+        return self._p._life.token
+
+    @property
+    def renewing(self) -> bool:
+        return self._p._flight is not None
+
+    @property
+    def refresh_reusable(self) -> bool:
+        return self._p.refresh_reusable
+
+    def usable_until(self, token: Token) -> float:
+        return token.expires_at - self._p._policy.skew(token.lifetime)
+
+    def refresh_usable(self) -> bool:
+        return self._p._refresh_usable(self._p._now())
+
+    def drop_refresh_token(self, token: Token | None) -> None:
+        self._p._drop_refresh_token(token)
+
+    def refresh_maybe_spent(self, exc: TransientTokenError | TokenResponseError) -> bool:
+        return self._p._refresh_maybe_spent(exc)
+
+    def refresh_failed(self, exc: TransientTokenError | TokenResponseError) -> None:
+        # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session) is given
+        # up for a login; outages (503, 429, no connection) are not.
+        if exc.status == 500:
+            self._p._refresh_failures += 1
+
+    def learn_rotation(self, previous: Token, renewed: Token) -> None:
+        self._p._learn_rotation(previous, renewed)
+
+    def login_policy(self) -> RetryPolicy:
+        return self._p._login_policy()
+
+    def check_login_budget(self) -> None:
+        now = self._p._now()
+        if self._p._logins_left(now) <= 0:
+            raise self._p._budget_error(now)
+
+    def login_confirmed(self) -> None:
+        self._p._logins.confirmed(self._p._now())
+
+    async def exchange(
+        self, request: TokenRequest, previous: Token | None, policy: RetryPolicy, *, resend_unanswered: bool = True
+    ) -> Token:
+        return await self._p._exchange(request, previous, policy, resend_unanswered=resend_unanswered)
+
+    def adopt(self, token: Token) -> None:
+        self._p._install(token, "fleet")

@@ -18,9 +18,9 @@ from oauthpw_async import (
     TransientTokenError,
     UsageError,
 )
-from oauthpw_async import provider as provider_module
 from oauthpw_async.fleet import Coordinator, CoordinatorUnavailable, FleetKeyMismatch, generate_key
 from oauthpw_async.fleet import renewal as renewal_module
+from oauthpw_async.fleet.errors import COORDINATOR_RETRY
 from oauthpw_async.testing import AuthServerState, FakeClock, Fault, InMemoryEndpoint, LocalServer, Quirks
 
 from .helpers import TOKEN_KEY, config_for
@@ -179,7 +179,7 @@ async def test_a_record_sealed_with_a_key_no_live_process_holds_is_replaced_with
 async def test_a_rejected_password_fixed_in_another_process_unlocks_every_process(
     redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(provider_module, "FLEET_LATCH_RECHECK", 0.05)
+    monkeypatch.setattr(renewal_module, "FLEET_LATCH_RECHECK", 0.05)
     state = strict()
     async with LocalServer(state) as server:
         good = server.config()
@@ -227,7 +227,7 @@ async def test_with_redis_out_of_reach_callers_hear_of_it_within_seconds(anyio_b
                 await provider.get()
         waited = clock.monotonic() - start
     # Each attempt waits at most COORDINATOR_RETRY for the next: not a backoff growing to a minute.
-    assert waited <= 10 * provider_module.COORDINATOR_RETRY + 1
+    assert waited <= 10 * COORDINATOR_RETRY + 1
     assert state.token_requests == 0
 
 
@@ -286,7 +286,7 @@ async def test_tokens_of_other_scopes_are_not_shared_but_the_accounts_login_budg
 async def test_a_rejection_is_not_forgotten_when_redis_loses_the_latch(
     redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(provider_module, "FLEET_LATCH_RECHECK", 0.05)
+    monkeypatch.setattr(renewal_module, "FLEET_LATCH_RECHECK", 0.05)
     state = strict()
     async with LocalServer(state) as server:
         bad = server.config(password="not the password")

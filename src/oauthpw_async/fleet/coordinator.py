@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
@@ -18,6 +18,10 @@ from .logins import CredentialsLatch, LoginBudget
 from .partitions import PartitionQueue
 from .ratelimit import HostRateLimiter
 from .tokens import SharedTokenState
+
+if TYPE_CHECKING:
+    from ..renewal import RenewalContext
+    from .renewal import FleetRenewal
 
 __all__ = ["Coordinator", "lease_ttl_for"]
 
@@ -158,6 +162,27 @@ class Coordinator:
         start = anyio.current_time()
         await self.link.call(self.link.client.ping())
         return anyio.current_time() - start
+
+    def renewer(self, context: RenewalContext) -> FleetRenewal:
+        """The renewer of a :class:`~oauthpw_async.provider.TokenProvider` given this coordinator.
+
+        The provider calls it when it opens; it renews under the fleet's lease and adopts the
+        tokens other processes publish (:class:`~oauthpw_async.fleet.renewal.FleetRenewal`).
+        """
+        from .renewal import FleetRenewal
+
+        return FleetRenewal(context, self)
+
+    def check_reset(self, current: PasswordGrantConfig, new: PasswordGrantConfig) -> None:
+        """Raise :class:`UsageError` if a provider reset from ``current`` to ``new`` cannot keep this coordinator.
+
+        It shares one token and one account: a configuration for another needs its own coordinator.
+        """
+        if (new.credential_key, new.account_key) != (current.credential_key, current.account_key):
+            raise UsageError(
+                "reset() with a configuration for another token or account cannot keep this provider's "
+                "fleet coordinator: make a Coordinator.for_config(new_config, ...) and a new TokenProvider"
+            )
 
     def rate_limiter(self, *, rate: float, burst: int = 1, max_wait: float = 60.0) -> HostRateLimiter:
         """A per-host request rate shared by every worker (GCRA) plus the shared 429/503 pause."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from ..errors import OAuthPWError
+from ..renewal import RetryMeaning
 
 __all__ = [
     "CLEAR_TOKENS",
+    "COORDINATOR_RETRY",
     "ClaimLost",
     "CoordinatorRefused",
     "CoordinatorUnavailable",
@@ -16,8 +20,15 @@ __all__ = [
 ]
 
 
+#: Longest wait before asking an unreachable Redis again (it is cheap; the token endpoint is not asked).
+COORDINATOR_RETRY = 2.0
+
+
 class FleetError(OAuthPWError):
     """Something the fleet coordinator (Redis) refused or could not do."""
+
+    #: A token renewal that failed with it backs off as for any transient failure.
+    renewal_retry: ClassVar[RetryMeaning] = RetryMeaning()
 
 
 class CoordinatorUnavailable(FleetError, ConnectionError):
@@ -33,6 +44,9 @@ class CoordinatorUnavailable(FleetError, ConnectionError):
     retry_after: float | None = None
     #: No HTTP answer was involved.
     status: int | None = None
+    #: Redis, not the token endpoint: asked again within :data:`COORDINATOR_RETRY` seconds, so
+    #: callers learn of the outage (or of its end) within seconds instead of after a long backoff.
+    renewal_retry: ClassVar[RetryMeaning] = RetryMeaning(max_delay=COORDINATOR_RETRY)
 
     def __init__(self, message: str, *, where: str) -> None:
         #: ``host:port`` of the Redis server (never its password).
@@ -66,6 +80,8 @@ class CoordinatorRefused(FleetError):
     retry_after: float | None = None
     #: No HTTP answer was involved.
     status: int | None = None
+    #: A set-up to fix: callers hear of it at once, and Redis is asked again after a growing pause.
+    renewal_retry: ClassVar[RetryMeaning] = RetryMeaning(latch=True)
 
     def __init__(self, message: str, *, code: str, where: str) -> None:
         #: Redis's error code (the first word of its answer), or the client's error name.
@@ -92,6 +108,10 @@ class SharedStateUnreadable(FleetError, ValueError):
     which record; ``oauthpw-async fleet reset --tokens`` clears the shared token records (the next
     worker logs in once), ``fleet reset`` a crawl's partitions and positions.
     """
+
+    #: A set-up to fix (the key does not open the record): callers hear of it at once, and the
+    #: record is read again after a growing pause.
+    renewal_retry: ClassVar[RetryMeaning] = RetryMeaning(latch=True)
 
     def __init__(self, message: str) -> None:
         self.detail = message

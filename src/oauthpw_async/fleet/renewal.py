@@ -28,7 +28,7 @@ import contextlib
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -38,23 +38,24 @@ from ..errors import (
     DefinitiveTokenError,
     LoginBudgetExhausted,
     RefreshTokenRejected,
+    TokenError,
     TokenResponseError,
     TransientTokenError,
 )
 from ..grant import Instant, Token, build_password_request, build_refresh_request
+from ..renewal import LocalRenewer, RenewalContext, RenewalSource, locked_out
 from .errors import CoordinatorRefused, CoordinatorUnavailable, FleetKeyMismatch
 from .tokens import RefreshPermit, SharedToken
 
 if TYPE_CHECKING:
-    from ..provider import TokenProvider
     from .coordinator import Coordinator
     from .lease import LeaseHandle
 
-__all__ = ["KEY_MAJORITY_WAIT", "LEASE_POLL_MAX", "FleetRenewal"]
+__all__ = ["FLEET_LATCH_RECHECK", "KEY_MAJORITY_WAIT", "LEASE_POLL_MAX", "FleetRenewal"]
 
 log = logging.getLogger("oauthpw_async.fleet")
 
-Source = Literal["password", "refresh_token", "fleet"]
+Source = RenewalSource
 
 #: Longest step (seconds) between two looks at a lease held by another process, when no publish wakes us.
 LEASE_POLL_MAX = 0.5
@@ -62,14 +63,24 @@ LEASE_POLL_MAX = 0.5
 #: by more live processes than that key (workers of one fleet start at about the same time), before it
 #: calls itself the one with the wrong key.
 KEY_MAJORITY_WAIT = 10.0
+#: Seconds between looks at the fleet's "password rejected" state after a rejection (one Redis read each).
+FLEET_LATCH_RECHECK = 5.0
 
 
 class FleetRenewal:
-    """The fleet side of one provider: renewal under the lease, adoption of published tokens."""
+    """The fleet side of one provider: renewal under the lease, adoption of published tokens.
 
-    def __init__(self, provider: TokenProvider, coordinator: Coordinator) -> None:
-        self._p = provider
+    A :class:`~oauthpw_async.renewal.Renewer`, made by :meth:`Coordinator.renewer`; it sees its
+    provider through the :class:`~oauthpw_async.renewal.RenewalContext` only.
+    """
+
+    def __init__(self, context: RenewalContext, coordinator: Coordinator) -> None:
+        self._p = context
         self._fleet = coordinator
+        #: What this process renews with when Redis is away and local renewal was chosen.
+        self._local_renewer = LocalRenewer(context)
+        #: A definitive rejection of a login here: no login until reset() here or a token from another process.
+        self._rejected: TokenError | None = None
         #: Generation and id of the token this process holds (0 / "" before the first one).
         self.generation = 0
         self.token_id = ""
@@ -91,12 +102,28 @@ class FleetRenewal:
 
     # --- hooks called by the provider -----------------------------------------------------------
 
+    @property
+    def rejection_recheck(self) -> float:
+        """Seconds after a rejected login before the shared state is read again (another process may fix it)."""
+        return FLEET_LATCH_RECHECK
+
     def reset(self) -> None:
         """The provider was reset: reopen the fleet's latch before the next login."""
+        self._rejected = None
         self._reset_latch = True
 
     async def renew(self) -> tuple[Token, Source]:
         """One renewal for the provider's single flight."""
+        try:
+            token, source = await self._renew_or_fall_back()
+        except DefinitiveTokenError as exc:
+            if not isinstance(exc, RefreshTokenRejected):
+                self._rejected = exc
+            raise
+        self._rejected = None  # a working token: what was rejected before is fixed
+        return token, source
+
+    async def _renew_or_fall_back(self) -> tuple[Token, Source]:
         self._arrived = None
         try:
             token, source = await self._renew()
@@ -104,12 +131,12 @@ class FleetRenewal:
             if self._fleet.on_unavailable == "renew_locally":
                 log.warning("Redis unreachable: renewing locally, as configured")
                 p = self._p
-                own = self._unpublished is not None and self._unpublished[0] is p._token  # never shared
+                own = self._unpublished is not None and self._unpublished[0] is p.token  # never shared
                 if not own and not p.refresh_reusable:
                     # The fleet may have spent this refresh token already (sent by a holder without an
                     # answer): while rotation is possible, the local renewal is a password login.
-                    p._drop_refresh_token(p._token)
-                token, source = await p._renew()
+                    p.drop_refresh_token(p.token)
+                token, source = await self._local_renewer.renew()
                 # Published once Redis answers, so that no process presents the refresh token used here.
                 self._unpublished = (token, self.generation)
                 self.token_id = ""
@@ -121,11 +148,11 @@ class FleetRenewal:
     def _check_not_stalled(self, token: Token) -> None:
         """Name Redis when a token that arrived usable expired while the fleet's writes waited for Redis."""
         p, arrived = self._p, self._arrived
-        usable_until = token.expires_at - p._policy.skew(token.lifetime)
-        if arrived is None or usable_until > p._now() or usable_until <= arrived:
+        usable_until = p.usable_until(token)
+        if arrived is None or usable_until > p.clock.monotonic() or usable_until <= arrived:
             return  # usable, or no request of ours, or already too late on arrival (the server's or the network's)
         raise CoordinatorUnavailable(
-            f"Redis stalled for {p._now() - arrived:.1f}s after the new token arrived (its publish and the "
+            f"Redis stalled for {p.clock.monotonic() - arrived:.1f}s after the new token arrived (its publish and the "
             f"lease's release waited for Redis), and the token (lifetime {token.lifetime:g}s) expired meanwhile; "
             "check Redis's latency (redis-cli --latency, SLOWLOG GET, LATENCY DOCTOR), the load of its host and "
             "the network to it",
@@ -160,19 +187,19 @@ class FleetRenewal:
         try:
             if self._unpublished is not None:
                 await self._publish_pending()
-            if self._p._flight is not None:
+            if self._p.renewing:
                 return  # the flight in progress reads the record itself
             shared = await self._fleet.tokens.read()
         except Exception as exc:
             log.debug("fleet watcher could not read the shared token: %s", type(exc).__name__)
             return
-        if shared is not None and self._adoptable(shared) and self._p._flight is None:
+        if shared is not None and self._adoptable(shared) and not self._p.renewing:
             self._adopt(shared)
 
     def _local(self, shared: SharedToken) -> Token:
         """The shared token on this process's monotonic clock."""
         token = shared.token
-        now_mono, now_wall = self._p._now(), self._p._clock.wall()
+        now_mono, now_wall = self._p.clock.monotonic(), self._p.clock.wall()
         rexp = token.refresh_expires_at
         return attrs.evolve(
             token,
@@ -184,17 +211,15 @@ class FleetRenewal:
         """A token this process does not have yet and that is still worth using."""
         if shared.token_id == self.token_id:
             return False
-        token = self._local(shared)
-        policy = self._p._policy
-        return token.expires_at - policy.skew(token.lifetime) > self._p._now()
+        return self._p.usable_until(self._local(shared)) > self._p.clock.monotonic()
 
     def _learn_from(self, adopted: Token) -> None:
         """A published token with the refresh token this process held: the server does not rotate."""
-        held = self._p._token
+        held = self._p.token
         old = held.refresh_token if held is not None else None
         new = adopted.refresh_token
-        if old is not None and new is not None and old.reveal() == new.reveal():
-            self._p._refresh_rotates = False
+        if held is not None and old is not None and new is not None and old.reveal() == new.reveal():
+            self._p.learn_rotation(held, adopted)
 
     def _adopt(self, shared: SharedToken) -> Token:
         token = self._local(shared)
@@ -202,7 +227,8 @@ class FleetRenewal:
         self._hold(shared.generation, shared.token_id)
         self._unpublished = None
         self._p.stats.fleet_adopted += 1
-        self._p._install(token, "fleet")
+        self._rejected = None  # a working token: what was rejected before is fixed
+        self._p.adopt(token)
         return token
 
     def _wait_bound(self) -> float:
@@ -212,7 +238,7 @@ class FleetRenewal:
         (:meth:`_renew` shields it that long); a dead or frozen one loses it within the lease ttl.
         """
         p = self._p
-        return p._retry.deadline + 2 * p._config.timeout + self._fleet.lease.ttl
+        return p.retry.deadline + 2 * p.config.timeout + self._fleet.lease.ttl
 
     async def _renew(self) -> tuple[Token, Source]:
         fleet = self._fleet
@@ -243,7 +269,7 @@ class FleetRenewal:
         # by what one token request may take with its retries; never reached otherwise.
         p = self._p
         with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + p._retry.deadline + 2 * p._config.timeout
+            scope.deadline = anyio.current_time() + p.retry.deadline + 2 * p.config.timeout
             async with fleet.lease.keep(handle):
                 return await self._renew_holding(handle)
         raise TransientTokenError("the renewal under the fleet's lease did not finish in time")
@@ -331,7 +357,7 @@ class FleetRenewal:
             shared is not None
             and shared.token.refresh_token is not None
             and not shared.refresh_spent
-            and (shared.token.refresh_expires_at is None or shared.token.refresh_expires_at > p._clock.wall())
+            and (shared.token.refresh_expires_at is None or shared.token.refresh_expires_at > p.clock.wall())
         )
         if rt_usable and shared is not None and self._went_back(shared):
             log.warning(
@@ -346,7 +372,7 @@ class FleetRenewal:
             permit = await fleet.tokens.claim_refresh(shared.generation, fleet.lease, handle)
             if permit is RefreshPermit.GRANTED:
                 token = await self._refresh(shared, handle)
-                self._arrived = p._now()
+                self._arrived = p.clock.monotonic()
                 if token is None:  # rejected: another process may have rotated it meanwhile
                     again = await fleet.tokens.read()
                     if again is not None and again.generation != shared.generation and self._adoptable(again):
@@ -362,7 +388,7 @@ class FleetRenewal:
             if not handle.valid:  # a stalled holder: its successor renews
                 raise TransientTokenError("the renewal lease expired before the login was sent")
             token = await self._login()
-            self._arrived = p._now()
+            self._arrived = p.clock.monotonic()
         await self._publish(token, base)
         return token, source
 
@@ -377,29 +403,29 @@ class FleetRenewal:
         previous = self._local(shared)
         assert previous.refresh_token is not None
         p.stats.refreshes += 1
-        request = build_refresh_request(p._config, previous.refresh_token)
+        request = build_refresh_request(p.config, previous.refresh_token)
         try:
-            token = await p._exchange(request, previous, p._retry, resend_unanswered=p.refresh_reusable)
+            token = await p.exchange(request, previous, p.retry, resend_unanswered=p.refresh_reusable)
         except RefreshTokenRejected as exc:
             p.stats.refresh_rejected += 1
             log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
             return None
         except (TransientTokenError, TokenResponseError) as exc:
-            if p._refresh_maybe_spent(exc):
+            if p.refresh_maybe_spent(exc):
                 return None  # stays marked spent: the holder logs in
             # Not used, or reusable anyway: give it back to the fleet (else it stays spent: one login).
             with contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused):
                 await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
             raise
-        p._learn_rotation(previous, token)
+        p.learn_rotation(previous, token)
         return token
 
     async def _login(self) -> Token:
         fleet, p = self._fleet, self._p
-        if p._rejected_in_fleet is not None:
+        if self._rejected is not None:
             # Rejected before, and not reset() here: only a token another process published (read
             # above) ends it. Not the latch's absence alone: Redis may have lost it.
-            raise p._fatal_error(p._rejected_in_fleet)
+            raise locked_out(self._rejected)
         if self._reset_latch:
             await fleet.rejected.reset()
             self._reset_latch = False
@@ -411,27 +437,25 @@ class FleetRenewal:
                 status=latch.status,
                 error_code=latch.error_code,
             )
-        now = p._now()
-        if p._logins_left(now) <= 0:  # this process's own budget still holds
-            raise p._budget_error(now)
+        p.check_login_budget()  # this process's own budget still holds
         wait = await fleet.logins.take()
         if wait > 0:
             raise LoginBudgetExhausted(
                 f"the fleet's login budget is spent: {fleet.logins.limit} unconfirmed password login request(s) "
                 f"(answers that were no token) in {fleet.logins.window:g}s across every process of this credential",
-                retry_at=p._clock.wall() + wait,
+                retry_at=p.clock.wall() + wait,
                 retry_after=wait,
             )
         p.stats.logins += 1
         # One request per charge of the fleet's budget: a failed login is retried by a later renewal.
-        once = attrs.evolve(p._retry, max_attempts=1)
+        once = attrs.evolve(p.retry, max_attempts=1)
         try:
-            token = await p._exchange(build_password_request(p._config), None, once)
+            token = await p.exchange(build_password_request(p.config), None, once)
         except DefinitiveTokenError as exc:
             if not isinstance(exc, RefreshTokenRejected):
                 await fleet.rejected.trip(status=exc.status, error_code=exc.error_code, by=self._me)
             raise
-        p._logins.confirmed(p._now())  # a token: the login budget is re-armed, here and fleet-wide
+        p.login_confirmed()  # a token: the login budget is re-armed, here and fleet-wide
         try:
             await fleet.logins.confirm()
         except (CoordinatorUnavailable, CoordinatorRefused):
@@ -441,7 +465,7 @@ class FleetRenewal:
     async def _publish(self, token: Token, base: int) -> None:
         try:
             result = await self._fleet.tokens.publish(
-                token, renewed_from=base, now_wall=self._p._clock.wall(), at_least=self.high_water
+                token, renewed_from=base, now_wall=self._p.clock.wall(), at_least=self.high_water
             )
         except (CoordinatorUnavailable, CoordinatorRefused):
             # The token is good: use it here, and publish it once Redis answers (or allows it) again.
@@ -463,11 +487,11 @@ class FleetRenewal:
         if pending is None:
             return
         token, base = pending
-        if token.expires_at <= self._p._now():
+        if token.expires_at <= self._p.clock.monotonic():
             self._unpublished = None
             return
         result = await self._fleet.tokens.publish(
-            token, renewed_from=base, now_wall=self._p._clock.wall(), at_least=self.high_water
+            token, renewed_from=base, now_wall=self._p.clock.wall(), at_least=self.high_water
         )
         self._unpublished = None
         if result.published:
