@@ -162,18 +162,19 @@ class FleetRenewal:
     async def watch(self) -> None:
         """Install every newer published token at once; runs in the provider's task group."""
         delay = 0.1
+        clock = self._fleet.clock  # the fleet's waits are on the coordinator's clock
         while True:
             try:
                 await self._fleet.tokens.watch(self._on_published)
             except CoordinatorUnavailable:
-                await anyio.sleep(delay)
+                await clock.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except CoordinatorRefused as exc:  # a set-up to fix: say so, now and then
                 log.warning("fleet watcher: %s", exc)
-                await anyio.sleep(30.0)
+                await clock.sleep(30.0)
             except Exception:  # never let the watcher take the provider down; the slow path still reads
                 log.exception("fleet watcher failed; retrying")
-                await anyio.sleep(5.0)
+                await clock.sleep(5.0)
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -294,7 +295,8 @@ class FleetRenewal:
         tokens = self._fleet.tokens
         with anyio.move_on_after(self._fleet.link.command_timeout):
             await self._subscribed.wait()  # counted as a holder of our key
-        deadline = anyio.current_time() + KEY_MAJORITY_WAIT
+        clock = self._fleet.clock
+        deadline = clock.monotonic() + KEY_MAJORITY_WAIT
         ours_id, theirs_id = tokens.key_id, exc.record_key_id
         while True:
             counts = await tokens.key_holders(ours_id, *([theirs_id] if theirs_id else []))
@@ -313,7 +315,7 @@ class FleetRenewal:
                     exc.sealed_by or "every process holding that key",
                 )
                 return
-            if anyio.current_time() >= deadline:
+            if clock.monotonic() >= deadline:
                 raise FleetKeyMismatch(
                     f"this process ({tokens.writer}) holds fleet key id {ours_id}, like {ours} live process(es); "
                     f"the shared token record (generation {exc.generation}) is sealed with key id "
@@ -325,7 +327,7 @@ class FleetRenewal:
                     sealed_by=exc.sealed_by,
                     generation=exc.generation,
                 )
-            await anyio.sleep(0.25)
+            await clock.sleep(0.25)
 
     def _adopted(self, shared: SharedToken) -> tuple[Token, Source]:
         token = self._local(shared)
