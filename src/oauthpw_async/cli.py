@@ -277,6 +277,8 @@ class _CrawlJob:
     fleet: fleet_command.FleetWorker | None = None
     #: ``--format``: JSON Lines, or a protocol's messages (README "Data platforms").
     format: str = "jsonl"
+    #: ``--format singer --catalog``: what the catalog selects (``None``: everything).
+    catalog: object = None
 
     @property
     def positions(self) -> str | None:
@@ -330,7 +332,7 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
     code: int = ExitCode.OK
     try:
         # Opened inside the try: a locked or unwritable output is a crawl error (exit 7), not a traceback.
-        sink = integrations.sink_for(job.format, job.crawler, job.state)
+        sink = integrations.sink_for(job.format, job.crawler, job.state, job.catalog)
         sink = sink or (JsonLinesSink(job.out) if job.out is not None else StreamSink(sys.stdout.buffer))
         async with job.fleet or contextlib.nullcontext(), tokens:
             with progress:
@@ -407,6 +409,9 @@ async def _crawl(job: _CrawlJob, report: TextIO) -> tuple[int, CrawlStats | None
 
 async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> int:
     fleet_command.check_crawl_options(args)
+    code = await integrations.singer_preflight(args)  # --discover, or a catalog deselecting the stream
+    if code is not None:
+        return code
     integrations.prepare_crawl(args)
     if args.workers > 1:  # N local worker processes of a fleet, each this command with its own --out
         return await fleet_command.run_workers(args, argv, sys.stdout)
@@ -438,6 +443,7 @@ async def _run_crawl_command(args: argparse.Namespace, argv: Sequence[str]) -> i
         full_refresh=args.full_refresh,
         fleet=fleet,
         format=args.format,
+        catalog=args.catalog_choice,
     )
     if args.full_refresh:
         print(state_cli.full_refresh_notice(args.state), file=sys.stderr if out is None else sys.stdout)
@@ -674,7 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=_para(
             "Run a Crawler subclass. Records go to stdout as JSON Lines (progress and the "
             "summary to stderr) unless --out names a file. With --state, positions are saved after each "
-            "page and the same command resumes after Ctrl-C, SIGTERM, a closed pipe or a crash."
+            "page and the same command resumes after Ctrl-C, SIGTERM, a closed pipe or a crash. With "
+            "--format singer it is a Singer tap: --discover prints its catalog, --catalog (or --properties) "
+            "selects what it sends, --state resumes from the last STATE."
         ),
         formatter_class=_HelpFormatter,
     )
