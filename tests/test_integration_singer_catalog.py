@@ -3,7 +3,8 @@
 Discovery is read back by the Meltano Singer SDK's own catalog model (``singer_sdk.singerlib.Catalog``)
 and round-tripped; a catalog from discovery, edited the way Meltano's ``select`` edits it, decides
 whether the stream is crawled and which properties its records carry; the target reads a run with
-the catalog. A hostile catalog is a usage error (exit 2) saying what to do, never a traceback.
+the catalog, and its replication method picks between what changed and everything. A hostile catalog
+is a usage error (exit 2) saying what to do, never a traceback.
 """
 
 from __future__ import annotations
@@ -193,3 +194,30 @@ def test_a_hostile_catalog_gives_a_choice_or_a_usage_error_only(document: Any) -
     assert isinstance(choice.selected, bool)
     if choice.schema is not None:
         assert isinstance(choice.schema["properties"], dict) and not set(choice.schema["properties"]) & choice.dropped
+
+
+def with_method(document: dict[str, Any], method: str) -> dict[str, Any]:
+    edited = copy.deepcopy(document)
+    edited["streams"][0]["metadata"][0]["metadata"]["replication-method"] = method
+    return edited
+
+
+async def test_the_catalogs_replication_method_decides_between_changes_and_everything(tmp_path: Path) -> None:
+    api = ChangesAPI(records=40, spacing=60)
+    state = ("--state", str(tmp_path / "s.json"))
+    async with LocalServer(AuthServerState(token_lifetime=600), api=api) as server:
+        document = await discover(server, tmp_path)
+        for method in ("INCREMENTAL", "FULL_TABLE", "LOG_BASED"):
+            (tmp_path / f"{method}.json").write_bytes(orjson.dumps(with_method(document, method)))
+        code, messages, err = await tap(server, tmp_path, *state, "--catalog", str(tmp_path / "INCREMENTAL.json"))
+        assert code == 0, err
+        assert len([m for m in messages if m["type"] == "RECORD"]) == 40
+        api.update([1, 2])
+        code, messages, err = await tap(server, tmp_path, *state, "--catalog", str(tmp_path / "INCREMENTAL.json"))
+        assert code == 0, err
+        assert sorted(m["record"]["id"] for m in messages if m["type"] == "RECORD") == [1, 2]  # what changed
+        code, messages, err = await tap(server, tmp_path, *state, "--catalog", str(tmp_path / "FULL_TABLE.json"))
+        assert code == 0, err
+        assert len([m for m in messages if m["type"] == "RECORD"]) == 40  # everything
+        code, messages, err = await tap(server, tmp_path, *state, "--catalog", str(tmp_path / "LOG_BASED.json"))
+    assert (code, messages) == (2, []) and "INCREMENTAL or FULL_TABLE" in err and "Traceback" not in err

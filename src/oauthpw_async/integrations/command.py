@@ -165,6 +165,8 @@ async def singer_preflight(args: argparse.Namespace) -> int | None:
         print(f"stream {stream_name(crawler)} is not selected in the catalog: nothing to crawl", file=sys.stderr)
         return 0
     args.catalog_choice = choice
+    if choice.full_table and crawler.is_incremental:  # the runner asks for everything, not what changed
+        args.full_refresh = True
     return None
 
 

@@ -143,11 +143,13 @@ class CatalogChoice:
         selected: whether the stream is to be crawled.
         schema: the catalog's schema for it (deselected properties left out), or ``None`` for the crawler's own.
         dropped: the top-level properties deselected, left out of every record.
+        full_table: the catalog asks for ``FULL_TABLE`` replication: an incremental crawler reads everything.
     """
 
     selected: bool
     schema: dict[str, Any] | None = None
     dropped: frozenset[str] = frozenset()
+    full_table: bool = False
 
 
 _REDO = "; print a fresh one with --discover and edit only its 'selected' values"
@@ -211,19 +213,25 @@ def read_catalog(document: Any, crawler: Crawler) -> CatalogChoice:
     The stream is selected by its ``[]`` breadcrumb's ``selected`` (else ``selected-by-default``,
     else the legacy stream-level ``selected``; true when none is given). A property whose
     ``selected`` is false (and whose inclusion is not ``automatic``: the key, the replication key)
-    is left out of the schema and the records.
+    is left out of the schema and the records. A ``replication-method`` of ``FULL_TABLE`` reads
+    everything (as ``--full-refresh``).
 
     Raises:
         UsageError: the document is not a Singer catalog with this crawler's stream.
     """
     entry = _entry(document, stream_name(crawler))
     metadata = _metadata(entry)
-    if not _is_selected(entry, metadata.get((), {})):
+    root = metadata.get((), {})
+    if not _is_selected(entry, root):
         return CatalogChoice(selected=False)
+    method = root.get("replication-method", entry.get("replication_method"))
+    if method not in (None, "INCREMENTAL", "FULL_TABLE"):
+        raise _bad(f"asks for replication-method {method!r}: this tap does INCREMENTAL or FULL_TABLE")
+    full_table = method == "FULL_TABLE"
     dropped = _dropped(metadata, [*_key_properties(crawler), *_replication_keys(crawler), DELETED_AT])
     schema = entry.get("schema")
     if schema is None:
-        return CatalogChoice(selected=True, dropped=dropped)
+        return CatalogChoice(selected=True, dropped=dropped, full_table=full_table)
     properties = schema.get("properties", {}) if isinstance(schema, dict) else None
     kinds = schema.get("type", "object") if isinstance(schema, dict) else None
     kinds = [kinds] if isinstance(kinds, str) else kinds
@@ -233,4 +241,6 @@ def read_catalog(document: Any, crawler: Crawler) -> CatalogChoice:
         raise _bad("has a property schema that is not a JSON object")
     assert isinstance(schema, dict)
     kept = {k: copy.deepcopy(v) for k, v in properties.items() if k not in dropped}
-    return CatalogChoice(selected=True, schema={**copy.deepcopy(schema), "properties": kept}, dropped=dropped)
+    return CatalogChoice(
+        selected=True, schema={**copy.deepcopy(schema), "properties": kept}, dropped=dropped, full_table=full_table
+    )
