@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The Tickets crawler as a Singer tap, for Meltano: `tap_zendesk_tickets.py --config CONFIG [--state STATE]`.
 
-Meltano passes the config (the connection fields, snake_case) and the last STATE; see meltano.yml.
+Meltano passes the config (the connection fields, snake_case), the catalog (`--catalog`, from `--discover`,
+with its selection) and the last STATE; see meltano.yml.
 """
 
 import sys

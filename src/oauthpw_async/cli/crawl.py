@@ -47,7 +47,9 @@ def add_parser(sub: Any) -> None:
         description=para(
             "Run a Crawler subclass. Records go to stdout as JSON Lines (progress and the "
             "summary to stderr) unless --out names a file. With --state, positions are saved after each "
-            "page and the same command resumes after Ctrl-C, SIGTERM, a closed pipe or a crash."
+            "page and the same command resumes after Ctrl-C, SIGTERM, a closed pipe or a crash. With "
+            "--format singer it is a Singer tap: --discover prints its catalog, --catalog (or --properties) "
+            "selects what it sends, --state resumes from the last STATE."
         ),
     )
     p.add_argument("--config", required=True, help="connection file (.json or .toml)")
@@ -179,6 +181,8 @@ class CrawlJob:
     fleet: FleetWorker | None = None
     #: ``--format``: JSON Lines, or a protocol's messages (README "Data platforms").
     format: str = "jsonl"
+    #: ``--format singer --catalog``: what the catalog selects (``None``: everything).
+    catalog: object = None
 
     @property
     def positions(self) -> str | None:
@@ -288,7 +292,7 @@ async def run_job(job: CrawlJob, report: TextIO) -> Outcome:
     with _stop_on_signals() as got:
         try:
             # Opened inside the try: a locked or unwritable output is a crawl error (exit 7), not a traceback.
-            sink = integrations.sink_for(job.format, job.crawler, job.state)
+            sink = integrations.sink_for(job.format, job.crawler, job.state, job.catalog)
             sink = sink or (JsonLinesSink(job.out) if job.out is not None else StreamSink(sys.stdout.buffer))
             run.stats = await _crawl_into(job, sink, progress)
             if not run.stats.complete and not job.allow_incomplete:
@@ -348,6 +352,9 @@ def _report(job: CrawlJob, before: _Before, run: _Run, report: TextIO) -> None:
 async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Run ``crawl`` (argv: the command line, to print how to resume); returns the exit code."""
     fleet_command.check_crawl_options(args)
+    code = await integrations.singer_preflight(args)  # --discover, or a catalog deselecting the stream
+    if code is not None:
+        return code
     integrations.prepare_crawl(args)
     if args.workers > 1:  # N local worker processes of a fleet, each this command with its own --out
         return await fleet_command.run_workers(args, argv, sys.stdout)
@@ -379,6 +386,7 @@ async def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         full_refresh=args.full_refresh,
         fleet=fleet,
         format=args.format,
+        catalog=args.catalog_choice,
     )
     if args.full_refresh:
         print(state.full_refresh_notice(args.state), file=sys.stderr if out is None else sys.stdout)

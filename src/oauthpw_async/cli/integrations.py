@@ -32,6 +32,7 @@ __all__ = [
     "prepare_crawl",
     "progress_for",
     "run",
+    "singer_preflight",
     "sink_for",
 ]
 
@@ -86,6 +87,22 @@ def add_crawl_options(parser: argparse.ArgumentParser) -> None:
         help="what goes to stdout: JSON Lines records, Singer SCHEMA/RECORD/STATE messages (a Singer tap) "
         "or Airbyte RECORD/STATE/LOG/TRACE messages",
     )
+    parser.add_argument(
+        "--discover",
+        action="store_true",
+        help="--format singer: print the stream's Singer catalog (schema, key, replication, selection metadata) "
+        "and exit 0 without crawling; a crawler without json_schema has its schema inferred from a sample "
+        "read of up to 100 records (default: crawl)",
+    )
+    parser.add_argument(
+        "--catalog",
+        "--properties",
+        dest="catalog",
+        metavar="FILE",
+        help="--format singer: the Singer catalog (from --discover, as Meltano selects it; --properties is the "
+        "legacy name): a deselected stream is not crawled (nothing is written, exit 0), deselected properties "
+        "are left out, and the catalog's schema is the SCHEMA sent (default: every property, the crawler's schema)",
+    )
 
 
 def prepare_crawl(args: argparse.Namespace) -> None:
@@ -116,7 +133,44 @@ def prepare_crawl(args: argparse.Namespace) -> None:
             args.restart = all(saved.is_done(p.name) for p in crawler.partitions())
 
 
-def sink_for(fmt: str, crawler: Crawler, state: str | None) -> Sink | None:
+async def singer_preflight(args: argparse.Namespace) -> int | None:
+    """``--discover`` (prints the catalog) and ``--catalog``: an exit code when there is nothing to crawl.
+
+    For a selected stream, sets ``args.catalog_choice`` (what the catalog selects) and returns ``None``.
+    """
+    args.catalog_choice = None
+    discover: bool = getattr(args, "discover", False)
+    catalog: str | None = getattr(args, "catalog", None)
+    if not discover and catalog is None:
+        return None
+    if args.format != "singer":
+        raise UsageError(
+            "--discover and --catalog/--properties are Singer options: add --format singer "
+            "(for Airbyte: oauthpw-async airbyte discover / read --catalog)"
+        )
+    if discover and catalog is not None:
+        raise UsageError("--discover prints a catalog, --catalog reads one: give one of them")
+    from ..integrations import singer
+    from ..integrations._run import stream_name
+
+    crawler = _crawler(args.crawler, args.base_url)
+    if discover:
+        from ..integrations.airbyte import sample_schema
+
+        _print(singer.catalog(crawler, await sample_schema(crawler, args.config)))
+        return 0
+    assert catalog is not None
+    choice = singer.read_catalog(_json_file(catalog, "the Singer catalog"), crawler)
+    if not choice.selected:
+        print(f"stream {stream_name(crawler)} is not selected in the catalog: nothing to crawl", file=sys.stderr)
+        return 0
+    args.catalog_choice = choice
+    if choice.full_table and crawler.is_incremental:  # the runner asks for everything, not what changed
+        args.full_refresh = True
+    return None
+
+
+def sink_for(fmt: str, crawler: Crawler, state: str | None, choice: Any = None) -> Sink | None:
     """The sink of a protocol format (``None`` for JSON Lines: the command's own)."""
     if fmt == "jsonl":
         return None
@@ -128,7 +182,9 @@ def sink_for(fmt: str, crawler: Crawler, state: str | None) -> Sink | None:
         return AirbyteSink(sys.stdout.buffer, crawler, state)
     from ..integrations.singer import SingerSink
 
-    return SingerSink(sys.stdout.buffer, crawler, state)
+    if choice is None:
+        return SingerSink(sys.stdout.buffer, crawler, state)
+    return SingerSink(sys.stdout.buffer, crawler, state, schema=choice.schema, dropped=choice.dropped)
 
 
 async def finish(sink: Any) -> None:
@@ -179,7 +235,7 @@ def _json_file(path: str, what: str) -> Any:
     try:
         return orjson.loads(Path(path).read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc}") from None
+        raise UsageError(f"cannot read {what} {path}: {exc}; give the JSON file it names") from None
 
 
 def _print(message: Any) -> None:
