@@ -11,10 +11,17 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole test suite with a coverage report."""
+    """Run the whole test suite with a coverage report, on two worker processes (pytest-xdist).
+
+    Every test is independent of the others (its own servers on port 0, its own redis-server per
+    worker, its own temporary files), so two workers halve the run on a 2-core machine.
+    ``nox -s tests -- -n 0`` runs it in one process.
+    """
     session.install("-e", ".[test,test-integrations]")
     session.run(
         "pytest",
+        "-n",
+        "2",
         "--cov=oauthpw_async",
         "--cov-report=term",
         *session.posargs,
