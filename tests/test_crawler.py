@@ -9,6 +9,9 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from oauthpw_async import HTTPStatusError, RetryPolicy, TokenProvider, UnauthorizedError, rate_limit_delay
 from oauthpw_async.crawler import (
@@ -116,6 +119,82 @@ async def test_follow_up_detail_fetch_per_record() -> None:
     records, _stats, _, _ = await crawl(WithDetails, api, concurrency=32)
     assert len(records) == 360 and all(r["detail"]["id"] == r["id"] for r in records)
     assert api.counts["detail:200"] == 360
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    per_project=st.integers(0, 130),
+    concurrency=st.integers(1, 300),
+    missing=st.one_of(st.none(), st.integers(0, 389)),
+)
+def test_every_detail_is_merged_into_its_own_record_or_the_crawl_raises_the_failure(
+    per_project: int, concurrency: int, missing: int | None
+) -> None:
+    # Follow-ups run on a few workers (as many as there are free slots): whatever the number of
+    # records and slots, each record gets its own detail once; a detail that fails (a 404 here)
+    # fails the crawl with that error, never with the cancellation of the page's other fetches.
+    class Details(WithDetails):
+        def detail(self, record: dict[str, Any]) -> str:
+            return f"/api/items/{10**9 if record['id'] == missing else record['id']}"
+
+    api = DemoAPI(per_project=per_project, max_page_size=100)
+
+    async def scenario() -> tuple[list[Any], BaseException | None]:
+        try:
+            records, _, _, _ = await crawl(Details, api, concurrency=concurrency)
+        except Exception as exc:
+            return [], exc
+        return records, None
+
+    records, error = anyio.run(scenario)
+    if missing is not None and missing < 3 * per_project:
+        assert isinstance(error, HTTPStatusError) and error.status == 404, repr(error)
+    else:
+        assert error is None, repr(error)
+        assert sorted(r["id"] for r in records) == sorted(api.expected_ids())
+        assert all(r["detail"]["id"] == r["id"] for r in records)
+        assert api.counts["detail:200"] == 3 * per_project
+
+
+async def test_a_failed_detail_stops_the_page_s_other_fetches_and_is_the_error_raised() -> None:
+    # Record 0's detail never answers; record 7's is a 404. The crawl must raise the 404 (not
+    # the cancellation of record 0's fetch, which the failure stops), and must not wait for
+    # record 0: without the stop this test never ends (bounded by fail_after).
+    hung, release = anyio.Event(), anyio.Event()
+
+    def installer(app: web.Application, auth: AuthServerState) -> None:
+        async def items(request: web.Request) -> web.Response:
+            offset = int(request.query.get("offset", "0"))
+            ids = range(offset, min(offset + 20, 40))
+            return web.json_response({"items": [{"id": i} for i in ids], "total": 40})
+
+        async def item(request: web.Request) -> web.Response:
+            rid = int(request.match_info["id"])
+            if rid == 0:
+                hung.set()
+                await release.wait()  # until the test is over
+            if rid == 7:
+                return web.json_response({"error": "gone"}, status=404)
+            return web.json_response({"id": rid})
+
+        app.router.add_get("/api/items", items)
+        app.router.add_get("/api/items/{id}", item)
+
+    class Hanging(Crawler):
+        path = "/api/items"
+        records_path = "items"
+        pagination = Offset(total_path="total", page_size=20)
+
+        def detail(self, record: dict[str, Any]) -> str:
+            return f"/api/items/{record['id']}"
+
+    async with LocalServer(AuthServerState(), api=installer) as server, TokenProvider(server.config()) as tokens:
+        try:
+            with anyio.fail_after(60), pytest.raises(HTTPStatusError) as caught:
+                await bind(Hanging, server).crawl(tokens, ListSink(), concurrency=64)
+        finally:
+            release.set()
+    assert caught.value.status == 404 and hung.is_set()
 
 
 async def test_server_page_size_cap_loses_nothing() -> None:

@@ -57,6 +57,8 @@ Body = Any  # bytes, str or a form (mapping or pairs): replayable
 
 #: Routes (scheme://host:port prefix -> decisions) remembered per pipeline before starting over.
 _ROUTES_MAX = 4096
+#: The headers of no answer (a request that got none).
+_NO_HEADERS: Mapping[str, str] = {}
 #: What may follow an origin in a URL (``""``: the URL is the origin alone).
 _PATH_START = ("/", "?", "#", "")
 
@@ -130,6 +132,8 @@ class _Hop:
     session: aiohttp.ClientSession
     client: aiohttp.ClientSession  # the session, or the cookie-less one after a foreign hop
     redirects: int = 0
+    renewals: int = 0  # 401s answered with a renewed token
+    retrying: Retrying | None = None  # the retry policy's state, from the first transient failure
 
 
 def _transport_problem(exc: BaseException, method: str, url: str) -> str:
@@ -331,72 +335,94 @@ class RequestPipeline:
         came, :class:`ForeignOriginError`, :class:`UnauthorizedError`, :class:`CrawlError` for
         TLS and unusable URLs, and whatever the token source raises.
         """
-        tokens = self.tokens
-        stats = self.stats
-        slots = self._slots
         attempt_timeout = timeout or self._timeout
         hop = _Hop(method, url, params, body, headers, self.route(url), session, session)
         if not hop.route.allowed:
             self._go_foreign(hop)
-        retrying: Retrying | None = None  # made at the first failure: the happy path reads no clock
-        renewals = 0
         while True:
             gov = hop.route.governor
             if not (type(gov) is HostGovernor and gov.idle):  # an idle local governor has nothing to wait for
                 await gov.wait()
-            problem = ""
-            token: Token | None = None
-            async with slots:
-                if hop.route.allowed:
-                    # Only now that the request can be sent: see the module docstring.
-                    token = await tokens.get()
-                    send_headers = self._with_token(hop.headers, token)
-                else:
-                    send_headers = dict(hop.headers)
-                stats.requests += 1
-                try:
-                    async with hop.client.request(
-                        hop.method,
-                        hop.url,
-                        params=hop.query,
-                        data=hop.body,
-                        headers=send_headers,
-                        allow_redirects=False,
-                        timeout=attempt_timeout,
-                        ssl=self._ssl,
-                    ) as resp:
-                        status = resp.status
-                        reason = resp.reason
-                        resp_headers: Mapping[str, str] = resp.headers
-                        content = await resp.read()
-                        final_url: Any = resp.url
-                except (TimeoutError, ValueError, aiohttp.ClientError) as exc:
-                    problem = _transport_problem(exc, hop.method, hop.url)  # raises for what is no transient
-                    status, reason, content, final_url, resp_headers = 0, None, b"", hop.url, {}
-            if 200 <= status < 300:  # the verdict of every success, without a call or a clock read
+            answer, problem = await self._attempt(hop, attempt_timeout)
+            if 200 <= answer.status < 300:  # the verdict of every success, without a call or a clock read
                 self._refused.succeeded()
-                return Answer(hop.method, final_url, status, reason, resp_headers, content, token)
-            verdict = classify_api_response(status, resp_headers, self._clock.wall())
-            action = verdict.action
-            if action == "renew" and token is not None:
-                # Sent again whatever the method: the server refused the credentials, it did not act.
-                stats.unauthorized += 1
-                self._refused.refused(token, renewals, hop.url, content)
-                renewals += 1
-                tokens.invalidate(token)
+                return answer
+            if await self._send_again(hop, answer, problem, allow_redirects, retriable, not_retried):
                 continue
-            if action == "redirect" and allow_redirects:
-                self._redirect(hop, status, final_url, resp_headers)
-                continue
-            if action in ("pause", "retry") and retriable:
-                if retrying is None:
-                    retrying = self._retry.start(self._clock.monotonic(), self._rng)
-                if await self._wait_to_retry(hop, retrying, action, verdict.wait, problem or f"HTTP {status}"):
-                    continue
-            why = _why_not_sent_again(action, retrying, not_retried)
-            if status == 0:
-                raise HTTPStatusError(f"{hop.method} got no answer ({problem}); {why}", status=0, url=safe_url(hop.url))
-            return Answer(hop.method, final_url, status, reason, resp_headers, content, token, why)
+            if answer.status == 0:
+                raise HTTPStatusError(
+                    f"{hop.method} got no answer ({problem}); {answer.why}", status=0, url=safe_url(hop.url)
+                )
+            return answer
+
+    async def _attempt(self, hop: _Hop, timeout: aiohttp.ClientTimeout) -> tuple[Answer, str]:
+        """Send ``hop`` once in a slot, with the token if its origin may have it: the answer, or none and why."""
+        slots = self._slots
+        try:  # a free slot is taken at once, without a coroutine of its own
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await slots.acquire()
+        token: Token | None = None
+        try:
+            if hop.route.allowed:
+                # Only now that the request can be sent: see the module docstring.
+                token = await self.tokens.get()
+                send_headers = self._with_token(hop.headers, token)
+            else:
+                send_headers = dict(hop.headers)
+            self.stats.requests += 1
+            try:
+                async with hop.client.request(
+                    hop.method,
+                    hop.url,
+                    params=hop.query,
+                    data=hop.body,
+                    headers=send_headers,
+                    allow_redirects=False,
+                    timeout=timeout,
+                    ssl=self._ssl,
+                ) as resp:
+                    content = await resp.read()
+                    return Answer(hop.method, resp.url, resp.status, resp.reason, resp.headers, content, token), ""
+            except (TimeoutError, ValueError, aiohttp.ClientError) as exc:
+                problem = _transport_problem(exc, hop.method, hop.url)  # raises for what is no transient
+                return Answer(hop.method, hop.url, 0, None, _NO_HEADERS, b"", token), problem
+        finally:
+            slots.release()
+
+    async def _send_again(
+        self,
+        hop: _Hop,
+        answer: Answer,
+        problem: str,
+        allow_redirects: bool,
+        retriable: bool,
+        not_retried: Callable[[], str] | None,
+    ) -> bool:
+        """After an answer that is no success: whether the request goes out again, else why not (``answer.why``).
+
+        It goes out again with a renewed token after a 401, to a redirect's target, or after the
+        retry policy's wait for a transient failure.
+        """
+        verdict = classify_api_response(answer.status, answer.headers, self._clock.wall())
+        action = verdict.action
+        if action == "renew" and answer.token is not None:
+            # Sent again whatever the method: the server refused the credentials, it did not act.
+            self.stats.unauthorized += 1
+            self._refused.refused(answer.token, hop.renewals, hop.url, answer.body)
+            hop.renewals += 1
+            self.tokens.invalidate(answer.token)
+            return True
+        if action == "redirect" and allow_redirects:
+            self._redirect(hop, answer.status, answer.url, answer.headers)
+            return True
+        if action in ("pause", "retry") and retriable:
+            if hop.retrying is None:  # made at the first failure: the happy path reads no clock
+                hop.retrying = self._retry.start(self._clock.monotonic(), self._rng)
+            if await self._wait_to_retry(hop, hop.retrying, action, verdict.wait, problem or f"HTTP {answer.status}"):
+                return True
+        answer.why = _why_not_sent_again(action, hop.retrying, not_retried)
+        return False
 
     # --- what only a redirect, a failure or a foreign hop needs ----------------------------------------
 

@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 __all__ = ["API_RETRY", "CrawlEngine", "CrawlStats", "PartitionStats", "announced_total"]
 
 
+#: Follow-up workers a page starts even when every request slot is taken.
+_WORKERS_MIN = 16
+
+
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first real error in a task group's exception group (cancellations are echoes)."""
     leaves: list[BaseException] = []
@@ -723,25 +727,51 @@ class CrawlEngine:
     async def _follow_ups(
         self, session: aiohttp.ClientSession, base: str, headers: Mapping[str, str], records: list[Any]
     ) -> list[Any]:
-        targets = [self.crawler.detail(r) for r in records]
-        if not any(targets):
+        """Each record with its detail merged in: the details fetched by a few workers, in any order."""
+        detail = self.crawler.detail
+        todo = [(i, t) for i, r in enumerate(records) if (t := detail(r))]
+        if not todo:
             return records
         out = list(records)
         assert self._pipeline is not None
-        send, decoded, merge = self._pipeline.send, self._decoded, self.crawler.merge_detail
+        send, decoded, merge, slots = self._pipeline.send, self._decoded, self.crawler.merge_detail, self._slots
+        todo.reverse()  # popped from the end: in record order
+        tasks: list[asyncio.Future[None]] = []
+        failed: list[BaseException] = []
 
-        async def fetch(i: int, target: str) -> None:
-            # One coroutine between the page and the pipeline: every resumption passes through each.
-            answer = await send(session, "GET", resolve_url(base, target), headers=headers)
-            out[i] = merge(records[i], decoded(answer)[2])
+        async def worker() -> None:
+            try:
+                while todo:
+                    i, target = todo.pop()
+                    answer = await send(session, "GET", resolve_url(base, target), headers=headers)
+                    out[i] = merge(records[i], decoded(answer)[2])
+                    if len(todo) > len(tasks) and slots.value > 0:  # slots came free: one worker more
+                        tasks.append(asyncio.ensure_future(worker()))
+            except BaseException as exc:  # the page failed: its other fetches stop at once
+                if not isinstance(exc, asyncio.CancelledError):
+                    failed.append(exc)
+                todo.clear()
+                me = asyncio.current_task()
+                for task in tasks:
+                    if task is not me:
+                        task.cancel()
+                raise
 
-        tasks = [asyncio.ensure_future(fetch(i, t)) for i, t in enumerate(targets) if t]
+        # As many workers as there are free slots (at least a few): a fetch more would only queue
+        # for a slot, and each queued task costs a future and a wake-up of its own.
+        tasks.extend(asyncio.ensure_future(worker()) for _ in range(min(len(todo), max(_WORKERS_MIN, slots.value))))
         try:
-            await asyncio.gather(*tasks)
+            done = 0
+            while done < len(tasks):  # workers started meanwhile are awaited too
+                await tasks[done]
+                done += 1
         except BaseException:  # on a failure (or cancellation) the page's other fetches stop too
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            current = asyncio.current_task()
+            if failed and not (current is not None and current.cancelling()):
+                raise failed[0] from None  # the failure, not the cancellation of a fetch it stopped
             raise
         return out
 
