@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import anyio
 import orjson
@@ -34,10 +34,7 @@ from ..redact import without_credentials
 from .pagination import PageRequest
 from .sinks import STREAM
 
-if TYPE_CHECKING:
-    from .base import Partition
-
-__all__ = ["STATE_VERSION", "Checkpoints", "PartitionSource", "PositionStore", "fingerprint"]
+__all__ = ["STATE_VERSION", "Checkpoints", "PositionStore", "fingerprint"]
 
 log = logging.getLogger("oauthpw_async.crawler")
 
@@ -71,7 +68,7 @@ def fingerprint(crawler: object, pagination: object, partitions: Sequence[str], 
     }
 
 
-# --- the engine's seam for positions kept elsewhere (a fleet's Redis: oauthpw_async.fleet.crawl) ---------
+# --- the engine's seam for positions kept elsewhere than a state file ----------------------------------------
 
 
 class PositionStore(Protocol):
@@ -120,21 +117,6 @@ class PositionStore(Protocol):
         problems: list[str] | None = None,
     ) -> None:
         """Commit the partition's next page (``None``: done)."""
-        ...
-
-
-@runtime_checkable
-class PartitionSource(Protocol):
-    """A position store that also decides which partitions this process walks, and when.
-
-    Without one the engine walks every unfinished partition at once. A fleet worker instead
-    walks the partitions it claims, one claim after another, until none is left anywhere.
-    """
-
-    async def walk_partitions(
-        self, partitions: Sequence[Partition], walk: Callable[[Partition], Awaitable[None]]
-    ) -> None:
-        """Await ``walk(partition)`` for each partition this process is to crawl; return when none is left."""
         ...
 
 

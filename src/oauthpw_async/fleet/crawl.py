@@ -1,7 +1,8 @@
 """One crawl run by a fleet of worker processes: partitions, positions and politeness in Redis.
 
 Every worker runs the same crawler against its own sink. :class:`FleetCheckpoints` is the
-engine's position store *and* its partition source: the worker enqueues the crawler's
+engine's position store (:class:`~oauthpw_async.crawler.checkpoint.PositionStore`) *and* its partition
+scheduler (:class:`~oauthpw_async.crawler.scheduling.PartitionScheduler`): the worker enqueues the crawler's
 partitions (idempotently), claims a few at a time from the crawl's
 :class:`~oauthpw_async.fleet.PartitionQueue`, walks each from the position the fleet last
 committed, checkpoints every page (fenced: a worker that lost its claim has its write refused
@@ -189,10 +190,10 @@ def _shared_fingerprint(fp: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 class FleetCheckpoints:
-    """The engine's position store and partition source for one worker of a fleet.
+    """The engine's position store and partition scheduler for one worker of a fleet.
 
-    Pass it as ``state=`` to :class:`~oauthpw_async.crawler.engine.CrawlEngine` (or use
-    :class:`FleetCrawl`). Positions are JSON (``{"next", "pages", "records", "problems"}``) sealed with
+    Pass it as ``state=`` and ``scheduler=`` to :class:`~oauthpw_async.crawler.engine.CrawlEngine`
+    (or use :class:`FleetCrawl`). Positions are JSON (``{"next", "pages", "records", "problems"}``) sealed with
     the fleet's key in Redis, written after the page's records reached this worker's sink.
 
     Args:
@@ -451,7 +452,7 @@ class FleetCheckpoints:
         """How to commit a run that a stopped worker walked to its end but did not commit (the engine's sync)."""
         self._settle = settle
 
-    # --- PartitionSource --------------------------------------------------------------------------------
+    # --- PartitionScheduler -----------------------------------------------------------------------------
 
     async def walk_partitions(
         self, partitions: Sequence[Partition], walk: Callable[[Partition], Awaitable[None]]
@@ -847,6 +848,7 @@ class FleetCrawl:
             timeout=timeout,
             on_progress=on_progress,
             governors=self.governors(tokens.clock),
+            scheduler=self.checkpoints,
         )
         return await engine.run(sink)
 
