@@ -277,11 +277,39 @@ class Checkpoints:
     def _load(self) -> bool:
         """Read the file into memory; ``True`` when it must be (re)written with this crawl's fingerprint."""
         assert self.path is not None
+        data = self._read_document()
+        if data is None:
+            self._data = {}
+            return False  # the first save creates it
+        version = data["version"]
+        partitions = {name: _check_entry(self.path, name, e) for name, e in data["partitions"].items()}
+        self._cursors, self._runs = _sync_sections(self.path, data)
+        recorded = data.get("fingerprint") if version == STATE_VERSION else {}
+        if not isinstance(recorded, dict):
+            raise StateError(f"state file {self.path} is damaged (no fingerprint object); delete it to start over")
+        if version == 1 and not partitions:  # earlier releases wrote a state only with a position in it
+            raise StateError(f"state file {self.path} holds no positions; delete it to start over")
+        if recorded and self._fingerprint:
+            return self._resume_if_same_crawl(partitions, recorded)
+        if recorded:  # opened without a fingerprint (a tool reading the state): keep the file's
+            self._fingerprint = recorded
+        elif self._fingerprint:
+            log.warning(
+                "state file %s was written by an earlier release and does not say which crawl it belongs "
+                "to; resuming it as this crawl's (%s) and recording that",
+                self.path,
+                self._fingerprint,
+            )
+        self._data = partitions
+        return bool(self._fingerprint) and not recorded
+
+    def _read_document(self) -> dict[str, Any] | None:
+        """The state file's document, checked to be a crawl state of a known version (``None``: no file yet)."""
+        assert self.path is not None
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            self._data = {}
-            return False  # the first save creates it
+            return None
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -297,51 +325,47 @@ class Checkpoints:
                 f"state file {self.path} has format version {version!r}; this release reads 1 and {STATE_VERSION}: "
                 "resume with the release that wrote it, or delete it to start over"
             )
-        partitions = {name: _check_entry(self.path, name, e) for name, e in data["partitions"].items()}
-        self._cursors, self._runs = _sync_sections(self.path, data)
-        recorded = data.get("fingerprint") if version == STATE_VERSION else {}
-        if not isinstance(recorded, dict):
-            raise StateError(f"state file {self.path} is damaged (no fingerprint object); delete it to start over")
-        if version == 1 and not partitions:  # earlier releases wrote a state only with a position in it
-            raise StateError(f"state file {self.path} holds no positions; delete it to start over")
-        if not recorded or not self._fingerprint:
-            if recorded:  # opened without a fingerprint (a tool reading the state): keep the file's
-                self._fingerprint = recorded
-            elif self._fingerprint:
-                log.warning(
-                    "state file %s was written by an earlier release and does not say which crawl it belongs "
-                    "to; resuming it as this crawl's (%s) and recording that",
-                    self.path,
-                    self._fingerprint,
-                )
-            self._data = partitions
-            return bool(self._fingerprint) and not recorded
+        return data
+
+    def _resume_if_same_crawl(self, partitions: dict[str, Any], recorded: Mapping[str, Any]) -> bool:
+        """Take the file's positions if they belong to this crawl (a stream output matches any output).
+
+        Positions of another crawl are dropped when ``on_mismatch`` is ``"restart"`` (or when only the
+        output changed and :meth:`_new_output` allows it), else refused. ``True``: rewrite the file.
+        """
+        assert self._fingerprint is not None
+        mine = self._fingerprint
         differences = {
-            key: (recorded.get(key), self._fingerprint.get(key))
-            for key in sorted(set(recorded) | set(self._fingerprint))
-            if recorded.get(key) != self._fingerprint.get(key)
-            and not (key == "output" and STREAM in (recorded.get(key), self._fingerprint.get(key)))
+            key: (recorded.get(key), mine.get(key))
+            for key in sorted(set(recorded) | set(mine))
+            if recorded.get(key) != mine.get(key)
+            and not (key == "output" and STREAM in (recorded.get(key), mine.get(key)))
         }
         if not differences:
             self._data = partitions
             return False
         if set(differences) == {"output"} and self._new_output(partitions, *differences["output"]):
             return True
-        what = "; ".join(_describe(k, old, new) for k, (old, new) in differences.items())
         if self.on_mismatch == "restart":
+            what = "; ".join(_describe(k, old, new) for k, (old, new) in differences.items())
             log.warning("state file %s belongs to another crawl (%s); starting over as asked", self.path, what)
             self._data, self._cursors, self._runs = {}, {}, {}
             return True
+        raise self._mismatch(differences)
+
+    def _mismatch(self, differences: dict[str, tuple[Any, Any]]) -> StateMismatch:
+        """The refusal of another crawl's positions: into another output, or of another crawl altogether."""
         if set(differences) == {"output"}:
             old, new = differences["output"]
-            raise StateMismatch(
+            return StateMismatch(
                 f"state file {self.path} holds the unfinished positions of a crawl into another output "
                 f"({_describe('output', old, new)}); resuming from them would skip records in the new one. "
                 f"Continue it into {old}, or start a new crawl into {new} with restart=True (the command "
                 "line's --restart), or give it another state file",
                 differences=differences,
             )
-        raise StateMismatch(
+        what = "; ".join(_describe(k, old, new) for k, (old, new) in differences.items())
+        return StateMismatch(
             f"state file {self.path} belongs to another crawl ({what}); resuming from it would skip records. "
             "Resume with the crawl it belongs to, or start over: delete it (and the output), or open it with "
             "restart=True",
