@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -76,7 +76,9 @@ class PositionStore(Protocol):
 
     A store holds, per partition, the next page, the pages and records committed, whether the
     partition is done and why it may be incomplete. The engine calls :meth:`save` only after the
-    page's records reached the sink.
+    page's records reached the sink. A store that subclasses this protocol inherits :meth:`save`,
+    which makes the position every store keeps, and implements :meth:`commit_position` (and
+    :meth:`at_rest`, to keep the next page otherwise than as it is given).
     """
 
     async def open(self, fingerprint: Mapping[str, Any] | None = None) -> None:
@@ -107,7 +109,7 @@ class PositionStore(Protocol):
         """Why a finished partition may be missing records."""
         ...
 
-    async def save(
+    def save(
         self,
         partition: str,
         next_request: PageRequest | None,
@@ -115,8 +117,30 @@ class PositionStore(Protocol):
         *,
         records: int = 0,
         problems: list[str] | None = None,
-    ) -> None:
-        """Commit the partition's next page (``None``: done)."""
+    ) -> Awaitable[None]:
+        """Commit the partition's next page (``None``: done) with :meth:`commit_position`.
+
+        ``records`` counts the partition's records in the sink so far and ``problems`` says why a
+        finished partition may be missing records, so a resumed run still reports them. The page
+        is kept as :meth:`at_rest` says.
+        """
+        if next_request is not None:
+            next_request = self.at_rest(next_request)
+        position: dict[str, Any] = {
+            "next": next_request.to_json() if next_request else None,
+            "pages": pages,
+            "records": records,
+        }
+        if problems:
+            position["problems"] = list(problems)
+        return self.commit_position(partition, position)
+
+    def at_rest(self, request: PageRequest) -> PageRequest:
+        """The next page as this store keeps it; by default as it is (the engine already drops what it sent)."""
+        return request
+
+    async def commit_position(self, partition: str, position: dict[str, Any]) -> None:
+        """Keep ``position`` (``{"next", "pages", "records"}``, and ``"problems"`` when there are some)."""
         ...
 
 
@@ -178,7 +202,7 @@ def _sync_sections(path: Path, data: Mapping[str, Any]) -> tuple[dict[str, Any],
     return cursors, runs
 
 
-class Checkpoints:
+class Checkpoints(PositionStore):
     """The next page of each partition, or ``done``. In memory when ``path`` is ``None``.
 
     The engine calls :meth:`open` at the start of a run (with the crawl's :func:`fingerprint`)
@@ -450,39 +474,24 @@ class Checkpoints:
         """Why a finished partition may be missing records (saved with its end)."""
         return [str(p) for p in self._data.get(partition, {}).get("problems", [])]
 
-    async def save(
-        self,
-        partition: str,
-        next_request: PageRequest | None,
-        pages: int,
-        *,
-        records: int = 0,
-        problems: list[str] | None = None,
-    ) -> None:
-        """Record the partition's next page (``None``: done) and write the file atomically.
+    def at_rest(self, request: PageRequest) -> PageRequest:
+        """``request`` without the query parameters that carry credentials: nothing in the file is secret.
 
-        The page is saved without the query parameters that carry credentials
-        (:func:`~oauthpw_async.redact.without_credentials`): nothing in the file is secret.
+        The engine also drops the tokens it sent (:func:`~oauthpw_async.redact.without_credentials`);
+        this keeps direct callers of :meth:`save` safe.
+        """
+        url, params = without_credentials(request.url, request.params)
+        return PageRequest(url, params)
 
-        ``records`` counts the partition's records in the sink so far and ``problems`` says why a
-        finished partition may be missing records, so a resumed run still reports them.
+    async def commit_position(self, partition: str, position: dict[str, Any]) -> None:
+        """Record the partition's position (done when it has no next page) and write the file atomically.
 
         Raises :class:`~oauthpw_async.errors.StateWriteError` when the file cannot be written
         (the position then counts as not saved: the next run re-reads that page).
         """
-        if next_request is not None:  # the engine also drops the tokens it sent; this keeps direct callers safe
-            url, params = without_credentials(next_request.url, next_request.params)
-            next_request = PageRequest(url, params)
+        position["done"] = position["next"] is None
         async with self._lock:
-            entry: dict[str, Any] = {
-                "next": next_request.to_json() if next_request else None,
-                "done": next_request is None,
-                "pages": pages,
-                "records": records,
-            }
-            if problems:
-                entry["problems"] = problems
-            self._data[partition] = entry
+            self._data[partition] = position
             await self._write_now("save")
 
     def _write(self) -> None:

@@ -50,6 +50,7 @@ import orjson
 from .._api import HostGovernor
 from .._httputil import scrub
 from ..clock import SYSTEM_CLOCK, Clock
+from ..crawler.checkpoint import PositionStore
 from ..crawler.pagination import PageRequest
 from ..errors import (
     CrawlError,
@@ -189,7 +190,7 @@ def _shared_fingerprint(fp: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (fp or {}).items() if k != "output"}
 
 
-class FleetCheckpoints:
+class FleetCheckpoints(PositionStore):
     """The engine's position store and partition scheduler for one worker of a fleet.
 
     Pass it as ``state=`` and ``scheduler=`` to :class:`~oauthpw_async.crawler.engine.CrawlEngine`
@@ -344,16 +345,8 @@ class FleetCheckpoints:
             return [status.reason]
         return [str(p) for p in saved]
 
-    async def save(
-        self,
-        partition: str,
-        next_request: PageRequest | None,
-        pages: int,
-        *,
-        records: int = 0,
-        problems: list[str] | None = None,
-    ) -> None:
-        """Commit the partition's position, fenced by this worker's claim.
+    async def commit_position(self, partition: str, position: dict[str, Any]) -> None:
+        """Commit the partition's position (with its run in flight, if any), fenced by this worker's claim.
 
         Raises:
             ClaimLost: another worker took the partition over: this worker must stop it.
@@ -362,13 +355,6 @@ class FleetCheckpoints:
         claim = self._claims.get(partition)
         if claim is None:
             raise UsageError(f"partition {partition!r} is not claimed by this worker; the engine saves claimed ones")
-        position: dict[str, Any] = {
-            "next": next_request.to_json() if next_request else None,
-            "pages": pages,
-            "records": records,
-        }
-        if problems:
-            position["problems"] = list(problems)
         if partition in self._runs:
             position["run"] = self._runs[partition]
         try:
