@@ -457,18 +457,36 @@ class FleetCheckpoints(PositionStore):
             CoordinatorUnavailable: Redis did not answer for ``unavailable_grace`` seconds.
         """
         by_name = {p.name: p for p in partitions}
-        running: set[str] = set()
         # Claims obtained whose walk has not begun: a worker that stops (an error elsewhere, a
         # cancellation) before it starts them gives them back below, however it stops.
         unstarted: dict[str, Claim] = {}
-        changed = anyio.Event()
-        poll = min(1.0, self.queue.idle_timeout / 4)
         self._stopping = False
         if self.last_status is not None:
             self._round = self.last_status.round
+        try:
+            await self._claim_until_drained(by_name, walk, unstarted)
+        finally:
+            if unstarted:
+                await self._give_back(list(unstarted.values()))
+                for name in unstarted:
+                    self._claims.pop(name, None)
+        await self.refresh()
+
+    async def _claim_until_drained(
+        self,
+        by_name: Mapping[str, Partition],
+        walk: Callable[[Partition], Awaitable[None]],
+        unstarted: dict[str, Claim],
+    ) -> None:
+        """Claim as many partitions as are free and walk them; between claims, wait for a walk to end or a poll.
+
+        Ends once nothing runs here and the fleet's round is finished (or another round began).
+        """
+        running: set[str] = set()
+        changed = anyio.Event()
+        poll = min(1.0, self.queue.idle_timeout / 4)
 
         async def run(claim: Claim) -> None:
-            nonlocal changed
             unstarted.pop(claim.partition, None)  # from here on _walk_claim gives it back or finishes it
             try:
                 await self._walk_claim(claim, by_name[claim.partition], walk)
@@ -477,36 +495,41 @@ class FleetCheckpoints(PositionStore):
                 self._claims.pop(claim.partition, None)
                 changed.set()
 
-        try:
-            async with anyio.create_task_group() as tg:
-                while True:
-                    free = self.partitions_at_once - len(running)
-                    claims = []
-                    if free > 0 and not self._stopping:
-                        claims = await self._patient(functools.partial(self._claim, free, unstarted))
-                    for claim in claims:
-                        if claim.partition not in by_name:  # cannot happen with matching fingerprints
-                            raise UsageError(
-                                f"the fleet handed out {claim.partition!r}, which this crawler does not have"
-                            )
-                        self._adopt(claim)
-                        running.add(claim.partition)
-                        tg.start_soon(run, claim)
-                    if claims:
-                        continue
-                    if not running:
-                        status = await self.refresh()
-                        if status.finished or status.round != self._round:
-                            break  # (another round began: its workers run it, with what it has learnt)
-                    changed = anyio.Event()
-                    with anyio.move_on_after(poll):
-                        await changed.wait()
-        finally:
-            if unstarted:
-                await self._give_back(list(unstarted.values()))
-                for name in unstarted:
-                    self._claims.pop(name, None)
-        await self.refresh()
+        async with anyio.create_task_group() as tg:
+            while True:
+                free = self.partitions_at_once - len(running)
+                claims = []
+                if free > 0 and not self._stopping:
+                    claims = await self._patient(functools.partial(self._claim, free, unstarted))
+                for claim in claims:
+                    if claim.partition not in by_name:  # cannot happen with matching fingerprints
+                        raise UsageError(f"the fleet handed out {claim.partition!r}, which this crawler does not have")
+                    self._adopt(claim)
+                    running.add(claim.partition)
+                    tg.start_soon(run, claim)
+                if claims:
+                    continue
+                if not running and await self._round_over():
+                    return
+                changed = anyio.Event()
+                await self._until(changed, poll)
+
+    async def _round_over(self) -> bool:
+        """Whether the fleet's round is finished, or another began (its workers run it, with what it has learnt)."""
+        status = await self.refresh()
+        return status.finished or status.round != self._round
+
+    async def _until(self, event: anyio.Event, seconds: float) -> None:
+        """Wait until ``event`` is set or ``seconds`` have passed on the clock, whichever comes first."""
+        async with anyio.create_task_group() as tg:
+
+            async def time_up() -> None:
+                await self.clock.sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(time_up)
+            await event.wait()
+            tg.cancel_scope.cancel()
 
     async def refresh(self) -> FleetStatus:
         """Read the fleet's status (every partition's state and position) into this store.
