@@ -18,33 +18,13 @@ from oauthpw_async.crawler import Partition
 from oauthpw_async.fleet import CoordinatorUnavailable, FleetCheckpoints, FleetCrawl
 from oauthpw_async.testing import FakeClock
 
+from .clocks import RecordingClock, until
 from .helpers import coordinator
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 T = TypeVar("T")
-
-
-class RecordingClock(FakeClock):
-    """A fake clock that remembers every sleep asked of it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.slept: list[float] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        await super().sleep(seconds)
-
-
-async def until(condition: Callable[[], object]) -> None:
-    """Let other tasks (and Redis replies) run until ``condition()`` holds; no time passes on any clock."""
-    for _ in range(200_000):
-        if condition():
-            return
-        await anyio.lowlevel.checkpoint()
-    raise AssertionError("the condition never held")
 
 
 async def on_fake_time(clock: FakeClock, fn: Callable[[], Awaitable[T]]) -> T:
