@@ -14,36 +14,17 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from oauthpw_async.crawler import Partition
 from oauthpw_async.fleet import CoordinatorUnavailable, FleetCheckpoints, FleetCrawl
 from oauthpw_async.testing import FakeClock
 
+from .clocks import RecordingClock, until
 from .helpers import coordinator
 from .redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 T = TypeVar("T")
-
-
-class RecordingClock(FakeClock):
-    """A fake clock that remembers every sleep asked of it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.slept: list[float] = []
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        await super().sleep(seconds)
-
-
-async def until(condition: Callable[[], object]) -> None:
-    """Let other tasks (and Redis replies) run until ``condition()`` holds; no time passes on any clock."""
-    for _ in range(200_000):
-        if condition():
-            return
-        await anyio.lowlevel.checkpoint()
-    raise AssertionError("the condition never held")
 
 
 async def on_fake_time(clock: FakeClock, fn: Callable[[], Awaitable[T]]) -> T:
@@ -198,6 +179,42 @@ async def test_a_walking_workers_heartbeat_touches_its_claim_on_the_clock(
                 await until(lambda n=n: len(touched) == n)
             tg.cancel_scope.cancel()
         assert touched == [1010.0, 1020.0]
+
+
+async def test_a_worker_with_nothing_left_to_claim_polls_the_fleet_on_the_clock(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    clock = RecordingClock()
+    async with coordinator(redis_server.url, namespace, clock=clock) as fleet:
+        shape = {"crawler": "tests.Crawler", "partitions": ["p"], "pagination": "Offset()"}
+        other = FleetCheckpoints(fleet.link, "crawl", cipher=fleet.cipher, consumer="other")
+        waiter = FleetCrawl(fleet, "crawl", idle_timeout=8.0).checkpoints  # polls every 1 s (a quarter, at most 1 s)
+        await other.open(shape)
+        await waiter.open(shape)
+        (held,) = await other.queue.claim()  # the one partition runs on another worker
+        walked: list[str] = []
+        returned = anyio.Event()
+
+        async def walk(partition: Partition) -> None:
+            walked.append(partition.name)
+
+        async def work() -> None:
+            await waiter.walk_partitions([Partition("p")], walk)
+            returned.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(work)
+            for n in range(1, 4):  # nothing to claim, the round not finished: it waits a poll, then asks again
+                await until(lambda n=n: len(clock.slept) == n and clock.sleepers)
+                assert not returned.is_set()
+                clock.advance(1.0)
+            await until(lambda: len(clock.slept) == 4 and clock.sleepers)
+            await other.queue.complete(held)
+            clock.advance(1.0)  # the next poll sees the round finished
+            await until(returned.is_set)
+        assert clock.slept == [1.0, 1.0, 1.0, 1.0]
+        assert clock.now == 1004.0
+        assert walked == [] and waiter.is_done("p")
 
 
 async def test_a_worker_waits_for_redis_with_backoff_on_the_clock_for_its_grace(

@@ -32,6 +32,7 @@ from oauthpw_async.fleet.partitions import Claim, FleetStatus
 from oauthpw_async.testing import AuthServerState, LocalServer
 from oauthpw_async.testing.api import DemoAPI
 
+from .clocks import RecordingClock, until
 from .crawlers import PAGE, PROJECTS, FleetItems
 from .helpers import TOKEN_KEY, coordinator
 from .procs import ROOT
@@ -127,8 +128,10 @@ async def test_a_worker_stopped_by_its_own_error_claims_nothing_more_and_gives_i
     redis_server: RedisServer, namespace: str
 ) -> None:
     """The failing walk's give-back takes a while; meanwhile the worker must not claim (it would claim the same one)."""
+    clock = RecordingClock()
+    poll = 1.0  # the claim loop's poll: a quarter of the idle timeout, at most a second
     async with coordinator(redis_server.url, namespace) as fleet:
-        cp = await _joined(fleet, "w0", partitions_at_once=2)
+        cp = await _joined(fleet, "w0", partitions_at_once=2, clock=clock)
         real_claim, real_release = cp.queue.claim, cp.queue.release
         failed = False
         claimed_after_failure: list[Claim] = []
@@ -141,8 +144,12 @@ async def test_a_worker_stopped_by_its_own_error_claims_nothing_more_and_gives_i
 
         async def slow_release(claim: Claim, *, error: str | None = None) -> None:
             await real_release(claim, error=error)
-            # Back in the queue, and the worker's claim loop polls (every second here) meanwhile.
-            await anyio.sleep(1.5)
+            # Back in the queue, and the worker's claim loop polls (on its clock) meanwhile: each round
+            # wakes the loop's wait and lets it wait again (the first may only find it about to wait).
+            for _ in range(2):
+                polls = clock.slept.count(poll)
+                clock.advance(poll)
+                await until(lambda polls=polls: clock.slept.count(poll) > polls)
 
         async def walk(partition: Partition) -> None:
             nonlocal failed

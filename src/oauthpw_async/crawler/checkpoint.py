@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import anyio
 import orjson
@@ -34,10 +34,7 @@ from ..redact import without_credentials
 from .pagination import PageRequest
 from .sinks import STREAM
 
-if TYPE_CHECKING:
-    from .base import Partition
-
-__all__ = ["STATE_VERSION", "Checkpoints", "PartitionSource", "PositionStore", "fingerprint"]
+__all__ = ["STATE_VERSION", "Checkpoints", "PositionStore", "fingerprint"]
 
 log = logging.getLogger("oauthpw_async.crawler")
 
@@ -71,7 +68,7 @@ def fingerprint(crawler: object, pagination: object, partitions: Sequence[str], 
     }
 
 
-# --- the engine's seam for positions kept elsewhere (a fleet's Redis: oauthpw_async.fleet.crawl) ---------
+# --- the engine's seam for positions kept elsewhere than a state file ----------------------------------------
 
 
 class PositionStore(Protocol):
@@ -79,7 +76,9 @@ class PositionStore(Protocol):
 
     A store holds, per partition, the next page, the pages and records committed, whether the
     partition is done and why it may be incomplete. The engine calls :meth:`save` only after the
-    page's records reached the sink.
+    page's records reached the sink. A store that subclasses this protocol inherits :meth:`save`,
+    which makes the position every store keeps, and implements :meth:`commit_position` (and
+    :meth:`at_rest`, to keep the next page otherwise than as it is given).
     """
 
     async def open(self, fingerprint: Mapping[str, Any] | None = None) -> None:
@@ -110,7 +109,7 @@ class PositionStore(Protocol):
         """Why a finished partition may be missing records."""
         ...
 
-    async def save(
+    def save(
         self,
         partition: str,
         next_request: PageRequest | None,
@@ -118,23 +117,30 @@ class PositionStore(Protocol):
         *,
         records: int = 0,
         problems: list[str] | None = None,
-    ) -> None:
-        """Commit the partition's next page (``None``: done)."""
-        ...
+    ) -> Awaitable[None]:
+        """Commit the partition's next page (``None``: done) with :meth:`commit_position`.
 
+        ``records`` counts the partition's records in the sink so far and ``problems`` says why a
+        finished partition may be missing records, so a resumed run still reports them. The page
+        is kept as :meth:`at_rest` says.
+        """
+        if next_request is not None:
+            next_request = self.at_rest(next_request)
+        position: dict[str, Any] = {
+            "next": next_request.to_json() if next_request else None,
+            "pages": pages,
+            "records": records,
+        }
+        if problems:
+            position["problems"] = list(problems)
+        return self.commit_position(partition, position)
 
-@runtime_checkable
-class PartitionSource(Protocol):
-    """A position store that also decides which partitions this process walks, and when.
+    def at_rest(self, request: PageRequest) -> PageRequest:
+        """The next page as this store keeps it; by default as it is (the engine already drops what it sent)."""
+        return request
 
-    Without one the engine walks every unfinished partition at once. A fleet worker instead
-    walks the partitions it claims, one claim after another, until none is left anywhere.
-    """
-
-    async def walk_partitions(
-        self, partitions: Sequence[Partition], walk: Callable[[Partition], Awaitable[None]]
-    ) -> None:
-        """Await ``walk(partition)`` for each partition this process is to crawl; return when none is left."""
+    async def commit_position(self, partition: str, position: dict[str, Any]) -> None:
+        """Keep ``position`` (``{"next", "pages", "records"}``, and ``"problems"`` when there are some)."""
         ...
 
 
@@ -196,7 +202,7 @@ def _sync_sections(path: Path, data: Mapping[str, Any]) -> tuple[dict[str, Any],
     return cursors, runs
 
 
-class Checkpoints:
+class Checkpoints(PositionStore):
     """The next page of each partition, or ``done``. In memory when ``path`` is ``None``.
 
     The engine calls :meth:`open` at the start of a run (with the crawl's :func:`fingerprint`)
@@ -295,11 +301,39 @@ class Checkpoints:
     def _load(self) -> bool:
         """Read the file into memory; ``True`` when it must be (re)written with this crawl's fingerprint."""
         assert self.path is not None
+        data = self._read_document()
+        if data is None:
+            self._data = {}
+            return False  # the first save creates it
+        version = data["version"]
+        partitions = {name: _check_entry(self.path, name, e) for name, e in data["partitions"].items()}
+        self._cursors, self._runs = _sync_sections(self.path, data)
+        recorded = data.get("fingerprint") if version == STATE_VERSION else {}
+        if not isinstance(recorded, dict):
+            raise StateError(f"state file {self.path} is damaged (no fingerprint object); delete it to start over")
+        if version == 1 and not partitions:  # earlier releases wrote a state only with a position in it
+            raise StateError(f"state file {self.path} holds no positions; delete it to start over")
+        if recorded and self._fingerprint:
+            return self._resume_if_same_crawl(partitions, recorded)
+        if recorded:  # opened without a fingerprint (a tool reading the state): keep the file's
+            self._fingerprint = recorded
+        elif self._fingerprint:
+            log.warning(
+                "state file %s was written by an earlier release and does not say which crawl it belongs "
+                "to; resuming it as this crawl's (%s) and recording that",
+                self.path,
+                self._fingerprint,
+            )
+        self._data = partitions
+        return bool(self._fingerprint) and not recorded
+
+    def _read_document(self) -> dict[str, Any] | None:
+        """The state file's document, checked to be a crawl state of a known version (``None``: no file yet)."""
+        assert self.path is not None
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            self._data = {}
-            return False  # the first save creates it
+            return None
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -315,51 +349,47 @@ class Checkpoints:
                 f"state file {self.path} has format version {version!r}; this release reads 1 and {STATE_VERSION}: "
                 "resume with the release that wrote it, or delete it to start over"
             )
-        partitions = {name: _check_entry(self.path, name, e) for name, e in data["partitions"].items()}
-        self._cursors, self._runs = _sync_sections(self.path, data)
-        recorded = data.get("fingerprint") if version == STATE_VERSION else {}
-        if not isinstance(recorded, dict):
-            raise StateError(f"state file {self.path} is damaged (no fingerprint object); delete it to start over")
-        if version == 1 and not partitions:  # earlier releases wrote a state only with a position in it
-            raise StateError(f"state file {self.path} holds no positions; delete it to start over")
-        if not recorded or not self._fingerprint:
-            if recorded:  # opened without a fingerprint (a tool reading the state): keep the file's
-                self._fingerprint = recorded
-            elif self._fingerprint:
-                log.warning(
-                    "state file %s was written by an earlier release and does not say which crawl it belongs "
-                    "to; resuming it as this crawl's (%s) and recording that",
-                    self.path,
-                    self._fingerprint,
-                )
-            self._data = partitions
-            return bool(self._fingerprint) and not recorded
+        return data
+
+    def _resume_if_same_crawl(self, partitions: dict[str, Any], recorded: Mapping[str, Any]) -> bool:
+        """Take the file's positions if they belong to this crawl (a stream output matches any output).
+
+        Positions of another crawl are dropped when ``on_mismatch`` is ``"restart"`` (or when only the
+        output changed and :meth:`_new_output` allows it), else refused. ``True``: rewrite the file.
+        """
+        assert self._fingerprint is not None
+        mine = self._fingerprint
         differences = {
-            key: (recorded.get(key), self._fingerprint.get(key))
-            for key in sorted(set(recorded) | set(self._fingerprint))
-            if recorded.get(key) != self._fingerprint.get(key)
-            and not (key == "output" and STREAM in (recorded.get(key), self._fingerprint.get(key)))
+            key: (recorded.get(key), mine.get(key))
+            for key in sorted(set(recorded) | set(mine))
+            if recorded.get(key) != mine.get(key)
+            and not (key == "output" and STREAM in (recorded.get(key), mine.get(key)))
         }
         if not differences:
             self._data = partitions
             return False
         if set(differences) == {"output"} and self._new_output(partitions, *differences["output"]):
             return True
-        what = "; ".join(_describe(k, old, new) for k, (old, new) in differences.items())
         if self.on_mismatch == "restart":
+            what = "; ".join(_describe(k, old, new) for k, (old, new) in differences.items())
             log.warning("state file %s belongs to another crawl (%s); starting over as asked", self.path, what)
             self._data, self._cursors, self._runs = {}, {}, {}
             return True
+        raise self._mismatch(differences)
+
+    def _mismatch(self, differences: dict[str, tuple[Any, Any]]) -> StateMismatch:
+        """The refusal of another crawl's positions: into another output, or of another crawl altogether."""
         if set(differences) == {"output"}:
             old, new = differences["output"]
-            raise StateMismatch(
+            return StateMismatch(
                 f"state file {self.path} holds the unfinished positions of a crawl into another output "
                 f"({_describe('output', old, new)}); resuming from them would skip records in the new one. "
                 f"Continue it into {old}, or start a new crawl into {new} with restart=True (the command "
                 "line's --restart), or give it another state file",
                 differences=differences,
             )
-        raise StateMismatch(
+        what = "; ".join(_describe(k, old, new) for k, (old, new) in differences.items())
+        return StateMismatch(
             f"state file {self.path} belongs to another crawl ({what}); resuming from it would skip records. "
             "Resume with the crawl it belongs to, or start over: delete it (and the output), or open it with "
             "restart=True",
@@ -444,39 +474,24 @@ class Checkpoints:
         """Why a finished partition may be missing records (saved with its end)."""
         return [str(p) for p in self._data.get(partition, {}).get("problems", [])]
 
-    async def save(
-        self,
-        partition: str,
-        next_request: PageRequest | None,
-        pages: int,
-        *,
-        records: int = 0,
-        problems: list[str] | None = None,
-    ) -> None:
-        """Record the partition's next page (``None``: done) and write the file atomically.
+    def at_rest(self, request: PageRequest) -> PageRequest:
+        """``request`` without the query parameters that carry credentials: nothing in the file is secret.
 
-        The page is saved without the query parameters that carry credentials
-        (:func:`~oauthpw_async.redact.without_credentials`): nothing in the file is secret.
+        The engine also drops the tokens it sent (:func:`~oauthpw_async.redact.without_credentials`);
+        this keeps direct callers of :meth:`save` safe.
+        """
+        url, params = without_credentials(request.url, request.params)
+        return PageRequest(url, params)
 
-        ``records`` counts the partition's records in the sink so far and ``problems`` says why a
-        finished partition may be missing records, so a resumed run still reports them.
+    async def commit_position(self, partition: str, position: dict[str, Any]) -> None:
+        """Record the partition's position (done when it has no next page) and write the file atomically.
 
         Raises :class:`~oauthpw_async.errors.StateWriteError` when the file cannot be written
         (the position then counts as not saved: the next run re-reads that page).
         """
-        if next_request is not None:  # the engine also drops the tokens it sent; this keeps direct callers safe
-            url, params = without_credentials(next_request.url, next_request.params)
-            next_request = PageRequest(url, params)
+        position["done"] = position["next"] is None
         async with self._lock:
-            entry: dict[str, Any] = {
-                "next": next_request.to_json() if next_request else None,
-                "done": next_request is None,
-                "pages": pages,
-                "records": records,
-            }
-            if problems:
-                entry["problems"] = problems
-            self._data[partition] = entry
+            self._data[partition] = position
             await self._write_now("save")
 
     def _write(self) -> None:

@@ -31,9 +31,10 @@ from ..pipeline import Answer, RequestPipeline
 from ..redact import is_credential_parameter, without_credentials
 from ..retry import RetryPolicy
 from ..sources import TokenSource
-from .checkpoint import Checkpoints, PartitionSource, PositionStore, fingerprint
+from .checkpoint import Checkpoints, PositionStore, fingerprint
 from .incremental import CursorStore, IncrementalSync, RunKeys, SyncStats, key_digest
 from .pagination import Page, PageRequest, Paginator, resolve
+from .scheduling import AllAtOnce, PartitionScheduler
 from .sinks import Sink
 
 if TYPE_CHECKING:
@@ -305,12 +306,34 @@ class _PositionExpired(Exception):
         self.error = error
 
 
+def _position_store(crawler: Crawler, state: str | os.PathLike[str] | PositionStore | None) -> PositionStore:
+    """Where the crawl keeps its positions: a state file (in memory without one), or the store given."""
+    store = Checkpoints(state) if state is None or isinstance(state, (str, os.PathLike)) else state
+    if crawler.is_incremental and not isinstance(store, CursorStore):
+        raise UsageError(
+            f"{type(crawler).__name__} is incremental: its cursors need a store that keeps them beside the "
+            f"positions ({type(store).__name__} does not); use a state file or a store that keeps cursors"
+        )
+    return store
+
+
+def _scheduler_of(store: PositionStore) -> PartitionScheduler:
+    """The store itself when it also schedules the partitions (it shares them out), else all at once."""
+    return store if isinstance(store, PartitionScheduler) else AllAtOnce(store)
+
+
 class CrawlEngine:
     """Runs one :class:`Crawler` with a shared token source and aiohttp session.
 
     Embeddable: no event loop of its own, no global state. Several engines may share a
     provider and a session; cancelling the caller stops the crawl cleanly (positions
     already checkpointed are kept).
+
+    By default positions go to a state file, every unfinished partition is walked at once and
+    each host has a governor of its own. ``state`` may instead be a :class:`PositionStore` that
+    keeps positions elsewhere than a state file, ``scheduler`` a :class:`PartitionScheduler` that
+    decides which partitions this process walks, and when (by default the store itself, when it
+    is one), and ``governors`` a factory of per-host governors (one shared between processes, say).
     """
 
     def __init__(
@@ -328,6 +351,7 @@ class CrawlEngine:
         on_progress: Callable[[CrawlStats], None] | None = None,
         full_refresh: bool = False,
         governors: Callable[[str], Governor] | None = None,
+        scheduler: PartitionScheduler | None = None,
     ) -> None:
         if concurrency < 1:
             raise UsageError("concurrency must be at least 1")
@@ -338,19 +362,11 @@ class CrawlEngine:
         self._session = session
         self._concurrency = concurrency
         self._rate = rate
-        # --- fleet seam: positions kept elsewhere than a state file (oauthpw_async.fleet.crawl), and
-        # per-host governors shared by a fleet; by default a state file and one governor per host here.
-        self._checkpoints: PositionStore = (
-            Checkpoints(state) if state is None or isinstance(state, (str, os.PathLike)) else state
-        )
+        # Where positions are kept (a state file by default), which partitions are walked when (every
+        # unfinished one at once by default), and who governs a host (one governor per host by default).
+        self._checkpoints = _position_store(crawler, state)
+        self._scheduler = scheduler or _scheduler_of(self._checkpoints)
         self._governors = governors
-        if crawler.is_incremental and not isinstance(self._checkpoints, CursorStore):
-            raise UsageError(
-                f"{type(crawler).__name__} is incremental: its cursors need a store that keeps them beside the "
-                f"positions ({type(self._checkpoints).__name__} does not); use a state file or a fleet's "
-                "FleetCheckpoints"
-            )
-        # --- end of the fleet seam
         self._retry = retry or API_RETRY
         self._on_progress = on_progress
         self._slots = anyio.Semaphore(concurrency, fast_acquire=True)
@@ -370,12 +386,16 @@ class CrawlEngine:
         # Incremental sync: cursors, since-filters, re-delivery and move detection (one key store).
         self._sync: IncrementalSync | None = None
         if crawler.is_incremental and isinstance(self._checkpoints, CursorStore):
-            self._sync = IncrementalSync(crawler, self._checkpoints, self._clock, full_refresh=full_refresh)
-            self._keys = self._sync.keys
-            self._paginator = self._sync.paginator(self._paginator)
-            settle_with = getattr(self._checkpoints, "settle_with", None)
-            if settle_with is not None:  # a fleet store commits a run whose worker stopped before its commit
-                settle_with(self._sync.settle)
+            self._start_sync(self._checkpoints, full_refresh)
+
+    def _start_sync(self, cursors: CursorStore, full_refresh: bool) -> None:
+        """Incremental sync over ``cursors``: its key store, its strategy, and the runs it settles."""
+        self._sync = IncrementalSync(self.crawler, cursors, self._clock, full_refresh=full_refresh)
+        self._keys = self._sync.keys
+        self._paginator = self._sync.paginator(self._paginator)
+        settle_with = getattr(cursors, "settle_with", None)
+        if settle_with is not None:  # a store that hands partitions over commits a run its walker did not
+            settle_with(self._sync.settle)
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -388,53 +408,19 @@ class CrawlEngine:
         )
         try:
             base = await self._base_url()
-            self._pipeline = RequestPipeline(
-                self.tokens,
-                origins=Origins([base, *self.crawler.allowed_origins]),
-                foreign_origins=self.crawler.foreign_origins,
-                slots=self._slots,
-                retry=self._retry,
-                timeout=self._timeout,
-                clock=self._clock,
-                governor=self._new_governor,
-                stats=self.stats,
-                fix_hint="set foreign_origins = 'follow_without_token' on the crawler",
-                sensitive_headers=self.crawler.sensitive_headers,
-            )
-            partitions = list(self.crawler.partitions())
+            self._pipeline = self._new_pipeline(base)
+            partitions = self._partitions()
             names = [p.name for p in partitions]
-            if len(set(names)) != len(names):
-                raise UsageError("partition names must be unique: they key the checkpoints")
             # Locks the state file and refuses one that belongs to another crawl.
             await self._checkpoints.open(fingerprint(self.crawler, self._paginator, names, sink))
             state_open = True
-            self.stats.partitions_total = len(partitions)
-            if self._sync is not None:
-                await self._sync.prepare(names)  # a finished incremental run makes this one a new run
-            for p in partitions:
-                ps = PartitionStats(pages=self._checkpoints.pages(p.name))
-                self.stats.partitions[p.name] = ps
-                if self._checkpoints.is_done(p.name):
-                    ps.done = True
-                    ps.problems = self._checkpoints.problems(p.name)
-                    self.stats.partitions_done += 1
+            await self._count_partitions(partitions)
             try:
-                if isinstance(self._checkpoints, PartitionSource):
-                    # A fleet worker walks the partitions it claims, one after another, until none is left.
-                    await self._checkpoints.walk_partitions(partitions, lambda p: self._walk(session, base, p, sink))
-                    for p in partitions:  # finished elsewhere in the fleet meanwhile
-                        ps = self.stats.partitions[p.name]
-                        if not ps.done and self._checkpoints.is_done(p.name):
-                            ps.done, ps.problems = True, self._checkpoints.problems(p.name)
-                            self.stats.partitions_done += 1
-                else:
-                    async with anyio.create_task_group() as tg:
-                        for p in partitions:
-                            if not self._checkpoints.is_done(p.name):
-                                tg.start_soon(self._walk, session, base, p, sink)
+                await self._scheduler.walk_partitions(partitions, lambda p: self._walk(session, base, p, sink))
             except BaseExceptionGroup as group:
                 # One partition failed and the others were cancelled: raise the failure itself.
                 raise _first_error(group) from None
+            self._count_finished_elsewhere(partitions)
             await sink.flush()
         finally:
             if state_open:  # a refused open must not release the lock of the crawl that holds it
@@ -445,6 +431,51 @@ class CrawlEngine:
                 await session.close()
         self._progress()
         return self.stats
+
+    def _new_pipeline(self, base: str) -> RequestPipeline:
+        """The path every API request of this crawl takes, with ``base`` as its first allowed origin."""
+        return RequestPipeline(
+            self.tokens,
+            origins=Origins([base, *self.crawler.allowed_origins]),
+            foreign_origins=self.crawler.foreign_origins,
+            slots=self._slots,
+            retry=self._retry,
+            timeout=self._timeout,
+            clock=self._clock,
+            governor=self._new_governor,
+            stats=self.stats,
+            fix_hint="set foreign_origins = 'follow_without_token' on the crawler",
+            sensitive_headers=self.crawler.sensitive_headers,
+        )
+
+    def _partitions(self) -> list[Partition]:
+        """The crawler's partitions, whose names must be unique (they key the positions)."""
+        partitions = list(self.crawler.partitions())
+        names = {p.name for p in partitions}
+        if len(names) != len(partitions):
+            raise UsageError("partition names must be unique: they key the checkpoints")
+        return partitions
+
+    async def _count_partitions(self, partitions: Sequence[Partition]) -> None:
+        """Counters for every partition, those the store says finished counted done; incremental runs prepared."""
+        self.stats.partitions_total = len(partitions)
+        if self._sync is not None:
+            await self._sync.prepare([p.name for p in partitions])  # a finished incremental run makes this a new run
+        for p in partitions:
+            ps = PartitionStats(pages=self._checkpoints.pages(p.name))
+            self.stats.partitions[p.name] = ps
+            if self._checkpoints.is_done(p.name):
+                ps.done = True
+                ps.problems = self._checkpoints.problems(p.name)
+                self.stats.partitions_done += 1
+
+    def _count_finished_elsewhere(self, partitions: Sequence[Partition]) -> None:
+        """Count done the partitions the store says finished while this process did not walk them."""
+        for p in partitions:  # (a scheduler may have left them to another process)
+            ps = self.stats.partitions[p.name]
+            if not ps.done and self._checkpoints.is_done(p.name):
+                ps.done, ps.problems = True, self._checkpoints.problems(p.name)
+                self.stats.partitions_done += 1
 
     def _progress(self) -> None:
         if self._on_progress is not None:
@@ -469,7 +500,7 @@ class CrawlEngine:
 
     async def _walk(self, session: aiohttp.ClientSession, base: str, partition: Partition, sink: Sink) -> None:
         ps = self.stats.partitions[partition.name]
-        ps.pages = self._checkpoints.pages(partition.name)  # a fleet worker may take over another's progress
+        ps.pages = self._checkpoints.pages(partition.name)  # the store may hold another process's progress
         headers = {**self._headers, **partition.headers} if partition.headers else self._headers
         start = self._paginator.start(self.crawler.first_request(partition))
         if self._sync is not None:

@@ -612,9 +612,9 @@ def _may_shift(paginator: Paginator) -> bool:
 class CursorStore(Protocol):
     """Where incremental sync keeps cursors and runs in flight, beside the positions.
 
-    :class:`~oauthpw_async.crawler.Checkpoints` (a state file) is one; a fleet's
-    :class:`~oauthpw_async.fleet.FleetCheckpoints` (fenced, sealed in Redis) is another. A run
-    in flight set with :meth:`set_run` is stored with the partition's next position save.
+    :class:`~oauthpw_async.crawler.Checkpoints` (a state file) is one; a store that keeps positions
+    elsewhere than a state file may be another. A run in flight set with :meth:`set_run` is stored
+    with the partition's next position save.
     """
 
     def is_done(self, partition: str) -> bool:
@@ -654,7 +654,7 @@ class IncrementalSync:
     """Applies incremental sync for one crawl; the engine calls it at the start, per page and at the end.
 
     Cursors and runs in flight live in a :class:`CursorStore`: the state file's ``cursors`` and
-    ``runs`` sections (apart from the positions in ``partitions``), or a fleet's Redis.
+    ``runs`` sections (apart from the positions in ``partitions``), or wherever another store keeps them.
     """
 
     def __init__(self, crawler: Crawler, checkpoints: CursorStore, clock: Clock, *, full_refresh: bool = False) -> None:
@@ -817,56 +817,74 @@ class IncrementalSync:
         if not tracker.seeking or tracker.origin is None:
             return proposed
         if not tracker.ordered:
-            tracker.seeking, run.grouped = False, True
-            run.exposed = run.since or EPOCH
-            run.floor = run.exposed if run.floor is None else min(run.floor, run.exposed)
-            problem = (
-                "records were not in update-time order, or had no update time, although ordered_by_updated is "
-                "set: order the listing and changed_since() by the update time, or set ordered_by_updated = False"
-            )
-            tracker.problems.append(problem)
-            log.warning("partition %s: %s", partition.name, problem)
-            self._checkpoints.set_run(partition.name, run.to_json())
+            self._stop_seeking(tracker)
             return proposed
-        crawler = self.crawler
         since = (
             None
             if tracker.last is None
-            else next_since(EPOCH + _US * tracker.last, timedelta(0), crawler.filter_precision)
+            else next_since(EPOCH + _US * tracker.last, timedelta(0), self.crawler.filter_precision)
         )
         grouped = proposed is not None and (since is None or (run.seek is not None and since <= run.seek))
         if grouped and run.grouped and (total is None or total != tracker.chain_total) and run.seek is not None:
             self._shifted(tracker, run.seek)  # rows may have moved under the offsets of this group
         if tracker.rewind is not None:
-            back, tracker.rewind = tracker.rewind, None
-            tracker.rewinds += 1
-            tracker.rewound, tracker.chain_total = True, None
-            run.seek, run.grouped = next_since(back, timedelta(0), crawler.filter_precision), False
-            self._checkpoints.set_run(partition.name, run.to_json())
-            return tracker.origin.with_params(**crawler.changed_since(partition, run.seek))
+            return self._rewind(tracker, partition, tracker.origin)
         if proposed is None:
             return None
         if grouped:
-            tracker.chain_total = total
-            run.grouped = True
-            exposed = run.seek or EPOCH
-            run.exposed = exposed if run.exposed is None else min(run.exposed, exposed)
-            earlier = self._back(proposed) if self._back is not None else None
-            if earlier is None and tracker.request is not None:
-                earlier = step_back(tracker.request, proposed, tracker.count)  # a next link that counts rows
-            if earlier is not None and tracker.last_key is not None and tracker.count > 1:
-                # One row of overlap: the next page starts with this page's last record unless rows
-                # before it shifted (then the group is read again from its first row).
-                proposed, tracker.expect = earlier, tracker.last_key
-            else:  # nothing shows a shift here: the next run reads this group again
-                run.floor = exposed if run.floor is None else min(run.floor, exposed)
-            self._checkpoints.set_run(partition.name, run.to_json())
-            return proposed
+            return self._within_group(tracker, proposed, total)
         assert since is not None
         tracker.chain_total = None
         run.seek, run.grouped = since, False
         self._checkpoints.set_run(partition.name, run.to_json())
-        return tracker.origin.with_params(**crawler.changed_since(partition, since))
+        return tracker.origin.with_params(**self.crawler.changed_since(partition, since))
+
+    def _stop_seeking(self, tracker: _Tracker) -> None:
+        """Records out of update-time order: go on by the strategy; the next run reads this run's filter again."""
+        run = tracker.run
+        tracker.seeking, run.grouped = False, True
+        run.exposed = run.since or EPOCH
+        run.floor = run.exposed if run.floor is None else min(run.floor, run.exposed)
+        problem = (
+            "records were not in update-time order, or had no update time, although ordered_by_updated is "
+            "set: order the listing and changed_since() by the update time, or set ordered_by_updated = False"
+        )
+        tracker.problems.append(problem)
+        log.warning("partition %s: %s", tracker.name, problem)
+        self._checkpoints.set_run(tracker.name, run.to_json())
+
+    def _rewind(self, tracker: _Tracker, partition: Partition, origin: PageRequest) -> PageRequest:
+        """Read a tie group again from its first row: rows at or after its time may have been skipped."""
+        assert tracker.rewind is not None
+        run = tracker.run
+        back, tracker.rewind = tracker.rewind, None
+        tracker.rewinds += 1
+        tracker.rewound, tracker.chain_total = True, None
+        run.seek, run.grouped = next_since(back, timedelta(0), self.crawler.filter_precision), False
+        self._checkpoints.set_run(partition.name, run.to_json())
+        return origin.with_params(**self.crawler.changed_since(partition, run.seek))
+
+    def _within_group(self, tracker: _Tracker, proposed: PageRequest, total: int | None) -> PageRequest:
+        """The next page inside a tie group read by offsets: one row of overlap when a step back is known.
+
+        The next page then starts with this page's last record unless rows before it shifted (and
+        the group is read again from its first row); without a step back, the next run reads the
+        group again.
+        """
+        run = tracker.run
+        tracker.chain_total = total
+        run.grouped = True
+        exposed = run.seek or EPOCH
+        run.exposed = exposed if run.exposed is None else min(run.exposed, exposed)
+        earlier = self._back(proposed) if self._back is not None else None
+        if earlier is None and tracker.request is not None:
+            earlier = step_back(tracker.request, proposed, tracker.count)  # a next link that counts rows
+        if earlier is not None and tracker.last_key is not None and tracker.count > 1:
+            proposed, tracker.expect = earlier, tracker.last_key
+        else:  # nothing shows a shift here: the next run reads this group again
+            run.floor = exposed if run.floor is None else min(run.floor, exposed)
+        self._checkpoints.set_run(tracker.name, run.to_json())
+        return proposed
 
     def rewound(self, name: str) -> bool:
         """Whether the last :meth:`next_request` went back to read a group again (its page is read anew)."""
@@ -898,24 +916,13 @@ class IncrementalSync:
         """What to write of a page's records: tombstones for deletions, without the known re-deliveries."""
         tracker = self._trackers[name]
         run, stats, crawler = tracker.run, tracker.stats, self.crawler
-        if run.server_start is None:
-            stamped = server_time(page.headers)
-            run.dated = stamped is not None
-            run.server_start = stamped or (datetime.fromtimestamp(self._clock.wall(), UTC) - crawler.clock_skew)
-        if crawler.delta_path is not None:
-            token = dig(page.data, crawler.delta_path)
-            if isinstance(token, str) and token:
-                run.token = token
+        self._note_page(run, page)
+        self._check_overlap(tracker, page, records)
         keys, key_path, recent = self.keys, crawler.primary_key, tracker.previous.recent
         heap, limit = tracker.heap, crawler.max_recent_keys
         top = run.max_seen
         out: list[Any] = []
         previous: int | None = None
-        tracker.ordered, tracker.last = True, None
-        expect, tracker.expect, tracker.last_key, tracker.count = tracker.expect, None, None, len(records)
-        tracker.request = page.request
-        if expect is not None and keys is not None and (not records or key_digest(dig(records[0], key_path)) != expect):
-            self._shifted(tracker, tracker.run.seek or EPOCH)  # rows shifted under the offsets of this group
         for record in records:
             try:
                 moment = crawler.parse_updated(record)
@@ -939,25 +946,8 @@ class IncrementalSync:
                 seen, first, written = keys.written(digest)
                 if not seen:
                     tracker.distinct += 1
-                elif written is not None:  # an unknown version (a key from the sink) is never a match
-                    if content == written:
-                        ps.duplicates += 1  # the same version again
-                        continue
-                    if updated is not None and first is not None:
-                        if updated < first:
-                            ps.duplicates += 1  # an older version than the one written: keep the newer
-                            continue
-                        if updated > first:
-                            # Updated during the crawl: it moved, and under offset paging the move
-                            # skipped a record ordered after its old place (whose time is >= first).
-                            # Seeking restarts each filter at its first row: only a filter counted by
-                            # offsets (a tie group) at or before the old place can have skipped one.
-                            stats.moves += 1
-                            old = EPOCH + _US * first
-                            if not tracker.seeking:
-                                run.floor = old if run.floor is None else min(run.floor, old)
-                            elif run.exposed is not None and old >= run.exposed:
-                                self._shifted(tracker, old)
+                elif written is not None and self._known_version(tracker, ps, content, written, updated, first):
+                    continue  # the same version again, or an older one (a key from the sink has none)
                 keys.add(digest, updated, content)
                 if updated is not None:
                     entry = (updated, digest, content)
@@ -977,6 +967,57 @@ class IncrementalSync:
         tracker.last = previous if tracker.ordered else None
         self._checkpoints.set_run(name, run.to_json())  # saved with this page's position
         return out
+
+    def _note_page(self, run: RunState, page: Page) -> None:
+        """What a page tells the run: the server's time at its start (from the first page), the delta token."""
+        crawler = self.crawler
+        if run.server_start is None:
+            stamped = server_time(page.headers)
+            run.dated = stamped is not None
+            run.server_start = stamped or (datetime.fromtimestamp(self._clock.wall(), UTC) - crawler.clock_skew)
+        if crawler.delta_path is not None:
+            token = dig(page.data, crawler.delta_path)
+            if isinstance(token, str) and token:
+                run.token = token
+
+    def _check_overlap(self, tracker: _Tracker, page: Page, records: Sequence[Any]) -> None:
+        """Begin the page: it must start with the record the last one ended with, when one row of overlap was asked."""
+        tracker.ordered, tracker.last = True, None
+        expect, tracker.expect, tracker.last_key, tracker.count = tracker.expect, None, None, len(records)
+        tracker.request = page.request
+        keys, key_path = self.keys, self.crawler.primary_key
+        if expect is not None and keys is not None and (not records or key_digest(dig(records[0], key_path)) != expect):
+            self._shifted(tracker, tracker.run.seek or EPOCH)  # rows shifted under the offsets of this group
+
+    def _known_version(
+        self, tracker: _Tracker, ps: PartitionStats, content: int, written: int, updated: int | None, first: int | None
+    ) -> bool:
+        """Whether a record whose key was written in this run, at version ``first``/``written``, is dropped.
+
+        The same version again, or an older one, is dropped (counted a duplicate). A newer one moved
+        during the crawl: it is written, and the rows it may have made the offsets skip are read again.
+        """
+        if content == written:
+            ps.duplicates += 1  # the same version again
+            return True
+        if updated is None or first is None:
+            return False
+        if updated < first:
+            ps.duplicates += 1  # an older version than the one written: keep the newer
+            return True
+        if updated > first:
+            # Updated during the crawl: it moved, and under offset paging the move skipped a
+            # record ordered after its old place (whose time is >= first). Seeking restarts each
+            # filter at its first row: only a filter counted by offsets (a tie group) at or before
+            # the old place can have skipped one.
+            run = tracker.run
+            tracker.stats.moves += 1
+            old = EPOCH + _US * first
+            if not tracker.seeking:
+                run.floor = old if run.floor is None else min(run.floor, old)
+            elif run.exposed is not None and old >= run.exposed:
+                self._shifted(tracker, old)
+        return False
 
     # --- end ------------------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """One crawl run by a fleet of worker processes: partitions, positions and politeness in Redis.
 
 Every worker runs the same crawler against its own sink. :class:`FleetCheckpoints` is the
-engine's position store *and* its partition source: the worker enqueues the crawler's
+engine's position store (:class:`~oauthpw_async.crawler.checkpoint.PositionStore`) *and* its partition
+scheduler (:class:`~oauthpw_async.crawler.scheduling.PartitionScheduler`): the worker enqueues the crawler's
 partitions (idempotently), claims a few at a time from the crawl's
 :class:`~oauthpw_async.fleet.PartitionQueue`, walks each from the position the fleet last
 committed, checkpoints every page (fenced: a worker that lost its claim has its write refused
@@ -49,6 +50,7 @@ import orjson
 from .._api import HostGovernor
 from .._httputil import scrub
 from ..clock import SYSTEM_CLOCK, Clock
+from ..crawler.checkpoint import PositionStore
 from ..crawler.pagination import PageRequest
 from ..errors import (
     CrawlError,
@@ -188,11 +190,11 @@ def _shared_fingerprint(fp: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (fp or {}).items() if k != "output"}
 
 
-class FleetCheckpoints:
-    """The engine's position store and partition source for one worker of a fleet.
+class FleetCheckpoints(PositionStore):
+    """The engine's position store and partition scheduler for one worker of a fleet.
 
-    Pass it as ``state=`` to :class:`~oauthpw_async.crawler.engine.CrawlEngine` (or use
-    :class:`FleetCrawl`). Positions are JSON (``{"next", "pages", "records", "problems"}``) sealed with
+    Pass it as ``state=`` and ``scheduler=`` to :class:`~oauthpw_async.crawler.engine.CrawlEngine`
+    (or use :class:`FleetCrawl`). Positions are JSON (``{"next", "pages", "records", "problems"}``) sealed with
     the fleet's key in Redis, written after the page's records reached this worker's sink.
 
     Args:
@@ -343,16 +345,8 @@ class FleetCheckpoints:
             return [status.reason]
         return [str(p) for p in saved]
 
-    async def save(
-        self,
-        partition: str,
-        next_request: PageRequest | None,
-        pages: int,
-        *,
-        records: int = 0,
-        problems: list[str] | None = None,
-    ) -> None:
-        """Commit the partition's position, fenced by this worker's claim.
+    async def commit_position(self, partition: str, position: dict[str, Any]) -> None:
+        """Commit the partition's position (with its run in flight, if any), fenced by this worker's claim.
 
         Raises:
             ClaimLost: another worker took the partition over: this worker must stop it.
@@ -361,13 +355,6 @@ class FleetCheckpoints:
         claim = self._claims.get(partition)
         if claim is None:
             raise UsageError(f"partition {partition!r} is not claimed by this worker; the engine saves claimed ones")
-        position: dict[str, Any] = {
-            "next": next_request.to_json() if next_request else None,
-            "pages": pages,
-            "records": records,
-        }
-        if problems:
-            position["problems"] = list(problems)
         if partition in self._runs:
             position["run"] = self._runs[partition]
         try:
@@ -451,7 +438,7 @@ class FleetCheckpoints:
         """How to commit a run that a stopped worker walked to its end but did not commit (the engine's sync)."""
         self._settle = settle
 
-    # --- PartitionSource --------------------------------------------------------------------------------
+    # --- PartitionScheduler -----------------------------------------------------------------------------
 
     async def walk_partitions(
         self, partitions: Sequence[Partition], walk: Callable[[Partition], Awaitable[None]]
@@ -470,18 +457,36 @@ class FleetCheckpoints:
             CoordinatorUnavailable: Redis did not answer for ``unavailable_grace`` seconds.
         """
         by_name = {p.name: p for p in partitions}
-        running: set[str] = set()
         # Claims obtained whose walk has not begun: a worker that stops (an error elsewhere, a
         # cancellation) before it starts them gives them back below, however it stops.
         unstarted: dict[str, Claim] = {}
-        changed = anyio.Event()
-        poll = min(1.0, self.queue.idle_timeout / 4)
         self._stopping = False
         if self.last_status is not None:
             self._round = self.last_status.round
+        try:
+            await self._claim_until_drained(by_name, walk, unstarted)
+        finally:
+            if unstarted:
+                await self._give_back(list(unstarted.values()))
+                for name in unstarted:
+                    self._claims.pop(name, None)
+        await self.refresh()
+
+    async def _claim_until_drained(
+        self,
+        by_name: Mapping[str, Partition],
+        walk: Callable[[Partition], Awaitable[None]],
+        unstarted: dict[str, Claim],
+    ) -> None:
+        """Claim as many partitions as are free and walk them; between claims, wait for a walk to end or a poll.
+
+        Ends once nothing runs here and the fleet's round is finished (or another round began).
+        """
+        running: set[str] = set()
+        changed = anyio.Event()
+        poll = min(1.0, self.queue.idle_timeout / 4)
 
         async def run(claim: Claim) -> None:
-            nonlocal changed
             unstarted.pop(claim.partition, None)  # from here on _walk_claim gives it back or finishes it
             try:
                 await self._walk_claim(claim, by_name[claim.partition], walk)
@@ -490,36 +495,41 @@ class FleetCheckpoints:
                 self._claims.pop(claim.partition, None)
                 changed.set()
 
-        try:
-            async with anyio.create_task_group() as tg:
-                while True:
-                    free = self.partitions_at_once - len(running)
-                    claims = []
-                    if free > 0 and not self._stopping:
-                        claims = await self._patient(functools.partial(self._claim, free, unstarted))
-                    for claim in claims:
-                        if claim.partition not in by_name:  # cannot happen with matching fingerprints
-                            raise UsageError(
-                                f"the fleet handed out {claim.partition!r}, which this crawler does not have"
-                            )
-                        self._adopt(claim)
-                        running.add(claim.partition)
-                        tg.start_soon(run, claim)
-                    if claims:
-                        continue
-                    if not running:
-                        status = await self.refresh()
-                        if status.finished or status.round != self._round:
-                            break  # (another round began: its workers run it, with what it has learnt)
-                    changed = anyio.Event()
-                    with anyio.move_on_after(poll):
-                        await changed.wait()
-        finally:
-            if unstarted:
-                await self._give_back(list(unstarted.values()))
-                for name in unstarted:
-                    self._claims.pop(name, None)
-        await self.refresh()
+        async with anyio.create_task_group() as tg:
+            while True:
+                free = self.partitions_at_once - len(running)
+                claims = []
+                if free > 0 and not self._stopping:
+                    claims = await self._patient(functools.partial(self._claim, free, unstarted))
+                for claim in claims:
+                    if claim.partition not in by_name:  # cannot happen with matching fingerprints
+                        raise UsageError(f"the fleet handed out {claim.partition!r}, which this crawler does not have")
+                    self._adopt(claim)
+                    running.add(claim.partition)
+                    tg.start_soon(run, claim)
+                if claims:
+                    continue
+                if not running and await self._round_over():
+                    return
+                changed = anyio.Event()
+                await self._until(changed, poll)
+
+    async def _round_over(self) -> bool:
+        """Whether the fleet's round is finished, or another began (its workers run it, with what it has learnt)."""
+        status = await self.refresh()
+        return status.finished or status.round != self._round
+
+    async def _until(self, event: anyio.Event, seconds: float) -> None:
+        """Wait until ``event`` is set or ``seconds`` have passed on the clock, whichever comes first."""
+        async with anyio.create_task_group() as tg:
+
+            async def time_up() -> None:
+                await self.clock.sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(time_up)
+            await event.wait()
+            tg.cancel_scope.cancel()
 
     async def refresh(self) -> FleetStatus:
         """Read the fleet's status (every partition's state and position) into this store.
@@ -847,6 +857,7 @@ class FleetCrawl:
             timeout=timeout,
             on_progress=on_progress,
             governors=self.governors(tokens.clock),
+            scheduler=self.checkpoints,
         )
         return await engine.run(sink)
 
