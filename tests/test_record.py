@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
+import attrs
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,36 +17,15 @@ from oauthpw_async.grant import Instant, Token
 from oauthpw_async.record import MAX_STORED_LIFETIME, BadTokenRecord, TokenRecord
 from oauthpw_async.testing import FakeClock
 
-#: Planted in hostile values: no message may hold it.
-PLANTED = "pl4nted-v4lue-zzzzzzzz"
-
-#: A token store file as the store wrote it before records had a module of their own (byte for byte).
-STORE_FILE = (
-    b'{"k":{"generation":7,"access_token":"at-legacy-0123456789","authorization":"Bearer at-legacy-0123456789",'
-    b'"token_type":"Bearer","issued_wall":1700000000.5,"lifetime":3600.0,"lifetime_source":"expires_in",'
-    b'"refresh_token":"rt-legacy-9876543210","refresh_expires_wall":1700086400.5,"scope":"read write",'
-    b'"extra":{"instance_url":"https://x.example.com","n":3,"nested":{"a":[1,null,true]}}},'
-    b'"bare":{"generation":1,"access_token":"at2-abcdefghijkl","authorization":"at2-abcdefghijkl",'
-    b'"token_type":"Bearer","issued_wall":1700000100,"lifetime":10,"lifetime_source":"default",'
-    b'"refresh_token":null,"refresh_expires_wall":null,"scope":null,"extra":{}}}'
+from .token_records import (
+    HOSTILE_VALUES,
+    JSON_VALUES,
+    PLANTED,
+    STORE_FILE,
+    good_record,
+    hostile_records,
+    legacy_token,
 )
-
-
-def legacy_token() -> Token:
-    """The token behind ``STORE_FILE["k"]``, on a monotonic clock that read 5000 at issue."""
-    return Token(
-        access_token=Secret("at-legacy-0123456789"),
-        authorization="Bearer at-legacy-0123456789",
-        token_type="Bearer",
-        issued=Instant(5000.0, 1_700_000_000.5),
-        lifetime=3600.0,
-        lifetime_source="expires_in",
-        refresh_token=Secret("rt-legacy-9876543210"),
-        refresh_expires_at=5000.0 + 86400.0,
-        scope="read write",
-        extra={"instance_url": "https://x.example.com", "n": 3, "nested": {"a": [1, None, True]}},
-    )
-
 
 # --- the formats written before -----------------------------------------------------------------------
 
@@ -67,18 +46,8 @@ def test_a_store_file_in_the_earlier_format_reads_back_and_is_written_byte_for_b
     assert bare is not None and bare.record.refresh_token is None and bare.record.refresh_expires_wall is None
     # What the store writes for the same tokens is what it wrote before, byte for byte.
     fresh = tmp_path / "fresh.json"
-    store = FileTokenStore(fresh)
-    store.save("k", StoredToken(legacy_token(), 7))
-    old = Token(
-        access_token=Secret("at2-abcdefghijkl"),
-        authorization="at2-abcdefghijkl",
-        token_type="Bearer",
-        issued=Instant(1.0, 1_700_000_100),
-        lifetime=10,
-        lifetime_source="default",
-    )
-    store.save("bare", StoredToken(old, 1))
-    assert fresh.read_bytes() == STORE_FILE
+    FileTokenStore(fresh).save("k", StoredToken(legacy_token(), 7))
+    assert fresh.read_bytes() == STORE_FILE.split(b',"bare"')[0] + b"}"
 
 
 def test_a_record_written_before_generations_and_lifetime_sources_existed_still_reads(tmp_path: Path) -> None:
@@ -119,16 +88,7 @@ def test_without_a_clock_the_token_is_on_the_wall_clocks_time_line() -> None:
 
 def test_a_token_built_on_the_wall_clock_keeps_its_refresh_expiry() -> None:
     # What a custom store made before records existed: NaN monotonic time, epoch refresh expiry.
-    token = Token(
-        access_token=Secret("a-token"),
-        authorization="Bearer a-token",
-        token_type="Bearer",
-        issued=Instant(math.nan, 1_700_000_000.0),
-        lifetime=60.0,
-        lifetime_source="expires_in",
-        refresh_token=Secret("r-token"),
-        refresh_expires_at=1_700_000_600.0,
-    )
+    token = attrs.evolve(legacy_token(), issued=Instant(math.nan, 1_700_000_000.0), refresh_expires_at=1_700_000_600.0)
     assert TokenRecord.of(token).refresh_expires_wall == 1_700_000_600.0
 
 
@@ -142,18 +102,6 @@ def test_reprs_hold_no_secret() -> None:
 # --- any token round-trips ------------------------------------------------------------------------------
 
 _VISIBLE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40)
-_JSON_SCALAR = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text()
-)
-_JSON = st.recursive(
-    _JSON_SCALAR,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=8,
-)
 
 
 @st.composite
@@ -174,7 +122,7 @@ def tokens(draw: st.DrawFn) -> Token:
         refresh_token=None if refresh is None else Secret(refresh),
         refresh_expires_at=rexp,
         scope=draw(st.none() | st.text(max_size=20)),
-        extra=draw(st.dictionaries(st.text(max_size=10), _JSON, max_size=4)),
+        extra=draw(st.dictionaries(st.text(max_size=10), JSON_VALUES, max_size=4)),
     )
     return token
 
@@ -205,43 +153,13 @@ def test_any_token_round_trips_through_its_json_record(token: Token, elapsed: fl
 # --- hostile records only ever raise the typed error -----------------------------------------------------
 
 
-def _good() -> dict[str, Any]:
-    return TokenRecord.of(legacy_token()).as_json()
-
-
-_CONTROLS = st.sampled_from(["\r\n", "\n", "\x00", "\x0b", "\x1b", "\x7f", "\x01", "\u2028", " "])
-#: Values of every kind a hand edit, a forger or a bug could put in a field (not only JSON's).
-_HOSTILE = st.one_of(
-    _JSON,
-    st.integers(min_value=2**64, max_value=10**400) | st.integers(max_value=-(2**64), min_value=-(10**400)),
-    st.sampled_from([math.nan, math.inf, -math.inf, True, False, 0, -1, 0.0, "", [], {}, (), b"x", object()]),
-    _CONTROLS.map(lambda c: f"Bearer {PLANTED}{c}X: 1"),
-    st.just(PLANTED),
-    st.dictionaries(st.integers(), _JSON, min_size=1, max_size=2),
-)
-
-
-@st.composite
-def hostile_records(draw: st.DrawFn) -> object:
-    """Another value than an object, or a good record with fields removed, replaced or added."""
-    if draw(st.booleans()) and draw(st.booleans()):
-        return draw(_HOSTILE)
-    rec = _good()
-    for field in draw(st.lists(st.sampled_from(sorted(rec)), min_size=1, max_size=3, unique=True)):
-        if draw(st.booleans()):
-            rec[field] = draw(_HOSTILE)
-        else:
-            del rec[field]
-    return rec
-
-
 def _check_clean(exc: BaseException) -> None:
     assert isinstance(exc, BadTokenRecord), f"untyped {type(exc).__name__}"
     assert PLANTED not in str(exc) and "legacy" not in str(exc)
 
 
 @settings(max_examples=400)
-@given(rec=hostile_records())
+@given(rec=hostile_records(HOSTILE_VALUES))
 def test_a_hostile_mapping_only_ever_raises_the_typed_error_naming_no_value(rec: object) -> None:
     try:
         record = TokenRecord.from_json(rec)
@@ -262,7 +180,7 @@ def _dumps(value: object) -> bytes | None:
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rec=hostile_records())
+@given(rec=hostile_records(HOSTILE_VALUES))
 def test_a_hostile_record_in_a_store_file_is_ignored_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, rec: object
 ) -> None:
@@ -301,7 +219,7 @@ def test_a_hostile_record_in_a_store_file_is_ignored_with_a_warning(
     ],
 )
 def test_the_error_names_the_field_never_the_value(field: str, value: object) -> None:
-    rec = _good()
+    rec = good_record()
     rec[field] = value
     with pytest.raises(BadTokenRecord) as caught:
         TokenRecord.from_json(rec)
@@ -310,7 +228,7 @@ def test_the_error_names_the_field_never_the_value(field: str, value: object) ->
 
 def test_a_missing_field_is_named() -> None:
     for field in ("access_token", "authorization", "token_type", "issued_wall", "lifetime"):
-        rec = _good()
+        rec = good_record()
         del rec[field]
         with pytest.raises(BadTokenRecord, match=f"^{field} "):
             TokenRecord.from_json(rec)

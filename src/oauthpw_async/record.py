@@ -31,6 +31,19 @@ MAX_STORED_LIFETIME = 366 * 86400.0
 _TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,65536}")
 
 
+#: The fields a record keeps as the token has them (the times are the others).
+_KEPT = (
+    "access_token",
+    "authorization",
+    "token_type",
+    "lifetime",
+    "lifetime_source",
+    "refresh_token",
+    "scope",
+    "extra",
+)
+
+
 class BadTokenRecord(ValueError):
     """A record that is not a usable token; the message names the field, never a value."""
 
@@ -42,9 +55,6 @@ class TokenRecord:
     Neither the tokens nor the ``Authorization`` value show in the repr.
     """
 
-    access_token: Secret = attrs.field(repr=False)
-    #: Value for the ``Authorization`` header (it holds the access token).
-    authorization: str = attrs.field(repr=False)
     token_type: str
     #: Epoch seconds of when the request that produced the token was sent.
     issued_wall: float
@@ -52,6 +62,9 @@ class TokenRecord:
     lifetime: float
     #: Where the lifetime came from (see :attr:`Token.lifetime_source`).
     lifetime_source: str
+    access_token: Secret = attrs.field(repr=False)
+    #: Value for the ``Authorization`` header (it holds the access token).
+    authorization: str = attrs.field(repr=False)
     refresh_token: Secret | None = attrs.field(default=None, repr=False)
     #: Epoch seconds the refresh token stops being valid, when the server said so.
     refresh_expires_wall: float | None = None
@@ -69,39 +82,21 @@ class TokenRecord:
         rexp = token.refresh_expires_at
         if rexp is not None and not math.isnan(token.issued.monotonic):
             rexp = token.issued.wall + (rexp - token.issued.monotonic)
-        return cls(
-            access_token=token.access_token,
-            authorization=token.authorization,
-            token_type=token.token_type,
-            issued_wall=token.issued.wall,
-            lifetime=token.lifetime,
-            lifetime_source=token.lifetime_source,
-            refresh_token=token.refresh_token,
-            refresh_expires_wall=rexp,
-            scope=token.scope,
-            extra=token.extra,
-        )
+        kept = {name: getattr(token, name) for name in _KEPT}
+        return cls(issued_wall=token.issued.wall, refresh_expires_wall=rexp, **kept)
 
     def token(self, clock: Clock | None = None) -> Token:
         """The token on ``clock``'s monotonic time, as if issued and expiring at the same wall-clock times.
 
-        Without a clock, the token is on the wall clock's time line: its monotonic times are
-        epoch seconds (for showing the record, not for counting down on a clock).
+        This is the one place a token moves between clocks. Without a clock, the token is on
+        the wall clock's time line: its monotonic times are epoch seconds (for showing the
+        record, not for counting down on a clock).
         """
         now_mono, now_wall = (0.0, 0.0) if clock is None else (clock.monotonic(), clock.wall())
         rexp = self.refresh_expires_wall
-        return Token(
-            access_token=self.access_token,
-            authorization=self.authorization,
-            token_type=self.token_type,
-            issued=Instant(now_mono - (now_wall - self.issued_wall), self.issued_wall),
-            lifetime=self.lifetime,
-            lifetime_source=self.lifetime_source,
-            refresh_token=self.refresh_token,
-            refresh_expires_at=None if rexp is None else now_mono + (rexp - now_wall),
-            scope=self.scope,
-            extra=self.extra,
-        )
+        issued = Instant(now_mono - (now_wall - self.issued_wall), self.issued_wall)
+        kept = {name: getattr(self, name) for name in _KEPT}
+        return Token(issued=issued, refresh_expires_at=None if rexp is None else now_mono + (rexp - now_wall), **kept)
 
     def as_json(self) -> dict[str, Any]:
         """The record as a JSON object (secrets revealed: it is written only where tokens are kept)."""
