@@ -665,23 +665,19 @@ class TokenProvider:
 
     def _restore(self, stored: StoredToken) -> None:
         now_mono, now_wall = self._now(), self._clock.wall()
-        issued_wall = stored.token.issued.wall
-        if issued_wall > now_wall + STORE_FUTURE_TOLERANCE:
+        record = stored.record
+        if record.issued_wall > now_wall + STORE_FUTURE_TOLERANCE:
             log.warning(
                 "the stored token claims to be issued %.0fs in the future (a clock change or a damaged "
                 "store); ignored, logging in instead",
-                issued_wall - now_wall,
+                record.issued_wall - now_wall,
             )
             return
         # A token from slightly ahead (a clock step) counts as issued now: never longer than its lifetime.
-        issued_wall = min(issued_wall, now_wall)
+        if record.issued_wall > now_wall:
+            record = attrs.evolve(record, issued_wall=now_wall)
         # The store keeps wall-clock times; move them onto this process's monotonic clock.
-        rexp = stored.token.refresh_expires_at
-        token = attrs.evolve(
-            stored.token,
-            issued=Instant(now_mono - (now_wall - issued_wall), issued_wall),
-            refresh_expires_at=None if rexp is None else now_mono + (rexp - now_wall),
-        )
+        token = record.token(self._clock)
         self._generation = max(self._generation, stored.generation)
         if token.expires_at - self._policy.skew(token.lifetime) > now_mono or token.refresh_token is not None:
             self.stats.restored += 1

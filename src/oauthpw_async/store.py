@@ -16,7 +16,6 @@ import errno
 import logging
 import math
 import os
-import re
 import stat
 import threading
 from collections.abc import Iterator, Mapping
@@ -27,10 +26,9 @@ import attrs
 import orjson
 
 from ._atomic import atomic_write
-from ._secret import Secret
 from .errors import UnsafeTokenStore
-from .grant import Instant, Token
-from .headers import header_problem
+from .grant import Token
+from .record import MAX_STORED_LIFETIME, BadTokenRecord, TokenRecord
 
 try:  # POSIX; elsewhere only threads of one process are kept apart
     import fcntl
@@ -41,28 +39,33 @@ __all__ = ["MAX_STORED_LIFETIME", "FileTokenStore", "MemoryTokenStore", "StoredT
 
 log = logging.getLogger("oauthpw_async.store")
 
-#: A stored token claiming a longer life than this is damaged or forged, never "immortal".
-MAX_STORED_LIFETIME = 366 * 86400.0
-
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: Opening a FIFO for reading waits for a writer: never wait (the file is checked right after).
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-#: What a stored access or refresh token may hold: visible ASCII, as in an HTTP header (RFC 9110).
-_TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,65536}")
+
+
+def _as_record(token: TokenRecord | Token) -> TokenRecord:
+    return token if isinstance(token, TokenRecord) else TokenRecord.of(token)
 
 
 @attrs.frozen
 class StoredToken:
-    """A token as a store keeps it: the token (times on the wall clock) and its generation.
+    """A token as a store keeps it: its record (times on the wall clock) and its generation.
 
-    ``token.issued.monotonic`` is meaningless here and ``token.refresh_expires_at`` is epoch
-    seconds; the provider moves both onto its own clock when it restores the token.
+    Made from a :class:`~oauthpw_async.grant.Token` or a :class:`~oauthpw_async.record.TokenRecord`;
+    the provider puts the record on its own clock (:meth:`TokenRecord.token`) when it restores it.
     """
 
-    token: Token
+    #: The token with wall-clock times.
+    record: TokenRecord = attrs.field(converter=_as_record)
     #: Counts the renewals of one credential: a higher generation replaced a lower one.
     generation: int
+
+    @property
+    def token(self) -> Token:
+        """The token on the wall clock's time line (monotonic times are epoch seconds): for showing it."""
+        return self.record.token()
 
 
 class TokenStore(Protocol):
@@ -84,99 +87,31 @@ class TokenStore(Protocol):
 _NOT_REGULAR = "is not a regular file (a FIFO, a socket, a device or a directory); point the token store at a file path"
 
 
-class _BadRecord(ValueError):
-    """A stored record that is not a usable token (the reason names a field, never a value)."""
-
-
 def _to_record(entry: StoredToken) -> dict[str, Any]:
-    token = entry.token
-    rexp = token.refresh_expires_at
-    return {
-        "generation": entry.generation,
-        "access_token": token.access_token.reveal(),
-        "authorization": token.authorization,
-        "token_type": token.token_type,
-        "issued_wall": token.issued.wall,
-        "lifetime": token.lifetime,
-        "lifetime_source": token.lifetime_source,
-        "refresh_token": token.refresh_token.reveal() if token.refresh_token else None,
-        "refresh_expires_wall": None if rexp is None else token.issued.wall + (rexp - token.issued.monotonic),
-        "scope": token.scope,
-        "extra": dict(token.extra),
-    }
-
-
-def _number(rec: Mapping[str, Any], field: str) -> float:
-    value = rec.get(field)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _BadRecord(f"{field} is not a finite number")
-    return float(value)
-
-
-def _text(rec: Mapping[str, Any], field: str, *, optional: bool = False, header: bool = False) -> str | None:
-    value = rec.get(field)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or (header and (not value or header_problem("Authorization", value))):
-        raise _BadRecord(f"{field} is not a valid string" + (" for an HTTP header" if header else ""))
-    return value
-
-
-def _secret(rec: Mapping[str, Any], field: str, *, optional: bool = False) -> Secret | None:
-    value = rec.get(field)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not _TOKEN_VALUE.fullmatch(value):
-        raise _BadRecord(f"{field} is not a valid token (visible ASCII characters only)")
-    return Secret(value)
+    return {"generation": entry.generation, **entry.record.as_json()}
 
 
 def _generation(rec: Mapping[str, Any]) -> int:
     value = rec.get("generation", 0)  # files written before generations existed
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _BadRecord("generation is not a whole number >= 0")
+        raise BadTokenRecord("generation is not a whole number >= 0")
     return value
 
 
 def _from_record(rec: object) -> StoredToken:
     """Validate a stored record strictly: a damaged or forged file must not yield a token."""
     if not isinstance(rec, dict):
-        raise _BadRecord("the record is not a JSON object")
-    lifetime = _number(rec, "lifetime")
-    if not 0 < lifetime <= MAX_STORED_LIFETIME:
-        raise _BadRecord(f"lifetime is not between 0 and {MAX_STORED_LIFETIME:.0f} seconds")
-    rexp = rec.get("refresh_expires_wall")
-    if rexp is not None:
-        rexp = _number(rec, "refresh_expires_wall")
-    extra = rec.get("extra", {})
-    if extra is None:
-        extra = {}
-    if not isinstance(extra, dict):
-        raise _BadRecord("extra is not a JSON object")
-    access = _secret(rec, "access_token")
-    assert access is not None
-    token = Token(
-        access_token=access,
-        authorization=str(_text(rec, "authorization", header=True)),
-        token_type=str(_text(rec, "token_type")),
-        issued=Instant(math.nan, _number(rec, "issued_wall")),
-        lifetime=lifetime,
-        lifetime_source=_text(rec, "lifetime_source", optional=True) or "default",
-        refresh_token=_secret(rec, "refresh_token", optional=True),
-        refresh_expires_at=rexp,
-        scope=_text(rec, "scope", optional=True),
-        extra=extra,
-    )
-    return StoredToken(token, _generation(rec))
+        raise BadTokenRecord("the record is not a JSON object")
+    return StoredToken(TokenRecord.from_json(rec), _generation(rec))
 
 
 def _order(rec: object) -> tuple[float, float]:
     """How new a stored record is: (generation, issued time); an unusable record is the oldest."""
     try:
         entry = _from_record(rec)
-    except _BadRecord:
+    except BadTokenRecord:
         return (-1, -math.inf)
-    return (entry.generation, entry.token.issued.wall)
+    return (entry.generation, entry.record.issued_wall)
 
 
 class MemoryTokenStore:
@@ -288,7 +223,7 @@ class FileTokenStore:
             return None
         try:
             return _from_record(rec)
-        except _BadRecord as exc:
+        except BadTokenRecord as exc:
             log.warning(
                 "token store %s: the stored token is unusable (%s); ignored, logging in instead", self.path, exc
             )

@@ -42,7 +42,7 @@ from ..errors import (
     TokenResponseError,
     TransientTokenError,
 )
-from ..grant import Instant, Token, build_password_request, build_refresh_request
+from ..grant import Token, build_password_request, build_refresh_request
 from ..renewal import LocalRenewer, RenewalContext, RenewalSource, locked_out
 from .errors import CoordinatorRefused, CoordinatorUnavailable, FleetKeyMismatch
 from .tokens import RefreshPermit, SharedToken
@@ -199,14 +199,7 @@ class FleetRenewal:
 
     def _local(self, shared: SharedToken) -> Token:
         """The shared token on this process's monotonic clock."""
-        token = shared.token
-        now_mono, now_wall = self._p.clock.monotonic(), self._p.clock.wall()
-        rexp = token.refresh_expires_at
-        return attrs.evolve(
-            token,
-            issued=Instant(now_mono - (now_wall - token.issued.wall), token.issued.wall),
-            refresh_expires_at=None if rexp is None else now_mono + (rexp - now_wall),
-        )
+        return shared.record.token(self._p.clock)
 
     def _adoptable(self, shared: SharedToken) -> bool:
         """A token this process does not have yet and that is still worth using."""

@@ -29,7 +29,6 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 import attrs
@@ -37,10 +36,9 @@ import coredis.exceptions
 import orjson
 from anyio.abc import TaskStatus
 
-from .._secret import Secret
 from ..clock import SYSTEM_CLOCK, Clock
-from ..grant import Instant, Token
-from ..headers import header_problem
+from ..grant import Token
+from ..record import BadTokenRecord, TokenRecord
 from ._redis import UNAVAILABLE, RedisLink, as_text
 from .cipher import TokenCipher
 from .errors import CoordinatorRefused, CoordinatorUnavailable, FleetKeyMismatch, damaged
@@ -104,16 +102,21 @@ class RefreshPermit(enum.Enum):
 class SharedToken:
     """The fleet's current token as read from Redis.
 
-    ``token`` carries wall-clock times only (``issued.monotonic`` is NaN and
-    ``refresh_expires_at`` is epoch seconds): move it onto a process's monotonic clock
-    before use (the provider does, as for a token store).
+    ``record`` carries wall-clock times: a process puts it on its monotonic clock
+    (:meth:`TokenRecord.token`) before use, as the provider does with a token store's.
     """
 
     generation: int
     token_id: str
-    token: Token
+    #: The token with wall-clock times.
+    record: TokenRecord
     #: The refresh token of this generation may already have been sent (see :class:`RefreshPermit`).
     refresh_spent: bool
+
+    @property
+    def token(self) -> Token:
+        """The token on the wall clock's time line (monotonic times are epoch seconds): for showing it."""
+        return self.record.token()
 
 
 @attrs.frozen
@@ -129,33 +132,11 @@ class PublishResult:
 
 def token_to_record(token: Token) -> bytes:
     """A token as JSON with wall-clock times (what is sealed into the shared record)."""
-    rexp = token.refresh_expires_at
-    if rexp is not None and not math.isnan(token.issued.monotonic):
-        rexp = token.issued.wall + (rexp - token.issued.monotonic)
-    return orjson.dumps(
-        {
-            "access_token": token.access_token.reveal(),
-            "authorization": token.authorization,
-            "token_type": token.token_type,
-            "issued_wall": token.issued.wall,
-            "lifetime": token.lifetime,
-            "lifetime_source": token.lifetime_source,
-            "refresh_token": token.refresh_token.reveal() if token.refresh_token else None,
-            "refresh_expires_wall": rexp,
-            "scope": token.scope,
-            "extra": dict(token.extra),
-        }
-    )
+    return orjson.dumps(TokenRecord.of(token).as_json())
 
 
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError("not a finite number")
-    return float(value)
-
-
-def token_from_record(blob: bytes) -> Token:
-    """The token of a record written by :func:`token_to_record` (wall-clock times, see :class:`SharedToken`).
+def token_from_record(blob: bytes) -> TokenRecord:
+    """The token record that :func:`token_to_record` wrote (validated as a token store validates its file).
 
     Raises:
         SharedStateUnreadable: the record is not one :func:`token_to_record` writes (a field missing or of
@@ -163,47 +144,21 @@ def token_from_record(blob: bytes) -> Token:
     """
     try:
         rec = orjson.loads(blob)
-        if not isinstance(rec, dict):
-            raise TypeError("not an object")
-        access, authorization, token_type = rec["access_token"], rec["authorization"], rec["token_type"]
-        rt, scope, extra = rec.get("refresh_token"), rec.get("scope"), rec.get("extra") or {}
-        source = rec.get("lifetime_source", "default")
-        if not all(isinstance(v, str) and v for v in (access, authorization, token_type)):
-            raise TypeError("token fields must be text")
-        if not (rt is None or isinstance(rt, str)) or not (scope is None or isinstance(scope, str)):
-            raise TypeError("refresh token and scope must be text")
-        if not isinstance(extra, dict) or not isinstance(source, str):
-            raise TypeError("extra must be an object")
-        for value in (access, authorization, rt or ""):
-            if header_problem("Authorization", value) is not None:
-                raise ValueError("cannot go into a header")
-        rexp = rec.get("refresh_expires_wall")
-        token = Token(
-            access_token=Secret(access),
-            authorization=authorization,
-            token_type=token_type,
-            issued=Instant(math.nan, _number(rec["issued_wall"])),
-            lifetime=_number(rec["lifetime"]),
-            lifetime_source=source,
-            refresh_token=Secret(rt) if rt else None,
-            refresh_expires_at=None if rexp is None else _number(rexp),
-            scope=scope,
-            extra=extra,
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    except orjson.JSONDecodeError:
         raise damaged("the shared token record opened, but its token") from None
-    return token
+    try:
+        return TokenRecord.from_json(rec)
+    except BadTokenRecord as exc:
+        raise damaged(f"the shared token record opened, but its token ({exc})") from None
 
 
-def record_ttl(token: Token, now_wall: float) -> float | None:
+def record_ttl(record: TokenRecord, now_wall: float) -> float | None:
     """How long the record is worth keeping: until its last usable secret expires (``None``: no limit)."""
-    if token.refresh_token is None:
-        return max(0.001, token.expires_at_wall - now_wall)
-    rexp = token.refresh_expires_at
+    if record.refresh_token is None:
+        return max(0.001, record.issued_wall + record.lifetime - now_wall)
+    rexp = record.refresh_expires_wall
     if rexp is None:
         return None
-    if not math.isnan(token.issued.monotonic):
-        rexp = token.issued.wall + (rexp - token.issued.monotonic)
     return max(0.001, rexp - now_wall)
 
 
@@ -279,8 +234,8 @@ class SharedTokenState:
                 sealed_by=by_text,
                 generation=generation,
             )
-        token = token_from_record(plaintext)
-        return SharedToken(generation, tid_text, token, refresh_spent=spent_text == "1")
+        record = token_from_record(plaintext)
+        return SharedToken(generation, tid_text, record, refresh_spent=spent_text == "1")
 
     async def publish(self, token: Token, *, renewed_from: int, now_wall: float, at_least: int = 0) -> PublishResult:
         """Write ``token`` as the next generation if ``renewed_from`` is still current (or no record exists).
@@ -291,8 +246,11 @@ class SharedTokenState:
         Redis went back to an older state, generations keep rising past every one already seen.
         """
         generation = max(renewed_from, at_least) + 1
-        blob = self._cipher.seal(token_to_record(token), credential_key=self.credential_key, generation=generation)
-        ttl = record_ttl(token, now_wall)
+        record = TokenRecord.of(token)
+        blob = self._cipher.seal(
+            orjson.dumps(record.as_json()), credential_key=self.credential_key, generation=generation
+        )
+        ttl = record_ttl(record, now_wall)
         tid = secrets.token_hex(8)
         ttl_ms = 0 if ttl is None else max(1, math.ceil(ttl * 1000))
         ok, gen = await self._link.script(
