@@ -29,6 +29,7 @@ MAX_STORED_LIFETIME = 366 * 86400.0
 
 #: What a stored access or refresh token may hold: visible ASCII, as in an HTTP header (RFC 9110).
 _TOKEN_VALUE = re.compile(r"[\x21-\x7e]{1,65536}")
+_REFRESH_VALUE = re.compile(r"[^\x00-\x1f\x7f]{1,65536}")
 
 
 #: The fields a record keeps as the token has them (the times are the others).
@@ -141,7 +142,7 @@ class TokenRecord:
             issued_wall=_number(rec, "issued_wall"),
             lifetime=lifetime,
             lifetime_source=_optional_text(rec, "lifetime_source") or "default",
-            refresh_token=None if rec.get("refresh_token") is None else _secret(rec, "refresh_token"),
+            refresh_token=None if rec.get("refresh_token") is None else _refresh_secret(rec),
             refresh_expires_wall=None if rexp is None else _number(rec, "refresh_expires_wall"),
             scope=_optional_text(rec, "scope"),
             extra=dict(extra),
@@ -173,6 +174,15 @@ def _optional_text(rec: Mapping[str, Any], field: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadTokenRecord(f"{field} is not a valid string")
     return value
+
+
+def _refresh_secret(rec: Mapping[str, Any]) -> Secret:
+    # A refresh token goes back in a form body (percent-encoded), never in a header: any text the
+    # server issued will do (spaces, non-ASCII), but not control characters (a line break is an edit).
+    value = rec.get("refresh_token")
+    if not isinstance(value, str) or not _REFRESH_VALUE.fullmatch(value):
+        raise BadTokenRecord("refresh_token is not a valid token (text without control characters)")
+    return Secret(value)
 
 
 def _secret(rec: Mapping[str, Any], field: str) -> Secret:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 
 import anyio
+import attrs
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oauthpw_async._secret import Secret
+from oauthpw_async.errors import TokenResponseError
 from oauthpw_async.fleet import Coordinator, FleetError, SharedStateUnreadable
 
 from ..token_records import FLEET_PLAINTEXT, HOSTILE_VALUES, PLANTED, good_record, hostile_records, legacy_token
@@ -55,7 +57,7 @@ async def test_a_record_in_the_earlier_format_reads_back_and_is_sealed_byte_for_
         ("issued_wall", True),
         ("refresh_expires_wall", "later"),
         ("authorization", f"Bearer {PLANTED}\r\nX-Injected: 1"),
-        ("refresh_token", PLANTED + " x"),
+        ("refresh_token", PLANTED + "\nx"),
         ("token_type", 7),
         ("extra", [PLANTED]),
     ],
@@ -112,3 +114,35 @@ def test_a_hostile_sealed_token_only_ever_raises_the_fleets_typed_error(
     if exc is not None:
         assert isinstance(exc, SharedStateUnreadable), f"untyped {type(exc).__name__}"
         assert PLANTED not in str(exc) and "legacy" not in str(exc) and "fleet reset --tokens" in str(exc)
+
+
+@pytest.mark.anyio
+async def test_a_token_the_fleet_could_not_read_back_is_never_published(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    # A server answering expires_in: 0 (or a lifetime past a year) once must not leave a record
+    # that stops every worker until a reset: the publish refuses it, the record stays readable.
+    async with coordinator(redis_server.url, namespace) as fleet:
+        good = legacy_token()
+        await fleet.tokens.publish(good, renewed_from=0, now_wall=good.issued.wall)
+        for lifetime in (0.0, 400 * 86400.0):
+            with pytest.raises(TokenResponseError, match="lifetime") as caught:
+                await fleet.tokens.publish(
+                    attrs.evolve(good, lifetime=lifetime), renewed_from=1, now_wall=good.issued.wall
+                )
+            assert good.access_token.reveal() not in str(caught.value)
+        shared = await fleet.tokens.read()
+        assert shared is not None and shared.generation == 1 and shared.record.access_token == good.access_token
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("refresh", ["rt with spaces", "rt-ünïcode-ß", "a" * 4000])
+async def test_any_refresh_token_text_a_server_issues_is_shared(
+    redis_server: RedisServer, namespace: str, refresh: str
+) -> None:
+    # A refresh token goes back in a form body, not a header: spaces and non-ASCII are kept.
+    async with coordinator(redis_server.url, namespace) as fleet:
+        token = attrs.evolve(legacy_token(), refresh_token=Secret(refresh))
+        await fleet.tokens.publish(token, renewed_from=0, now_wall=token.issued.wall)
+        shared = await fleet.tokens.read()
+        assert shared is not None and shared.record.refresh_token == Secret(refresh)

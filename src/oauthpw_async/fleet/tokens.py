@@ -37,6 +37,7 @@ import orjson
 from anyio.abc import TaskStatus
 
 from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import TokenResponseError
 from ..grant import Token
 from ..record import BadTokenRecord, TokenRecord
 from ._redis import UNAVAILABLE, RedisLink, as_text
@@ -247,6 +248,10 @@ class SharedTokenState:
         """
         generation = max(renewed_from, at_least) + 1
         record = TokenRecord.of(token)
+        try:  # what the fleet could not read back is never written: it would stop every worker
+            TokenRecord.from_json(record.as_json())
+        except BadTokenRecord as exc:
+            raise TokenResponseError(f"the token endpoint answered a token that cannot be kept: {exc}") from None
         blob = self._cipher.seal(
             orjson.dumps(record.as_json()), credential_key=self.credential_key, generation=generation
         )
