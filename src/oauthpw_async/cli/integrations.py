@@ -150,8 +150,7 @@ async def singer_preflight(args: argparse.Namespace) -> int | None:
         )
     if discover and catalog is not None:
         raise UsageError("--discover prints a catalog, --catalog reads one: give one of them")
-    from ..integrations import singer
-    from ..integrations._run import stream_name
+    from ..integrations import singer, stream_name
 
     crawler = _crawler(args.crawler, args.base_url)
     if discover:

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import attrs
 
-from .._paths import _parts
+from .._paths import path_keys
 from ..config import PasswordGrantConfig
 from ..crawler import Crawler, CrawlStats
 from ..errors import CrawlError, UsageError
@@ -85,7 +85,7 @@ def key_column(crawler: Crawler) -> str | None:
     """
     if crawler.primary_key is None:
         return None
-    parts = _parts(crawler.primary_key)
+    parts = path_keys(crawler.primary_key)
     if not parts or any(not p or p.isdigit() for p in parts):
         raise UsageError(
             f"{type(crawler).__name__}.primary_key {crawler.primary_key!r} must name a field of the record "

@@ -31,7 +31,7 @@ import dlt
 from dlt.extract.resource import DltResource
 from dlt.extract.source import DltSource
 
-from .._paths import _parts
+from .._paths import path_keys
 from ..crawler import Crawler, CrawlStats
 from ..errors import UsageError
 from ._run import Connection, key_column, pages, stream_name
@@ -51,7 +51,7 @@ def _deleted_row(crawler: Crawler, key: Any) -> dict[str, Any]:
     """What a tombstone lands as: the key alone (nested as the records nest it) and the flag."""
     assert crawler.primary_key is not None
     row: dict[str, Any] = {DELETED_COLUMN: True}
-    *outer, last = _parts(crawler.primary_key)
+    *outer, last = path_keys(crawler.primary_key)
     at = row
     for part in outer:
         at = at.setdefault(part, {})
