@@ -16,7 +16,7 @@ import oauthpw_async
 ROOT = Path(oauthpw_async.__file__).parent
 
 #: Top-level private modules shared by the subpackages (each says so in its docstring).
-SHARED_INTERNALS = frozenset({"_api", "_atomic", "_httputil", "_paths", "_secret"})
+SHARED_INTERNALS = frozenset({"_api", "_atomic", "_handoff", "_httputil", "_paths", "_secret"})
 
 
 def imported_names(root: Path, path: Path) -> list[tuple[int, tuple[str, ...]]]:
