@@ -562,6 +562,28 @@ def test_every_option_of_every_subcommand_has_help_and_shows_its_default(capsys)
                 assert f"(default: {action.default})" in text, (name, flag, text)
 
 
+def test_help_shows_every_command_holds_no_rest_markup_and_states_each_default_once(capsys) -> None:
+    from oauthpw_async.cli import build_parser, main
+
+    def every(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], list[str]]]:
+        nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        names = list(nested[0].choices) if nested else []
+        below = [item for n in names for item in every(nested[0].choices[n], (*path, n))]
+        return [(path, names), *below]
+
+    for path, commands in every(build_parser(), ()):
+        with pytest.raises(SystemExit) as exited:
+            main([*path, "--help"])
+        assert exited.value.code == 0
+        out = capsys.readouterr().out
+        usage = out.split("\n\n")[0]
+        for command in commands:
+            assert command in usage, f"the usage line of {path} hides {command}"
+        assert "``" not in out and re.search(r":[a-z]+:`", out) is None, f"reST markup in the help of {path}"
+        for invocation, text in option_helps(out).items():
+            assert text.count("(default:") <= 1, (path, invocation, text)
+
+
 def option_helps(help_text: str) -> dict[str, str]:
     """Each option's invocation (``--out PATH``) and its help text, from ``--help`` output."""
     lines = help_text.splitlines()

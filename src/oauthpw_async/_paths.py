@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["MISSING", "Path", "dig", "lookup"]
+__all__ = ["MISSING", "Path", "dig", "lookup", "path_keys"]
 
 #: A dotted path or a key sequence.
 Path = str | Sequence[str]
@@ -35,7 +35,12 @@ MISSING: Any = _Missing()
 """Returned by :func:`lookup` when a key on the path is absent (unlike a JSON ``null``)."""
 
 
-def _parts(path: Path) -> list[str]:
+def path_keys(path: Path) -> list[str]:
+    r"""The keys of ``path``, one per level as written (``"a\.b.c"`` -> ``["a.b", "c"]``; a sequence as is).
+
+    What a path names before the lookup joins dotted parts that form an existing key: the shape
+    of the path itself, e.g. the nested columns of a primary key.
+    """
     if isinstance(path, str):
         return [p.replace("\\.", ".") for p in _SPLIT.split(path)]
     return list(path)
@@ -46,7 +51,7 @@ def lookup(data: Any, path: Path | None) -> Any:
     if path is None:
         return data
     literal = not isinstance(path, str)
-    parts = _parts(path)
+    parts = path_keys(path)
     i = 0
     while i < len(parts):
         if isinstance(data, Mapping):

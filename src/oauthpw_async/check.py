@@ -194,36 +194,51 @@ async def check_connection(
             endpoint = AiohttpTokenEndpoint(config)
     except ConfigError as exc:  # e.g. an unreadable CA bundle, found when TLS is set up
         return attrs.evolve(base, error=exc)
-    steps: list[CheckStep] = []
     try:
-        login, token, error = await _step(config, endpoint, build_password_request(config), None, retry, clock)
-        steps.append(login)
-        if token is None:
-            return attrs.evolve(base, steps=tuple(steps), error=error)
-        newest = token
-        skipped = ""
-        if token.refresh_token is None:
-            skipped = "no refresh token was issued: renewals will be password logins"
-        else:
-            refresh_request = build_refresh_request(config, token.refresh_token)
-            refresh, new, error = await _step(config, endpoint, refresh_request, token, retry, clock)
-            steps.append(refresh)
-            if new is not None:
-                newest = new
-        stored = False
-        if store is not None:
-            # A file store fsyncs: off the event loop. The check's login is a renewal like any
-            # other: one generation past what the store holds, so the store never goes back.
-            key = config.credential_key
-            previous = await anyio.to_thread.run_sync(store.load, key)
-            generation = previous.generation + 1 if previous is not None else 1
-            stored = await anyio.to_thread.run_sync(store.save, key, StoredToken(newest, generation))
-        return attrs.evolve(base, steps=tuple(steps), refresh_skipped=skipped, error=error, stored=stored)
+        return await _login_then_refresh(base, config, endpoint, store, retry, clock)
     finally:
         if owned:
             aclose = getattr(endpoint, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+async def _login_then_refresh(
+    base: CheckResult,
+    config: PasswordGrantConfig,
+    endpoint: TokenEndpoint,
+    store: TokenStore | None,
+    retry: RetryPolicy,
+    clock: Clock,
+) -> CheckResult:
+    """The check's steps: a login, then a refresh when the login issued a refresh token; the newest kept."""
+    login, token, error = await _step(config, endpoint, build_password_request(config), None, retry, clock)
+    steps = [login]
+    if token is None:
+        return attrs.evolve(base, steps=tuple(steps), error=error)
+    newest = token
+    skipped = ""
+    if token.refresh_token is None:
+        skipped = "no refresh token was issued: renewals will be password logins"
+    else:
+        refresh_request = build_refresh_request(config, token.refresh_token)
+        refresh, new, error = await _step(config, endpoint, refresh_request, token, retry, clock)
+        steps.append(refresh)
+        if new is not None:
+            newest = new
+    stored = await _keep_newest(store, config.credential_key, newest) if store is not None else False
+    return attrs.evolve(base, steps=tuple(steps), refresh_skipped=skipped, error=error, stored=stored)
+
+
+async def _keep_newest(store: TokenStore, key: str, token: Token) -> bool:
+    """Save the check's newest token; whether it was stored.
+
+    The check's login is a renewal like any other: one generation past what the store holds, so
+    the store never goes back. A file store fsyncs: off the event loop.
+    """
+    previous = await anyio.to_thread.run_sync(store.load, key)
+    generation = previous.generation + 1 if previous is not None else 1
+    return await anyio.to_thread.run_sync(store.save, key, StoredToken(token, generation))
 
 
 async def _step(

@@ -141,14 +141,19 @@ class TokenError(OAuthPWError):
         super().__init__(self._render())
 
     def __reduce__(self) -> tuple[object, ...]:
-        kwargs = {
+        message, kwargs = self._constructed_with()
+        return (_rebuild, (type(self), message, kwargs))
+
+    def _constructed_with(self) -> tuple[str, dict[str, object]]:
+        """The message and keyword arguments that build this error again (a pickled copy)."""
+        kwargs: dict[str, object] = {
             "status": self.status,
             "error_code": self.error_code,
             "grant": self.grant,
             "retry_after": self.retry_after,
             "hint": self.hint,
         }
-        return (_rebuild, (type(self), self.detail, kwargs))
+        return self.detail, kwargs
 
     def _render(self) -> str:
         parts = [self.detail]
@@ -337,16 +342,9 @@ class TokenRequestsPaused(TransientTokenError):
         """Seconds to wait, counted from when the error was raised."""
         return self.retry_after or 0.0
 
-    def __reduce__(self) -> tuple[object, ...]:
-        kwargs = {
-            "status": self.status,
-            "error_code": self.error_code,
-            "grant": self.grant,
-            "retry_after": self.retry_after,
-            "hint": self.hint,
-            "retry_at": self.retry_at,
-        }
-        return (_rebuild, (type(self), self._message, kwargs))
+    def _constructed_with(self) -> tuple[str, dict[str, object]]:
+        _, kwargs = super()._constructed_with()
+        return self._message, {**kwargs, "retry_at": self.retry_at}
 
 
 class LoginBudgetExhausted(TokenRequestsPaused):

@@ -77,7 +77,7 @@ def add_parser(sub: Any) -> None:
         default=900.0,
         metavar="SECONDS",
         help="while token requests are paused (the login budget, a rate limit of the token endpoint), requests "
-        "wait this long for them to resume, then the crawl fails (default: 900)",
+        "wait this long for them to resume, then the crawl fails",
     )
     p.add_argument(
         "--allow-incomplete",

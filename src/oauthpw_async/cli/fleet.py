@@ -29,11 +29,11 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import orjson
 
 from ..errors import OAuthPWError, UsageError
-from ..fleet._url import PASSWORD_VARIABLE, check_credentials, with_env_password
+from ..fleet.redis_url import PASSWORD_VARIABLE, check_credentials, redis_where, with_env_password
 
 if TYPE_CHECKING:
     from ..crawler import Crawler, CrawlStats, Sink
-    from ..fleet._redis import RedisLink
+    from ..fleet import RedisLink
     from ..fleet.coordinator import Coordinator
     from ..fleet.crawl import FleetCrawl
     from ..fleet.partitions import FleetStatus
@@ -282,7 +282,7 @@ def worker_for(
     A password-grant ``tokens`` is replaced by a provider of the same connection (and ``store``)
     that renews through the fleet; a static token is used as it is.
     """
-    from ..fleet._redis import RedisLink, redis_where
+    from ..fleet import RedisLink
     from ..fleet.coordinator import Coordinator
     from ..fleet.crawl import FleetCrawl
     from ..provider import TokenProvider
@@ -514,7 +514,7 @@ def _token_lines(info: dict[str, Any] | None) -> list[str]:
 
 
 async def _status(args: argparse.Namespace, out: TextIO) -> int:
-    from ..fleet._redis import RedisLink, redis_where
+    from ..fleet import RedisLink
     from ..fleet.crawl import FleetCrawl
 
     name = crawl_name(args)
@@ -569,7 +569,7 @@ async def _status(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _reset(args: argparse.Namespace, out: TextIO) -> int:
-    from ..fleet._redis import RedisLink, redis_where
+    from ..fleet import RedisLink
     from ..fleet.cipher import generate_key
     from ..fleet.crawl import FleetCrawl
 
@@ -602,7 +602,7 @@ async def _reset(args: argparse.Namespace, out: TextIO) -> int:
 
 async def _reset_tokens(args: argparse.Namespace, out: TextIO) -> None:
     """Delete every shared token record of the namespace (each credential's next renewal logs in once)."""
-    from ..fleet._redis import RedisLink, redis_where
+    from ..fleet import RedisLink
 
     link = RedisLink(args.coordinator, namespace=args.namespace)
     async with link:

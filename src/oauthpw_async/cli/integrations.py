@@ -49,11 +49,13 @@ _log_format = "text"  # set once per process by configure_logging()
 
 def add_global_options(parser: argparse.ArgumentParser, *, default: object = "text") -> None:
     """``--log-format`` (before the subcommand, or after it with ``default=argparse.SUPPRESS``)."""
+    # The help formatter states a default it can see; a suppressed one (the top level's applies) is written out.
+    stated = " (default: text)" if default is argparse.SUPPRESS else ""
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default=default,
-        help="stderr logs and progress as text, or as one JSON object a line (default: text)",
+        help="stderr logs and progress as text, or as one JSON object a line" + stated,
     )
 
 
@@ -150,8 +152,7 @@ async def singer_preflight(args: argparse.Namespace) -> int | None:
         )
     if discover and catalog is not None:
         raise UsageError("--discover prints a catalog, --catalog reads one: give one of them")
-    from ..integrations import singer
-    from ..integrations._run import stream_name
+    from ..integrations import singer, stream_name
 
     crawler = _crawler(args.crawler, args.base_url)
     if discover:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
 import aiohttp
-import anyio
 import attrs
 
+from .._handoff import handed_over
 from .._paths import Path, dig
 from ..clock import Clock
 from ..errors import PageShapeError, UsageError
@@ -285,20 +286,7 @@ class Crawler:
                 return None
 
         task = asyncio.ensure_future(self.crawl(tokens, _QueueSink(), **options))
-        task.add_done_callback(lambda _: queue.put_nowait(None))
-        try:
-            while (item := await queue.get()) is not None:
-                records, done = item
+        async with contextlib.aclosing(handed_over(queue, task)) as pages:
+            async for records in pages:
                 for record in records:
                     yield record
-                done.set()
-            await task  # re-raise a crawl error
-        finally:
-            if not task.done():
-                task.cancel()
-                # Shielded: an anyio cancel scope re-delivers its cancellation at every await,
-                # which would return here before the crawl has stopped.
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait([task])
-            if not task.cancelled():
-                task.exception()  # retrieved: a failure after the consumer left is not logged as lost

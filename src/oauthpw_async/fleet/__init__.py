@@ -11,6 +11,8 @@ each one atomic in Redis (Lua scripts):
 * :class:`PartitionQueue`: a crawl's partitions on a Redis Stream consumer group, fenced
   checkpoints, takeover of a dead worker's partitions, fleet-wide completeness;
 * :class:`Coordinator`: all of them for one credential over one connection;
+* :class:`RedisLink`: that one Redis connection alone (key names, scripts, typed errors), for
+  tools that read or reset a fleet's records without a credential (``oauthpw-async fleet``);
 * :class:`FleetCrawl`: a crawler run as one worker of a fleet (claimed partitions, fenced
   positions, shared politeness), on :class:`FleetCheckpoints` and :class:`SharedHostGovernor`.
 """
@@ -30,6 +32,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._redis import RedisLink
     from .cipher import TokenCipher, generate_key
     from .coordinator import Coordinator
     from .crawl import CrawlStateLost, FleetCheckpoints, FleetCrawl, SharedHostGovernor
@@ -59,6 +62,7 @@ _LAZY = {
     "PartitionStatus": "partitions",
     "HostRateLimiter": "ratelimit",
     "RateDecision": "ratelimit",
+    "RedisLink": "_redis",
     "PublishResult": "tokens",
     "RefreshPermit": "tokens",
     "SharedToken": "tokens",
@@ -97,6 +101,7 @@ __all__ = [
     "PartitionStatus",
     "PublishResult",
     "RateDecision",
+    "RedisLink",
     "RefreshPermit",
     "SharedHostGovernor",
     "SharedStateUnreadable",

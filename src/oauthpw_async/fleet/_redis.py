@@ -12,7 +12,6 @@ import contextlib
 from collections.abc import Awaitable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import coredis
 import coredis.exceptions
@@ -20,10 +19,10 @@ from coredis.commands.script import Script
 from coredis.retry import NoRetryPolicy
 
 from ..errors import ConfigError, FieldProblem
-from ._url import check_credentials, with_env_password
 from .errors import CoordinatorRefused, CoordinatorUnavailable
+from .redis_url import check_credentials, redis_where, with_env_password
 
-__all__ = ["PASSING", "UNAVAILABLE", "RedisLink", "as_text", "error_code", "redis_where"]
+__all__ = ["PASSING", "UNAVAILABLE", "RedisLink", "as_text", "error_code"]
 
 
 T = TypeVar("T")
@@ -88,17 +87,6 @@ def error_code(exc: BaseException) -> str:
         return "NOPERM"
     first = words[0] if words else ""
     return first if first.isupper() and first.isalpha() else type(exc).__name__
-
-
-def redis_where(url: str) -> str:
-    """``host:port/db`` of a Redis URL, without user name or password (for messages)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    try:
-        port: int | str = parts.port or 6379
-    except ValueError:
-        port = "?"
-    return f"{host}:{port}{parts.path or ''}"
 
 
 class RedisLink:

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import orjson
 
-from .._paths import _parts
+from .._paths import path_keys
 from ..crawler import Crawler
 from ..crawler.sinks import STREAM, StreamSink
 from ._run import key_column, stream_name
@@ -52,9 +52,9 @@ class ProtocolSink:
         self._messages: list[dict[str, Any]] = []
         self.stream = stream_name(crawler)
         self.key = key_column(crawler)
-        self.key_parts = _parts(crawler.primary_key) if crawler.primary_key is not None else []
+        self.key_parts = path_keys(crawler.primary_key) if crawler.primary_key is not None else []
         updated = crawler.updated_field
-        self.cursor_field = _parts(updated) if updated is not None else []
+        self.cursor_field = path_keys(updated) if updated is not None else []
         self.declared = declared_schema(crawler)
         self.schema: dict[str, Any] | None = None
         self.state = Path(state)

@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import anyio
 import attrs
 
-from .._paths import _parts
+from .._handoff import handed_over
+from .._paths import path_keys
 from ..config import PasswordGrantConfig
 from ..crawler import Crawler, CrawlStats
 from ..errors import CrawlError, UsageError
@@ -85,7 +85,7 @@ def key_column(crawler: Crawler) -> str | None:
     """
     if crawler.primary_key is None:
         return None
-    parts = _parts(crawler.primary_key)
+    parts = path_keys(crawler.primary_key)
     if not parts or any(not p or p.isdigit() for p in parts):
         raise UsageError(
             f"{type(crawler).__name__}.primary_key {crawler.primary_key!r} must name a field of the record "
@@ -143,21 +143,10 @@ async def pages(
             return await crawler.crawl(tokens, sink, state=state, **crawl_options)
 
     task = asyncio.ensure_future(run())
-    task.add_done_callback(lambda _: sink.queue.put_nowait(None))
-    try:
-        while (item := await sink.queue.get()) is not None:
-            batch, taken = item
+    async with contextlib.aclosing(handed_over(sink.queue, task)) as batches:
+        async for batch in batches:
             yield batch
-            taken.set()
-        stats = await task  # re-raises a crawl error
-    finally:
-        if not task.done():
-            task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait([task])
-        if not task.cancelled():
-            with contextlib.suppress(BaseException):
-                task.exception()  # retrieved: a failure after the consumer left is not logged as lost
+    stats = task.result()  # complete: handed_over raised the crawl's error otherwise
     stats_out.append(stats)
     if not stats.complete and not allow_incomplete:
         problems = stats.incomplete or {n: [] for n, p in stats.partitions.items() if not p.complete}

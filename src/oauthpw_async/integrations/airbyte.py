@@ -26,7 +26,7 @@ from typing import IO, Any, cast
 
 import orjson
 
-from .._paths import _parts
+from .._paths import path_keys
 from ..check import check_connection
 from ..config import load_config
 from ..crawler import Crawler
@@ -249,12 +249,12 @@ async def catalog(crawler: Crawler, connection: Any, *, sample: int = 100) -> di
         "supported_sync_modes": ["full_refresh", "incremental"] if crawler.is_incremental else ["full_refresh"],
     }
     if crawler.primary_key is not None:
-        stream["source_defined_primary_key"] = [_parts(crawler.primary_key)]
+        stream["source_defined_primary_key"] = [path_keys(crawler.primary_key)]
     if crawler.is_incremental:
         stream["source_defined_cursor"] = True
         stream["is_resumable"] = True
         if crawler.updated_field is not None:
-            stream["default_cursor_field"] = _parts(crawler.updated_field)
+            stream["default_cursor_field"] = path_keys(crawler.updated_field)
     return {"type": "CATALOG", "catalog": {"streams": [stream]}}
 
 

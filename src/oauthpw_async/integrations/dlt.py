@@ -23,7 +23,7 @@ e.g. ``dlt[duckdb]``).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import dlt
 from dlt.extract.resource import DltResource
 from dlt.extract.source import DltSource
 
-from .._paths import _parts
+from .._paths import path_keys
 from ..crawler import Crawler, CrawlStats
 from ..errors import UsageError
 from ._run import Connection, key_column, pages, stream_name
@@ -51,7 +51,7 @@ def _deleted_row(crawler: Crawler, key: Any) -> dict[str, Any]:
     """What a tombstone lands as: the key alone (nested as the records nest it) and the flag."""
     assert crawler.primary_key is not None
     row: dict[str, Any] = {DELETED_COLUMN: True}
-    *outer, last = _parts(crawler.primary_key)
+    *outer, last = path_keys(crawler.primary_key)
     at = row
     for part in outer:
         at = at.setdefault(part, {})
@@ -110,28 +110,33 @@ def crawler_resource(
                 full_refresh=full_refresh,
                 **crawl_options,
             ):
-                out: list[dict[str, Any]] = []
-                for record in batch.records:
-                    if isinstance(record, dict) and record.get(DELETED_COLUMN) is True and "record" in record:
-                        row = _deleted_row(crawler, record["_key"])
-                    elif isinstance(record, dict):
-                        row = dict(record)
-                    else:
-                        row = {"value": record}
-                    row[SEQUENCE_COLUMN] = sequence
-                    sequence += 1
-                    out.append(row)
-                yield out
+                yield [_row(crawler, record, sequence + n) for n, record in enumerate(batch.records)]
+                sequence += len(batch.records)
             # Reached only when the crawl ended (complete, or allowed incomplete): committed with the rows.
             dlt.current.resource_state()[STATE_KEY] = state.read_text(encoding="utf-8")
 
+    return _resource(rows, table, key)
+
+
+def _row(crawler: Crawler, record: Any, sequence: int) -> dict[str, Any]:
+    """What one record lands as: a copy of it (a tombstone: its key and the flag), in delivery order."""
+    if isinstance(record, dict) and record.get(DELETED_COLUMN) is True and "record" in record:
+        row = _deleted_row(crawler, record["_key"])
+    elif isinstance(record, dict):
+        row = dict(record)
+    else:
+        row = {"value": record}
+    row[SEQUENCE_COLUMN] = sequence
+    return row
+
+
+def _resource(rows: Callable[[], AsyncIterator[list[dict[str, Any]]]], table: str, key: str | None) -> DltResource:
+    """Merged on ``key`` with tombstones as hard deletes; without a key, the table replaced on each run."""
     columns: dict[str, Any] = {SEQUENCE_COLUMN: {"data_type": "bigint", "dedup_sort": "desc"}}
     if key is not None:
         columns[DELETED_COLUMN] = {"data_type": "bool", "hard_delete": True}
-        resource = dlt.resource(rows, name=table, primary_key=key, write_disposition="merge", columns=columns)
-    else:
-        resource = dlt.resource(rows, name=table, write_disposition="replace", columns=columns)
-    return resource
+        return dlt.resource(rows, name=table, primary_key=key, write_disposition="merge", columns=columns)
+    return dlt.resource(rows, name=table, write_disposition="replace", columns=columns)
 
 
 def crawler_source(

@@ -82,16 +82,16 @@ class SingerSink(ProtocolSink):
 
 
 def _key_properties(crawler: Crawler) -> list[str]:
-    from .._paths import _parts
+    from .._paths import path_keys
 
-    parts = _parts(crawler.primary_key) if crawler.primary_key is not None else []
+    parts = path_keys(crawler.primary_key) if crawler.primary_key is not None else []
     return parts if len(parts) == 1 else []
 
 
 def _replication_keys(crawler: Crawler) -> list[str]:
-    from .._paths import _parts
+    from .._paths import path_keys
 
-    parts = _parts(crawler.updated_field) if crawler.updated_field is not None else []
+    parts = path_keys(crawler.updated_field) if crawler.updated_field is not None else []
     return parts if crawler.is_incremental and len(parts) == 1 else []
 
 

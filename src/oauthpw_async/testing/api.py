@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -243,7 +243,6 @@ class DemoAPI:
         project = request.query.get("project", self.projects[0])
         if project not in self.projects:
             return self._rejected(request, 404, f"unknown project {project}")
-        pidx = self.projects.index(project)
         q = request.query
         if q.get("epoch") is not None and q.get("epoch") != str(self.epoch):
             return web.json_response(
@@ -253,24 +252,38 @@ class DemoAPI:
             size = min(
                 int(q.get("limit") or q.get("per_page") or q.get("$top") or self.max_page_size), self.max_page_size
             )
-            if style == "offset":
-                start = int(q.get("offset", 0))
-            elif style == "cursor":
-                cursor, _, epoch = q.get("cursor", "").partition(".")
-                if cursor and epoch != str(self.epoch):
-                    return web.json_response({"error": "cursor expired"}, status=400)
-                start = int(cursor, 16) if cursor else 0
-            elif style in ("page", "link"):
-                start = (int(q.get("page", 1)) - 1) * size
-            elif style == "odata":
-                start = int(q.get("$skip", 0))
-            else:
-                start = int(q.get("after", 0))
+            start = self._requested_start(style, q, size)
         except ValueError:
             return self._rejected(request, 400, "bad paging parameter")
+        if start is None:
+            return web.json_response({"error": "cursor expired"}, status=400)
         if size <= 0 or start < 0:
             return self._rejected(request, 400, "bad paging parameter")
+        return self._page(request, style, project, start, size)
+
+    def _requested_start(self, style: str, q: Mapping[str, str], size: int) -> int | None:
+        """The first record's index a list request asks for, in its style's own terms.
+
+        ``None``: a cursor handed out before :meth:`expire_positions`. Raises ``ValueError`` for a
+        parameter that is not a number.
+        """
+        if style == "offset":
+            return int(q.get("offset", 0))
+        if style == "cursor":
+            cursor, _, epoch = q.get("cursor", "").partition(".")
+            if cursor and epoch != str(self.epoch):
+                return None
+            return int(cursor, 16) if cursor else 0
+        if style in ("page", "link"):
+            return (int(q.get("page", 1)) - 1) * size
+        if style == "odata":
+            return int(q.get("$skip", 0))
+        return int(q.get("after", 0))
+
+    def _page(self, request: web.Request, style: str, project: str, start: int, size: int) -> web.Response:
+        """The page of ``size`` records from ``start``, with the next link its style hands out."""
         page_index = start // size
+        pidx = self.projects.index(project)
         items = [] if page_index in self.empty_page_at else self._slice(pidx, project, start, size)
         nxt = start + size
         more = nxt < self.per_project

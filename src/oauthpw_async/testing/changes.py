@@ -45,13 +45,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import formatdate
-from typing import Any, Literal, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TextIO, TypeVar
 
 import attrs
 import orjson
 from aiohttp import web
 
 from .authserver import AuthServerState
+
+if TYPE_CHECKING:
+    import random
+    from pathlib import Path
+
+    from ..crawler import Crawler
+    from ..sources import TokenSource
 
 __all__ = ["ChangesAPI", "RecordState", "describe", "id_of", "incremental_demo", "replay"]
 
@@ -262,16 +269,7 @@ class ChangesAPI:
 
     def update(self, ids: Sequence[int]) -> list[int]:
         """Touch these records (update time = now, version + 1); unknown or deleted ids are skipped."""
-        now = int(self.server_time())
-        done = []
-        for i in ids:
-            state = self.state_of(i)
-            if state is None or state.deleted:
-                continue
-            self.seq += 1
-            self._put(RecordState(i, now, state.version + 1, False, self.seq))
-            done.append(i)
-        return done
+        return self._change(ids, deleted=False)
 
     def create(self, count: int) -> list[int]:
         """Create ``count`` new records (new ids at the end)."""
@@ -285,6 +283,10 @@ class ChangesAPI:
 
     def delete(self, ids: Sequence[int]) -> list[int]:
         """Delete these records (a tombstone timed now, for the styles that show deletions)."""
+        return self._change(ids, deleted=True)
+
+    def _change(self, ids: Sequence[int], *, deleted: bool) -> list[int]:
+        """A new version of each live record of ``ids``, timed now (``deleted``: a tombstone); returns those ids."""
         now = int(self.server_time())
         done = []
         for i in ids:
@@ -292,7 +294,7 @@ class ChangesAPI:
             if state is None or state.deleted:
                 continue
             self.seq += 1
-            self._put(RecordState(i, now, state.version + 1, True, self.seq))
+            self._put(RecordState(i, now, state.version + 1, deleted, self.seq))
             done.append(i)
         return done
 
@@ -724,10 +726,9 @@ async def incremental_demo(
     import random
     from pathlib import Path
 
-    from ..crawler import Crawler, JsonLinesSink
+    from ..crawler import Crawler
     from ..crawler.incremental import ExportCursor
     from ..provider import TokenProvider
-    from .authserver import AuthServerState
     from .server import LocalServer
 
     class Tickets(Crawler):
@@ -754,29 +755,8 @@ async def incremental_demo(
             crawler = Tickets(base_url=server.base_url)
             for label in ("first run (full)", "second run (incremental)"):
                 if requests:
-                    picked = rng.sample(range(records), changed - changed // 10)
-                    cut = len(picked) * 8 // 9
-                    updated, deleted = api.update(picked[:cut]), api.delete(picked[cut:])
-                    created = api.create(changed // 10)
-                    print(
-                        f"demo: at the source, {len(updated):,} tickets updated, {len(created):,} created, "
-                        f"{len(deleted):,} deleted",
-                        file=out,
-                    )
-                sink = JsonLinesSink(jsonl)
-                try:
-                    stats = await crawler.crawl(tokens, sink, state=str(state))
-                finally:
-                    sink.close()
-                sync = stats.partitions["default"].sync
-                assert sync is not None
-                requests.append(stats.requests)
-                print(
-                    f"demo: {label}: {stats.requests:,} API requests, {stats.records:,} records written "
-                    f"({sync.tombstones:,} deletions), {sync.redelivered:,} re-deliveries dropped; "
-                    f"cursor {sync.cursor_before or '-'} -> {sync.cursor_after}",
-                    file=out,
-                )
+                    _change_the_source(api, rng, changed, out)
+                requests.append(await _demo_run(crawler, tokens, jsonl, state, label, out))
     held = replay([[orjson.loads(line) for line in jsonl.read_bytes().splitlines()]])
     problems = api.differences(held)
     verdict = "matches the source" if not problems else "DIFFERS from the source: " + "; ".join(problems[:3])
@@ -786,3 +766,35 @@ async def incremental_demo(
         file=out,
     )
     return 0 if not problems else 7
+
+
+def _change_the_source(api: ChangesAPI, rng: random.Random, changed: int, out: TextIO) -> None:
+    """Change ``changed`` tickets between the runs: 80% updated, 10% deleted, 10% created."""
+    picked = rng.sample(range(api.records), changed - changed // 10)
+    cut = len(picked) * 8 // 9
+    updated, deleted = api.update(picked[:cut]), api.delete(picked[cut:])
+    created = api.create(changed // 10)
+    print(
+        f"demo: at the source, {len(updated):,} tickets updated, {len(created):,} created, {len(deleted):,} deleted",
+        file=out,
+    )
+
+
+async def _demo_run(crawler: Crawler, tokens: TokenSource, jsonl: Path, state: Path, label: str, out: TextIO) -> int:
+    """One crawl appending to ``jsonl``, resuming its cursor from ``state``; prints it, returns its requests."""
+    from ..crawler import JsonLinesSink
+
+    sink = JsonLinesSink(jsonl)
+    try:
+        stats = await crawler.crawl(tokens, sink, state=str(state))
+    finally:
+        sink.close()
+    sync = stats.partitions["default"].sync
+    assert sync is not None
+    print(
+        f"demo: {label}: {stats.requests:,} API requests, {stats.records:,} records written "
+        f"({sync.tombstones:,} deletions), {sync.redelivered:,} re-deliveries dropped; "
+        f"cursor {sync.cursor_before or '-'} -> {sync.cursor_after}",
+        file=out,
+    )
+    return stats.requests

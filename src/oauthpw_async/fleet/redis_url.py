@@ -1,7 +1,7 @@
-"""Reading a Redis URL's credentials: percent-encoding checked, the password from the environment.
+"""Reading a Redis URL: where it points, its credentials checked, the password from the environment.
 
-No Redis client is imported here, so the command line can check a ``--coordinator`` URL before
-the fleet extra is loaded.
+No Redis client is imported here, so the command line can check a ``--coordinator`` URL, and
+name the Redis it points at, before the fleet extra is loaded.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from ..errors import ConfigError, FieldProblem
 
-__all__ = ["PASSWORD_VARIABLE", "check_credentials", "with_env_password"]
+__all__ = ["PASSWORD_VARIABLE", "check_credentials", "redis_where", "with_env_password"]
 
 #: The environment variable holding the Redis password when the Redis URL has none.
 PASSWORD_VARIABLE = "OAUTHPW_REDIS_PASSWORD"
@@ -70,3 +70,14 @@ def with_env_password(url: str) -> str:
     where = parts.netloc.rpartition("@")[2]
     user = quote(parts.username or "", safe="")
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{where}"))
+
+
+def redis_where(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without user name or password (for messages)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    try:
+        port: int | str = parts.port or 6379
+    except ValueError:
+        port = "?"
+    return f"{host}:{port}{parts.path or ''}"
