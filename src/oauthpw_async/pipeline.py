@@ -329,66 +329,50 @@ class RequestPipeline:
     ) -> Answer:
         """Send one request through redirects, 401 renewals and retries; the last answer.
 
-        ``not_retried`` says why a transient failure was not sent again, when ``retriable`` is false
-        (called only then). ``headers`` must be checked already (:func:`~oauthpw_async.headers.checked_headers`) and
-        are never changed. ``url`` is absolute. Raises :class:`HTTPStatusError` when no answer
-        came, :class:`ForeignOriginError`, :class:`UnauthorizedError`, :class:`CrawlError` for
-        TLS and unusable URLs, and whatever the token source raises.
+        ``headers`` are checked already (:func:`~oauthpw_async.headers.checked_headers`); ``url`` is
+        absolute; ``not_retried`` says why a transient failure was not sent again (``retriable`` false).
+        Raises :class:`HTTPStatusError` (no answer), :class:`ForeignOriginError`, :class:`UnauthorizedError`,
+        :class:`CrawlError` (TLS, unusable URLs) and what the token source raises.
         """
-        attempt_timeout = timeout or self._timeout
+        slots, attempt_timeout = self._slots, timeout or self._timeout
         hop = _Hop(method, url, params, body, headers, self.route(url), session, session)
         if not hop.route.allowed:
             self._go_foreign(hop)
-        while True:
-            gov = hop.route.governor
-            if not (type(gov) is HostGovernor and gov.idle):  # an idle local governor has nothing to wait for
-                await gov.wait()
-            answer, problem = await self._attempt(hop, attempt_timeout)
+        while True:  # one attempt a turn, inline: each coroutine between the caller and aiohttp costs every wake-up
+            if type(gov := hop.route.governor) is not HostGovernor or not gov.idle:
+                await gov.wait()  # an idle local governor has nothing to wait for
+            try:  # a free slot is taken at once, without a coroutine of its own
+                slots.acquire_nowait()
+            except anyio.WouldBlock:
+                await slots.acquire()
+            try:
+                token = await self.tokens.get() if hop.route.allowed else None  # now that it can be sent
+                send_headers = dict(hop.headers) if token is None else self._with_token(hop.headers, token)
+                self.stats.requests += 1
+                try:
+                    async with hop.client.request(
+                        hop.method,
+                        hop.url,
+                        params=hop.query,
+                        data=hop.body,
+                        headers=send_headers,
+                        allow_redirects=False,
+                        timeout=attempt_timeout,
+                        ssl=self._ssl,
+                    ) as resp:
+                        content = await resp.read()
+                        answer = Answer(hop.method, resp.url, resp.status, resp.reason, resp.headers, content, token)
+                    problem = ""
+                except (TimeoutError, ValueError, aiohttp.ClientError) as exc:
+                    problem = _transport_problem(exc, hop.method, hop.url)  # raises for what is no transient
+                    answer = Answer(hop.method, hop.url, 0, None, _NO_HEADERS, b"", token)
+            finally:
+                slots.release()
             if 200 <= answer.status < 300:  # the verdict of every success, without a call or a clock read
                 self._refused.succeeded()
                 return answer
-            if await self._send_again(hop, answer, problem, allow_redirects, retriable, not_retried):
-                continue
-            if answer.status == 0:
-                raise HTTPStatusError(
-                    f"{hop.method} got no answer ({problem}); {answer.why}", status=0, url=safe_url(hop.url)
-                )
-            return answer
-
-    async def _attempt(self, hop: _Hop, timeout: aiohttp.ClientTimeout) -> tuple[Answer, str]:
-        """Send ``hop`` once in a slot, with the token if its origin may have it: the answer, or none and why."""
-        slots = self._slots
-        try:  # a free slot is taken at once, without a coroutine of its own
-            slots.acquire_nowait()
-        except anyio.WouldBlock:
-            await slots.acquire()
-        token: Token | None = None
-        try:
-            if hop.route.allowed:
-                # Only now that the request can be sent: see the module docstring.
-                token = await self.tokens.get()
-                send_headers = self._with_token(hop.headers, token)
-            else:
-                send_headers = dict(hop.headers)
-            self.stats.requests += 1
-            try:
-                async with hop.client.request(
-                    hop.method,
-                    hop.url,
-                    params=hop.query,
-                    data=hop.body,
-                    headers=send_headers,
-                    allow_redirects=False,
-                    timeout=timeout,
-                    ssl=self._ssl,
-                ) as resp:
-                    content = await resp.read()
-                    return Answer(hop.method, resp.url, resp.status, resp.reason, resp.headers, content, token), ""
-            except (TimeoutError, ValueError, aiohttp.ClientError) as exc:
-                problem = _transport_problem(exc, hop.method, hop.url)  # raises for what is no transient
-                return Answer(hop.method, hop.url, 0, None, _NO_HEADERS, b"", token), problem
-        finally:
-            slots.release()
+            if not await self._send_again(hop, answer, problem, allow_redirects, retriable, not_retried):
+                return answer
 
     async def _send_again(
         self,
@@ -400,6 +384,8 @@ class RequestPipeline:
         not_retried: Callable[[], str] | None,
     ) -> bool:
         """After an answer that is no success: whether the request goes out again, else why not (``answer.why``).
+
+        Raises :class:`HTTPStatusError` when no answer came and none is sent again.
 
         It goes out again with a renewed token after a 401, to a redirect's target, or after the
         retry policy's wait for a transient failure.
@@ -422,6 +408,10 @@ class RequestPipeline:
             if await self._wait_to_retry(hop, hop.retrying, action, verdict.wait, problem or f"HTTP {answer.status}"):
                 return True
         answer.why = _why_not_sent_again(action, hop.retrying, not_retried)
+        if answer.status == 0:
+            raise HTTPStatusError(
+                f"{hop.method} got no answer ({problem}); {answer.why}", status=0, url=safe_url(hop.url)
+            )
         return False
 
     # --- what only a redirect, a failure or a foreign hop needs ----------------------------------------
