@@ -41,8 +41,8 @@ REFUSED_TOKENS_BREAKER = 3
 class Governor(Protocol):
     """What the engine asks of a host's governor: wait for a turn, and pause the host after a 429/503.
 
-    :class:`HostGovernor` governs within one process; a fleet's governor
-    (:mod:`oauthpw_async.fleet.crawl`) shares the rate and the pause with every worker.
+    :class:`HostGovernor` governs within one process; a shared governor (kept by a coordinator)
+    shares the rate and the pause with every process.
     """
 
     async def wait(self) -> None:

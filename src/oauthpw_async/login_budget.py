@@ -1,7 +1,7 @@
 """The login budget: how many unconfirmed password logins a credential may send per window.
 
 One rule for one process (:class:`LoginLedger`, on the provider's monotonic clock) and for a
-fleet (:class:`oauthpw_async.fleet.LoginBudget`, on the Redis server's clock).
+budget shared by several processes (kept by a coordinator, on its own clock).
 
 Accounts lock on *failed* logins, and some servers answer a wrong password like an outage (a
 5xx, a 429, a timeout), so an answer that is not a usable token cannot be told from a lockout

@@ -141,7 +141,7 @@ class TokenStats:
     #: Tokens taken from the token store instead of a login.
     restored: int = 0
     #: Tokens another process renewed, taken from the coordinator (a shared renewer).
-    fleet_adopted: int = 0
+    adopted: int = 0
 
 
 @attrs.frozen
@@ -149,7 +149,7 @@ class TokenEvent:
     """Passed to the ``on_token`` hook for every new token (the token masks its secrets)."""
 
     token: Token
-    source: Literal["password", "refresh_token", "store", "fleet"]
+    source: Literal["password", "refresh_token", "store", "shared"]
 
 
 class _Flight:
@@ -194,8 +194,8 @@ class TokenProvider:
         clock: time source (tests pass :class:`oauthpw_async.testing.FakeClock`).
         rng: random source for jitter (seed it for reproducible tests).
         coordinator: share this credential's renewals with other processes: an open
-            :class:`~oauthpw_async.renewal.RenewerFactory` (such as
-            :class:`oauthpw_async.fleet.Coordinator`) that makes the provider's renewer.
+            :class:`~oauthpw_async.renewal.RenewerFactory` (a coordinator that makes the
+            provider's renewer, a shared one).
     """
 
     def __init__(
@@ -635,7 +635,7 @@ class TokenProvider:
             resend_unanswered=resend_unanswered,
         )
 
-    def _install(self, token: Token, source: Literal["password", "refresh_token", "store", "fleet"]) -> None:
+    def _install(self, token: Token, source: Literal["password", "refresh_token", "store", "shared"]) -> None:
         policy = self._policy
         expires_at = token.expires_at - policy.skew(token.lifetime)
         refresh_at = max(token.issued.monotonic, expires_at - policy.margin(token.lifetime, self._rng))
@@ -781,4 +781,4 @@ class _Context:
         return await self._p._exchange(request, previous, policy, resend_unanswered=resend_unanswered)
 
     def adopt(self, token: Token) -> None:
-        self._p._install(token, "fleet")
+        self._p._install(token, "shared")

@@ -49,7 +49,7 @@ __all__ = [
 log = logging.getLogger("oauthpw_async.provider")
 
 #: Where a renewed token came from (a :class:`~oauthpw_async.provider.TokenEvent`'s ``source``).
-RenewalSource = Literal["password", "refresh_token", "fleet"]
+RenewalSource = Literal["password", "refresh_token", "shared"]
 
 
 @attrs.frozen

@@ -1,7 +1,7 @@
 """The one retry primitive: how long to wait before the next attempt, and when to give up.
 
-Token requests, the provider's renewal backoff, the crawler's API requests and the fleet's
-waits for Redis all use :class:`RetryPolicy`; none of them has a backoff formula of its own.
+Token requests, the provider's renewal backoff, the crawler's API requests and a coordinator's
+waits for its shared store all use :class:`RetryPolicy`; none of them has a backoff formula of its own.
 The policy only does arithmetic. Loops that honour a server's hint count with
 :class:`Retrying` and sleep on their own :class:`~oauthpw_async.clock.Clock`; loops that only
 back off iterate :func:`attempts`, which sleeps on the clock it is given.

@@ -227,7 +227,7 @@ class FleetRenewal:
         self._learn_from(token)
         self._hold(shared.generation, shared.token_id)
         self._unpublished = None
-        self._p.stats.fleet_adopted += 1
+        self._p.stats.adopted += 1
         self._rejected = None  # a working token: what was rejected before is fixed
         self._p.adopt(token)
         return token
@@ -334,8 +334,8 @@ class FleetRenewal:
         self._learn_from(token)
         self._hold(shared.generation, shared.token_id)
         self._unpublished = None
-        self._p.stats.fleet_adopted += 1
-        return token, "fleet"
+        self._p.stats.adopted += 1
+        return token, "shared"
 
     def _hold(self, generation: int, token_id: str) -> None:
         self.generation, self.token_id = generation, token_id
