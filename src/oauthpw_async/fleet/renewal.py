@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -44,14 +45,16 @@ from ..errors import (
 )
 from ..grant import Instant, Token, build_password_request, build_refresh_request
 from ..renewal import LocalRenewer, RenewalContext, RenewalSource, locked_out
+from ..retry import RetryPolicy, attempts
 from .errors import CoordinatorRefused, CoordinatorUnavailable, FleetKeyMismatch
 from .tokens import RefreshPermit, SharedToken
 
 if TYPE_CHECKING:
+    from ..clock import Clock
     from .coordinator import Coordinator
     from .lease import LeaseHandle
 
-__all__ = ["FLEET_LATCH_RECHECK", "KEY_MAJORITY_WAIT", "LEASE_POLL_MAX", "FleetRenewal"]
+__all__ = ["FLEET_LATCH_RECHECK", "KEY_MAJORITY_WAIT", "LEASE_POLL", "LEASE_POLL_MAX", "FleetRenewal"]
 
 log = logging.getLogger("oauthpw_async.fleet")
 
@@ -59,6 +62,8 @@ Source = RenewalSource
 
 #: Longest step (seconds) between two looks at a lease held by another process, when no publish wakes us.
 LEASE_POLL_MAX = 0.5
+#: How a renewal polls a lease held by another process: a step doubling from 20 ms, bounded by its wait.
+LEASE_POLL = RetryPolicy(max_attempts=1_000_000, base_delay=0.02, max_delay=LEASE_POLL_MAX, jitter=0.0)
 #: Seconds a process finding the shared record sealed with another key waits for its own key to be held
 #: by more live processes than that key (workers of one fleet start at about the same time), before it
 #: calls itself the one with the wrong key.
@@ -245,26 +250,22 @@ class FleetRenewal:
         fleet = self._fleet
         if self._unpublished is not None:
             await self._publish_pending()
-        deadline = anyio.current_time() + self._wait_bound()
-        step = 0.02
-        while True:
+        # Wake up on the holder's publish, or poll: a message can be missed across reconnects.
+        tries = attempts(LEASE_POLL, _WokenByPublish(fleet.clock, lambda: self._published), deadline=self._wait_bound())
+        async for _ in tries:
             shared = await self._read()
             if shared is not None and self._adoptable(shared):
                 return self._adopted(shared)
             handle, remaining = await fleet.lease.try_acquire()
             if handle is not None:
                 break
-            left = deadline - anyio.current_time()
-            if left <= 0:
-                raise TransientTokenError(
-                    "another process of the fleet holds the renewal lease and has published no token",
-                    hint="check the other workers (a stalled one keeps the lease until it expires)",
-                )
-            # Wake up on the holder's publish, or poll: a message can be missed across reconnects.
             # A dead or frozen holder's lease runs out after `remaining`: look again right then.
-            with anyio.move_on_after(min(step, max(remaining, 0.005), left)):
-                await self._published.wait()
-            step = min(step * 2, LEASE_POLL_MAX)
+            tries.cap(max(remaining, 0.005))
+        else:
+            raise TransientTokenError(
+                "another process of the fleet holds the renewal lease and has published no token",
+                hint="check the other workers (a stalled one keeps the lease until it expires)",
+            )
         # A holder whose provider closes mid-renewal still finishes it and publishes: a rotating
         # refresh token sent and never published would cost the fleet a password login. Bounded
         # by what one token request may take with its retries; never reached otherwise.
@@ -498,3 +499,30 @@ class FleetRenewal:
         self._unpublished = None
         if result.published:
             self._hold(result.generation, result.token_id)
+
+
+class _WokenByPublish:
+    """The fleet's clock, whose sleeps also end as soon as the watcher hears a publish."""
+
+    __slots__ = ("_clock", "_event")
+
+    def __init__(self, clock: Clock, event: Callable[[], anyio.Event]) -> None:
+        self._clock, self._event = clock, event
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
+    def wall(self) -> float:
+        return self._clock.wall()
+
+    async def sleep(self, seconds: float) -> None:
+        published = self._event()  # replaced at each publish: the one current now
+        async with anyio.create_task_group() as tg:
+
+            async def wake() -> None:
+                await published.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wake)
+            await self._clock.sleep(seconds)
+            tg.cancel_scope.cancel()
