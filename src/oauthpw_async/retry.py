@@ -65,6 +65,10 @@ class RetryPolicy:
             return self.backoff(attempt, rng)
         return hint + rng.uniform(0.0, min(self.base_delay, 1.0))
 
+    def at_most(self, attempts: int) -> RetryPolicy:
+        """The same policy with no more than ``attempts`` attempts (itself if it allows no more already)."""
+        return self if attempts >= self.max_attempts else attrs.evolve(self, max_attempts=attempts)
+
     def start(self, now: float, rng: random.Random | None = None) -> Retrying:
         """Begin counting the retries of one operation whose first failure is at ``now``."""
         return Retrying(self, now, rng or random.Random())

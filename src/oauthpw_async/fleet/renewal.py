@@ -137,7 +137,7 @@ class FleetRenewal:
                 log.warning("Redis unreachable: renewing locally, as configured")
                 p = self._p
                 own = self._unpublished is not None and self._unpublished[0] is p.token  # never shared
-                if not own and not p.refresh_reusable:
+                if not own and not p.rotation.reusable:
                     # The fleet may have spent this refresh token already (sent by a holder without an
                     # answer): while rotation is possible, the local renewal is a password login.
                     p.drop_refresh_token(p.token)
@@ -225,7 +225,7 @@ class FleetRenewal:
         old = held.refresh_token if held is not None else None
         new = adopted.refresh_token
         if held is not None and old is not None and new is not None and old.reveal() == new.reveal():
-            self._p.learn_rotation(held, adopted)
+            self._p.rotation.learn(held, adopted)
 
     def _adopt(self, shared: SharedToken) -> Token:
         token = self._local(shared)
@@ -408,19 +408,19 @@ class FleetRenewal:
         p.stats.refreshes += 1
         request = build_refresh_request(p.config, previous.refresh_token)
         try:
-            token = await p.exchange(request, previous, p.retry, resend_unanswered=p.refresh_reusable)
+            token = await p.exchange(request, previous, p.retry, resend_unanswered=p.rotation.reusable)
         except RefreshTokenRejected as exc:
             p.stats.refresh_rejected += 1
             log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
             return None
         except (TransientTokenError, TokenResponseError) as exc:
-            if p.refresh_maybe_spent(exc):
+            if p.rotation.maybe_spent(exc):
                 return None  # stays marked spent: the holder logs in
             # Not used, or reusable anyway: give it back to the fleet (else it stays spent: one login).
             with contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused):
                 await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
             raise
-        p.learn_rotation(previous, token)
+        p.rotation.learn(previous, token)
         return token
 
     async def _login(self) -> Token:
@@ -451,7 +451,7 @@ class FleetRenewal:
             )
         p.stats.logins += 1
         # One request per charge of the fleet's budget: a failed login is retried by a later renewal.
-        once = attrs.evolve(p.retry, max_attempts=1)
+        once = p.retry.at_most(1)
         try:
             token = await p.exchange(build_password_request(p.config), None, once)
         except DefinitiveTokenError as exc:
