@@ -36,14 +36,7 @@ import attrs
 from ._httputil import safe_url
 from .clock import SYSTEM_CLOCK, Clock
 from .config import PasswordGrantConfig
-from .errors import (
-    OAuthPWError,
-    ProviderClosed,
-    TokenError,
-    TokenRequestsPaused,
-    TokenResponseError,
-    TransientTokenError,
-)
+from .errors import OAuthPWError, ProviderClosed, TokenError, TokenRequestsPaused, TransientTokenError
 from .exchange import TOKEN_RETRY, exchange
 from .flight import Flight, SingleFlight
 from .gate import Gate
@@ -56,6 +49,7 @@ from .renewal import LocalRenewer, Renewer, RenewerFactory, Rotation, retry_mean
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
+    from .errors import TokenResponseError
     from .store import StoredToken, TokenStore
     from .transport import TokenEndpoint
 

@@ -228,11 +228,8 @@ class FleetRenewal:
             self._p.rotation.learn(held, adopted)
 
     def _adopt(self, shared: SharedToken) -> Token:
-        token = self._local(shared)
-        self._learn_from(token)
-        self._hold(shared.generation, shared.token_id)
-        self._unpublished = None
-        self._p.stats.adopted += 1
+        """Install a token another process published, outside a renewal (the watcher heard it)."""
+        token, _ = self._adopted(shared)
         self._rejected = None  # a working token: what was rejected before is fixed
         self._p.adopt(token)
         return token
@@ -243,8 +240,12 @@ class FleetRenewal:
         A live holder renews the lease while its request runs, for at most one request's retries
         (:meth:`_renew` shields it that long); a dead or frozen one loses it within the lease ttl.
         """
+        return self._request_bound() + self._fleet.lease.ttl
+
+    def _request_bound(self) -> float:
+        """Seconds one token request may take with its retries (a holder's renewal under the lease)."""
         p = self._p
-        return p.retry.deadline + 2 * p.config.timeout + self._fleet.lease.ttl
+        return p.retry.deadline + 2 * p.config.timeout
 
     async def _renew(self) -> tuple[Token, Source]:
         fleet = self._fleet
@@ -269,9 +270,8 @@ class FleetRenewal:
         # A holder whose provider closes mid-renewal still finishes it and publishes: a rotating
         # refresh token sent and never published would cost the fleet a password login. Bounded
         # by what one token request may take with its retries; never reached otherwise.
-        p = self._p
         with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + p.retry.deadline + 2 * p.config.timeout
+            scope.deadline = anyio.current_time() + self._request_bound()
             async with fleet.lease.keep(handle):
                 return await self._renew_holding(handle)
         raise TransientTokenError("the renewal under the fleet's lease did not finish in time")
@@ -331,6 +331,7 @@ class FleetRenewal:
             await clock.sleep(0.25)
 
     def _adopted(self, shared: SharedToken) -> tuple[Token, Source]:
+        """A token another process published, as this renewal's result (counted, its generation held)."""
         token = self._local(shared)
         self._learn_from(token)
         self._hold(shared.generation, shared.token_id)
