@@ -358,6 +358,8 @@ class TokenProvider:
                 self._endpoint = None
 
     # --- lifecycle events: one method each, calling the table (oauthpw_async.lifecycle) ----------
+    # open: __aenter__; close: __aexit__; install: a renewal, the store or another process's token;
+    # invalidate: invalidate(); expire: a restored token already expired; forget: reset(config).
 
     def _open(self, stored: StoredToken | None) -> None:
         """open: the state follows from what is held; a stored token is then installed (or held)."""
