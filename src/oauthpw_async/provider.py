@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .store import StoredToken, TokenStore
     from .transport import TokenEndpoint
 
-__all__ = ["LoginBudget", "RefreshPolicy", "TokenEvent", "TokenProvider", "TokenSource", "TokenStats"]
+__all__ = ["LoginBudget", "RefreshPolicy", "TokenEvent", "TokenOrigin", "TokenProvider", "TokenStats"]
 
 log = logging.getLogger("oauthpw_async.provider")
 
@@ -62,7 +62,7 @@ log = logging.getLogger("oauthpw_async.provider")
 RENEWAL_BACKOFF = RetryPolicy(max_attempts=1_000_000, base_delay=0.5, max_delay=60.0, jitter=0.5, max_wait=86400.0)
 
 #: Where a new token came from: a login, a refresh, the token store, or another process's renewal.
-TokenSource = Literal["password", "refresh_token", "store", "shared"]
+TokenOrigin = Literal["password", "refresh_token", "store", "shared"]
 
 
 def _password(config: PasswordGrantConfig) -> str | None:
@@ -140,7 +140,7 @@ class TokenEvent:
     """Passed to the ``on_token`` hook for every new token (the token masks its secrets)."""
 
     token: Token
-    source: TokenSource
+    source: TokenOrigin
 
 
 class TokenProvider:
@@ -380,7 +380,7 @@ class TokenProvider:
         """close: nothing is handed out (a renewal still running installs its token late)."""
         self._life.close()
 
-    def _install(self, token: Token, source: TokenSource) -> None:
+    def _install(self, token: Token, source: TokenOrigin) -> None:
         """install: a new token, handed out until its expiry less the skew, FRESH until its margin."""
         policy = self._policy
         expires_at = token.expires_at - policy.skew(token.lifetime)
@@ -517,7 +517,7 @@ class TokenProvider:
         self._install(token, source)
         return token
 
-    async def _renew_when_allowed(self) -> tuple[Token, TokenSource]:
+    async def _renew_when_allowed(self) -> tuple[Token, TokenOrigin]:
         """The renewer's renewal, after the backoff or the server's window (raised if longer than ``max_wait``)."""
         now = self._now()
         delay = self._gate.delay(now)
