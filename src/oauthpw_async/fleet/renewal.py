@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -54,7 +55,14 @@ if TYPE_CHECKING:
     from .coordinator import Coordinator
     from .lease import LeaseHandle
 
-__all__ = ["FLEET_LATCH_RECHECK", "KEY_MAJORITY_WAIT", "LEASE_POLL", "LEASE_POLL_MAX", "FleetRenewal"]
+__all__ = [
+    "FLEET_LATCH_RECHECK",
+    "KEY_MAJORITY_WAIT",
+    "LEASE_POLL",
+    "LEASE_POLL_MAX",
+    "WATCH_RECONNECT",
+    "FleetRenewal",
+]
 
 log = logging.getLogger("oauthpw_async.fleet")
 
@@ -64,6 +72,9 @@ Source = RenewalSource
 LEASE_POLL_MAX = 0.5
 #: How a renewal polls a lease held by another process: a step doubling from 20 ms, bounded by its wait.
 LEASE_POLL = RetryPolicy(max_attempts=1_000_000, base_delay=0.02, max_delay=LEASE_POLL_MAX, jitter=0.0)
+#: How the watcher waits for Redis to answer again: doubling from 100 ms up to 5 s (no jitter).
+WATCH_RECONNECT = RetryPolicy(max_attempts=1_000_000, base_delay=0.1, max_delay=5.0, jitter=0.0)
+_NO_JITTER = random.Random(0)  # WATCH_RECONNECT has no jitter: its draws change nothing
 #: Seconds a process finding the shared record sealed with another key waits for its own key to be held
 #: by more live processes than that key (workers of one fleet start at about the same time), before it
 #: calls itself the one with the wrong key.
@@ -166,14 +177,14 @@ class FleetRenewal:
 
     async def watch(self) -> None:
         """Install every newer published token at once; runs in the provider's task group."""
-        delay = 0.1
+        unreachable = 0
         clock = self._fleet.clock  # the fleet's waits are on the coordinator's clock
         while True:
             try:
                 await self._fleet.tokens.watch(self._on_published)
             except CoordinatorUnavailable:
-                await clock.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await clock.sleep(WATCH_RECONNECT.backoff(unreachable, _NO_JITTER))
+                unreachable += 1
             except CoordinatorRefused as exc:  # a set-up to fix: say so, now and then
                 log.warning("fleet watcher: %s", exc)
                 await clock.sleep(30.0)
