@@ -159,7 +159,7 @@ def _worker(
                 "errors": errors,
                 "logins": stats.logins,
                 "refreshes": stats.refreshes,
-                "adopted": stats.fleet_adopted,
+                "adopted": stats.adopted,
             }
         )
 

@@ -30,6 +30,8 @@ from oauthpw_async import (
     TokenProvider,
 )
 from oauthpw_async.crawler import Crawler, Cursor, ListSink, Partition
+from oauthpw_async.login_budget import LoginLedger
+from oauthpw_async.retry import RetryPolicy
 from oauthpw_async.testing import AuthServerState, FakeClock, LocalServer, Quirks, Reply
 from oauthpw_async.testing.api import DemoAPI
 
@@ -270,3 +272,24 @@ def test_pause_wait_is_validated() -> None:
     for bad in (-1.0, float("inf"), True):
         with pytest.raises(ValueError, match="pause_wait"):
             RefreshPolicy(pause_wait=bad)  # type: ignore[arg-type]
+
+
+def test_a_logins_retries_never_pass_the_budget_and_after_a_failure_are_one_request() -> None:
+    clock = FakeClock()
+    ledger = LoginLedger(LoginBudget(max_logins=3, window=WINDOW, max_after_success=3))
+    retry = RetryPolicy(max_attempts=4)
+    assert ledger.policy(retry, clock.now, clock).max_attempts == 3  # no more attempts than the budget has left
+    ledger.sent(clock.now)
+    # An earlier login got no token: one request, the next one after the renewal backoff.
+    assert ledger.policy(retry, clock.now, clock).max_attempts == 1
+    ledger.sent(clock.now)
+    ledger.sent(clock.now)
+    with pytest.raises(LoginBudgetExhausted) as spent:
+        ledger.policy(retry, clock.now, clock)
+    assert spent.value.retry_after == WINDOW and spent.value.retry_at == clock.wall() + WINDOW
+    with pytest.raises(LoginBudgetExhausted):
+        ledger.check(clock.now, clock)
+    ledger.confirmed(clock.now)  # a token: the budget is re-armed
+    ledger.check(clock.now, clock)
+    assert ledger.policy(retry, clock.now, clock).max_attempts == 3
+    assert ledger.policy(RetryPolicy(max_attempts=2), clock.now, clock).max_attempts == 2

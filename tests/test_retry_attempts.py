@@ -116,3 +116,12 @@ def test_a_deadline_must_be_a_finite_number() -> None:
 def test_the_token_and_session_defaults_are_the_one_default_policy() -> None:
     assert TOKEN_RETRY is DEFAULT_RETRY and SESSION_RETRY is DEFAULT_RETRY
     assert RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=15.0, max_wait=120.0, deadline=180.0) == DEFAULT_RETRY
+
+
+@given(st.integers(1, 10), st.integers(1, 20))
+def test_at_most_only_ever_lowers_the_attempts(allowed: int, asked: int) -> None:
+    policy = RetryPolicy(max_attempts=allowed, base_delay=0.25, deadline=30.0)
+    fewer = policy.at_most(asked)
+    assert fewer.max_attempts == min(allowed, asked)
+    assert (fewer is policy) == (asked >= allowed)  # no copy when nothing changes
+    assert (fewer.base_delay, fewer.deadline) == (0.25, 30.0)  # the rest of the rule stays

@@ -224,7 +224,7 @@ class PasswordGrantConfig:
         Scope, Refresh Token URL, Body Parameters (an ``audience``...; secret-bearing names left
         out), the header's form (Use Raw Token, ``auth_scheme``) and where the token is read from
         (``token_path``, ``token_response``). Configurations that differ in any of these never share
-        a stored or a fleet's token.
+        a stored token or one another process renewed.
         """
         shaping = {k: v for k, v in self.body_parameters.items() if not is_secret_name(k)}
         raw = "\0".join(

@@ -20,16 +20,18 @@ from .errors import (
     TokenEndpointRateLimited,
     TokenRequestsPaused,
 )
-from .lifecycle import NEVER
-from .renewal import locked_out, retry_meaning
+from .renewal import ONLY_AFTER_RESET, locked_out, retry_meaning
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
     from .clock import Clock
 
-__all__ = ["Gate"]
+__all__ = ["NO_WAIT", "Gate"]
 
 log = logging.getLogger("oauthpw_async.provider")
+
+#: A "not before" time that has always passed: no backoff, no server window.
+NO_WAIT = -math.inf
 
 
 class Gate:
@@ -42,14 +44,14 @@ class Gate:
         self.backoff = backoff
         #: The error callers get at once instead of a renewal (``None``: none).
         self.fatal: OAuthPWError | None = None
-        #: When the renewer is asked again despite :attr:`fatal` (``inf``: only after a reset).
-        self.fatal_recheck_at = math.inf
+        #: When the renewer is asked again despite :attr:`fatal` (:data:`ONLY_AFTER_RESET`: only then).
+        self.fatal_recheck_at = ONLY_AFTER_RESET
         #: Failed renewals in a row.
         self.failures = 0
         #: No renewal starts before this (backoff after failures, and the server's windows).
-        self.retry_not_before = NEVER
+        self.retry_not_before = NO_WAIT
         #: The end of the server's last rate-limit window (kept across a reset).
-        self.rate_limited_until = NEVER
+        self.rate_limited_until = NO_WAIT
 
     def holds(self, now: float, *, renewing: bool) -> bool:
         """Whether callers get :attr:`fatal` at once (else a renewal may be tried).
@@ -146,13 +148,13 @@ class Gate:
     def opened(self) -> None:
         """A working token: what failed or was rejected before is fixed (the server's window stays)."""
         self.failures = 0
-        self.retry_not_before = NEVER
+        self.retry_not_before = NO_WAIT
         self.fatal = None
 
     def reset(self, *, other_account: bool) -> None:
         """Logins are allowed again; another account also forgets the server's window."""
         if other_account:
-            self.rate_limited_until = NEVER
+            self.rate_limited_until = NO_WAIT
         self.fatal = None
         self.failures = 0
         self.retry_not_before = self.rate_limited_until

@@ -129,6 +129,14 @@ class Lifecycle:
             raise LifecycleError(f"{event.value} is not allowed in state {self.state.value}")
         self.state = target
 
+    @property
+    def servable(self) -> bool:
+        """Whether the token held has an expiry: SERVING, or a late token while CLOSED (served once open).
+
+        Otherwise (EMPTY, HELD, CLOSED without one) nothing is handed out without a renewal.
+        """
+        return self.expires_at != NEVER
+
     def allows(self, event: Event) -> bool:
         """Whether ``event`` may happen in the current state."""
         return (self.state, event) in TRANSITIONS
@@ -136,7 +144,7 @@ class Lifecycle:
     def open(self) -> None:
         """The provider opened: the state follows from what it holds."""
         held = State.EMPTY if self.token is None else State.HELD
-        self._go(Event.OPEN, State.SERVING if self.expires_at != NEVER else held)
+        self._go(Event.OPEN, State.SERVING if self.servable else held)
 
     def close(self) -> None:
         """The provider closed: nothing is handed out (the token stays readable)."""
@@ -153,7 +161,7 @@ class Lifecycle:
 
     def invalidate(self) -> bool:
         """The token handed out was refused: keep it for its refresh token only; whether it took effect."""
-        if self.token is None or self.expires_at == NEVER:
+        if self.token is None or not self.servable:
             return False
         self._go(Event.INVALIDATE, State.CLOSED if self.state is State.CLOSED else State.HELD)
         self.refresh_at = self.expires_at = NEVER

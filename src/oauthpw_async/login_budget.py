@@ -1,7 +1,7 @@
 """The login budget: how many unconfirmed password logins a credential may send per window.
 
 One rule for one process (:class:`LoginLedger`, on the provider's monotonic clock) and for a
-fleet (:class:`oauthpw_async.fleet.LoginBudget`, on the Redis server's clock).
+budget shared by several processes (kept by a coordinator, on its own clock).
 
 Accounts lock on *failed* logins, and some servers answer a wrong password like an outage (a
 5xx, a 429, a timeout), so an answer that is not a usable token cannot be told from a lockout
@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import collections
 import math
+from typing import TYPE_CHECKING
 
 import attrs
 
-from .errors import UsageError
+from .errors import LoginBudgetExhausted, UsageError
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .retry import RetryPolicy
 
 __all__ = ["LoginBudget", "LoginLedger"]
 
@@ -122,3 +127,31 @@ class LoginLedger:
     def unconfirmed(self) -> int:
         """Unconfirmed requests currently remembered (some may be older than the window)."""
         return len(self._sent)
+
+    def exhausted(self, now: float, clock: Clock) -> LoginBudgetExhausted:
+        """The error of a login the spent budget forbids at ``now`` (naming, on ``clock``, when one may go)."""
+        resume_in = self.resume_in(now)
+        return LoginBudgetExhausted(
+            f"the login budget is spent: {self.limit(now)} unconfirmed password login request(s) (answers that "
+            f"were no token) in {self.budget.window:g}s; no login is sent before the window allows one, to keep "
+            "the account from being locked",
+            retry_at=clock.wall() + resume_in,
+            retry_after=resume_in,
+        )
+
+    def check(self, now: float, clock: Clock) -> None:
+        """Raise :meth:`exhausted` if no login request may be sent at ``now``."""
+        if self.left(now) <= 0:
+            raise self.exhausted(now, clock)
+
+    def policy(self, retry: RetryPolicy, now: float, clock: Clock) -> RetryPolicy:
+        """The retries one password login may use at ``now``; raises :meth:`exhausted` when the budget is spent."""
+        left = self.left(now)
+        if left <= 0:
+            raise self.exhausted(now, clock)
+        if self.unconfirmed:
+            # An earlier login got no token: one request per renewal, so that the next ones follow
+            # the renewal backoff (growing waits), not the quick retries of one token request.
+            left = 1
+        # Retries of a login are logins too: never more attempts than the budget has left.
+        return retry.at_most(left)

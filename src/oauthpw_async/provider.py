@@ -1,8 +1,12 @@
 """TokenProvider: one credential's token lifecycle, shared by every task in the process.
 
 What the provider holds is a :class:`~oauthpw_async.lifecycle.Lifecycle` (CLOSED, EMPTY, SERVING,
-HELD; its transition table is in :mod:`oauthpw_async.lifecycle`); what one renewal does is its
-:class:`~oauthpw_async.renewal.Renewer`'s. A SERVING token, by the provider's monotonic clock:
+HELD; its transition table is in :mod:`oauthpw_async.lifecycle`), and the class reads in that
+order: the public API, then one method per lifecycle event (each calls the table), then the
+helpers. What one renewal does is its :class:`~oauthpw_async.renewal.Renewer`'s; the single flight
+is :mod:`~oauthpw_async.flight`'s, whether a renewal may start :mod:`~oauthpw_async.gate`'s, the
+wait-out of a pause :mod:`~oauthpw_async.pause`'s, the store :mod:`~oauthpw_async.keeper`'s.
+A SERVING token, by the provider's monotonic clock:
 
 * FRESH (before ``refresh_at``): ``get()`` returns the token without awaiting anything.
 * STALE (between ``refresh_at`` and expiry): callers still get the token at once; one
@@ -20,7 +24,6 @@ Two things stop a renewal before any request is sent: the server asked to wait l
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 from collections.abc import Callable
@@ -33,35 +36,24 @@ import attrs
 from ._httputil import safe_url
 from .clock import SYSTEM_CLOCK, Clock
 from .config import PasswordGrantConfig
-from .errors import (
-    ConfigError,
-    LoginBudgetExhausted,
-    OAuthPWError,
-    ProviderClosed,
-    TokenError,
-    TokenRequestsPaused,
-    TokenResponseError,
-    TransientTokenError,
-)
+from .errors import OAuthPWError, ProviderClosed, TokenError, TokenRequestsPaused, TransientTokenError
 from .exchange import TOKEN_RETRY, exchange
+from .flight import Flight, SingleFlight
 from .gate import Gate
-from .grant import (
-    Instant,
-    Token,
-    TokenRequest,
-    TokenResponse,
-    parse_token_response,
-)
-from .lifecycle import NEVER, Lifecycle
+from .grant import Instant, Token, TokenRequest, TokenResponse, parse_token_response
+from .keeper import StoreKeeper
+from .lifecycle import Lifecycle
 from .login_budget import LoginBudget, LoginLedger, _seconds
-from .renewal import LocalRenewer, Renewer, RenewerFactory, retry_meaning
+from .pause import PauseWait
+from .renewal import LocalRenewer, Renewer, RenewerFactory, Rotation, retry_meaning
 from .retry import RetryPolicy
-from .store import MemoryTokenStore, StoredToken, TokenStore
 
 if TYPE_CHECKING:
+    from .errors import TokenResponseError
+    from .store import StoredToken, TokenStore
     from .transport import TokenEndpoint
 
-__all__ = ["LoginBudget", "RefreshPolicy", "TokenEvent", "TokenProvider", "TokenStats"]
+__all__ = ["LoginBudget", "RefreshPolicy", "TokenEvent", "TokenOrigin", "TokenProvider", "TokenStats"]
 
 log = logging.getLogger("oauthpw_async.provider")
 
@@ -69,9 +61,8 @@ log = logging.getLogger("oauthpw_async.provider")
 #: need a token), half the ceiling random so that retries never bunch up at zero.
 RENEWAL_BACKOFF = RetryPolicy(max_attempts=1_000_000, base_delay=0.5, max_delay=60.0, jitter=0.5, max_wait=86400.0)
 
-#: A stored token issued further ahead than this on the wall clock is not trusted (a clock
-#: that jumped back, or a forged file); a smaller lead is clamped to "issued now".
-STORE_FUTURE_TOLERANCE = 3600.0
+#: Where a new token came from: a login, a refresh, the token store, or another process's renewal.
+TokenOrigin = Literal["password", "refresh_token", "store", "shared"]
 
 
 def _password(config: PasswordGrantConfig) -> str | None:
@@ -141,7 +132,7 @@ class TokenStats:
     #: Tokens taken from the token store instead of a login.
     restored: int = 0
     #: Tokens another process renewed, taken from the coordinator (a shared renewer).
-    fleet_adopted: int = 0
+    adopted: int = 0
 
 
 @attrs.frozen
@@ -149,29 +140,7 @@ class TokenEvent:
     """Passed to the ``on_token`` hook for every new token (the token masks its secrets)."""
 
     token: Token
-    source: Literal["password", "refresh_token", "store", "fleet"]
-
-
-class _Flight:
-    """One token request in flight and everyone waiting for it."""
-
-    __slots__ = ("done", "error", "token")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.token: Token | None = None
-        self.error: BaseException | None = ProviderClosed("the token provider closed")
-
-    async def wait(self) -> Token:
-        await self.done.wait()
-        if self.token is not None:
-            return self.token
-        assert self.error is not None
-        # Each waiter raises its own copy: one shared exception object raised by thousands of
-        # tasks would pile every waiter's traceback onto it.
-        err = copy.copy(self.error)
-        err.__traceback__ = None
-        raise err
+    source: TokenOrigin
 
 
 class TokenProvider:
@@ -194,8 +163,8 @@ class TokenProvider:
         clock: time source (tests pass :class:`oauthpw_async.testing.FakeClock`).
         rng: random source for jitter (seed it for reproducible tests).
         coordinator: share this credential's renewals with other processes: an open
-            :class:`~oauthpw_async.renewal.RenewerFactory` (such as
-            :class:`oauthpw_async.fleet.Coordinator`) that makes the provider's renewer.
+            :class:`~oauthpw_async.renewal.RenewerFactory` (a coordinator that makes the
+            provider's renewer, a shared one).
     """
 
     def __init__(
@@ -216,7 +185,6 @@ class TokenProvider:
         self._owns_endpoint = endpoint is None
         self._policy = refresh or RefreshPolicy()
         self._retry = retry or TOKEN_RETRY
-        self._store: TokenStore = store or MemoryTokenStore()
         self._on_token = on_token
         self._clock = clock
         self._now = clock.monotonic
@@ -224,18 +192,20 @@ class TokenProvider:
         self.stats = TokenStats()
         #: The token held and its state (see :mod:`oauthpw_async.lifecycle`).
         self._life = Lifecycle()
-        self._flight: _Flight | None = None
+        #: The renewal in flight, if any.
+        self._flight = SingleFlight()
         #: Failures, backoff, rejections and the server's windows: whether a renewal may start.
         self._gate = Gate(self._policy.backoff)
+        #: The pause callers are waiting out now.
+        self._pauses = PauseWait(clock, self._policy.pause_wait, self.stats)
+        #: Refreshes answered HTTP 500 in a row (enough of them: a password login instead).
         self._refresh_failures = 0
-        #: Whether refresh answers carried a new refresh token (``None``: no refresh answered yet).
-        self._refresh_rotates: bool | None = None
+        #: What refresh answers showed about rotation.
+        self._rotation = Rotation(self.stats)
         #: The unconfirmed login requests of the current budget window (monotonic).
         self._logins = LoginLedger(self._policy.login_budget)
-        #: The pause callers are waiting out now (``None``: none).
-        self._waiting_out: TokenRequestsPaused | None = None
-        #: Generation of the current token in the store: one more per renewal.
-        self._generation = 0
+        #: The token store and the generation of the token held.
+        self._keeper = StoreKeeper(store)
         self._tls_warned = False
         self._tg: anyio.abc.TaskGroup | None = None
         self._coordinator = coordinator
@@ -273,6 +243,23 @@ class TokenProvider:
         """Monotonic time after which the current token is never handed out."""
         return self._life.expires_at
 
+    @property
+    def paused(self) -> TokenRequestsPaused | None:
+        """The pause (login budget, rate limit, backoff) callers of :meth:`get` are waiting out now, if any.
+
+        Its :attr:`~TokenRequestsPaused.retry_at` says until when, its message why.
+        """
+        return self._pauses.current
+
+    @property
+    def refresh_reusable(self) -> bool:
+        """Whether the server has shown that a refresh token stays valid after use (no rotation).
+
+        ``False`` until a refresh answered with the same refresh token (or none): until then a
+        refresh that got no answer is never sent again.
+        """
+        return self._rotation.reusable
+
     async def get(self) -> Token:
         """The current valid token, logging in or refreshing first if none is valid.
 
@@ -301,20 +288,11 @@ class TokenProvider:
         took effect. ``None`` invalidates whatever token is current.
         """
         current = self._life.token
-        if current is None or self._life.expires_at == NEVER:
+        if current is None or not self._life.servable:
             return False
         if token is not None and token is not current and token.access_token != current.access_token:
             return False
-        self.stats.invalidations += 1
-        self._life.invalidate()
-        log.info("token invalidated after a rejection; renewing")
-        if (
-            self._gate.fatal is None
-            and self._flight is None
-            and self._tg is not None
-            and self._paused(self._now()) is None
-        ):
-            self._start_flight()
+        self._invalidate()
         return True
 
     def reset(self, config: PasswordGrantConfig | None = None) -> None:
@@ -327,34 +305,18 @@ class TokenProvider:
         if config is not None and self._coordinator is not None:
             self._coordinator.check_reset(previous, config)
         if config is not None:
-            if config.account_key != self._config.account_key:
-                self._logins.clear()
-            elif _password(config) != _password(self._config):
-                self._logins.password_changed()  # the last success no longer confirms it
-            if config.credential_key != self._config.credential_key:
-                self._generation = 0
-            self._config = config
-            self._life.forget()
-            self._warn_insecure_tls()
+            self._forget(config)
         self._gate.reset(other_account=config is not None and config.account_key != previous.account_key)
         self._refresh_failures = 0
         if self._renewer is not None:
             self._renewer.reset()
-
-    # --- lifecycle ------------------------------------------------------------------------------
 
     async def __aenter__(self) -> TokenProvider:
         if self._tg is not None:
             raise RuntimeError("this TokenProvider is already open")
         self._warn_insecure_tls()
         # Read the store first: an unsafe store file is a setup error, raised before anything starts.
-        try:
-            stored = self._store.load(self._config.credential_key)
-        except ConfigError:
-            raise
-        except Exception as exc:
-            log.warning("token store could not be read, logging in instead: %s", type(exc).__name__)
-            stored = None
+        stored = self._keeper.load(self._config.credential_key)
         if self._endpoint is None:
             from .transport import AiohttpTokenEndpoint  # aiohttp only when it is used
 
@@ -362,9 +324,7 @@ class TokenProvider:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        self._life.open()
-        if stored is not None:
-            self._restore(stored)
+        self._open(stored)
         context = _Context(self)
         if self._coordinator is not None:
             self._renewer = self._coordinator.renewer(context)
@@ -380,7 +340,7 @@ class TokenProvider:
         tb: TracebackType | None,
     ) -> bool | None:
         tg, self._tg = self._tg, None
-        self._life.close()
+        self._close()
         try:
             if tg is not None:
                 # Background renewals never raise, so the group exits cleanly; an exception from
@@ -397,245 +357,31 @@ class TokenProvider:
                         await aclose()
                 self._endpoint = None
 
-    # --- internals ------------------------------------------------------------------------------
+    # --- lifecycle events: one method each, calling the table (oauthpw_async.lifecycle) ----------
+    # open: __aenter__; close: __aexit__; install: a renewal, the store or another process's token;
+    # invalidate: invalidate(); expire: a restored token already expired; forget: reset(config).
 
-    def _warn_insecure_tls(self) -> None:
-        """Log each setting that weakens transport security, once per provider."""
-        if not self._tls_warned:
-            self._tls_warned = True
-            for warning in self._config.security_warnings:
-                log.warning("%s", warning)
+    def _open(self, stored: StoredToken | None) -> None:
+        """open: the state follows from what is held; a stored token is then installed (or held)."""
+        self._life.open()
+        if stored is None:
+            return
+        now = self._now()
+        token = self._keeper.restore(stored, self._clock)
+        if token is None:
+            return
+        if token.expires_at - self._policy.skew(token.lifetime) > now or token.refresh_token is not None:
+            self.stats.restored += 1
+            self._install(token, "store")
+            if self._life.expires_at <= now:
+                self._expire(token)
 
-    async def _get_slow(self) -> Token:
-        if self._tg is None:
-            raise ProviderClosed("use the provider inside 'async with TokenProvider(...)'")
-        deadline: float | None = None  # set at the first pause met: this call waits no longer
-        stale = 0
-        for _ in range(10_000):  # each turn waits for a renewal or a pause: bounded by the deadline too
-            now = self._now()
-            token = self._life.token
-            if token is not None and now < self._life.expires_at:
-                # STALE: serve the still-valid token; renew in the background.
-                if self._flight is None and not self._fatal_holds(now) and self._gate.may_start(now):
-                    self.stats.background_refreshes += 1
-                    self._start_flight()
-                return token
-            if self._fatal_holds(now):
-                raise self._fatal_error()
-            flight = self._flight
-            if flight is None:
-                paused = self._paused(now)
-                if paused is not None:
-                    deadline = await self._wait_out(paused, now, deadline)
-                    continue
-                flight = self._start_flight()
-            self.stats.waits += 1
-            try:
-                token = await flight.wait()
-            except TokenRequestsPaused as exc:
-                deadline = await self._wait_out(exc, self._now(), deadline)
-                continue
-            if self._life.token is token and self._now() < self._life.expires_at:
-                return token
-            # Invalidated, replaced or already expired by the time this task resumed: look again.
-            stale += 1
-            if stale >= 3:
-                break
-        raise TransientTokenError(
-            "no valid token after three renewals: the token lifetime is shorter than a token request takes",
-            hint="raise the token lifetime on the server or lower the latency to it",
-        )
+    def _close(self) -> None:
+        """close: nothing is handed out (a renewal still running installs its token late)."""
+        self._life.close()
 
-    async def _wait_out(self, paused: TokenRequestsPaused, now: float, deadline: float | None) -> float:
-        """Sleep until ``paused`` ends if that is within this call's deadline, else raise it; the deadline."""
-        if deadline is None:
-            deadline = now + self._policy.pause_wait
-        resume_in = paused.resume_in
-        if now + resume_in > deadline or self._tg is None:
-            raise paused
-        if self._waiting_out is None or abs(self._waiting_out.retry_at - paused.retry_at) > 1.0:
-            log.warning("token requests are paused: %s; waiting (RefreshPolicy.pause_wait)", paused.detail)
-        self._waiting_out = paused
-        self.stats.pause_waits += 1
-        try:
-            await self._clock.sleep(max(resume_in, 0.001))
-        finally:
-            if self._waiting_out is paused:
-                self._waiting_out = None
-        if self._tg is None:
-            raise ProviderClosed("the token provider closed while token requests were paused")
-        return deadline
-
-    @property
-    def paused(self) -> TokenRequestsPaused | None:
-        """The pause (login budget, rate limit, backoff) callers of :meth:`get` are waiting out now, if any.
-
-        Its :attr:`~TokenRequestsPaused.retry_at` says until when, its message why.
-        """
-        return self._waiting_out
-
-    def _fatal_holds(self, now: float) -> bool:
-        """Whether callers get the earlier definitive error at once (else a renewal may be tried)."""
-        return self._gate.holds(now, renewing=self._flight is not None)
-
-    def _fatal_error(self) -> OAuthPWError:
-        return self._gate.error()
-
-    def _refresh_usable(self, now: float) -> bool:
-        """Whether the next renewal is a refresh grant (otherwise it is a password login)."""
-        current = self._life.token
-        return (
-            current is not None
-            and current.refresh_token is not None
-            and (current.refresh_expires_at is None or now < current.refresh_expires_at)
-            and self._refresh_failures < self._policy.refresh_failures_before_login
-        )
-
-    def _logins_left(self, now: float) -> int:
-        return self._logins.left(now)
-
-    def _budget_error(self, now: float) -> LoginBudgetExhausted:
-        ledger = self._logins
-        resume_in = ledger.resume_in(now)
-        return LoginBudgetExhausted(
-            f"the login budget is spent: {ledger.limit(now)} unconfirmed password login request(s) (answers that "
-            f"were no token) in {ledger.budget.window:g}s; no login is sent before the window allows one, to keep "
-            "the account from being locked",
-            retry_at=self._clock.wall() + resume_in,
-            retry_after=resume_in,
-        )
-
-    def _paused(self, now: float) -> TokenRequestsPaused | None:
-        """Why no renewal may start now, for longer than a caller should wait; ``None`` if one may."""
-        gate, max_wait = self._gate, self._retry.max_wait
-        limited = gate.paused(now, max_wait=max_wait, clock=self._clock)
-        if limited is not None:
-            return limited
-        if not self._refresh_usable(now) and self._logins_left(now) <= 0:
-            return self._budget_error(now)
-        return gate.backing_off(now, max_wait=max_wait, clock=self._clock)
-
-    def _start_flight(self) -> _Flight:
-        assert self._tg is not None
-        flight = _Flight()
-        self._flight = flight
-        self._tg.start_soon(self._run_flight, flight)
-        return flight
-
-    async def _run_flight(self, flight: _Flight) -> None:
-        entry: StoredToken | None = None
-        try:
-            now = self._now()
-            delay = self._gate.delay(now)
-            if delay > self._retry.max_wait:
-                paused = self._paused(now)
-                assert paused is not None
-                raise paused
-            if delay > 0:
-                await self._clock.sleep(delay)
-            assert self._renewer is not None
-            token, source = await self._renewer.renew()
-            if token.expires_at - self._policy.skew(token.lifetime) <= self._now():
-                raise TransientTokenError(
-                    f"the token expired before it arrived (lifetime {token.lifetime:.3f}s)",
-                    hint="the token lifetime is shorter than a token request takes",
-                )
-        except Exception as exc:
-            if isinstance(exc, TokenError) or (isinstance(exc, OAuthPWError) and retry_meaning(exc) is not None):
-                self._on_failure(exc)  # typed: backoff, and every waiter gets it
-            else:  # a bug or an unexpected failure: waiters get it, the provider lives
-                log.exception("unexpected error while renewing the token")
-                self.stats.failures += 1
-            flight.error = exc
-        else:
-            self._install(token, source)
-            self._generation += 1
-            entry = StoredToken(token, self._generation)
-            flight.token = token
-            flight.error = None
-        finally:
-            if self._flight is flight:
-                self._flight = None
-            flight.done.set()
-        if entry is not None:
-            await self._persist(entry)
-
-    @property
-    def refresh_reusable(self) -> bool:
-        """Whether the server has shown that a refresh token stays valid after use (no rotation).
-
-        ``False`` until a refresh answered with the same refresh token (or none): until then a
-        refresh that got no answer is never sent again.
-        """
-        return self._refresh_rotates is False
-
-    def _refresh_maybe_spent(self, exc: TransientTokenError | TokenResponseError) -> bool:
-        """Whether a failed refresh may have used its refresh token up, so that it is never sent again.
-
-        No usable answer (none at all, a 500/502/504, a page that is no token) while the server may
-        rotate refresh tokens: sent again, a used one looks like theft and revokes the whole token
-        family (Okta, Auth0), so a password login follows instead.
-        """
-        maybe_used = isinstance(exc, TokenResponseError) or exc.may_have_been_processed
-        if not maybe_used or self.refresh_reusable:
-            return False
-        self.stats.refresh_unconfirmed += 1
-        log.warning("refresh may have been used without an answer (%s); logging in instead", exc.detail)
-        return True
-
-    def _drop_refresh_token(self, token: Token | None) -> None:
-        """Never present ``token``'s refresh token again (if it is still the current token)."""
-        self._life.drop_refresh_token(token)
-
-    def _learn_rotation(self, previous: Token, renewed: Token) -> None:
-        """Note whether the server rotates refresh tokens (RFC 6749 6: it MAY issue a new one)."""
-        old, new = previous.refresh_token, renewed.refresh_token
-        if old is not None and new is not None:
-            self._refresh_rotates = new.reveal() != old.reveal()
-
-    def _login_policy(self) -> RetryPolicy:
-        """The retries one password login may use; raises when the login budget is spent."""
-        left = self._logins.left(self._now())
-        if left <= 0:
-            raise self._budget_error(self._now())
-        if self._logins.unconfirmed:
-            # An earlier login got no token: one request per renewal, so that the next ones follow
-            # the renewal backoff (growing waits), not the quick retries of one token request.
-            left = 1
-        # Retries of a login are logins too: never more attempts than the budget has left.
-        return self._retry if left >= self._retry.max_attempts else attrs.evolve(self._retry, max_attempts=left)
-
-    async def _exchange(
-        self, request: TokenRequest, previous: Token | None, policy: RetryPolicy, *, resend_unanswered: bool = True
-    ) -> Token:
-        config = self._config
-        assert self._endpoint is not None
-
-        def parse(response: TokenResponse, sent: Instant) -> Token:
-            return parse_token_response(config, request, response, sent, previous=previous)
-
-        def on_send(req: TokenRequest, attempt: int) -> None:
-            if req.grant == "password":
-                now = self._now()
-                if self._logins.left(now) <= 0:  # the policy above prevents it; never send past the budget
-                    raise self._budget_error(now)
-                self._logins.sent(now)
-                self.stats.login_requests += 1
-            self.stats.token_requests += 1
-            log.debug("token request: grant=%s url=%s attempt=%d", req.grant, safe_url(req.url), attempt + 1)
-
-        return await exchange(
-            self._endpoint,
-            request,
-            parse,
-            policy=policy,
-            clock=self._clock,
-            rng=self._rng,
-            on_send=on_send,
-            resend_unanswered=resend_unanswered,
-        )
-
-    def _install(self, token: Token, source: Literal["password", "refresh_token", "store", "fleet"]) -> None:
+    def _install(self, token: Token, source: TokenOrigin) -> None:
+        """install: a new token, handed out until its expiry less the skew, FRESH until its margin."""
         policy = self._policy
         expires_at = token.expires_at - policy.skew(token.lifetime)
         refresh_at = max(token.issued.monotonic, expires_at - policy.margin(token.lifetime, self._rng))
@@ -655,7 +401,142 @@ class TokenProvider:
             except Exception:
                 log.exception("on_token hook failed")
 
-    def _on_failure(self, exc: OAuthPWError) -> None:
+    def _invalidate(self) -> None:
+        """invalidate: the token handed out was refused; held for its refresh token, renewed now if allowed."""
+        self.stats.invalidations += 1
+        self._life.invalidate()
+        log.info("token invalidated after a rejection; renewing")
+        if (
+            self._gate.fatal is None
+            and self._flight.current is None
+            and self._tg is not None
+            and self._paused(self._now()) is None
+        ):
+            self._start_renewal()
+
+    def _expire(self, token: Token) -> None:
+        """expire: the token just installed had expired already; held for its refresh token (first renewal)."""
+        self._life.expire(token)
+
+    def _forget(self, config: PasswordGrantConfig) -> None:
+        """forget: another configuration, no token; the login budget follows the account and the password."""
+        if config.account_key != self._config.account_key:
+            self._logins.clear()
+        elif _password(config) != _password(self._config):
+            self._logins.password_changed()  # the last success no longer confirms it
+        if config.credential_key != self._config.credential_key:
+            self._keeper.other_credential()
+        self._config = config
+        self._life.forget()
+        self._warn_insecure_tls()
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    async def _get_slow(self) -> Token:
+        if self._tg is None:
+            raise ProviderClosed("use the provider inside 'async with TokenProvider(...)'")
+        deadline: float | None = None  # set at the first pause met: this call waits no longer
+        stale = 0
+        for _ in range(10_000):  # each turn waits for a renewal or a pause: bounded by the deadline too
+            now = self._now()
+            token = self._life.token
+            if token is not None and now < self._life.expires_at:
+                # STALE: serve the still-valid token; renew in the background.
+                if self._flight.current is None and not self._fatal_holds(now) and self._gate.may_start(now):
+                    self.stats.background_refreshes += 1
+                    self._start_renewal()
+                return token
+            if self._fatal_holds(now):
+                raise self._gate.error()
+            flight = self._flight.current
+            if flight is None:
+                paused = self._paused(now)
+                if paused is not None:
+                    deadline = await self._wait_out(paused, now, deadline)
+                    continue
+                flight = self._start_renewal()
+            self.stats.waits += 1
+            try:
+                token = await flight.wait()
+            except TokenRequestsPaused as exc:
+                deadline = await self._wait_out(exc, self._now(), deadline)
+                continue
+            if self._life.token is token and self._now() < self._life.expires_at:
+                return token
+            # Invalidated, replaced or already expired by the time this task resumed: look again.
+            stale += 1
+            if stale >= 3:
+                break
+        raise TransientTokenError(
+            "no valid token after three renewals: the token lifetime is shorter than a token request takes",
+            hint="raise the token lifetime on the server or lower the latency to it",
+        )
+
+    async def _wait_out(self, paused: TokenRequestsPaused, now: float, deadline: float | None) -> float:
+        return await self._pauses.wait_out(paused, now, deadline, is_open=lambda: self._tg is not None)
+
+    def _fatal_holds(self, now: float) -> bool:
+        """Whether callers get the earlier definitive error at once (else a renewal may be tried)."""
+        return self._gate.holds(now, renewing=self._flight.current is not None)
+
+    def _paused(self, now: float) -> TokenRequestsPaused | None:
+        """Why no renewal may start now, for longer than a caller should wait; ``None`` if one may."""
+        gate, max_wait = self._gate, self._retry.max_wait
+        limited = gate.paused(now, max_wait=max_wait, clock=self._clock)
+        if limited is not None:
+            return limited
+        if not self._refresh_usable(now) and self._logins.left(now) <= 0:
+            return self._logins.exhausted(now, self._clock)
+        return gate.backing_off(now, max_wait=max_wait, clock=self._clock)
+
+    def _refresh_usable(self, now: float) -> bool:
+        """Whether the next renewal is a refresh grant (otherwise it is a password login)."""
+        current = self._life.token
+        return (
+            current is not None
+            and current.refresh_token is not None
+            and (current.refresh_expires_at is None or now < current.refresh_expires_at)
+            and self._refresh_failures < self._policy.refresh_failures_before_login
+        )
+
+    def _start_renewal(self) -> Flight:
+        assert self._tg is not None
+        return self._flight.start(self._tg, self._renewal, self._save)
+
+    async def _renewal(self) -> Token:
+        """The single flight's renewal: the new token installed, or the failure taught to the gate."""
+        try:
+            token, source = await self._renew_when_allowed()
+        except Exception as exc:
+            if isinstance(exc, TokenError) or (isinstance(exc, OAuthPWError) and retry_meaning(exc) is not None):
+                self._failed(exc)  # typed: backoff, and every waiter gets it
+            else:  # a bug or an unexpected failure: waiters get it, the provider lives
+                log.exception("unexpected error while renewing the token")
+                self.stats.failures += 1
+            raise
+        self._install(token, source)
+        return token
+
+    async def _renew_when_allowed(self) -> tuple[Token, TokenOrigin]:
+        """The renewer's renewal, after the backoff or the server's window (raised if longer than ``max_wait``)."""
+        now = self._now()
+        delay = self._gate.delay(now)
+        if delay > self._retry.max_wait:
+            paused = self._paused(now)
+            assert paused is not None
+            raise paused
+        if delay > 0:
+            await self._clock.sleep(delay)
+        assert self._renewer is not None
+        token, source = await self._renewer.renew()
+        if token.expires_at - self._policy.skew(token.lifetime) <= self._now():
+            raise TransientTokenError(
+                f"the token expired before it arrived (lifetime {token.lifetime:.3f}s)",
+                hint="the token lifetime is shorter than a token request takes",
+            )
+        return token, source
+
+    def _failed(self, exc: OAuthPWError) -> None:
         self.stats.failures += 1
         now = self._now()
         assert self._renewer is not None
@@ -663,44 +544,47 @@ class TokenProvider:
         valid_for = life.expires_at - now if life.token is not None and now < life.expires_at else None
         self._gate.failed(exc, now, self._rng, recheck=self._renewer.rejection_recheck, valid_for=valid_for)
 
-    def _restore(self, stored: StoredToken) -> None:
-        now_mono, now_wall = self._now(), self._clock.wall()
-        record = stored.record
-        if record.issued_wall > now_wall + STORE_FUTURE_TOLERANCE:
-            log.warning(
-                "the stored token claims to be issued %.0fs in the future (a clock change or a damaged "
-                "store); ignored, logging in instead",
-                record.issued_wall - now_wall,
-            )
-            return
-        # A token from slightly ahead (a clock step) counts as issued now: never longer than its lifetime.
-        if record.issued_wall > now_wall:
-            record = attrs.evolve(record, issued_wall=now_wall)
-        # The store keeps wall-clock times; move them onto this process's monotonic clock.
-        token = record.token(self._clock)
-        self._generation = max(self._generation, stored.generation)
-        if token.expires_at - self._policy.skew(token.lifetime) > now_mono or token.refresh_token is not None:
-            self.stats.restored += 1
-            self._install(token, "store")
-            if self._life.expires_at <= now_mono:
-                self._life.expire(token)  # keep its refresh token for the first renewal
+    async def _save(self, token: Token) -> None:
+        """Write a renewed token to the store (after its waiters have it)."""
+        entry = self._keeper.renewed(token)
+        await self._keeper.save(self._config.credential_key, entry)
 
-    async def _persist(self, entry: StoredToken) -> None:
-        key, store = self._config.credential_key, self._store
-        try:
-            if isinstance(store, MemoryTokenStore):  # no I/O: no worker thread
-                saved = store.save(key, entry)
-            else:
-                # Shielded: closing the provider waits for the write instead of losing the newest token.
-                with anyio.CancelScope(shield=True):
-                    saved = await anyio.to_thread.run_sync(store.save, key, entry)
-        except Exception as exc:
-            log.warning(
-                "token store could not be written: %s", exc if isinstance(exc, OAuthPWError) else type(exc).__name__
-            )
-        else:
-            if not saved:
-                log.info("token store holds a newer token (another process renewed); kept it")
+    async def _exchange(
+        self, request: TokenRequest, previous: Token | None, policy: RetryPolicy, *, resend_unanswered: bool = True
+    ) -> Token:
+        config = self._config
+        assert self._endpoint is not None
+
+        def parse(response: TokenResponse, sent: Instant) -> Token:
+            return parse_token_response(config, request, response, sent, previous=previous)
+
+        return await exchange(
+            self._endpoint,
+            request,
+            parse,
+            policy=policy,
+            clock=self._clock,
+            rng=self._rng,
+            on_send=self._on_send,
+            resend_unanswered=resend_unanswered,
+        )
+
+    def _on_send(self, request: TokenRequest, attempt: int) -> None:
+        """Count a token request about to be sent; a login is charged to the budget (never sent past it)."""
+        if request.grant == "password":
+            now = self._now()
+            self._logins.check(now, self._clock)  # the login policy prevents it; never send past the budget
+            self._logins.sent(now)
+            self.stats.login_requests += 1
+        self.stats.token_requests += 1
+        log.debug("token request: grant=%s url=%s attempt=%d", request.grant, safe_url(request.url), attempt + 1)
+
+    def _warn_insecure_tls(self) -> None:
+        """Log each setting that weakens transport security, once per provider."""
+        if not self._tls_warned:
+            self._tls_warned = True
+            for warning in self._config.security_warnings:
+                log.warning("%s", warning)
 
 
 class _Context:
@@ -733,11 +617,11 @@ class _Context:
 
     @property
     def renewing(self) -> bool:
-        return self._p._flight is not None
+        return self._p._flight.current is not None
 
     @property
-    def refresh_reusable(self) -> bool:
-        return self._p.refresh_reusable
+    def rotation(self) -> Rotation:
+        return self._p._rotation
 
     def usable_until(self, token: Token) -> float:
         return token.expires_at - self._p._policy.skew(token.lifetime)
@@ -746,10 +630,7 @@ class _Context:
         return self._p._refresh_usable(self._p._now())
 
     def drop_refresh_token(self, token: Token | None) -> None:
-        self._p._drop_refresh_token(token)
-
-    def refresh_maybe_spent(self, exc: TransientTokenError | TokenResponseError) -> bool:
-        return self._p._refresh_maybe_spent(exc)
+        self._p._life.drop_refresh_token(token)
 
     def refresh_failed(self, exc: TransientTokenError | TokenResponseError) -> None:
         # A refresh endpoint that keeps answering 500 (e.g. a lost server-side session) is given
@@ -757,16 +638,13 @@ class _Context:
         if exc.status == 500:
             self._p._refresh_failures += 1
 
-    def learn_rotation(self, previous: Token, renewed: Token) -> None:
-        self._p._learn_rotation(previous, renewed)
-
     def login_policy(self) -> RetryPolicy:
-        return self._p._login_policy()
+        p = self._p
+        return p._logins.policy(p._retry, p._now(), p._clock)
 
     def check_login_budget(self) -> None:
-        now = self._p._now()
-        if self._p._logins_left(now) <= 0:
-            raise self._p._budget_error(now)
+        p = self._p
+        p._logins.check(p._now(), p._clock)
 
     def login_confirmed(self) -> None:
         self._p._logins.confirmed(self._p._now())
@@ -777,4 +655,4 @@ class _Context:
         return await self._p._exchange(request, previous, policy, resend_unanswered=resend_unanswered)
 
     def adopt(self, token: Token) -> None:
-        self._p._install(token, "fleet")
+        self._p._install(token, "shared")

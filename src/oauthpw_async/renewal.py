@@ -36,12 +36,14 @@ if TYPE_CHECKING:
     from .retry import RetryPolicy
 
 __all__ = [
+    "ONLY_AFTER_RESET",
     "LocalRenewer",
     "RenewalContext",
     "RenewalSource",
     "Renewer",
     "RenewerFactory",
     "RetryMeaning",
+    "Rotation",
     "locked_out",
     "retry_meaning",
 ]
@@ -49,7 +51,49 @@ __all__ = [
 log = logging.getLogger("oauthpw_async.provider")
 
 #: Where a renewed token came from (a :class:`~oauthpw_async.provider.TokenEvent`'s ``source``).
-RenewalSource = Literal["password", "refresh_token", "fleet"]
+RenewalSource = Literal["password", "refresh_token", "shared"]
+
+#: A :attr:`Renewer.rejection_recheck` for a rejection that nothing but ``reset()`` lifts.
+ONLY_AFTER_RESET = math.inf
+
+
+@attrs.define
+class Rotation:
+    """What the server has shown about refresh-token rotation (RFC 6749 6: it MAY issue a new one).
+
+    Until a refresh answered with the same refresh token (or none) it may rotate them: then a
+    refresh that got no usable answer is never sent again (sent again, a used refresh token looks
+    like theft and revokes the whole token family: Okta, Auth0), and a password login follows.
+    """
+
+    #: Counts the refreshes given up that way (``refresh_unconfirmed``).
+    stats: TokenStats
+    #: Whether refresh answers carried a new refresh token (``None``: no refresh answered yet).
+    rotates: bool | None = None
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the server has shown that a refresh token stays valid after use (no rotation)."""
+        return self.rotates is False
+
+    def learn(self, previous: Token, renewed: Token) -> None:
+        """Note whether the server rotates refresh tokens, from a renewal of ``previous`` into ``renewed``."""
+        old, new = previous.refresh_token, renewed.refresh_token
+        if old is not None and new is not None:
+            self.rotates = new.reveal() != old.reveal()
+
+    def maybe_spent(self, exc: TransientTokenError | TokenResponseError) -> bool:
+        """Whether a failed refresh may have used its refresh token up, so that it is never sent again.
+
+        No usable answer (none at all, a 500/502/504, a page that is no token) while the server may
+        rotate refresh tokens.
+        """
+        maybe_used = isinstance(exc, TokenResponseError) or exc.may_have_been_processed
+        if not maybe_used or self.reusable:
+            return False
+        self.stats.refresh_unconfirmed += 1
+        log.warning("refresh may have been used without an answer (%s); logging in instead", exc.detail)
+        return True
 
 
 @attrs.frozen
@@ -113,8 +157,8 @@ class RenewalContext(Protocol):
         """Whether a renewal is in flight."""
 
     @property
-    def refresh_reusable(self) -> bool:
-        """Whether the server has shown that refresh tokens stay valid after use."""
+    def rotation(self) -> Rotation:
+        """What the server has shown about refresh-token rotation (learnt from every renewal)."""
 
     def usable_until(self, token: Token) -> float:
         """Monotonic time after which ``token`` is never handed out (its expiry less the skew)."""
@@ -125,14 +169,8 @@ class RenewalContext(Protocol):
     def drop_refresh_token(self, token: Token | None) -> None:
         """Never present ``token``'s refresh token again (if it is still the current token)."""
 
-    def refresh_maybe_spent(self, exc: TransientTokenError | TokenResponseError) -> bool:
-        """Whether a failed refresh may have used its refresh token up (then it is never sent again)."""
-
     def refresh_failed(self, exc: TransientTokenError | TokenResponseError) -> None:
         """A refresh failed without spending its refresh token (repeated 500s lead to a login)."""
-
-    def learn_rotation(self, previous: Token, renewed: Token) -> None:
-        """Note whether the server rotates refresh tokens, from a renewal of ``previous``."""
 
     def login_policy(self) -> RetryPolicy:
         """The retries one password login may use; raises when the login budget is spent."""
@@ -185,7 +223,7 @@ class LocalRenewer:
     __slots__ = ("_ctx",)
 
     #: A rejected login stays rejected until reset(): nothing else here can fix it.
-    rejection_recheck = math.inf
+    rejection_recheck = ONLY_AFTER_RESET
 
     def __init__(self, context: RenewalContext) -> None:
         self._ctx = context
@@ -207,18 +245,18 @@ class LocalRenewer:
             ctx.stats.refreshes += 1
             request = build_refresh_request(ctx.config, current.refresh_token)
             try:
-                token = await ctx.exchange(request, current, ctx.retry, resend_unanswered=ctx.refresh_reusable)
+                token = await ctx.exchange(request, current, ctx.retry, resend_unanswered=ctx.rotation.reusable)
             except RefreshTokenRejected as exc:
                 ctx.stats.refresh_rejected += 1
                 ctx.drop_refresh_token(current)  # never present a rejected refresh token again
                 log.info("refresh token rejected (%s); logging in with the password once", exc.error_code)
             except (TransientTokenError, TokenResponseError) as exc:
-                if not ctx.refresh_maybe_spent(exc):
+                if not ctx.rotation.maybe_spent(exc):
                     ctx.refresh_failed(exc)
                     raise
                 ctx.drop_refresh_token(current)
             else:
-                ctx.learn_rotation(current, token)
+                ctx.rotation.learn(current, token)
                 return token, "refresh_token"
         policy = ctx.login_policy()
         ctx.stats.logins += 1

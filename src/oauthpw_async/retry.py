@@ -1,7 +1,7 @@
 """The one retry primitive: how long to wait before the next attempt, and when to give up.
 
-Token requests, the provider's renewal backoff, the crawler's API requests and the fleet's
-waits for Redis all use :class:`RetryPolicy`; none of them has a backoff formula of its own.
+Token requests, the provider's renewal backoff, the crawler's API requests and a coordinator's
+waits for its shared store all use :class:`RetryPolicy`; none of them has a backoff formula of its own.
 The policy only does arithmetic. Loops that honour a server's hint count with
 :class:`Retrying` and sleep on their own :class:`~oauthpw_async.clock.Clock`; loops that only
 back off iterate :func:`attempts`, which sleeps on the clock it is given.
@@ -64,6 +64,10 @@ class RetryPolicy:
         if hint is None:
             return self.backoff(attempt, rng)
         return hint + rng.uniform(0.0, min(self.base_delay, 1.0))
+
+    def at_most(self, attempts: int) -> RetryPolicy:
+        """The same policy with no more than ``attempts`` attempts (itself if it allows no more already)."""
+        return self if attempts >= self.max_attempts else attrs.evolve(self, max_attempts=attempts)
 
     def start(self, now: float, rng: random.Random | None = None) -> Retrying:
         """Begin counting the retries of one operation whose first failure is at ``now``."""

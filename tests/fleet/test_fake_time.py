@@ -14,8 +14,10 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from oauthpw_async import PasswordGrantConfig, RetryPolicy, TokenProvider, TransientTokenError
 from oauthpw_async.crawler import Partition
 from oauthpw_async.fleet import CoordinatorUnavailable, FleetCheckpoints, FleetCrawl
+from oauthpw_async.fleet.renewal import LEASE_POLL_MAX, FleetRenewal
 from oauthpw_async.testing import FakeClock
 
 from .clocks import RecordingClock, until
@@ -91,6 +93,36 @@ async def test_a_kept_lease_is_renewed_every_third_of_its_ttl_on_the_clock(
             clock.advance(31.0)  # no renewal confirmed for longer than the ttl (the loop is asleep)
             assert not handle.valid
         assert handle.lost  # released on exit
+
+
+async def test_a_renewal_waits_for_another_holders_lease_on_the_clock_until_its_bound(
+    redis_server: RedisServer, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = RecordingClock()
+    # No watcher: its heartbeats would move the fake clock too (and nothing is published to hear).
+    monkeypatch.setattr(FleetRenewal, "watch", lambda self: anyio.sleep_forever())
+    config = PasswordGrantConfig(
+        access_token_url="http://127.0.0.1:9/token", client_id="c", username="u", password="p", timeout=5.0
+    )
+    async with (
+        coordinator(redis_server.url, namespace, lease_ttl=30.0, clock=clock) as waiter,
+        coordinator(redis_server.url, namespace, lease_ttl=30.0) as holder,
+    ):
+        held = await holder.lease.acquire(wait=0)
+        assert held is not None
+        async with (
+            holder.lease.keep(held),  # held (renewed on real time), and nothing is ever published
+            TokenProvider(config, coordinator=waiter, clock=clock, retry=RetryPolicy(deadline=10.0)) as tokens,
+        ):
+            start = clock.now
+            with pytest.raises(TransientTokenError, match="holds the renewal lease and has published no token"):
+                await on_fake_time(clock, tokens.get)
+            # The bound: one request's retries (10 s) and two timeouts (5 s each) of the holder, plus the lease ttl.
+            assert clock.now - start == pytest.approx(10.0 + 2 * 5.0 + 30.0)
+            assert held.valid and tokens.stats.token_requests == 0
+        polls = [s for s in clock.slept if s <= LEASE_POLL_MAX]  # the watcher's heartbeats are 5 s
+        assert polls[:6] == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.5])  # doubling up to the poll step
+        assert sum(polls) == pytest.approx(50.0)
 
 
 # --- rate limit ---------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ async def test_providers_of_a_fleet_share_one_login_and_one_refresh(redis_server
         assert len(set(renewed)) == 1 and renewed[0] != tokens[0]
         assert state.count("refresh_token", "ok") == 1 and state.count("refresh_token", "reuse") == 0
         assert sum(p.stats.token_requests for p in providers) == 2
-        assert sum(p.stats.fleet_adopted for p in providers) >= 2 * (N - 1)
+        assert sum(p.stats.adopted for p in providers) >= 2 * (N - 1)
 
 
 async def test_a_rejected_password_stops_every_provider_until_one_is_reset(

@@ -175,7 +175,7 @@ async def provider_role(url: str, namespace: str, token_url: str, seconds: float
             logins=s.logins,
             refreshes=s.refreshes,
             token_requests=s.token_requests,
-            adopted=s.fleet_adopted,
+            adopted=s.adopted,
         )
 
 

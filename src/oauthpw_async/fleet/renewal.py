@@ -27,11 +27,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
-import attrs
 
 from ..errors import (
     CredentialsLockedOut,
@@ -44,14 +45,23 @@ from ..errors import (
 )
 from ..grant import Token, build_password_request, build_refresh_request
 from ..renewal import LocalRenewer, RenewalContext, RenewalSource, locked_out
+from ..retry import RetryPolicy, attempts
 from .errors import CoordinatorRefused, CoordinatorUnavailable, FleetKeyMismatch
 from .tokens import RefreshPermit, SharedToken
 
 if TYPE_CHECKING:
+    from ..clock import Clock
     from .coordinator import Coordinator
     from .lease import LeaseHandle
 
-__all__ = ["FLEET_LATCH_RECHECK", "KEY_MAJORITY_WAIT", "LEASE_POLL_MAX", "FleetRenewal"]
+__all__ = [
+    "FLEET_LATCH_RECHECK",
+    "KEY_MAJORITY_WAIT",
+    "LEASE_POLL",
+    "LEASE_POLL_MAX",
+    "WATCH_RECONNECT",
+    "FleetRenewal",
+]
 
 log = logging.getLogger("oauthpw_async.fleet")
 
@@ -59,6 +69,11 @@ Source = RenewalSource
 
 #: Longest step (seconds) between two looks at a lease held by another process, when no publish wakes us.
 LEASE_POLL_MAX = 0.5
+#: How a renewal polls a lease held by another process: a step doubling from 20 ms, bounded by its wait.
+LEASE_POLL = RetryPolicy(max_attempts=1_000_000, base_delay=0.02, max_delay=LEASE_POLL_MAX, jitter=0.0)
+#: How the watcher waits for Redis to answer again: doubling from 100 ms up to 5 s (no jitter).
+WATCH_RECONNECT = RetryPolicy(max_attempts=1_000_000, base_delay=0.1, max_delay=5.0, jitter=0.0)
+_NO_JITTER = random.Random(0)  # WATCH_RECONNECT has no jitter: its draws change nothing
 #: Seconds a process finding the shared record sealed with another key waits for its own key to be held
 #: by more live processes than that key (workers of one fleet start at about the same time), before it
 #: calls itself the one with the wrong key.
@@ -132,7 +147,7 @@ class FleetRenewal:
                 log.warning("Redis unreachable: renewing locally, as configured")
                 p = self._p
                 own = self._unpublished is not None and self._unpublished[0] is p.token  # never shared
-                if not own and not p.refresh_reusable:
+                if not own and not p.rotation.reusable:
                     # The fleet may have spent this refresh token already (sent by a holder without an
                     # answer): while rotation is possible, the local renewal is a password login.
                     p.drop_refresh_token(p.token)
@@ -161,14 +176,14 @@ class FleetRenewal:
 
     async def watch(self) -> None:
         """Install every newer published token at once; runs in the provider's task group."""
-        delay = 0.1
+        unreachable = 0
         clock = self._fleet.clock  # the fleet's waits are on the coordinator's clock
         while True:
             try:
                 await self._fleet.tokens.watch(self._on_published)
             except CoordinatorUnavailable:
-                await clock.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await clock.sleep(WATCH_RECONNECT.backoff(unreachable, _NO_JITTER))
+                unreachable += 1
             except CoordinatorRefused as exc:  # a set-up to fix: say so, now and then
                 log.warning("fleet watcher: %s", exc)
                 await clock.sleep(30.0)
@@ -213,14 +228,11 @@ class FleetRenewal:
         old = held.refresh_token if held is not None else None
         new = adopted.refresh_token
         if held is not None and old is not None and new is not None and old.reveal() == new.reveal():
-            self._p.learn_rotation(held, adopted)
+            self._p.rotation.learn(held, adopted)
 
     def _adopt(self, shared: SharedToken) -> Token:
-        token = self._local(shared)
-        self._learn_from(token)
-        self._hold(shared.generation, shared.token_id)
-        self._unpublished = None
-        self._p.stats.fleet_adopted += 1
+        """Install a token another process published, outside a renewal (the watcher heard it)."""
+        token, _ = self._adopted(shared)
         self._rejected = None  # a working token: what was rejected before is fixed
         self._p.adopt(token)
         return token
@@ -231,39 +243,38 @@ class FleetRenewal:
         A live holder renews the lease while its request runs, for at most one request's retries
         (:meth:`_renew` shields it that long); a dead or frozen one loses it within the lease ttl.
         """
+        return self._request_bound() + self._fleet.lease.ttl
+
+    def _request_bound(self) -> float:
+        """Seconds one token request may take with its retries (a holder's renewal under the lease)."""
         p = self._p
-        return p.retry.deadline + 2 * p.config.timeout + self._fleet.lease.ttl
+        return p.retry.deadline + 2 * p.config.timeout
 
     async def _renew(self) -> tuple[Token, Source]:
         fleet = self._fleet
         if self._unpublished is not None:
             await self._publish_pending()
-        deadline = anyio.current_time() + self._wait_bound()
-        step = 0.02
-        while True:
+        # Wake up on the holder's publish, or poll: a message can be missed across reconnects.
+        tries = attempts(LEASE_POLL, _WokenByPublish(fleet.clock, lambda: self._published), deadline=self._wait_bound())
+        async for _ in tries:
             shared = await self._read()
             if shared is not None and self._adoptable(shared):
                 return self._adopted(shared)
             handle, remaining = await fleet.lease.try_acquire()
             if handle is not None:
                 break
-            left = deadline - anyio.current_time()
-            if left <= 0:
-                raise TransientTokenError(
-                    "another process of the fleet holds the renewal lease and has published no token",
-                    hint="check the other workers (a stalled one keeps the lease until it expires)",
-                )
-            # Wake up on the holder's publish, or poll: a message can be missed across reconnects.
             # A dead or frozen holder's lease runs out after `remaining`: look again right then.
-            with anyio.move_on_after(min(step, max(remaining, 0.005), left)):
-                await self._published.wait()
-            step = min(step * 2, LEASE_POLL_MAX)
+            tries.cap(max(remaining, 0.005))
+        else:
+            raise TransientTokenError(
+                "another process of the fleet holds the renewal lease and has published no token",
+                hint="check the other workers (a stalled one keeps the lease until it expires)",
+            )
         # A holder whose provider closes mid-renewal still finishes it and publishes: a rotating
         # refresh token sent and never published would cost the fleet a password login. Bounded
         # by what one token request may take with its retries; never reached otherwise.
-        p = self._p
         with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + p.retry.deadline + 2 * p.config.timeout
+            scope.deadline = anyio.current_time() + self._request_bound()
             async with fleet.lease.keep(handle):
                 return await self._renew_holding(handle)
         raise TransientTokenError("the renewal under the fleet's lease did not finish in time")
@@ -323,12 +334,13 @@ class FleetRenewal:
             await clock.sleep(0.25)
 
     def _adopted(self, shared: SharedToken) -> tuple[Token, Source]:
+        """A token another process published, as this renewal's result (counted, its generation held)."""
         token = self._local(shared)
         self._learn_from(token)
         self._hold(shared.generation, shared.token_id)
         self._unpublished = None
-        self._p.stats.fleet_adopted += 1
-        return token, "fleet"
+        self._p.stats.adopted += 1
+        return token, "shared"
 
     def _hold(self, generation: int, token_id: str) -> None:
         self.generation, self.token_id = generation, token_id
@@ -350,9 +362,9 @@ class FleetRenewal:
         source: Source = "refresh_token"
         rt_usable = (
             shared is not None
-            and shared.token.refresh_token is not None
+            and shared.record.refresh_token is not None
             and not shared.refresh_spent
-            and (shared.token.refresh_expires_at is None or shared.token.refresh_expires_at > p.clock.wall())
+            and (shared.record.refresh_expires_wall is None or shared.record.refresh_expires_wall > p.clock.wall())
         )
         if rt_usable and shared is not None and self._went_back(shared):
             log.warning(
@@ -400,19 +412,19 @@ class FleetRenewal:
         p.stats.refreshes += 1
         request = build_refresh_request(p.config, previous.refresh_token)
         try:
-            token = await p.exchange(request, previous, p.retry, resend_unanswered=p.refresh_reusable)
+            token = await p.exchange(request, previous, p.retry, resend_unanswered=p.rotation.reusable)
         except RefreshTokenRejected as exc:
             p.stats.refresh_rejected += 1
             log.info("refresh token rejected (%s); reading the shared state again", exc.error_code)
             return None
         except (TransientTokenError, TokenResponseError) as exc:
-            if p.refresh_maybe_spent(exc):
+            if p.rotation.maybe_spent(exc):
                 return None  # stays marked spent: the holder logs in
             # Not used, or reusable anyway: give it back to the fleet (else it stays spent: one login).
             with contextlib.suppress(CoordinatorUnavailable, CoordinatorRefused):
                 await fleet.tokens.unspend(shared.generation, fleet.lease, handle)
             raise
-        p.learn_rotation(previous, token)
+        p.rotation.learn(previous, token)
         return token
 
     async def _login(self) -> Token:
@@ -443,7 +455,7 @@ class FleetRenewal:
             )
         p.stats.logins += 1
         # One request per charge of the fleet's budget: a failed login is retried by a later renewal.
-        once = attrs.evolve(p.retry, max_attempts=1)
+        once = p.retry.at_most(1)
         try:
             token = await p.exchange(build_password_request(p.config), None, once)
         except DefinitiveTokenError as exc:
@@ -491,3 +503,30 @@ class FleetRenewal:
         self._unpublished = None
         if result.published:
             self._hold(result.generation, result.token_id)
+
+
+class _WokenByPublish:
+    """The fleet's clock, whose sleeps also end as soon as the watcher hears a publish."""
+
+    __slots__ = ("_clock", "_event")
+
+    def __init__(self, clock: Clock, event: Callable[[], anyio.Event]) -> None:
+        self._clock, self._event = clock, event
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
+    def wall(self) -> float:
+        return self._clock.wall()
+
+    async def sleep(self, seconds: float) -> None:
+        published = self._event()  # replaced at each publish: the one current now
+        async with anyio.create_task_group() as tg:
+
+            async def wake() -> None:
+                await published.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wake)
+            await self._clock.sleep(seconds)
+            tg.cancel_scope.cancel()
