@@ -90,3 +90,17 @@ def test_a_crossing_is_found(tmp_path: Path) -> None:
         "cli/main.py:2 imports fleet._url.check",
         "cli/main.py:3 imports fleet.redis._link",
     ]
+
+
+def test_no_library_module_outside_the_fleet_knows_of_it() -> None:
+    # The provider, the crawler and the rest speak of a coordinator, another process or a store in
+    # general; only fleet/ (and the command line that runs it) names the fleet, in code or prose.
+    library = [p for p in ROOT.rglob("*.py") if p.relative_to(ROOT).parts[0] not in ("fleet", "cli")]
+    assert len(library) > 40
+    mentions = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in library
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if "fleet" in line.lower()
+    ]
+    assert mentions == []

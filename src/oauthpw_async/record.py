@@ -2,7 +2,7 @@
 
 A :class:`~oauthpw_async.grant.Token` in memory counts on its process's monotonic clock, which
 means nothing to another process or after a restart. What a token store writes to disk and what
-a fleet seals into Redis is a :class:`TokenRecord` instead: the same token with wall-clock times.
+a coordinator shares between processes is a :class:`TokenRecord` instead: the same token with wall-clock times.
 :meth:`TokenRecord.of` makes one from a token, :meth:`TokenRecord.token` puts it back on a clock,
 and :meth:`TokenRecord.from_json` reads one from a JSON object that may have been damaged or
 forged: anything but a record this module writes raises :class:`BadTokenRecord`.
@@ -51,7 +51,7 @@ class BadTokenRecord(ValueError):
 
 @attrs.frozen
 class TokenRecord:
-    """A token with wall-clock times: what a token store or a fleet keeps between processes.
+    """A token with wall-clock times: what a token store or a coordinator keeps between processes.
 
     Neither the tokens nor the ``Authorization`` value show in the repr.
     """
