@@ -288,16 +288,17 @@ async def test_a_rejection_is_not_forgotten_when_redis_loses_the_latch(
 ) -> None:
     monkeypatch.setattr(renewal_module, "FLEET_LATCH_RECHECK", 0.05)
     state = strict()
+    clock = FakeClock()  # the recheck runs on the provider's clock: no real wait for it
     async with LocalServer(state) as server:
         bad = server.config(password="not the password")
-        fleet = Coordinator.for_config(bad, redis_server.url, token_key=TOKEN_KEY, namespace=namespace)
-        async with fleet, TokenProvider(bad, coordinator=fleet) as tokens:
+        fleet = Coordinator.for_config(bad, redis_server.url, token_key=TOKEN_KEY, namespace=namespace, clock=clock)
+        async with fleet, TokenProvider(bad, coordinator=fleet, clock=clock) as tokens:
             with pytest.raises(InvalidCredentials):
                 await tokens.get()
             assert await fleet.rejected.state() is not None
             await fleet.rejected.reset()  # as if Redis had lost it (a restart without persistence)
             for _ in range(5):
-                await anyio.sleep(0.06)  # past the recheck: the shared state is read again
+                clock.advance(0.06)  # past the recheck: the shared state is read again
                 with pytest.raises(CredentialsLockedOut):
                     await tokens.get()
             with pytest.raises(UsageError, match="another token or account"):
