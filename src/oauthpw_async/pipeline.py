@@ -385,10 +385,9 @@ class RequestPipeline:
     ) -> bool:
         """After an answer that is no success: whether the request goes out again, else why not (``answer.why``).
 
-        Raises :class:`HTTPStatusError` when no answer came and none is sent again.
-
         It goes out again with a renewed token after a 401, to a redirect's target, or after the
-        retry policy's wait for a transient failure.
+        retry policy's wait for a transient failure. Raises :class:`HTTPStatusError` when no answer
+        came and none is sent again.
         """
         verdict = classify_api_response(answer.status, answer.headers, self._clock.wall())
         action = verdict.action

@@ -778,9 +778,8 @@ class CrawlEngine:
                     out[i] = merge(records[i], decoded(answer)[2])
                     if len(todo) > len(tasks) and slots.value > 0:  # slots came free: one worker more
                         tasks.append(asyncio.ensure_future(worker()))
-            except BaseException as exc:  # the page failed: its other fetches stop at once
-                if not isinstance(exc, asyncio.CancelledError):
-                    failed.append(exc)
+            except Exception as exc:  # the page failed: its other fetches stop at once
+                failed.append(exc)
                 todo.clear()
                 me = asyncio.current_task()
                 for task in tasks:

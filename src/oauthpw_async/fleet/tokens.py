@@ -248,13 +248,12 @@ class SharedTokenState:
         """
         generation = max(renewed_from, at_least) + 1
         record = TokenRecord.of(token)
+        document = record.as_json()
         try:  # what the fleet could not read back is never written: it would stop every worker
-            TokenRecord.from_json(record.as_json())
+            TokenRecord.from_json(document)
         except BadTokenRecord as exc:
             raise TokenResponseError(f"the token endpoint answered a token that cannot be kept: {exc}") from None
-        blob = self._cipher.seal(
-            orjson.dumps(record.as_json()), credential_key=self.credential_key, generation=generation
-        )
+        blob = self._cipher.seal(orjson.dumps(document), credential_key=self.credential_key, generation=generation)
         ttl = record_ttl(record, now_wall)
         tid = secrets.token_hex(8)
         ttl_ms = 0 if ttl is None else max(1, math.ceil(ttl * 1000))
