@@ -93,9 +93,14 @@ async def test_token_requests_renewals_and_api_requests_are_spans_and_the_counte
     calls = by_name["oauthpw.api_request"]
     assert len(calls) == stats.requests
     statuses = sorted(s.attributes["http.response.status_code"] for s in calls)
-    assert statuses.count(429) == 1 and statuses.count(401) == 1 and statuses.count(500) == 1
+    # The revocation refuses every request in flight with the old token (the three partitions run
+    # at once), so one or more 401s; however many, one renewal (asserted above) serves them all.
+    refused = statuses.count(401)
+    assert statuses.count(429) == 1 and refused >= 1 and statuses.count(500) == 1
+    # Every refused or failed attempt is followed by exactly one more attempt of the same request
+    # (a retry may itself meet the revocation, so its status is not always 200).
     retried = [s for s in calls if s.attributes["oauthpw.attempt"] > 1]
-    assert len(retried) == 3 and all(s.attributes["http.response.status_code"] == 200 for s in retried)
+    assert len(retried) == len(statuses) - statuses.count(200) == 2 + refused
 
     # Nothing secret, and no query, in any attribute of any span.
     assert len(telemetry.seen) == 2
@@ -108,7 +113,7 @@ async def test_token_requests_renewals_and_api_requests_are_spans_and_the_counte
     assert counted[("oauthpw.token_requests", (("oauthpw.grant", "password"),))] == 1
     assert counted[("oauthpw.token_requests", (("oauthpw.grant", "refresh_token"),))] == 1
     assert counted[("oauthpw.renewals", (("oauthpw.source", "refresh_token"),))] == 1
-    assert counted[("oauthpw.api.unauthorized", ())] == stats.unauthorized == 1
+    assert counted[("oauthpw.api.unauthorized", ())] == stats.unauthorized == refused
     assert counted[("oauthpw.api.retries", ())] == stats.retries >= 1
     assert counted[("oauthpw.api.rate_limit_pauses", ())] == stats.rate_limit_pauses == 1
     assert counted[("oauthpw.api.requests", ())] == stats.requests
